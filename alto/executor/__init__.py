@@ -1,0 +1,1 @@
+"""alto/executor package."""

@@ -1,0 +1,1 @@
+"""alto/policy package."""
