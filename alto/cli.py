@@ -1,0 +1,151 @@
+"""The `alto` command line.
+
+    alto simulate [--trace FILE|NAME] [--trace-format native|acme|philly|openb] [--gpus N]
+                  [--policies a,b,...|all] [--out DIR]
+    alto trace synth --tasks N --seed S --out FILE
+    alto trace convert --trace-format F IN --out FILE
+    alto run CONFIG.yaml --out DIR          (real training; needs the [train] extra)
+    alto profile ...                        (measures cost tables on this device)
+    alto figures DIR
+
+Heavy imports (simpy, torch, matplotlib) happen inside the sub-command that needs them,
+so `alto simulate` never imports torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+DEFAULT_OUT = "results/sim"
+
+
+class UserError(Exception):
+    """A problem with the user's input: printed as one line, exit status 2."""
+
+
+def _add_simulate(sub) -> None:
+    p = sub.add_parser("simulate", help="simulate a task trace on a GPU cluster under several policies")
+    p.add_argument("--trace", default=None, help="trace file, or a bundled name (paper-11 [default], online-day)")
+    p.add_argument("--trace-format", default="native", choices=["native", "acme", "philly", "openb"])
+    p.add_argument("--gpus", type=int, default=8, help="GPUs in the cluster (default 8)")
+    p.add_argument("--gpus-per-node", type=int, default=8, help="GPUs per node (default 8)")
+    p.add_argument("--gpu-type", default="H200", help="GPU type in the cost tables (default H200)")
+    p.add_argument("--policies", default=None, help="comma-separated policies, or 'all' (default: sequential,mlora,lorafusion,alto)")
+    p.add_argument("--curves", default=None, help="loss curves: parametric[:SEED] (default) or recorded:PATH")
+    p.add_argument("--seed", type=int, default=0, help="seed of the parametric loss curves (default 0)")
+    p.add_argument("--max-tasks", type=int, default=None, help="keep only the first N tasks of the trace")
+    p.add_argument("--out", default=DEFAULT_OUT, help=f"output folder (default {DEFAULT_OUT})")
+    p.add_argument("--quiet", action="store_true", help="no progress lines")
+    p.set_defaults(func=cmd_simulate)
+
+
+def _add_trace(sub) -> None:
+    p = sub.add_parser("trace", help="make or convert task traces")
+    tsub = p.add_subparsers(dest="trace_cmd", required=True)
+    s = tsub.add_parser("synth", help="synthetic trace: Poisson arrivals over a model mix")
+    s.add_argument("--tasks", type=int, required=True)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--rate-per-hour", type=float, default=None, help="mean arrivals per hour")
+    s.add_argument("--out", required=True)
+    s.set_defaults(func=cmd_trace_synth)
+    c = tsub.add_parser("convert", help="convert a public cluster trace into the native task schema")
+    c.add_argument("input")
+    c.add_argument("--trace-format", required=True, choices=["acme", "philly", "openb"])
+    c.add_argument("--max-tasks", type=int, default=None)
+    c.add_argument("--out", required=True)
+    c.set_defaults(func=cmd_trace_convert)
+
+
+def _add_executor(sub) -> None:
+    try:
+        from alto.executor.cli_hooks import add_profile_args, add_run_args, profile_main, run_main
+    except ImportError as e:  # torch missing: keep the sub-commands, explain on use
+        msg = f"needs the training extra (pip install -e '.[train]'): {e}"
+        for name in ("run", "profile"):
+            p = sub.add_parser(name, help=f"({msg})")
+            p.add_argument("rest", nargs=argparse.REMAINDER)
+            p.set_defaults(func=lambda a, _m=msg: (_ for _ in ()).throw(UserError(_m)))
+        return
+    r = sub.add_parser("run", help="train a LoRA search for real on this machine's GPU (or CPU)")
+    add_run_args(r)
+    r.set_defaults(func=run_main)
+    p = sub.add_parser("profile", help="measure step-time and memory tables on this device")
+    add_profile_args(p)
+    p.set_defaults(func=profile_main)
+
+
+def _add_figures(sub) -> None:
+    p = sub.add_parser("figures", help="draw paper-style figures from an `alto simulate` output folder")
+    p.add_argument("dir")
+    p.add_argument("--out", default=None, help="figure folder (default DIR/figures)")
+    p.set_defaults(func=cmd_figures)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="alto", description="ALTO: LoRA hyperparameter tuning on shared GPUs")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    _add_simulate(sub)
+    _add_trace(sub)
+    _add_executor(sub)
+    _add_figures(sub)
+    return ap
+
+
+def cmd_simulate(a) -> int:
+    from sim.cli_simulate import simulate_main
+
+    return simulate_main(a)
+
+
+def cmd_trace_synth(a) -> int:
+    from traces.schema import write_native
+    from traces.synth import synth_trace
+
+    if a.tasks <= 0:
+        raise UserError(f"--tasks must be positive, got {a.tasks}")
+    kw = {} if a.rate_per_hour is None else {"rate_per_hour": a.rate_per_hour}
+    tasks = synth_trace(a.tasks, a.seed, **kw)
+    write_native(tasks, a.out)
+    print(f"wrote {len(tasks)} tasks to {a.out} (last arrival {tasks[-1].arrival_s / 3600:.2f} h)")
+    return 0
+
+
+def cmd_trace_convert(a) -> int:
+    from traces.loader import load_trace
+    from traces.schema import write_native
+
+    kw = {} if a.max_tasks is None else {"max_tasks": a.max_tasks}
+    tasks = load_trace(a.input, a.trace_format, **kw)
+    write_native(tasks, a.out)
+    print(f"converted {len(tasks)} tasks from {a.input} ({a.trace_format}) to {a.out}")
+    return 0
+
+
+def cmd_figures(a) -> int:
+    from analysis.figures import make_figures
+
+    if not Path(a.dir, "summary.json").exists():
+        raise UserError(f"{a.dir}: no summary.json here; run `alto simulate --out {a.dir}` first")
+    paths = make_figures(a.dir, a.out)
+    for p in paths:
+        print(p)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except (UserError, ValueError, KeyError, FileNotFoundError) as e:
+        msg = e.args[0] if isinstance(e, KeyError) and e.args else e
+        print(f"alto {args.cmd}: error: {msg}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"alto {args.cmd}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

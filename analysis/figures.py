@@ -1,0 +1,139 @@
+"""Paper-style figures drawn only from `alto simulate` result files.
+
+Reads DIR/summary.json, DIR/tasks.csv and DIR/curves.csv; writes PNGs:
+- makespan.png: makespan per policy, annotated with the speedup over Sequential;
+- gantt_<policy>.png: which GPU ran which task when, with cluster GPUs held over time;
+- savings.png: samples saved by early exit, split by exit reason;
+- trajectories.png: validation-loss trajectories of one task's configs with exit points.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+REASON_COLORS = {
+    "divergence": "tab:red", "overfitting": "tab:orange", "underperforming": "tab:blue",
+    "asha": "tab:purple", "failed": "black", "completed": "tab:green",
+}
+
+
+def plot_makespan(summary: dict, out: Path) -> Path:
+    names = list(summary)
+    hours = [summary[n]["makespan_s"] / 3600 for n in names]
+    fig, ax = plt.subplots(figsize=(1.2 * len(names) + 2, 3.5))
+    bars = ax.bar(names, hours, color=["tab:green" if n.startswith("alto") else "tab:gray" for n in names])
+    for b, n in zip(bars, names):
+        sp = summary[n].get("speedup_vs_sequential")
+        if sp:
+            ax.annotate(f"{sp:.1f}x", (b.get_x() + b.get_width() / 2, b.get_height()), ha="center", va="bottom", fontsize=8)
+    ax.set_ylabel("makespan (h)")
+    ax.set_title("Makespan by policy (label: speedup over sequential)")
+    plt.setp(ax.get_xticklabels(), rotation=30, ha="right")
+    fig.tight_layout()
+    path = out / "makespan.png"
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def plot_gantt(tasks: pd.DataFrame, policy: str, gpus: int, out: Path) -> Path:
+    t = tasks[tasks.policy == policy]
+    fig, (ax, ax2) = plt.subplots(2, 1, figsize=(9, 5), sharex=True, gridspec_kw={"height_ratios": [3, 1]})
+    cmap = plt.get_cmap("tab20")
+    for i, row in enumerate(t.itertuples()):
+        for g in str(row.gpu_ids).split():
+            ax.broken_barh([(row.start_s / 3600, (row.finish_s - row.start_s) / 3600)], (int(g) - 0.4, 0.8), color=cmap(i % 20))
+    ax.set_ylabel("GPU")
+    ax.set_ylim(-0.5, gpus - 0.5)
+    ax.set_title(f"GPU timeline: {policy}")
+    ev = sorted([(s, g) for s, g in zip(t.start_s, t.gpus)] + [(f, -g) for f, g in zip(t.finish_s, t.gpus)])
+    times, held = [0.0], [0]
+    for time_s, delta in ev:
+        times.append(time_s / 3600)
+        held.append(held[-1] + delta)
+    ax2.step(times, np.array(held) / gpus, where="post")
+    ax2.set_ylabel("GPUs held")
+    ax2.set_ylim(0, 1.05)
+    ax2.set_xlabel("time (h)")
+    fig.tight_layout()
+    path = out / f"gantt_{policy}.png"
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def plot_savings(summary: dict, out: Path) -> Path:
+    names = list(summary)
+    reasons = sorted({r for n in names for r in summary[n].get("samples_saved_by_reason", {})})
+    fig, ax = plt.subplots(figsize=(1.2 * len(names) + 2, 3.5))
+    bottom = np.zeros(len(names))
+    for r in reasons:
+        vals = np.array([summary[n]["samples_saved_by_reason"].get(r, 0) / summary[n]["samples_total"] for n in names])
+        ax.bar(names, vals, bottom=bottom, label=r, color=REASON_COLORS.get(r))
+        bottom += vals
+    ax.set_ylabel("fraction of grid samples saved")
+    ax.set_title("Early-exit savings by reason")
+    if reasons:
+        ax.legend(fontsize=8)
+    plt.setp(ax.get_xticklabels(), rotation=30, ha="right")
+    fig.tight_layout()
+    path = out / "savings.png"
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def plot_trajectories(curves: pd.DataFrame, out: Path, policy: str | None = None) -> Path | None:
+    if curves.empty:
+        return None
+    if policy is None:
+        policy = "alto" if "alto" in set(curves.policy) else curves.policy.iloc[0]
+    c = curves[curves.policy == policy]
+    task = c.task_id.iloc[0]
+    c = c[c.task_id == task]
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for job, g in c.groupby("job_id", sort=True):
+        reason = g.exit_reason.iloc[-1] or "completed"
+        color = REASON_COLORS.get(reason, "gray")
+        ax.plot(g.samples, g.val_loss, color=color, alpha=0.6, lw=1)
+        ax.plot(g.samples.iloc[-1], g.val_loss.iloc[-1], "x", color=color, ms=5)
+    for r, col in REASON_COLORS.items():
+        if r in set(c.exit_reason) or (r == "completed" and (c.exit_reason == "completed").any()):
+            ax.plot([], [], color=col, label=r)
+    ax.set_xscale("symlog")
+    ax.set_xlabel("samples trained (per config)")
+    ax.set_ylabel("validation loss")
+    ax.set_title(f"{policy}: {task} — trajectories, x = exit point")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path = out / "trajectories.png"
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def make_figures(result_dir: str, out_dir: str | None = None) -> list[Path]:
+    """Draw every figure for one result folder; returns the PNG paths."""
+    d = Path(result_dir)
+    out = Path(out_dir) if out_dir else d / "figures"
+    out.mkdir(parents=True, exist_ok=True)
+    summary = json.loads((d / "summary.json").read_text())
+    meta = json.loads((d / "meta.json").read_text()) if (d / "meta.json").exists() else {}
+    tasks = pd.read_csv(d / "tasks.csv", dtype={"gpu_ids": str})
+    gpus = int(meta.get("gpus") or (max(int(g) for s in tasks.gpu_ids for g in str(s).split()) + 1))
+    paths = [plot_makespan(summary, out), plot_savings(summary, out)]
+    paths += [plot_gantt(tasks, p, gpus, out) for p in summary]
+    curves_path = d / "curves.csv"
+    if curves_path.exists():
+        p = plot_trajectories(pd.read_csv(curves_path, keep_default_na=False), out)
+        if p:
+            paths.append(p)
+    return paths
