@@ -14,7 +14,7 @@ Units and rules (each broken rule is a `TraceError` naming file, row and field):
 - task_id: non-empty, letters/digits/`_.-`, starts with a letter or digit (it becomes part
   of job ids and adapter directory names); unique in the trace.
 - arrival_s: seconds since the trace start, finite, >= 0.
-- tenant: non-empty free text (who submitted the task).
+- tenant: non-empty printable text (who submitted the task).
 - model: a key of `alto.models.MODELS`.
 - gpus: integer >= the model's minimum `MODELS[model].gpus` (more is allowed).
 - dataset_size (samples per epoch), seq_len (tokens): integers > 0.
@@ -188,6 +188,9 @@ def check_task(task: TaskSpec) -> None:
         raise _Bad("arrival_s", f"must be a finite number >= 0, got {task.arrival_s!r}")
     if not isinstance(task.tenant, str) or not task.tenant.strip():
         raise _Bad("tenant", "must be non-empty")
+    if not task.tenant.isprintable() or task.tenant != task.tenant.strip():
+        # a line break would split the CSV row; edge spaces would not survive a read
+        raise _Bad("tenant", f"must be printable text without edge spaces, got {task.tenant!r}")
     if task.model not in MODELS:
         raise _Bad("model", f"unknown model {task.model!r}; known: {', '.join(sorted(MODELS))}")
     need = MODELS[task.model].gpus

@@ -18,7 +18,9 @@ ROW1 = "a,0,ten,llama-3.1-8b,1,7473,1024,3,1e-05;0.0002,16;32,1;8"
 ROW2 = "b,10.5,ten,qwen2.5-32b,2,100,2048,1.5,0.0001,16,4"
 ROW3 = "c,20,other,llama-3.1-70b,4,5000,512,3,0.0003,128,2"
 
-TASK_A = TaskSpec("a", 0.0, "ten", "llama-3.1-8b", 1, 7473, 1024, 3.0, (1e-05, 2e-4), (16, 32), (1, 8))
+TASK_A = TaskSpec(
+    "a", 0.0, "ten", "llama-3.1-8b", 1, 7473, 1024, 3.0, (1e-05, 2e-4), (16, 32), (1, 8)
+)
 
 
 def _write(tmp_path, text: str, name: str = "t.csv"):
@@ -38,7 +40,9 @@ def _err(tmp_path, text: str) -> TraceError:
 def test_read_parses_exact_values(tmp_path):
     tasks = read_native(_write(tmp_path, f"{HEADER}\n{ROW1}\n{ROW2}\n"))
     assert tasks[0] == TASK_A
-    assert tasks[1] == TaskSpec("b", 10.5, "ten", "qwen2.5-32b", 2, 100, 2048, 1.5, (1e-4,), (16,), (4,))
+    assert tasks[1] == TaskSpec(
+        "b", 10.5, "ten", "qwen2.5-32b", 2, 100, 2048, 1.5, (1e-4,), (16,), (4,)
+    )
     assert tasks[1].alpha_over_rank == 2.0  # column absent -> paper default alpha = 2r
     assert len(tasks[0].jobs()) == 8
 
@@ -55,6 +59,7 @@ def test_more_gpus_than_model_minimum_is_allowed(tmp_path):
     assert t.gpus == 4
 
 
+# fmt: off
 @pytest.mark.parametrize(
     "body, row, field, needle",
     [
@@ -86,6 +91,7 @@ def test_more_gpus_than_model_minimum_is_allowed(tmp_path):
         (f"{ROW1}\n\n{ROW2}\nc,0,t,llama-3.1-8b,1,10,8,1,0.1,16,0\n", 4, "batch_sizes", "positive"),
     ],
 )
+# fmt: on
 def test_bad_row_names_file_row_field(tmp_path, body, row, field, needle):
     e = _err(tmp_path, f"{HEADER}\n{body}")
     assert (e.row, e.field) == (row, field)
@@ -168,7 +174,7 @@ def _tasks(draw):
             TaskSpec(
                 task_id=tid,
                 arrival_s=draw(st.floats(min_value=0, max_value=1e7, allow_nan=False)),
-                tenant=draw(st.text(min_size=1, max_size=6).filter(lambda s: s.strip() and s == s.strip())),
+                tenant=draw(st.text(min_size=1, max_size=6).filter(lambda s: s.strip() and s == s.strip() and s.isprintable())),
                 model=model,
                 gpus=MODELS[model].gpus + draw(st.integers(0, 3)),
                 dataset_size=draw(st.integers(1, 10**6)),
@@ -200,6 +206,14 @@ def test_write_refuses_invalid_and_keeps_old_file(tmp_path):
     assert (ei.value.row, ei.value.field) == (3, "gpus")
     assert p.read_text() == "old content\n"
     assert sorted(x.name for x in tmp_path.iterdir()) == ["t.csv"]
+
+
+@pytest.mark.parametrize("tenant", ["a\nb", "x\r", " x"])
+def test_write_refuses_tenant_that_would_not_read_back(tmp_path, tenant):
+    with pytest.raises(TraceError) as ei:
+        write_native([TaskSpec(**{**TASK_A.__dict__, "tenant": tenant})], tmp_path / "t.csv")
+    assert (ei.value.row, ei.value.field) == (1, "tenant")
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_write_failure_mid_file_leaves_no_partial_output(tmp_path, monkeypatch):

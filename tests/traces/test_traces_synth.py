@@ -47,7 +47,12 @@ def test_model_mix_frequencies_and_gpus():
 
 def test_paper_grids_and_small_grid():
     (t,) = synth_trace(1, seed=0, model_mix={"llama-3.1-70b": 1})
-    assert (t.lrs, t.ranks, t.batch_sizes, t.epochs) == (LRS_32_70B, (16, 32, 64, 128), (1, 2, 4, 8), 3.0)
+    assert (t.lrs, t.ranks, t.batch_sizes, t.epochs) == (
+        LRS_32_70B,
+        (16, 32, 64, 128),
+        (1, 2, 4, 8),
+        3.0,
+    )
     assert len(t.jobs()) == 64
     (t,) = synth_trace(1, seed=0, model_mix={"llama-3.1-8b": 1})
     assert (t.lrs, t.ranks, t.batch_sizes) == (LRS_7_8B, (16, 32, 64), (1, 2, 4, 8))
@@ -59,7 +64,11 @@ def test_paper_grids_and_small_grid():
 
 def test_datasets_tenants_and_validity(tmp_path):
     tasks = synth_trace(300, seed=1, n_tenants=3)
-    assert {(t.dataset_size, t.seq_len) for t in tasks} <= {(7473, 1024), (10000, 2048), (20000, 2048)}
+    assert {(t.dataset_size, t.seq_len) for t in tasks} <= {
+        (7473, 1024),
+        (10000, 2048),
+        (20000, 2048),
+    }
     assert {t.tenant for t in tasks} == {"tenant-1", "tenant-2", "tenant-3"}
     assert [t.arrival_s for t in tasks] == sorted(t.arrival_s for t in tasks)
     p = tmp_path / "s.csv"
@@ -108,7 +117,9 @@ def test_online_day():
 
 def test_committed_bundled_files_match_generator(tmp_path):
     for p in write_bundled(tmp_path):
-        assert p.read_bytes() == BUNDLED[{v.name: k for k, v in BUNDLED.items()}[p.name]].read_bytes()
+        assert (
+            p.read_bytes() == BUNDLED[{v.name: k for k, v in BUNDLED.items()}[p.name]].read_bytes()
+        )
 
 
 def test_load_trace_options():
