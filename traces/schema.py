@@ -35,7 +35,7 @@ import numbers
 import os
 import re
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from alto.models import MODELS
@@ -255,23 +255,25 @@ def validate_trace(
 # ---------------------------------------------------------------- file I/O
 
 
-def read_native(path: str | os.PathLike) -> list[TaskSpec]:
-    """Read and validate a native CSV trace; tasks come back in file order.
+def iter_csv(
+    path: str | os.PathLike, required: tuple[str, ...], known: tuple[str, ...] | None = None
+) -> Iterator[tuple[int, dict[str, str]]]:
+    """Yield (row, {column: stripped text}) for each non-blank data row of a headered CSV.
 
-    Raises TraceError (file, row, field) for every schema violation: see the module doc.
+    row = line number - 1 (blank lines skipped but counted). Raises TraceError for: a
+    missing or empty file, a repeated column, a column not in `known` (when given), a
+    missing `required` column (all with row None), and a row whose field count differs
+    from the header's (field = the first missing column, or None when there are too many).
     """
     p = Path(path)
     if not p.is_file():
         raise TraceError(path, None, None, "no such file")
     with open(p, newline="", encoding="utf-8-sig") as f:  # -sig: tolerate an Excel BOM
         reader = csv.reader(f)
-        header = next(reader, None)
-        if header is None or not any(h.strip() for h in header):
-            raise TraceError(path, None, None, f"empty file: expected a header row {COLUMNS}")
-        header = [h.strip() for h in header]
-        _check_header(path, header)
-        tasks: list[TaskSpec] = []
-        first_row: dict[str, int] = {}
+        header = [h.strip() for h in next(reader, [])]
+        if not any(header):
+            raise TraceError(path, None, None, f"empty file: expected a header row {required}")
+        _check_header(path, header, required, known)
         for values in reader:
             row = reader.line_num - 1
             if not values or (len(values) == 1 and not values[0].strip()):
@@ -285,37 +287,20 @@ def read_native(path: str | os.PathLike) -> list[TaskSpec]:
                     missing,
                     f"row has {len(values)} fields, header has {len(header)} ({hint})",
                 )
-            cells = {h: v.strip() for h, v in zip(header, values, strict=True)}
-            try:
-                task = _parse_task(cells)
-            except _Bad as e:
-                raise TraceError(path, row, e.field, e.problem) from None
-            if task.task_id in first_row:
-                raise TraceError(
-                    path,
-                    row,
-                    "task_id",
-                    f"duplicate task_id {task.task_id!r} (first used in row "
-                    f"{first_row[task.task_id]})",
-                )
-            first_row[task.task_id] = row
-            tasks.append(task)
-    if not tasks:
-        raise TraceError(path, None, None, "trace is empty: header but no data rows")
-    return tasks
+            yield row, {h: v.strip() for h, v in zip(header, values, strict=True)}
 
 
-def _check_header(path, header: list[str]) -> None:
+def _check_header(path, header: list[str], required, known) -> None:
     seen: set[str] = set()
     for h in header:
         if h in seen:
             raise TraceError(path, None, h, "column appears twice in the header")
         seen.add(h)
-        if h not in COLUMNS:
+        if known is not None and h not in known:
             raise TraceError(
-                path, None, h, f"unknown column; the schema's columns are {', '.join(COLUMNS)}"
+                path, None, h, f"unknown column; the schema's columns are {', '.join(known)}"
             )
-    missing = [c for c in REQUIRED_COLUMNS if c not in seen]
+    missing = [c for c in required if c not in seen]
     if missing:
         raise TraceError(
             path,
@@ -323,6 +308,32 @@ def _check_header(path, header: list[str]) -> None:
             missing[0],
             f"missing column(s) {', '.join(missing)}; header has {', '.join(header)}",
         )
+
+
+def read_native(path: str | os.PathLike) -> list[TaskSpec]:
+    """Read and validate a native CSV trace; tasks come back in file order.
+
+    Raises TraceError (file, row, field) for every schema violation: see the module doc.
+    """
+    tasks: list[TaskSpec] = []
+    first_row: dict[str, int] = {}
+    for row, cells in iter_csv(path, REQUIRED_COLUMNS, known=COLUMNS):
+        try:
+            task = _parse_task(cells)
+        except _Bad as e:
+            raise TraceError(path, row, e.field, e.problem) from None
+        if task.task_id in first_row:
+            raise TraceError(
+                path,
+                row,
+                "task_id",
+                f"duplicate task_id {task.task_id!r} (first used in row {first_row[task.task_id]})",
+            )
+        first_row[task.task_id] = row
+        tasks.append(task)
+    if not tasks:
+        raise TraceError(path, None, None, "trace is empty: header but no data rows")
+    return tasks
 
 
 def _fmt_float(x: float) -> str:

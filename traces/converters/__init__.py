@@ -26,15 +26,12 @@ the arrival process of the kept prefix is intact.
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import math
 import os
 from collections import Counter
-from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from pathlib import Path
 
 from alto.models import MODEL_FOR_GPUS
 from alto.policy.types import TaskSpec
@@ -183,39 +180,7 @@ def build_tasks(
     return tasks
 
 
-# ---------------------------------------------------------------- CSV helpers
-
-
-def iter_csv(path: str | os.PathLike, required: tuple[str, ...]) -> Iterator[tuple[int, dict]]:
-    """Yield (row, {column: stripped text}) of a headered CSV; row = line number - 1.
-
-    Raises TraceError for a missing file or column (row None) and for rows whose field
-    count differs from the header's (field = first missing column, or None if too many).
-    """
-    p = Path(path)
-    if not p.is_file():
-        raise TraceError(path, None, None, "no such file")
-    with open(p, newline="", encoding="utf-8-sig") as f:
-        reader = csv.reader(f)
-        header = [h.strip() for h in next(reader, [])]
-        missing = [c for c in required if c not in header]
-        if missing:
-            raise TraceError(
-                path,
-                None,
-                missing[0],
-                f"missing column(s) {', '.join(missing)}; header has {', '.join(header) or '(nothing)'}",
-            )
-        for values in reader:
-            row = reader.line_num - 1
-            if not values or (len(values) == 1 and not values[0].strip()):
-                continue
-            if len(values) != len(header):
-                field = header[len(values)] if len(values) < len(header) else None
-                raise TraceError(
-                    path, row, field, f"row has {len(values)} fields, header has {len(header)}"
-                )
-            yield row, {h: v.strip() for h, v in zip(header, values, strict=True)}
+# ---------------------------------------------------------------- cell parsers
 
 
 def parse_number(path, row: int, field: str, text: str) -> float:

@@ -33,8 +33,8 @@ import os
 from collections import Counter
 
 from alto.policy.types import TaskSpec
-from traces.converters import RawJob, build_tasks, iter_csv, make_mapping, parse_number, parse_time
-from traces.schema import TraceError
+from traces.converters import RawJob, build_tasks, make_mapping, parse_number, parse_time
+from traces.schema import TraceError, iter_csv
 
 REQUIRED = ("job_id", "user", "gpu_num", "state", "submit_time", "duration")
 DEFAULT_KEEP_STATES = ("COMPLETED", "CANCELLED")

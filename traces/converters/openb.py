@@ -31,8 +31,8 @@ import os
 from collections import Counter
 
 from alto.policy.types import TaskSpec
-from traces.converters import RawJob, build_tasks, iter_csv, make_mapping, parse_number
-from traces.schema import TraceError
+from traces.converters import RawJob, build_tasks, make_mapping, parse_number
+from traces.schema import TraceError, iter_csv
 
 REQUIRED = (
     "name",
