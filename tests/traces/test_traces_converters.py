@@ -39,6 +39,16 @@ def _err(path, fmt: str, **kw) -> TraceError:
     return ei.value
 
 
+def _check_one_bad_cell(tmp_path, fmt, header, good_rows, row_no, column, value, field, needle):
+    """Replace one cell of otherwise good CSV rows; the TraceError must name that row and field."""
+    rows = [r.split(",") for r in good_rows]
+    rows[row_no - 1][column] = value
+    p = _file(tmp_path, header + "\n".join(",".join(r) for r in rows) + "\n", f"bad_{fmt}.csv")
+    e = _err(p, fmt)
+    assert (e.row, e.field) == (row_no, field)
+    assert needle in e.problem
+
+
 def test_round_gpus_rule():
     assert [round_gpus(g) for g in (0, 0.22, 1, 2, 3, 4, 5, 8, 64)] == [
         None,
@@ -146,12 +156,9 @@ def test_acme_kalos_header(tmp_path):
     ],
 )
 def test_acme_malformed(tmp_path, row_no, column, value, field, needle):
-    rows = [r.split(",") for r in SEREN_ROWS]
-    rows[row_no - 1][column] = value
-    p = _file(tmp_path, SEREN_HEADER + "\n".join(",".join(r) for r in rows) + "\n", "s.csv")
-    e = _err(p, "acme")
-    assert (e.row, e.field) == (row_no, field)
-    assert needle in e.problem
+    _check_one_bad_cell(
+        tmp_path, "acme", SEREN_HEADER, SEREN_ROWS, row_no, column, value, field, needle
+    )
 
 
 def test_acme_structure_errors(tmp_path):
@@ -306,9 +313,6 @@ def test_openb_exact(tmp_path):
     ],
 )
 def test_openb_malformed(tmp_path, row_no, column, value, field, needle):
-    rows = [r.split(",") for r in OPENB_ROWS]
-    rows[row_no - 1][column] = value
-    p = _file(tmp_path, OPENB_HEADER + "\n".join(",".join(r) for r in rows) + "\n", "o.csv")
-    e = _err(p, "openb")
-    assert (e.row, e.field) == (row_no, field)
-    assert needle in e.problem
+    _check_one_bad_cell(
+        tmp_path, "openb", OPENB_HEADER, OPENB_ROWS, row_no, column, value, field, needle
+    )
