@@ -156,7 +156,7 @@ class EarlyExitPolicy:
         if len(self.jobs) != len(jobs):
             raise ValueError("duplicate job_id in jobs")
         self.state = {jid: _JobState() for jid in self.jobs}
-        self._points: dict[str, list[int]] = {}
+        self._points: dict[tuple[int, int], list[int]] = {}
 
     # ---------------------------------------------------------------- schedule
     @staticmethod
@@ -175,10 +175,10 @@ class EarlyExitPolicy:
 
     def eval_points(self, job: JobConfig) -> list[int]:
         """Sorted sample counts at which `job` is evaluated; the last is job.total_samples."""
-        pts = self._points.get(job.job_id)
+        key = (job.batch_size, job.total_samples)  # the schedule depends on nothing else
+        pts = self._points.get(key)
         if pts is None:
-            pts = sorted(self._schedule(job) | {job.total_samples})
-            self._points[job.job_id] = pts
+            pts = self._points[key] = sorted(self._schedule(job) | {job.total_samples})
         return pts
 
     def warmup_samples(self, job: JobConfig) -> int | None:

@@ -76,6 +76,7 @@ class TaskTuner:
         self.warm_scores: dict[str, float] = {}  # job_id -> val loss at its warmup boundary
         self.cutoff_done = all(w is None for w in self._warmup.values())
         self.records = {jid: JobRecord(j) for jid, j in self.jobs.items()}
+        self._next: dict[str, int] = {}  # job_id -> next eval point (cache)
         self._began = False
 
     # ---------------------------------------------------------------- views
@@ -103,9 +104,12 @@ class TaskTuner:
 
     def next_eval(self, job_id: str) -> int:
         """Samples at which job_id must next report (first eval point past its progress)."""
-        pts = self.early_exit.eval_points(self.jobs[job_id])
-        i = bisect.bisect_right(pts, self.records[job_id].samples_trained)
-        return pts[min(i, len(pts) - 1)]
+        nxt = self._next.get(job_id)
+        if nxt is None:  # cached: drivers ask for every active job at every event
+            pts = self.early_exit.eval_points(self.jobs[job_id])
+            i = bisect.bisect_right(pts, self.records[job_id].samples_trained)
+            nxt = self._next[job_id] = pts[min(i, len(pts) - 1)]
+        return nxt
 
     # ---------------------------------------------------------------- events
     def start(self) -> list[Decision]:
@@ -132,6 +136,7 @@ class TaskTuner:
                 f"[{rec.samples_trained}, {job.total_samples}]"
             )
         rec.samples_trained, rec.steps_trained = ev.samples_seen, ev.step
+        self._next.pop(jid, None)
         rec.history.append((ev.step, ev.samples_seen, ev.train_loss, ev.val_loss))
         rec.final_val_loss = ev.val_loss
         if ev.val_loss < rec.best_val_loss:  # NaN compares False: never "best"
