@@ -125,7 +125,14 @@ class TaskTuner:
         return out
 
     def on_loss(self, ev: LossReported) -> list[Decision]:
-        """Record an evaluation of an active job; apply the exit rules and warmup rotation."""
+        """Record an evaluation of an active job; apply the exit rules and warmup rotation.
+
+        At its warmup boundary a job's val loss becomes its warmup score; it is paused
+        (slot freed) only if a queued job still lacks a score (never started, or shrunk
+        back before its warmup), so every config gets warmed up. When every alive job has
+        a score the cutoff runs: losers exit UNDERPERFORMING (active, queued or paused),
+        paused winners join the queue and resume as they fit.
+        """
         jid = ev.job_id
         if jid not in self._active:
             raise ValueError(f"loss reported for {jid!r}, which is not active")
