@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 import traces.schema as schema
 from alto.models import MODELS
 from alto.policy.types import TaskSpec
+from traces.loader import load_trace
 from traces.schema import TraceError, read_native, validate_trace, write_native
 
 HEADER = "task_id,arrival_s,tenant,model,gpus,dataset_size,seq_len,epochs,lrs,ranks,batch_sizes"
@@ -233,3 +234,13 @@ def test_write_failure_mid_file_leaves_no_partial_output(tmp_path, monkeypatch):
         write_native([TASK_A, b], p)
     assert calls == ["a", "b"]  # the first row was written to the temporary file
     assert list(tmp_path.iterdir()) == []  # ... which is gone; no partial new.csv
+
+
+def test_load_trace_native_sorts_and_subsamples(tmp_path):
+    p = _write(tmp_path, f"{HEADER}\n{ROW3}\n{ROW2}\n{ROW1}\n")
+    assert [t.task_id for t in read_native(p)] == ["c", "b", "a"]  # file order
+    assert [t.task_id for t in load_trace(p)] == ["a", "b", "c"]  # by arrival
+    assert [(t.task_id, t.arrival_s) for t in load_trace(p, time_window=(5, 15))] == [("b", 10.5)]
+    assert [t.task_id for t in load_trace(p, max_tasks=2)] == ["a", "b"]
+    with pytest.raises(TraceError, match="no tasks inside time_window"):
+        load_trace(p, time_window=(100, 200))
