@@ -31,6 +31,10 @@ def _read_native(path, max_tasks: int | None = None, time_window=None) -> list[T
     tasks = sorted(read_native(path), key=lambda t: (t.arrival_s, t.task_id))
     if time_window is not None:
         lo, hi = time_window
+        if not lo < hi:
+            raise ValueError(
+                f"time_window must be (start_s, end_s) with start < end, got {time_window}"
+            )
         t0 = tasks[0].arrival_s
         tasks = [t for t in tasks if lo <= t.arrival_s - t0 < hi]
     if max_tasks is not None:

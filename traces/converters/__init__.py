@@ -13,7 +13,7 @@ and skips rows by its documented state rule; `build_tasks` then applies one mapp
 - dataset_size = clip(round(duration_s * samples_per_s / epochs), min_samples, max_samples):
   the job's run time read as the time ONE config needs to train `epochs` epochs at an
   assumed `samples_per_s` (default 2.0 samples/s: an ESTIMATE, not a measurement).
-  Jobs without a known duration are skipped.
+  Jobs without a known duration, or with a zero one (they never ran), are skipped.
 - seq_len = 1024 (GSM8K-like), epochs = 3 (paper); search space = the paper's grid for the
   model's class (traces.synth.paper_search_space); alpha = 2r.
 - tenant = the trace's user / virtual cluster / QoS column (per converter).
@@ -118,8 +118,15 @@ def build_tasks(
     """
     if max_tasks is not None and max_tasks <= 0:
         raise ValueError(f"max_tasks must be > 0, got {max_tasks}")
+    if time_window is not None and not time_window[0] < time_window[1]:
+        raise ValueError(
+            f"time_window must be (start_s, end_s) with start < end, got {time_window}"
+        )
     sized = []
     for j in jobs:
+        if not j.duration_s > 0:  # never ran (e.g. cancelled while queued): no work to map
+            skipped["zero_duration"] += 1
+            continue
         g = round_gpus(j.gpus, m.over_4)
         if g is None:
             skipped["cpu_only" if not j.gpus > 0 else "over_4_gpus"] += 1
