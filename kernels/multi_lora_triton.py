@@ -1,0 +1,212 @@
+"""Triton kernels of the fused multi-LoRA linear (three grouped kernels, each one launch for all N).
+
+All three read a host-built table (see :mod:`kernels.layout`) instead of looping over adapters,
+so the launch count per layer is constant in N. Notation: segment i = rows [o_i, e_i) of the
+token axis, rank r_i, scale s_i, rank axis padded to BLOCK_R (mask ``r < r_i``).
+
+* ``shrink``  OUT[t, r] (+)= c_i * sum_k X[t, k] * W_i[r, k]          (grid: tiles x split_k)
+  forward  S  = x  @ A_iᵀ      (W_i = lora_a[i],        c_i = 1)
+  backward dS = dY @ B_i · s_i (W_i = lora_b[i]ᵀ by strides, c_i = s_i)
+  Split-K over the long K axis (d_in or d_out) keeps the chip busy when T/BLOCK_M is small;
+  the partial sums then meet through fp32 atomics in OUT (OUT is tiny: T x BLOCK_R fp32).
+* ``expand``  Y[t, n] (+)= c_i * sum_r S[t, r] * V_i[n, r]            (grid: tiles x n-blocks)
+  forward  y  (+)= s_i · S @ B_iᵀ   (V_i = lora_b[i],        c_i = s_i)
+  backward dX (+)= dS @ A_i         (V_i = lora_a[i]ᵀ by strides, c_i = 1)
+  ``ADD`` loads Y and adds (fused expand-and-add); otherwise it stores the LoRA delta, which the
+  caller hands to cuBLAS as the ``C`` of ``addmm`` (the base GEMM then adds it in its epilogue).
+* ``wgrad``   OUT_i[r, n] (+)= c_i * sum_{t in chunk} P[t, r] * Q[t, n]  (grid: chunks x n-blocks)
+  dA_i = dS_iᵀ X_i            (P = dS, Q = x,  c_i = 1,   OUT = grad lora_a [N, r_max, d_in])
+  dB_i = s_i · dY_iᵀ S_i      (P = S,  Q = dY, c_i = s_i, OUT = grad lora_b [N, d_out, r_max]
+                               written through swapped strides)
+  Segments longer than one chunk are split over tokens and meet through fp32 atomics; with one
+  chunk per adapter (or under torch deterministic mode) it is a plain store: deterministic.
+
+``UPCAST`` (set under the interpreter only) feeds tl.dot fp32 operands: Triton 3.9's
+interpreter returns garbage for a bf16 x bf16 tl.dot (seen 2026-11-28), fp32 is exact there.
+Only core builtins are used (tl.full, not tl.zeros): functions of triton.language.standard are
+themselves @triton.jit-decorated when triton is imported, so if that import happened without
+TRITON_INTERPRET they cannot be called from an interpreted kernel.
+
+The kernels are plain functions decorated lazily by :func:`get_kernels`, because
+``triton.jit`` decides at decoration time whether to build an interpreter function
+(TRITON_INTERPRET=1, used on CPU tensors) or a compiled one; the cache is keyed on that flag.
+"""
+
+from __future__ import annotations
+
+import os
+from types import SimpleNamespace
+
+import triton
+import triton.language as tl
+
+
+def _shrink_kernel(
+    X, W, OUT, TILES, RANKS, SCALES,
+    K, K_PER_SPLIT,
+    stride_xm, stride_xk,
+    stride_wa, stride_wr, stride_wk,
+    stride_om, stride_or,
+    BLOCK_M: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr,
+    ATOMIC: tl.constexpr, APPLY_SCALE: tl.constexpr, IEEE: tl.constexpr,
+    UPCAST: tl.constexpr,
+):
+    pid_m = tl.program_id(0)
+    pid_k = tl.program_id(1)
+    adapter = tl.load(TILES + pid_m * 3)
+    row0 = tl.load(TILES + pid_m * 3 + 1)
+    row_end = tl.load(TILES + pid_m * 3 + 2)
+    rank = tl.load(RANKS + adapter)
+    offs_m = row0 + tl.arange(0, BLOCK_M)
+    offs_r = tl.arange(0, BLOCK_R)
+    offs_k = tl.arange(0, BLOCK_K)
+    m_mask = offs_m < row_end
+    r_mask = offs_r < rank
+    x_ptrs = X + offs_m.to(tl.int64)[:, None] * stride_xm
+    w_ptrs = W + adapter.to(tl.int64) * stride_wa + offs_r[None, :] * stride_wr
+    k_lo = pid_k * K_PER_SPLIT
+    k_hi = tl.minimum(k_lo + K_PER_SPLIT, K)
+    acc = tl.full((BLOCK_M, BLOCK_R), 0.0, tl.float32)
+    for k0 in range(k_lo, k_hi, BLOCK_K):
+        kk = k0 + offs_k
+        k_mask = kk < k_hi
+        x = tl.load(x_ptrs + kk[None, :] * stride_xk, mask=m_mask[:, None] & k_mask[None, :], other=0.0)
+        w = tl.load(w_ptrs + kk[:, None] * stride_wk, mask=r_mask[None, :] & k_mask[:, None], other=0.0)
+        w = w.to(x.dtype)
+        if UPCAST:
+            x, w = x.to(tl.float32), w.to(tl.float32)
+        if IEEE:
+            acc += tl.dot(x, w, input_precision="ieee")
+        else:
+            acc += tl.dot(x, w)
+    if APPLY_SCALE:
+        acc = acc * tl.load(SCALES + adapter)
+    o_ptrs = OUT + offs_m.to(tl.int64)[:, None] * stride_om + offs_r[None, :] * stride_or
+    o_mask = m_mask[:, None] & (offs_r[None, :] < BLOCK_R)
+    if ATOMIC:
+        tl.atomic_add(o_ptrs, acc, mask=o_mask)
+    else:
+        tl.store(o_ptrs, acc.to(OUT.dtype.element_ty), mask=o_mask)
+
+
+def _expand_kernel(
+    S, V, Y, TILES, RANKS, SCALES,
+    N_OUT,
+    stride_sm, stride_sr,
+    stride_va, stride_vn, stride_vr,
+    stride_ym, stride_yn,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr,
+    ADD: tl.constexpr, APPLY_SCALE: tl.constexpr, IEEE: tl.constexpr,
+    UPCAST: tl.constexpr,
+):
+    pid_m = tl.program_id(0)
+    pid_n = tl.program_id(1)
+    adapter = tl.load(TILES + pid_m * 3)
+    row0 = tl.load(TILES + pid_m * 3 + 1)
+    row_end = tl.load(TILES + pid_m * 3 + 2)
+    rank = tl.load(RANKS + adapter)
+    offs_m = row0 + tl.arange(0, BLOCK_M)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_r = tl.arange(0, BLOCK_R)
+    m_mask = offs_m < row_end
+    n_mask = offs_n < N_OUT
+    r_mask = offs_r < rank
+    s = tl.load(
+        S + offs_m.to(tl.int64)[:, None] * stride_sm + offs_r[None, :] * stride_sr,
+        mask=m_mask[:, None] & r_mask[None, :], other=0.0,
+    )  # [BLOCK_M, BLOCK_R]
+    v = tl.load(
+        V + adapter.to(tl.int64) * stride_va + offs_n[None, :] * stride_vn + offs_r[:, None] * stride_vr,
+        mask=r_mask[:, None] & n_mask[None, :], other=0.0,
+    )  # [BLOCK_R, BLOCK_N]
+    y_dtype = Y.dtype.element_ty
+    s = s.to(y_dtype)
+    v = v.to(y_dtype)
+    if UPCAST:
+        s, v = s.to(tl.float32), v.to(tl.float32)
+    if IEEE:
+        acc = tl.dot(s, v, input_precision="ieee")
+    else:
+        acc = tl.dot(s, v)
+    if APPLY_SCALE:
+        acc = acc * tl.load(SCALES + adapter)
+    y_ptrs = Y + offs_m.to(tl.int64)[:, None] * stride_ym + offs_n[None, :] * stride_yn
+    y_mask = m_mask[:, None] & n_mask[None, :]
+    if ADD:
+        acc += tl.load(y_ptrs, mask=y_mask, other=0.0).to(tl.float32)
+    tl.store(y_ptrs, acc.to(y_dtype), mask=y_mask)
+
+
+def _wgrad_kernel(
+    P, Q, OUT, CHUNKS, RANKS, SCALES,
+    N_COLS, R_OUT,
+    stride_pm, stride_pr,
+    stride_qm, stride_qn,
+    stride_oa, stride_or, stride_on,
+    BLOCK_T: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_N: tl.constexpr,
+    ATOMIC: tl.constexpr, APPLY_SCALE: tl.constexpr, IEEE: tl.constexpr,
+    UPCAST: tl.constexpr,
+):
+    pid_c = tl.program_id(0)
+    pid_n = tl.program_id(1)
+    adapter = tl.load(CHUNKS + pid_c * 3)
+    row0 = tl.load(CHUNKS + pid_c * 3 + 1)
+    row_end = tl.load(CHUNKS + pid_c * 3 + 2)
+    rank = tl.load(RANKS + adapter)
+    offs_t = tl.arange(0, BLOCK_T)
+    offs_r = tl.arange(0, BLOCK_R)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    r_mask = offs_r < rank
+    n_mask = offs_n < N_COLS
+    acc = tl.full((BLOCK_R, BLOCK_N), 0.0, tl.float32)
+    for t0 in range(row0, row_end, BLOCK_T):
+        tt = t0 + offs_t
+        t_mask = tt < row_end
+        p = tl.load(
+            P + tt.to(tl.int64)[:, None] * stride_pm + offs_r[None, :] * stride_pr,
+            mask=t_mask[:, None] & r_mask[None, :], other=0.0,
+        )  # [BLOCK_T, BLOCK_R]
+        q = tl.load(
+            Q + tt.to(tl.int64)[:, None] * stride_qm + offs_n[None, :] * stride_qn,
+            mask=t_mask[:, None] & n_mask[None, :], other=0.0,
+        )  # [BLOCK_T, BLOCK_N]
+        p = p.to(q.dtype)
+        if UPCAST:
+            p, q = p.to(tl.float32), q.to(tl.float32)
+        if IEEE:
+            acc += tl.dot(tl.trans(p), q, input_precision="ieee")
+        else:
+            acc += tl.dot(tl.trans(p), q)
+    if APPLY_SCALE:
+        acc = acc * tl.load(SCALES + adapter)
+    # rank rows >= r_i must be EXACTLY zero even if Q holds inf/nan (0 * inf = nan)
+    acc = tl.where(r_mask[:, None], acc, 0.0)
+    o_ptrs = (OUT + adapter.to(tl.int64) * stride_oa + offs_r[:, None] * stride_or
+              + offs_n[None, :] * stride_on)
+    o_mask = (offs_r[:, None] < R_OUT) & n_mask[None, :]
+    if ATOMIC:
+        tl.atomic_add(o_ptrs, acc, mask=o_mask)
+    else:
+        tl.store(o_ptrs, acc.to(OUT.dtype.element_ty), mask=o_mask)
+
+
+_CACHE: dict[bool, SimpleNamespace] = {}
+
+
+def interpret_mode() -> bool:
+    """True when TRITON_INTERPRET is set to a true value (Triton's own parsing of the flag)."""
+    return os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "on", "yes")
+
+
+def get_kernels() -> SimpleNamespace:
+    """The three kernels, jit-decorated for the current TRITON_INTERPRET setting (cached)."""
+    key = interpret_mode()
+    ns = _CACHE.get(key)
+    if ns is None:
+        ns = SimpleNamespace(
+            shrink=triton.jit(_shrink_kernel),
+            expand=triton.jit(_expand_kernel),
+            wgrad=triton.jit(_wgrad_kernel),
+        )
+        _CACHE[key] = ns
+    return ns

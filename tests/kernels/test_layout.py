@@ -1,0 +1,94 @@
+"""Layout tables (hand-computed) and argument validation of kernels.fused_multi_lora."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import kernels
+from kernels import MultiLoraLayout, make_layout
+
+
+def test_tile_table_worked_example():
+    lay = MultiLoraLayout((5, 0, 3), (4, 8, 2), (1.0, 2.0, 0.5))
+    assert lay.offsets == (0, 5, 5, 8) and lay.total_tokens == 8
+    assert lay.r_max == 8 and lay.block_r == 16
+    np.testing.assert_array_equal(lay.tile_array(4), [[0, 0, 5], [0, 4, 5], [2, 5, 8]])
+    np.testing.assert_array_equal(
+        lay.chunk_array(2), [[0, 0, 2], [0, 2, 4], [0, 4, 5], [2, 5, 7], [2, 7, 8]]
+    )
+    assert lay.max_chunks_per_adapter(2) == 3
+
+
+def test_block_r_padding():
+    assert MultiLoraLayout((1,), (17,), (1.0,)).block_r == 32
+    assert MultiLoraLayout((1, 1), (64, 128), (1.0, 1.0)).block_r == 128
+    assert MultiLoraLayout((0, 1), (1, 3), (1.0, 1.0)).block_r == 16
+
+
+def test_device_tables_cached():
+    lay = make_layout([3, 4], [2, 2], [1.0, 1.0])
+    t1 = lay.tiles(2, torch.device("cpu"))
+    assert t1 is lay.tiles(2, torch.device("cpu"))
+    assert t1.dtype == torch.int32 and t1.tolist() == [[0, 0, 3], [0, 2, 3], [1, 3, 7], [1, 5, 7]]
+    assert lay.scaling_tensor(torch.device("cpu")).dtype == torch.float32
+
+
+def _args(t=6, d_in=8, d_out=5, n=2, r=4):
+    return dict(
+        x=torch.randn(t, d_in),
+        weight=torch.randn(d_out, d_in),
+        lora_a=torch.randn(n, r, d_in),
+        lora_b=torch.randn(n, d_out, r),
+        seg_lens=[2, 4],
+        ranks=[4, 2],
+        scaling=[1.0, 2.0],
+    )
+
+
+BAD = [
+    ("x", dict(x=torch.randn(2, 3, 8))),
+    ("x", dict(x=torch.randint(0, 3, (6, 8)))),
+    ("weight", dict(weight=torch.randn(5, 7))),
+    ("lora_a", dict(lora_a=torch.randn(3, 4, 8))),
+    ("lora_b", dict(lora_b=torch.randn(2, 5, 3))),
+    ("lora_b", dict(lora_b=torch.randn(2, 5, 4, dtype=torch.float64))),
+    ("weight", dict(weight=torch.randn(5, 8, dtype=torch.bfloat16))),
+    ("seg_lens", dict(seg_lens=[2, 3])),
+    ("seg_lens", dict(seg_lens=[7, -1])),
+    ("seg_lens", dict(seg_lens=[2.5, 3.5])),
+    ("ranks", dict(ranks=[4, 5])),
+    ("ranks", dict(ranks=[0, 2])),
+    ("ranks", dict(ranks=[4])),
+    ("scaling", dict(scaling=[1.0, 2.0, 3.0])),
+    ("scaling", dict(scaling=[1.0, float("nan")])),
+]
+
+
+@pytest.mark.parametrize("argname,override", BAD, ids=[f"{a}-{i}" for i, (a, _) in enumerate(BAD)])
+def test_bad_input_raises_value_error_naming_argument(argname, override):
+    kw = _args()
+    kw.update(override)
+    with pytest.raises(ValueError, match=argname):
+        kernels.fused_multi_lora(**kw)
+
+
+def test_device_mismatch_named():
+    if not torch.cuda.is_available():
+        kw = _args()
+        kw["lora_a"] = kw["lora_a"].to("meta")
+        with pytest.raises(ValueError, match="lora_a"):
+            kernels.fused_multi_lora(**kw)
+    else:
+        kw = _args()
+        kw["lora_b"] = kw["lora_b"].cuda()
+        with pytest.raises(ValueError, match="lora_b"):
+            kernels.fused_multi_lora(**kw)
+
+
+def test_missing_layout_arguments():
+    kw = _args()
+    kw.pop("ranks")
+    with pytest.raises(ValueError, match="ranks"):
+        kernels.fused_multi_lora(**kw)

@@ -1,0 +1,153 @@
+"""Correctness of kernels.fused_multi_lora (Triton kernels under TRITON_INTERPRET=1 on CPU).
+
+Oracle: the per-adapter loop in fp64. Tolerances (relative Frobenius error, mlora_cases.TOL):
+fp32 2e-5 (the interpreter computes fp32 exactly; on GPU fp32 dots run as IEEE), bf16 2e-2
+(operands and the cached S rounded to bf16, as PEFT does). Every internal output buffer is
+NaN-poisoned before its launch (conftest), and rank padding of lora_a/lora_b holds NaN, so
+unwritten outputs and reads of padded ranks both fail the finiteness check.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from mlora_cases import SPREADS, make_case, run_and_compare
+
+import kernels
+from kernels import multi_lora as ml
+from kernels import multi_lora_triton as mlt
+
+SMALL = dict(t=133, d_in=96, d_out=80)
+
+# (N, spread): N=1 needs only one spread; N=3 sweeps all of them; N=32 the interesting ones.
+FP32, BF16 = torch.float32, torch.bfloat16
+CASES = (
+    [(1, "identical", FP32), (1, "identical", BF16)]
+    + [(3, s, dt) for s in SPREADS for dt in (FP32, BF16)]
+    + [(32, s, FP32) for s in ("uniform", "zipf", "zero", "single", "skewed")]
+    + [(32, s, BF16) for s in ("zipf", "zero")]
+)
+
+
+@pytest.mark.parametrize(
+    "n,spread,dtype", CASES, ids=[f"{n}-{s}-{str(d)[6:]}" for n, s, d in CASES]
+)
+def test_matches_reference(n, spread, dtype):
+    # r_max <= 64 and narrow features for N=32 keep the interpreter fast (~1 s per case)
+    pool, shape = ((8, 16), dict(t=133, d_in=48, d_out=40)) if n == 32 else ((8, 16, 64), SMALL)
+    tensors, seg, ranks, scaling = make_case(
+        n, spread, rank_pool=pool, dtype=dtype, seed=n, **shape
+    )
+    run_and_compare(tensors, seg, ranks, scaling, dtype)
+
+
+@pytest.mark.parametrize(
+    "tune",
+    [
+        dict(split_k=3, wgrad_chunk=32),  # atomic split-K shrink + token-split weight grads
+        dict(fuse_add="kernel"),  # paper's expand-and-add instead of the cuBLAS epilogue
+        dict(split_k=2, wgrad_chunk=64, fuse_add="kernel"),
+    ],
+    ids=["atomics", "fused-add", "both"],
+)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_launch_variants(tune, dtype):
+    ml.TUNE.update(tune)
+    tensors, seg, ranks, scaling = make_case(5, "zipf", dtype=dtype, seed=7, **SMALL)
+    run_and_compare(tensors, seg, ranks, scaling, dtype)
+
+
+def test_rank_128_mixed():
+    """The full rank pool {8,16,64,128} (block_r = 128), two tiles per segment at most."""
+    tensors, seg, ranks, scaling = make_case(
+        4, "uniform", 61, 48, 40, seed=3, ranks=[8, 128, 64, 16]
+    )
+    run_and_compare(tensors, seg, ranks, scaling, torch.float32)
+
+
+def test_odd_wide_feature_dim():
+    """d = 2049 (odd, not a multiple of any block) on a tiny token count."""
+    tensors, seg, ranks, scaling = make_case(3, "zipf", 19, 2049, 33, rank_pool=(8, 16), seed=5)
+    run_and_compare(tensors, seg, ranks, scaling, torch.float32)
+    tensors, seg, ranks, scaling = make_case(2, "uniform", 7, 31, 2049, rank_pool=(16,), seed=6)
+    run_and_compare(tensors, seg, ranks, scaling, torch.float32)
+
+
+def test_layout_reuse_forms_agree():
+    """7-arg call, layout in place of seg_lens, and layout= give identical results."""
+    tensors, seg, ranks, scaling = make_case(3, "uniform", seed=11, **SMALL)
+    lay = kernels.make_layout(seg, ranks, scaling, device="cpu")
+    assert kernels.make_layout(tuple(seg), torch.tensor(ranks), scaling) is lay  # cached
+    args = (tensors["x"], tensors["weight"], tensors["lora_a"], tensors["lora_b"])
+    y1 = kernels.fused_multi_lora(*args, seg, ranks, scaling)
+    y2 = kernels.fused_multi_lora(*args, lay)
+    y3 = kernels.fused_multi_lora(*args, layout=lay)
+    assert torch.equal(y1, y2) and torch.equal(y1, y3)
+
+
+def test_seg_lens_tensor_and_no_x_grad():
+    tensors, seg, ranks, scaling = make_case(3, "skewed", seed=2, **SMALL)
+    a = tensors["lora_a"].clone().requires_grad_()
+    w = tensors["weight"].clone().requires_grad_()  # frozen base: no grad even if requested
+    y = kernels.fused_multi_lora(
+        tensors["x"], w, a, tensors["lora_b"], torch.tensor(seg), torch.tensor(ranks), scaling
+    )
+    y.sum().backward()
+    assert w.grad is None
+    assert a.grad is not None and torch.isfinite(a.grad).all()
+
+
+def test_cpu_without_interpreter_uses_reference(monkeypatch):
+    monkeypatch.delenv("TRITON_INTERPRET")
+    calls = []
+    monkeypatch.setattr(mlt, "get_kernels", lambda: calls.append(1))
+    tensors, seg, ranks, scaling = make_case(3, "zero", seed=4, **SMALL)
+    run_and_compare(tensors, seg, ranks, scaling, torch.float32)
+    assert calls == []
+
+
+def test_interpreter_is_used():
+    ks = mlt.get_kernels()
+    assert type(ks.shrink).__name__ == "InterpretedFunction"
+
+
+class _Counter:
+    def __init__(self, inner):
+        self.inner, self.n = inner, 0
+
+    def __getitem__(self, grid):
+        def launch(*args, **kw):
+            self.n += 1
+            return self.inner[grid](*args, **kw)
+
+        return launch
+
+
+@pytest.mark.parametrize("n", [1, 3, 32])
+def test_triton_launches_constant_in_n(n, monkeypatch):
+    """fwd = 2 Triton launches (shrink, expand), bwd = 4 (shrink dY, expand dX, wgrad A, B)."""
+    ks = mlt.get_kernels()
+    counted = {k: _Counter(getattr(ks, k)) for k in ("shrink", "expand", "wgrad")}
+    monkeypatch.setattr(mlt, "get_kernels", lambda: type(ks)(**counted))
+    tensors, seg, ranks, scaling = make_case(n, "uniform", 64, 32, 32, rank_pool=(8, 16), seed=n)
+    x = tensors["x"].requires_grad_()
+    a = tensors["lora_a"].requires_grad_()
+    b = tensors["lora_b"].requires_grad_()
+    y = kernels.fused_multi_lora(x, tensors["weight"], a, b, seg, ranks, scaling)
+    assert sum(c.n for c in counted.values()) == 2
+    y.backward(torch.ones_like(y))
+    assert {k: c.n for k, c in counted.items()} == {"shrink": 2, "expand": 2, "wgrad": 2}
+
+
+def test_deterministic_mode_is_bitwise_repeatable():
+    tensors, seg, ranks, scaling = make_case(3, "uniform", seed=9, **SMALL)
+    ml.TUNE.update(split_k=3, wgrad_chunk=32)  # would use atomics...
+    prev = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        assert ml._split_k(10, 4096, ml._cfg(torch.device("cpu")), torch.device("cpu"))[0] == 1
+        outs = [run_and_compare(tensors, seg, ranks, scaling, torch.float32) for _ in range(2)]
+    finally:
+        torch.use_deterministic_algorithms(prev)
+    (y1, g1), (y2, g2) = outs
+    assert torch.equal(y1, y2) and all(torch.equal(p, q) for p, q in zip(g1, g2, strict=True))
