@@ -1,0 +1,360 @@
+"""Loss-curve sources for the simulator: what a LoRA job's train/val loss is after s samples.
+
+Two sources behind one protocol (`CurveSource`), chosen by `make_curve_source(spec)`:
+- "parametric[:seed]": `ParametricCurves`, a seeded synthetic generator (documented below).
+- "recorded:<path>[,<path>...]": `RecordedCurves`, curves from real runs in the CSV format
+  of traces/curves/README.md (a directory means every *.csv in it).
+
+Both are deterministic: the same (task, job, samples) always gives the same losses, so
+every policy of one simulation sees the same world. Losses are nats per token.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from alto.models import MODELS
+from alto.policy.types import JobConfig, TaskSpec
+from sim.cost_model import read_csv_table, write_rows
+
+
+class CurveSource(Protocol):
+    def losses(self, task: TaskSpec, job: JobConfig, samples: int) -> tuple[float, float]:
+        """(train_loss, val_loss) after `samples` training samples; deterministic. May be inf."""
+        ...
+
+    def final_best_val(self, task: TaskSpec, job: JobConfig) -> float:
+        """Min val loss over the job's full trajectory (what best-val early stopping keeps)."""
+        ...
+
+
+# ---------------------------------------------------------------- stable randomness
+
+
+def stable_hash(*parts: object) -> int:
+    """64-bit hash of the parts' str() forms (blake2b; NOT Python's per-process hash())."""
+    h = hashlib.blake2b("\x1f".join(map(str, parts)).encode(), digest_size=8)
+    return int.from_bytes(h.digest(), "little")
+
+
+def _uniform(*parts: object) -> float:
+    """Deterministic U(0, 1), open at both ends."""
+    return (stable_hash(*parts) + 0.5) / 2.0**64
+
+
+def _normal(*parts: object) -> float:
+    """Deterministic N(0, 1) (Box-Muller on two stable uniforms)."""
+    u1, u2 = _uniform(*parts, "n1"), _uniform(*parts, "n2")
+    return math.sqrt(-2.0 * math.log(u1)) * math.cos(2.0 * math.pi * u2)
+
+
+# ---------------------------------------------------------------- parametric generator
+
+
+@dataclass(frozen=True)
+class TaskLaw:
+    """Per-task draws of ParametricCurves (meanings in its docstring); samples and lr units."""
+
+    l_inf: float
+    amp: float
+    s0: float  # samples
+    beta0: float
+    lr_opt: float  # at batch b_ref
+    lr_div: float  # at batch b_ref
+    b_ref: float
+    rank_opt: int
+    overfit: float
+
+
+@dataclass(frozen=True)
+class _JobLaw:
+    base: float  # L_inf + floors
+    amp: float
+    s0_eff: float  # s0 / speed
+    beta: float
+    s_div: float  # samples where divergence sets in (inf: never)
+    overfit: float
+    epoch: float  # samples per epoch
+
+
+class ParametricCurves:
+    """Synthetic power-law curves with an lr optimum, divergence and overfitting.
+
+    Clean validation loss after s samples (nats/token):
+
+        val0(s) = L_inf + A * (F_lr + F_rank) + A * (1 + s * v / s0) ** (-beta)
+
+    Per task (stable draws from (seed, task_id)):
+      L_inf ~ U(0.3, 1.0)     irreducible loss;  A ~ U(0.8, 1.6)  reducible part at s = 0
+      s0 = U(0.03, 0.12) epochs of the dataset: the sample scale of the decay
+      beta0 ~ U(0.5, 0.8)     decay exponent at the optimal lr
+      lr_opt  log-uniform in [5 * min(lrs), max(lrs) / 1.5] (at batch b_ref, the geometric
+              mean of the task's batch sizes); lr_opt(b) = lr_opt * sqrt(b / b_ref) (sqrt scaling)
+      lr_div = lr_opt * logU(2.5, 10)  divergence threshold, scaled with sqrt(b / b_ref) likewise
+      rank_opt  uniform over the task's ranks
+    Per job, with x = log10(lr / lr_opt(b)):
+      beta = beta0 * exp(-lr_curv * x^2)       log-distance penalty on the decay exponent
+      v = 10^(0.7 * clip(x, -2, log10(lr_div/lr_opt))) * (b_ref / b)^batch_exp
+              progress per sample: higher lr starts faster; a bigger batch takes fewer
+              steps per sample, so at fixed lr it progresses slower per sample
+      F_lr = lr_floor * max(0, x)^2            too-high lr plateaus higher (SGD noise)
+      F_rank = rank_coef * log2(r / rank_opt)^2  small rank effect
+      s0 *= exp(jitter * z), beta *= exp(beta_coupling * jitter * z)   (z stable N(0,1) per job)
+              per-job luck; a job that starts fast (small s0) also decays slower later, so
+              curves cross and the 5%-warmup ranking is good but not final (the paper's
+              Spearman > 0.7; here ~0.85 on the paper's 60-config grid, see tests)
+    Divergence (lr > lr_div(b)): from s_div = 2 s0/v * (lr_div(b)/lr)^2 on, both losses are
+      multiplied by exp(div_rate * (s - s_div) * v / s0); above `diverged_loss` they are inf.
+    Overfitting: with rho = dataset_size * seq_len / model params (tokens per parameter),
+      omega = overfit_coef * max(0, log10(rho_crit / rho)) * U(0.5, 1.5) * sqrt(lr/lr_opt(b))
+              * (r / 16)^0.25 (clipped), and m(s) = omega * max(0, s/dataset_size - 1)^1.5
+      (memorisation starts after one epoch): train = val0 * exp(-m) keeps falling,
+      val = val0 * (1 + 0.6 m) turns up.
+    Noise: multiplicative, iid per (seed, task, job, samples): val *= 1 + noise * z,
+      train *= 1 + train_noise * z' (train is noisier: one batch vs the whole val set).
+    final_best_val is the min of the noise-free val over 513 evenly spaced points.
+    """
+
+    def __init__(self, seed: int = 0, noise: float = 0.01, train_noise: float = 0.03, *,
+                 lr_curv: float = 1.0, lr_floor: float = 0.12, rank_coef: float = 0.01,
+                 batch_exp: float = 0.3, div_rate: float = 1.5, diverged_loss: float = 100.0,
+                 overfit_coef: float = 0.25, rho_crit: float = 1e-3, jitter: float = 0.4,
+                 beta_coupling: float = 0.5) -> None:
+        self.seed, self.noise, self.train_noise = seed, noise, train_noise
+        self.lr_curv, self.lr_floor, self.rank_coef = lr_curv, lr_floor, rank_coef
+        self.batch_exp, self.div_rate, self.diverged_loss = batch_exp, div_rate, diverged_loss
+        self.overfit_coef, self.rho_crit, self.jitter = overfit_coef, rho_crit, jitter
+        self.beta_coupling = beta_coupling
+        self._tasks: dict[TaskSpec, TaskLaw] = {}
+        self._jobs: dict[tuple[TaskSpec, JobConfig], _JobLaw] = {}
+
+    def __repr__(self) -> str:
+        return f"ParametricCurves(seed={self.seed}, noise={self.noise}, train_noise={self.train_noise})"
+
+    def task_law(self, task: TaskSpec) -> TaskLaw:
+        """The task's drawn parameters (lr optimum, divergence threshold, ...), cached."""
+        law = self._tasks.get(task)
+        if law is None:
+            u = lambda name: _uniform(self.seed, task.task_id, name)
+            lo, hi = 5 * min(task.lrs), max(task.lrs) / 1.5
+            if lo >= hi:
+                lo = hi = math.sqrt(min(task.lrs) * max(task.lrs))
+            lr_opt = math.exp(math.log(lo) + u("lr_opt") * (math.log(hi) - math.log(lo)))
+            rho = task.dataset_size * task.seq_len / MODELS[task.model].params
+            overfit = self.overfit_coef * max(0.0, math.log10(self.rho_crit / rho)) * (0.5 + u("overfit"))
+            law = TaskLaw(
+                l_inf=0.3 + 0.7 * u("l_inf"), amp=0.8 + 0.8 * u("amp"),
+                s0=(0.1 + 0.2 * u("s0")) * task.dataset_size, beta0=0.5 + 0.3 * u("beta"),
+                lr_opt=lr_opt, lr_div=lr_opt * math.exp(math.log(2.5) + u("lr_div") * math.log(4)),
+                b_ref=math.exp(float(np.mean(np.log(task.batch_sizes)))),
+                rank_opt=sorted(task.ranks)[int(u("rank") * len(task.ranks))], overfit=overfit)
+            self._tasks[task] = law
+        return law
+
+    def _job_law(self, task: TaskSpec, job: JobConfig) -> _JobLaw:
+        law = self._jobs.get((task, job))
+        if law is None:
+            t = self.task_law(task)
+            bscale = math.sqrt(job.batch_size / t.b_ref)
+            lr_opt, lr_div = t.lr_opt * bscale, t.lr_div * bscale
+            x = math.log10(job.lr / lr_opt)
+            v = 10 ** (0.7 * min(max(x, -2.0), math.log10(lr_div / lr_opt)))
+            v *= (t.b_ref / job.batch_size) ** self.batch_exp
+            # a job that starts fast (small s0) decays slower later (small beta): curves cross
+            z = self.jitter * _normal(self.seed, task.task_id, job.job_id, "s0")
+            s0, beta_j = t.s0 * math.exp(z), math.exp(self.beta_coupling * z)
+            floor = self.lr_floor * max(0.0, x) ** 2 + self.rank_coef * math.log2(job.rank / t.rank_opt) ** 2
+            s_div = 2 * s0 / v * (lr_div / job.lr) ** 2 if job.lr > lr_div else math.inf
+            overfit = t.overfit * min(3.0, math.sqrt(job.lr / lr_opt)) * (job.rank / 16) ** 0.25
+            law = _JobLaw(base=t.l_inf + t.amp * floor, amp=t.amp, s0_eff=s0 / v,
+                          beta=beta_j * t.beta0 * math.exp(-self.lr_curv * x * x), s_div=s_div,
+                          overfit=overfit, epoch=float(task.dataset_size))
+            self._jobs[(task, job)] = law
+        return law
+
+    def _clean(self, law: _JobLaw, s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Noise-free (train, val) at samples s (array); inf once diverged."""
+        val0 = law.base + law.amp * (1.0 + s / law.s0_eff) ** (-law.beta)
+        mem = law.overfit * np.maximum(0.0, s / law.epoch - 1.0) ** 1.5
+        train, val = val0 * np.exp(-mem), val0 * (1.0 + 0.6 * mem)
+        if math.isfinite(law.s_div):
+            blow = np.exp(np.minimum(700.0, self.div_rate * np.maximum(0.0, s - law.s_div) / law.s0_eff))
+            train, val = train * blow, val * blow
+        train = np.where(train > self.diverged_loss, np.inf, train)
+        val = np.where(val > self.diverged_loss, np.inf, val)
+        return train, val
+
+    def losses(self, task: TaskSpec, job: JobConfig, samples: int) -> tuple[float, float]:
+        law = self._job_law(task, job)
+        train, val = self._clean(law, np.array([float(samples)]))
+        key = (self.seed, task.task_id, job.job_id, int(samples))
+        # clip the noise factor so a 5-sigma draw cannot flip the loss sign
+        tr = float(train[0]) * max(0.05, 1.0 + self.train_noise * _normal(*key, "train"))
+        va = float(val[0]) * max(0.05, 1.0 + self.noise * _normal(*key, "val"))
+        return tr, va
+
+    def final_best_val(self, task: TaskSpec, job: JobConfig) -> float:
+        law = self._job_law(task, job)
+        _, val = self._clean(law, np.linspace(0.0, float(job.total_samples), 513))
+        return float(val.min())
+
+
+# ---------------------------------------------------------------- recorded curves
+
+RECORDED_COLUMNS = ("task", "job_id", "lr", "rank", "batch_size", "samples", "total_samples",
+                    "train_loss", "val_loss", "source")
+_RECORDED_TYPES = {"lr": float, "rank": int, "batch_size": int, "samples": int,
+                   "total_samples": int, "train_loss": float, "val_loss": float}
+
+
+@dataclass(frozen=True)
+class _Recorded:
+    frac: np.ndarray  # samples / total_samples, increasing
+    train: np.ndarray
+    val: np.ndarray
+
+
+def _interp_frac(f: float, xs: np.ndarray, ys: np.ndarray) -> float:
+    """Linear in f between recorded fractions, flat beyond the ends; a non-finite neighbour wins."""
+    if f <= xs[0]:
+        return float(ys[0])
+    if f >= xs[-1]:
+        return float(ys[-1])
+    i = int(np.searchsorted(xs, f, side="right")) - 1
+    y0, y1 = ys[i], ys[i + 1]
+    if f == xs[i]:
+        return float(y0)
+    if not (math.isfinite(y0) and math.isfinite(y1)):
+        return float(y1 if not math.isfinite(y1) else y0)
+    return float(y0 + (y1 - y0) * (f - xs[i]) / (xs[i + 1] - xs[i]))
+
+
+class RecordedCurves:
+    """Curves recorded from real runs (format: traces/curves/README.md).
+
+    Task -> recorded set: `curve_task[task.task_id]` if given, else the set named
+    task.task_id, else a fallback that cycles over the sets in sorted order: the first run
+    of digits in the task id (e.g. 7 in "syn-0007-llama-3.1-8b-gsm8k") modulo the number of
+    sets; ids without digits use stable_hash(task_id) instead (independent of query order).
+    Job -> recorded curve: exact (lr, rank, batch_size), else the nearest by
+    |log10 lr ratio| + 0.5 |log2 rank ratio| + 0.5 |log2 batch ratio| (ties: lowest key).
+    Losses interpolate linearly in the samples FRACTION samples / total_samples, so a
+    recorded curve stretches to the simulated dataset size; flat beyond the recorded ends.
+    """
+
+    def __init__(self, paths: str | Path | Sequence[str | Path], curve_task: Mapping[str, str] | None = None) -> None:
+        if isinstance(paths, (str, Path)):
+            paths = [paths]
+        files: list[Path] = []
+        for p in map(Path, paths):
+            files.extend(sorted(p.glob("*.csv")) if p.is_dir() else [p])
+        if not files:
+            raise ValueError(f"no recorded-curve CSV files in {list(paths)}")
+        self.curve_task = dict(curve_task or {})
+        self._sets: dict[str, dict[tuple[float, int, int], _Recorded]] = {}
+        for f in files:
+            self._load(f)
+        self._names = sorted(self._sets)
+        for t, name in self.curve_task.items():
+            if name not in self._sets:
+                raise ValueError(f"curve_task[{t!r}] = {name!r}: no such recorded task; known: {', '.join(self._names)}")
+
+    def _load(self, path: Path) -> None:
+        rows = read_csv_table(path, RECORDED_COLUMNS, _RECORDED_TYPES)
+        if not rows:
+            raise ValueError(f"{path}: no data rows")
+        points: dict[tuple[str, tuple[float, int, int]], dict[int, tuple[float, float, float]]] = {}
+        totals: dict[tuple[str, tuple[float, int, int]], tuple[int, str]] = {}
+        for i, r in enumerate(rows, start=1):
+            for field, ok in (("lr", r["lr"] > 0 and math.isfinite(r["lr"])), ("rank", r["rank"] >= 1),
+                              ("batch_size", r["batch_size"] >= 1), ("samples", r["samples"] >= 0),
+                              ("total_samples", r["total_samples"] >= 1),
+                              ("train_loss", not math.isnan(r["train_loss"])),
+                              ("val_loss", not math.isnan(r["val_loss"]))):
+                if not ok:
+                    raise ValueError(f"{path}: row {i}: field {field!r}: invalid value {r[field]!r}")
+            key = (r["task"], (r["lr"], r["rank"], r["batch_size"]))
+            total, jid = totals.setdefault(key, (r["total_samples"], r["job_id"]))
+            if (total, jid) != (r["total_samples"], r["job_id"]):
+                raise ValueError(f"{path}: row {i}: field 'total_samples'/'job_id': {r['job_id']!r} "
+                                 f"disagrees with earlier rows of the same (lr, rank, batch_size)")
+            curve = points.setdefault(key, {})
+            if r["samples"] in curve:
+                raise ValueError(f"{path}: row {i}: field 'samples': duplicate {r['samples']} for {jid!r}")
+            curve[r["samples"]] = (r["samples"] / total, r["train_loss"], r["val_loss"])
+        for (task, jkey), curve in points.items():
+            if jkey in self._sets.get(task, {}):
+                raise ValueError(f"{path}: task {task!r} job {jkey} is already recorded in another file")
+            f, tr, va = (np.array(c, float) for c in zip(*(curve[s] for s in sorted(curve)), strict=True))
+            self._sets.setdefault(task, {})[jkey] = _Recorded(f, tr, va)
+
+    def recorded_tasks(self) -> list[str]:
+        return list(self._names)
+
+    def curve_set_for(self, task_id: str) -> str:
+        """Name of the recorded set that stands in for task_id (rules in the class docstring)."""
+        if task_id in self.curve_task:
+            return self.curve_task[task_id]
+        if task_id in self._sets:
+            return task_id
+        digits = re.search(r"\d+", task_id)
+        idx = int(digits.group()) if digits else stable_hash(task_id)
+        return self._names[idx % len(self._names)]
+
+    def _curve(self, task: TaskSpec, job: JobConfig) -> _Recorded:
+        jobs = self._sets[self.curve_set_for(task.task_id)]
+        dist = lambda k: (abs(math.log10(job.lr / k[0])) + 0.5 * abs(math.log2(job.rank / k[1]))
+                          + 0.5 * abs(math.log2(job.batch_size / k[2])), k)
+        return jobs[min(jobs, key=dist)]
+
+    def losses(self, task: TaskSpec, job: JobConfig, samples: int) -> tuple[float, float]:
+        c = self._curve(task, job)
+        f = samples / job.total_samples
+        return _interp_frac(f, c.frac, c.train), _interp_frac(f, c.frac, c.val)
+
+    def final_best_val(self, task: TaskSpec, job: JobConfig) -> float:
+        val = self._curve(task, job).val
+        finite = val[np.isfinite(val)]
+        return float(finite.min()) if finite.size else math.inf
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def make_curve_source(spec: str) -> CurveSource:
+    """"parametric" | "parametric:<seed>" | "recorded:<path>[,<path>...]" -> a CurveSource."""
+    kind, _, arg = spec.partition(":")
+    if kind == "parametric":
+        try:
+            return ParametricCurves(seed=int(arg) if arg else 0)
+        except ValueError:
+            raise ValueError(f"curve spec {spec!r}: seed must be an integer") from None
+    if kind == "recorded" and arg:
+        return RecordedCurves([p for p in arg.split(",") if p])
+    raise ValueError(f"curve spec {spec!r}: expected 'parametric[:seed]' or 'recorded:<path>[,<path>...]'")
+
+
+def record_rows(source: CurveSource, task: TaskSpec, jobs: Iterable[JobConfig], points: int,
+                label: str) -> list[dict]:
+    """Rows in RECORDED_COLUMNS: each job sampled at `points` evenly spaced sample counts."""
+    rows = []
+    for j in jobs:
+        for s in np.linspace(0, j.total_samples, points).round().astype(int):
+            tr, va = source.losses(task, j, int(s))
+            rows.append({"task": task.task_id, "job_id": j.job_id, "lr": f"{j.lr:g}", "rank": j.rank,
+                         "batch_size": j.batch_size, "samples": int(s), "total_samples": j.total_samples,
+                         "train_loss": f"{tr:.6g}", "val_loss": f"{va:.6g}", "source": label})
+    return rows
+
+
+def write_recorded_csv(path: str | Path, rows: Iterable[Mapping]) -> None:
+    """Write recorded-curve rows (RECORDED_COLUMNS) atomically."""
+    write_rows(path, RECORDED_COLUMNS, rows)
