@@ -35,6 +35,7 @@ Lookup rules:
 from __future__ import annotations
 
 import csv
+import functools
 import math
 import os
 import tempfile
@@ -152,10 +153,17 @@ def rank_factor(model: str, new_rank: float, table_rank: float | np.ndarray) -> 
     P(r) the LoRA params of a rank-r adapter (per token each is used ~6 times: fwd, dX, dW)
     and 4 N the frozen base (fwd + input grad). factor = 1 - phi + phi * new/table.
     """
-    m = MODELS[model]
-    lora = 6.0 * m.lora_params(1) * table_rank
-    phi = lora / (4.0 * m.params + lora)
+    lora1, base = _flops_per_token(model)
+    lora = lora1 * table_rank
+    phi = lora / (base + lora)
     return 1.0 - phi + phi * new_rank / table_rank
+
+
+@functools.cache
+def _flops_per_token(model: str) -> tuple[float, float]:
+    """(LoRA FLOPs per token per unit rank = 6 P(1), frozen-base FLOPs per token = 4 N)."""
+    m = MODELS[model]
+    return 6.0 * m.lora_params(1), 4.0 * m.params
 
 
 def adapter_state_bytes(model: str, rank: int) -> float:
