@@ -31,6 +31,9 @@ Calibration (H200 measurements in /work/shared/GPU.md, 2026-11-28):
   MFU penalty (18% vs 36%) is thus the fixed per-step overhead, not a separate factor.
 - Everything else (BW_EFF, passes, launch cost, ETA_G, link bandwidth, LoRAFusion's 15%)
   is an assumption, named below. `calibration_report()` prints the checks.
+- Compute counts 4 N per token (no recompute), while memory.csv's k1 assumes per-layer
+  gradient checkpointing, which would add ~2 N per token of recompute. The PEFT calibration
+  absorbs whatever that run did; measured rows will settle it.
 """
 
 from __future__ import annotations
