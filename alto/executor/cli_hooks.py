@@ -1,0 +1,106 @@
+"""`alto run` and `alto profile` argument parsing and entry points (wired in alto/cli.py).
+
+    alto run CONFIG.yaml --out DIR [--kernel auto|reference|fused] [--device cuda]
+    alto profile --model random:llama-3.2-1b --kernels fused,loop,single --adapters 1,8,32 \\
+                 --batch 1,2,4 --seq-len 1024 --ranks 16,32,64 --out traces/profiles/measured_h200.csv
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def add_run_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("config", help="YAML config (see configs/*.yaml and docs/executor.md)")
+    p.add_argument("--out", required=True, help="output folder: jobs.csv, losses.csv, curves.csv, adapters/")
+    p.add_argument("--kernel", choices=["auto", "reference", "fused"], default=None,
+                   help="LoRA implementation (overrides run.kernel; auto: fused on CUDA when kernels/ works)")
+    p.add_argument("--device", default=None, help="override model.device (cpu, cuda, cuda:1)")
+    p.add_argument("--quiet", action="store_true", help="no progress lines")
+
+
+def run_main(args: argparse.Namespace) -> int:
+    """Validate the config (errors name the key/file, exit 2), train, write DIR/."""
+    import io
+
+    from alto.executor.config import load_config
+    from alto.executor.session import run_config
+
+    cfg = load_config(args.config)
+    if args.kernel:
+        cfg.run.kernel = args.kernel
+    if args.device:
+        cfg.model.device = args.device
+    res = run_config(cfg, args.out, log=io.StringIO() if args.quiet else sys.stderr)
+    print(f"wrote {Path(args.out) / 'jobs.csv'}")
+    return 130 if res.interrupted else 0
+
+
+def _ints(s: str) -> list[int]:
+    return [int(x) for x in s.split(",") if x]
+
+
+def add_profile_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default="random:llama-3.2-1b", help="random:<arch>, HF folder or .gguf")
+    p.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16"])
+    p.add_argument("--device", default="auto")
+    p.add_argument("--kernels", default="fused,loop,single", help="comma list of fused, loop, bmm, single")
+    p.add_argument("--adapters", default="1,4,16,32", help="comma list of adapter counts")
+    p.add_argument("--batch", default="1,2,4", help="comma list of per-adapter batch sizes (rows)")
+    p.add_argument("--seq-len", type=int, default=1024, help="tokens per row")
+    p.add_argument("--ranks", default="16", help="ranks, cycled over the adapters (mean_rank column)")
+    p.add_argument("--iters", type=int, default=5, help="timed steps per point (median reported)")
+    p.add_argument("--gradient-checkpointing", action="store_true")
+    p.add_argument("--memory", action="store_true", help="also fit M(B) and write a memory row")
+    p.add_argument("--out", default="traces/profiles/measured.csv", help="step-cost CSV to append to")
+    p.add_argument("--memory-out", default=None,
+                   help="memory CSV to append to (default: memory_<out name> beside --out)")
+
+
+def profile_main(args: argparse.Namespace) -> int:
+    """Measure step times (and optionally the memory fit) and append rows to the cost tables."""
+    import datetime as dt
+
+    import torch
+
+    from alto.executor.config import Config, MemoryCfg, RunCfg, parse_model, validate_files
+    from alto.executor.lora_model import MultiLoraModel
+    from alto.executor.models import load_backbone
+    from alto.executor.profile import PROFILE_COLS, device_name, memory_points, profile_rows
+    from sim.cost_model import append_rows
+
+    mc = parse_model({"path": args.model, "dtype": args.dtype, "device": args.device,
+                      "gradient_checkpointing": args.gradient_checkpointing})
+    cfg = Config(mc, [], {}, MemoryCfg(), RunCfg(), Path.cwd())
+    validate_files(cfg)
+    model, tok, dev = load_backbone(cfg)
+    mlm = MultiLoraModel(model, ["q", "k", "v", "o", "gate", "up", "down"],
+                         gradient_checkpointing=args.gradient_checkpointing)
+    name = args.model.split(":", 1)[1] if args.model.startswith("random:") else Path(args.model).stem
+    vocab = model.config.vocab_size
+    ranks = _ints(args.ranks)
+    rows = []
+    for k in args.kernels.split(","):
+        ns = [1] if k == "single" else _ints(args.adapters)
+        rows += profile_rows(mlm, name, k, ns, _ints(args.batch), args.seq_len, ranks, vocab,
+                             iters=args.iters, log=sys.stderr)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    table = [{c: r[c] for c in PROFILE_COLS} for r in rows if r["kernel"] != "bmm"]
+    append_rows(out, table)
+    print(f"appended {len(table)} rows to {out}")
+    if args.memory and dev.type == "cuda":
+        from alto.policy.memory import MemoryModel
+
+        pts = memory_points(mlm, args.seq_len, max(ranks), vocab)
+        hbm = torch.cuda.get_device_properties(dev).total_memory
+        mm = MemoryModel.fit(pts, hbm)
+        mout = Path(args.memory_out) if args.memory_out else out.with_name("memory_" + out.name)
+        append_rows(mout, [{"gpu": device_name(dev), "model": name, "k0_bytes": f"{mm.k0_bytes:.6g}",
+                            "k1_bytes_per_token": f"{mm.k1_bytes_per_token:.6g}", "hbm_bytes": hbm,
+                            "source": f"measured: {device_name(dev)} {dt.date.today()} alto-profile "
+                                      f"rank {max(ranks)} points {pts}"}])
+        print(f"appended memory row to {mout}: {mm}")
+    return 0

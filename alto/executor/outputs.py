@@ -1,0 +1,79 @@
+"""Result files of `alto run --out DIR`.
+
+- DIR/jobs.csv: one row per config (rewritten whenever a job finishes, so an
+  interrupted run still leaves every finished row);
+- DIR/losses.csv: one row per evaluation (time_s is wall seconds since the task began);
+- DIR/curves.csv: the same evaluations in the simulator's recorded-curve format
+  (task, job_id, lr, rank, batch_size, samples, total_samples, train_loss, val_loss, source);
+- DIR/adapters/<job>/: PEFT adapters (see peft_export.py);
+- DIR/base_model/: the base HF config (+ weights for small random models).
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+
+from alto.executor.peft_export import export_adapter, job_dir_name
+from alto.policy.types import JobConfig, LossReported
+
+JOB_COLS = ["task", "job_id", "lr", "rank", "alpha", "batch_size", "total_samples", "samples_trained",
+            "steps_trained", "exit_reason", "best_val_loss", "best_val_step", "final_val_loss",
+            "kept_step", "adapter_dir"]
+LOSS_COLS = ["time_s", "task", "job_id", "step", "samples", "train_loss", "val_loss"]
+CURVE_COLS = ["task", "job_id", "lr", "rank", "batch_size", "samples", "total_samples", "train_loss",
+              "val_loss", "source"]
+
+
+def _f(x: float) -> str:
+    """Exact round-trip text of a loss (replaying the policy on recorded losses needs the bits)."""
+    return "nan" if x is None or (isinstance(x, float) and math.isnan(x)) else repr(float(x))
+
+
+class RunWriter:
+    """Appends loss rows as they happen; keeps job rows and rewrites jobs.csv."""
+
+    def __init__(self, out: Path, source: str, base_model: str):
+        self.out, self.source, self.base_model = Path(out), source, base_model
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.jobs: dict[str, dict] = {}
+        self.exported: dict[str, str] = {}
+        self._loss = open(self.out / "losses.csv", "w", newline="")
+        self._curve = open(self.out / "curves.csv", "w", newline="")
+        self._lw, self._cw = csv.writer(self._loss), csv.writer(self._curve)
+        self._lw.writerow(LOSS_COLS)
+        self._cw.writerow(CURVE_COLS)
+
+    def loss_row(self, task: str, job: JobConfig, ev: LossReported) -> None:
+        self._lw.writerow([f"{ev.time_s:.3f}", task, job.job_id, ev.step, ev.samples_seen,
+                           _f(ev.train_loss), _f(ev.val_loss)])
+        self._cw.writerow([task, job.job_id, f"{job.lr:g}", job.rank, job.batch_size, ev.samples_seen,
+                           job.total_samples, _f(ev.train_loss), _f(ev.val_loss), self.source])
+        self._loss.flush()
+        self._curve.flush()
+
+    def export(self, job: JobConfig, adapter, mlm, reason: str) -> None:
+        d = self.out / "adapters" / job_dir_name(job.job_id)
+        export_adapter(d, adapter.state_tensors(), job.rank, job.alpha, mlm.target_names,
+                       self.base_model, extra={"job_id": job.job_id, "lr": job.lr, "exit_reason": reason})
+        self.exported[job.job_id] = str(d.relative_to(self.out))
+
+    def job_row(self, st) -> None:
+        j = st.job
+        self.jobs[j.job_id] = {
+            "task": j.task_id, "job_id": j.job_id, "lr": f"{j.lr:g}", "rank": j.rank, "alpha": f"{j.alpha:g}",
+            "batch_size": j.batch_size, "total_samples": j.total_samples, "samples_trained": st.samples,
+            "steps_trained": st.steps, "exit_reason": st.exit_reason, "best_val_loss": _f(st.best_val),
+            "best_val_step": st.best_step, "final_val_loss": _f(st.final_val),
+            "kept_step": "" if st.kept_step is None else st.kept_step,
+            "adapter_dir": self.exported.get(j.job_id, ""),
+        }
+        with open(self.out / "jobs.csv", "w", newline="") as f:
+            w = csv.DictWriter(f, JOB_COLS)
+            w.writeheader()
+            w.writerows(self.jobs.values())
+
+    def close(self) -> None:
+        self._loss.close()
+        self._curve.close()

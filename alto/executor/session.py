@@ -1,0 +1,82 @@
+"""`alto run` end to end: load the backbone once, run each task, write DIR/.
+
+    cfg = load_config("configs/tiny.yaml")
+    result = run_config(cfg, "out/tiny")        # -> RunResult (per-task runners)
+
+Admission memory: on CUDA a short profile (profile.fit_memory) fits the paper's
+M(B) = k0 + k1*B*L on this device and budget; on CPU only `memory.max_total_batch`
+and `memory.max_active` limit admission.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from alto.executor.config import Config
+from alto.executor.lora_model import MultiLoraModel, fused_available
+from alto.executor.models import load_backbone, save_base_model
+from alto.executor.outputs import RunWriter
+from alto.executor.runner import Hooks, TaskRunner
+
+
+@dataclass
+class RunResult:
+    out: Path
+    runners: list[TaskRunner] = field(default_factory=list)
+    interrupted: bool = False
+    impl: str = "reference"
+
+
+def pick_impl(cfg: Config, device: torch.device) -> str:
+    """reference | fused: fused only on CUDA with kernels/ importable (or when forced)."""
+    if cfg.run.kernel == "reference":
+        return "reference"
+    if cfg.run.kernel == "fused":
+        return "fused"
+    return "fused" if device.type == "cuda" and fused_available() else "reference"
+
+
+def run_config(cfg: Config, out: str | Path, hooks: Hooks | None = None, log=sys.stderr,
+               backbone=None) -> RunResult:
+    """Train every task of cfg; write DIR/. backbone: (model, tok, device) to reuse (tests)."""
+    out = Path(out)
+    model, tok, device = backbone if backbone is not None else load_backbone(cfg)
+    impl = pick_impl(cfg, device)
+    base_name = cfg.model.path
+    if cfg.model.is_random:
+        base_name = str((out / "base_model").resolve())
+        small = sum(p.numel() for p in model.parameters()) < 5e7
+        save_base_model(model, out / "base_model", save_weights=small)
+    writer = RunWriter(out, source=f"executor:{cfg.model.path}", base_model=base_name)
+    res = RunResult(out, impl=impl)
+    print(f"alto run: {cfg.model.path} on {device} ({cfg.model.dtype}), LoRA impl {impl}", file=log)
+    try:
+        for i, task in enumerate(cfg.tasks):
+            mlm = MultiLoraModel(model, task.target_modules, impl=impl,
+                                 gradient_checkpointing=cfg.model.gradient_checkpointing)
+            mem_fits = None
+            if device.type == "cuda":
+                from alto.executor.profile import fit_memory
+
+                mem = fit_memory(mlm, task.max_seq_len, max(task.ranks), cfg.memory.budget_gb,
+                                 cfg.memory.margin_frac, vocab=getattr(tok, "vocab_size", 256))
+                print(f"[{task.name}] memory model: {mem}", file=log)
+                mem_fits = mem.fits
+            runner = TaskRunner(cfg, task, i, mlm, tok, writer, mem_fits=mem_fits, hooks=hooks, log=log)
+            res.runners.append(runner)
+            try:
+                runner.run()
+            finally:
+                mlm.remove()
+    except KeyboardInterrupt:
+        res.interrupted = True
+        if res.runners:
+            res.runners[-1].interrupt()
+        print("interrupted: wrote finished jobs to jobs.csv", file=log)
+    finally:
+        writer.close()
+    return res
