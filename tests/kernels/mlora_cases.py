@@ -79,7 +79,7 @@ def make_case(
 
 
 def rel(a: torch.Tensor, b: torch.Tensor) -> float:
-    a, b = a.detach().double().cpu(), b.detach().double().cpu()
+    a, b = a.detach().double(), b.detach().double()
     return float((a - b).norm() / b.norm().clamp_min(1e-30))
 
 
@@ -94,13 +94,13 @@ def run_and_compare(tensors, seg, ranks, scaling, dtype, seed: int = 1, call=fus
     dy = torch.randn(y.shape, generator=gen).to(y.device, y.dtype)
     gx, ga, gb = torch.autograd.grad(y, (x, a, b), dy)
 
-    # oracle: fp64 on CPU; NaN rank padding replaced by 0 there (the reference slices it away
-    # anyway, but 0 keeps torch.cat/grad of the slices clean).
-    xr = x.detach().double().cpu().requires_grad_()
-    ar = torch.nan_to_num(a.detach().double().cpu()).requires_grad_()
-    br = torch.nan_to_num(b.detach().double().cpu()).requires_grad_()
-    yr = fused_multi_lora_reference(xr, w.double().cpu(), ar, br, seg, ranks, scaling)
-    rx, ra, rb = torch.autograd.grad(yr, (xr, ar, br), dy.double().cpu())
+    # oracle: fp64 on the same device; NaN rank padding replaced by 0 there (the reference
+    # slices it away anyway, but 0 keeps the grads of the slices clean).
+    xr = x.detach().double().requires_grad_()
+    ar = torch.nan_to_num(a.detach().double()).requires_grad_()
+    br = torch.nan_to_num(b.detach().double()).requires_grad_()
+    yr = fused_multi_lora_reference(xr, w.double(), ar, br, seg, ranks, scaling)
+    rx, ra, rb = torch.autograd.grad(yr, (xr, ar, br), dy.double())
 
     tol = TOL[dtype]
     for name, got, ref in (("y", y, yr), ("dx", gx, rx), ("dA", ga, ra), ("dB", gb, rb)):

@@ -1,0 +1,265 @@
+"""Benchmark one multi-LoRA linear layer, fwd + bwd, on a CUDA GPU; rows appended to a CSV.
+
+Run (on the GPU machine, from the repo root):
+    python3 benchmarks/bench_multi_lora.py --out benchmarks/results/multi_lora.csv
+    python3 benchmarks/bench_multi_lora.py --quick          # one small config, smoke test
+
+Variants (all compute the same function; the frozen base weight never gets a gradient):
+  base       y = x Wᵀ and dX = dY W only (the floor the LoRA part is added to)
+  fused      kernels.fused_multi_lora (default: LoRA delta added in the cuBLAS epilogue)
+  fused_kadd same, with TUNE["fuse_add"]="kernel" (paper's fused expand-and-add kernel)
+  loop       eager PyTorch: shared base GEMM + per-adapter loop (kernels.reference)
+  separate   N separate jobs: each adapter runs its own base GEMM + LoRA on its own tokens
+
+Shapes are Llama-3.1-8B projections (d_in -> d_out); ranks drawn from {16, 32, 64}; tokens split
+over adapters by a multinomial draw (seeded). Timing: triton.testing.do_bench (CUDA events,
+L2 flushed between runs), median and p20/p80. Launches: CUDA kernels + memsets seen by
+torch.profiler in one fwd+bwd step. FLOPs: base 4·T·d_in·d_out (fwd + dX), LoRA
+6·Σ_i n_i·r_i·(d_in + d_out). lora_bytes: bytes the LoRA part adds in the fused design (see
+docs/kernels.md), lora_floor_ms = lora_bytes / measured copy bandwidth.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime as dt
+import json
+import os
+import sys
+
+import numpy as np
+import torch
+import triton
+import triton.testing
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import kernels  # noqa: E402
+from kernels import multi_lora as ml  # noqa: E402
+
+SHAPES = {
+    "4096x4096": (4096, 4096),
+    "4096x1024": (4096, 1024),
+    "4096x14336": (4096, 14336),
+    "14336x4096": (14336, 4096),
+}
+COLUMNS = [
+    "date",
+    "gpu",
+    "torch",
+    "triton",
+    "shape",
+    "T",
+    "N",
+    "ranks",
+    "variant",
+    "median_ms",
+    "p20_ms",
+    "p80_ms",
+    "tflops",
+    "lora_bytes",
+    "lora_floor_ms",
+    "launches",
+    "ratio_vs_base",
+]
+BF16 = torch.bfloat16
+
+
+def ceilings() -> dict:
+    """Measured copy bandwidth (bytes read + written) and bf16 GEMM rate on this GPU."""
+    a = torch.empty(2 * 1024**3 // 2, dtype=BF16, device="cuda")
+    b = torch.empty_like(a)
+    ms = triton.testing.do_bench(lambda: b.copy_(a), warmup=25, rep=100)
+    bw = 2 * a.numel() * 2 / (ms * 1e-3)
+    m = torch.randn(8192, 8192, device="cuda", dtype=BF16)
+    ms_mm = triton.testing.do_bench(lambda: m @ m, warmup=25, rep=100)
+    return {"copy_bytes_per_s": bw, "bf16_mm_flops": 2 * 8192**3 / (ms_mm * 1e-3)}
+
+
+def make_inputs(d_in, d_out, t, n, seed=0):
+    rng = np.random.default_rng(seed)
+    ranks = [int(r) for r in rng.choice([16, 32, 64], size=n)]
+    seg = rng.multinomial(t, [1.0 / n] * n).tolist()
+    scaling = [2.0] * n  # alpha = 2r
+    r_max = max(ranks)
+    g = dict(device="cuda", dtype=BF16)
+    x = torch.randn(t, d_in, **g).requires_grad_()
+    w = torch.randn(d_out, d_in, **g) / d_in**0.5
+    a = (torch.randn(n, r_max, d_in, **g) / d_in**0.5).requires_grad_()
+    b = (torch.randn(n, d_out, r_max, **g) / r_max**0.5).requires_grad_()
+    dy = torch.randn(t, d_out, **g)
+    return dict(x=x, w=w, a=a, b=b, dy=dy, seg=seg, ranks=ranks, scaling=scaling)
+
+
+def step_fn(variant: str, inp: dict):
+    x, w, a, b, dy = inp["x"], inp["w"], inp["a"], inp["b"], inp["dy"]
+    seg, ranks, scaling = inp["seg"], inp["ranks"], inp["scaling"]
+    if variant == "base":
+        return lambda: torch.autograd.grad(torch.nn.functional.linear(x, w), (x,), dy)
+    if variant in ("fused", "fused_kadd"):
+        lay = kernels.make_layout(seg, ranks, scaling, device="cuda")
+        mode = "kernel" if variant == "fused_kadd" else "addmm"
+
+        def fused():
+            ml.TUNE["fuse_add"] = mode
+            y = kernels.fused_multi_lora(x, w, a, b, layout=lay)
+            return torch.autograd.grad(y, (x, a, b), dy)
+
+        return fused
+    if variant == "loop":
+
+        def loop():
+            y = kernels.fused_multi_lora_reference(x, w, a, b, seg, ranks, scaling)
+            return torch.autograd.grad(y, (x, a, b), dy)
+
+        return loop
+    if variant == "separate":
+        offs = np.concatenate([[0], np.cumsum(seg)])
+        jobs = []
+        for i, (o, n) in enumerate(zip(offs[:-1], seg, strict=True)):
+            if n:
+                r = ranks[i]
+                jobs.append(
+                    (
+                        x[o : o + n].detach().clone().requires_grad_(),
+                        a[i, :r].detach().clone().requires_grad_(),
+                        b[i, :, :r].detach().clone().requires_grad_(),
+                        dy[o : o + n],
+                        scaling[i],
+                    )
+                )
+
+        def separate():
+            for xi, ai, bi, dyi, s in jobs:
+                yi = torch.nn.functional.linear(xi, w) + s * (xi @ ai.t()) @ bi.t()
+                torch.autograd.grad(yi, (xi, ai, bi), dyi)
+
+        return separate
+    raise ValueError(variant)
+
+
+def count_launches(fn) -> int:
+    from torch.profiler import ProfilerActivity, profile
+
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        fn()
+        torch.cuda.synchronize()
+    return sum(1 for e in prof.events() if e.device_type.name == "CUDA")
+
+
+def lora_model(d_in, d_out, t, seg, ranks, block_r) -> tuple[float, float]:
+    """(LoRA FLOPs, LoRA bytes) of one fwd+bwd in the fused design, bf16 activations."""
+    flops = 6.0 * sum(n * r for n, r in zip(seg, ranks, strict=True)) * (d_in + d_out)
+    act = 2 * t * (4 * d_in + 4 * d_out)  # x, delta(w+r), dY x2, dX delta(w+r), X  (see docs)
+    wts = 3 * 2 * len(seg) * max(ranks) * (d_in + d_out)  # A, B read fwd + bwd, grads written
+    s_bufs = 6 * 4 * t * block_r  # S and dS (fp32): written once, read twice each
+    return flops, float(act + wts + s_bufs)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--out", default="benchmarks/results/multi_lora.csv")
+    p.add_argument("--shapes", default=",".join(SHAPES))
+    p.add_argument("--tokens", default="2048,4096,8192,16384")
+    p.add_argument("--adapters", default="8,32,64")
+    p.add_argument("--variants", default="base,fused,fused_kadd,loop,separate")
+    p.add_argument(
+        "--slow-variants-tokens",
+        default="2048,4096,8192,16384",
+        help="T values at which loop/separate are timed (they are slow)",
+    )
+    p.add_argument("--quick", action="store_true")
+    p.add_argument("--rep", type=int, default=100, help="do_bench rep (ms)")
+    args = p.parse_args()
+    if args.quick:
+        args.shapes, args.tokens, args.adapters = "4096x4096", "4096", "8"
+    ceil = ceilings()
+    print(json.dumps(ceil), flush=True)
+    bw = ceil["copy_bytes_per_s"]
+    meta = dict(
+        date=dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%MZ"),
+        gpu=torch.cuda.get_device_name(),
+        torch=torch.__version__,
+        triton=triton.__version__,
+    )
+    slow_t = {int(v) for v in args.slow_variants_tokens.split(",")}
+    new_file = not os.path.exists(args.out)
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    summary = []
+    with open(args.out, "a", newline="") as fh:
+        wr = csv.DictWriter(fh, fieldnames=COLUMNS)
+        if new_file:
+            wr.writeheader()
+        for shape in args.shapes.split(","):
+            d_in, d_out = SHAPES[shape]
+            for t in (int(v) for v in args.tokens.split(",")):
+                for n in (int(v) for v in args.adapters.split(",")):
+                    inp = make_inputs(d_in, d_out, t, n)
+                    lay = kernels.make_layout(
+                        inp["seg"], inp["ranks"], inp["scaling"], device="cuda"
+                    )
+                    lflops, lbytes = lora_model(
+                        d_in, d_out, t, inp["seg"], inp["ranks"], lay.block_r
+                    )
+                    bflops = 4.0 * t * d_in * d_out
+                    base_ms, res = None, {}
+                    with torch.no_grad():  # check before timing: fused vs eager loop, same dtype
+                        yf = kernels.fused_multi_lora(
+                            inp["x"], inp["w"], inp["a"], inp["b"], layout=lay
+                        )
+                        yl = kernels.fused_multi_lora_reference(
+                            inp["x"], inp["w"], inp["a"], inp["b"], lay
+                        )
+                        err = float((yf.float() - yl.float()).norm() / yl.float().norm())
+                        del yf, yl
+                    if not err < 2e-2:
+                        print(f"WARNING {shape} T={t} N={n}: fused vs loop rel err {err:.2e}")
+                    for var in args.variants.split(","):
+                        if var in ("loop", "separate") and t not in slow_t:
+                            continue
+                        fn = step_fn(var, inp)
+                        fn()  # compile / warm caches
+                        med, p20, p80 = triton.testing.do_bench(
+                            fn, warmup=25, rep=args.rep, quantiles=[0.5, 0.2, 0.8]
+                        )
+                        launches = count_launches(fn)
+                        ml.TUNE["fuse_add"] = "addmm"
+                        base_ms = med if var == "base" else base_ms
+                        flops = bflops + (0.0 if var == "base" else lflops)
+                        res[var] = med
+                        wr.writerow(
+                            dict(
+                                meta,
+                                shape=shape,
+                                T=t,
+                                N=n,
+                                ranks=f"16/32/64 mean {np.mean(inp['ranks']):.1f}",
+                                variant=var,
+                                median_ms=f"{med:.4f}",
+                                p20_ms=f"{p20:.4f}",
+                                p80_ms=f"{p80:.4f}",
+                                tflops=f"{flops / (med * 1e-3) / 1e12:.1f}",
+                                lora_bytes=int(0 if var == "base" else lbytes),
+                                lora_floor_ms=f"{(0 if var == 'base' else lbytes / bw * 1e3):.4f}",
+                                launches=launches,
+                                ratio_vs_base=f"{med / base_ms:.3f}" if base_ms else "",
+                            )
+                        )
+                        fh.flush()
+                    summary.append((shape, t, n, res, lbytes / bw * 1e3))
+                    del inp
+                    torch.cuda.empty_cache()
+                    r = res
+                    print(
+                        f"{shape:>11} T={t:>5} N={n:>2} "
+                        + " ".join(f"{k}={v:.3f}" for k, v in r.items())
+                        + (f"  fused/base={r['fused'] / r['base']:.3f}" if "fused" in r else "")
+                        + (f" loop/fused={r['loop'] / r['fused']:.2f}" if "loop" in r else "")
+                        + f" err={err:.1e}",
+                        flush=True,
+                    )
+
+
+if __name__ == "__main__":
+    main()
