@@ -30,7 +30,7 @@ def plot_makespan(summary: dict, out: Path) -> Path:
     hours = [summary[n]["makespan_s"] / 3600 for n in names]
     fig, ax = plt.subplots(figsize=(1.2 * len(names) + 2, 3.5))
     bars = ax.bar(names, hours, color=["tab:green" if n.startswith("alto") else "tab:gray" for n in names])
-    for b, n in zip(bars, names):
+    for b, n in zip(bars, names, strict=True):
         sp = summary[n].get("speedup_vs_sequential")
         if sp:
             ax.annotate(f"{sp:.1f}x", (b.get_x() + b.get_width() / 2, b.get_height()), ha="center", va="bottom", fontsize=8)
@@ -54,7 +54,7 @@ def plot_gantt(tasks: pd.DataFrame, policy: str, gpus: int, out: Path) -> Path:
     ax.set_ylabel("GPU")
     ax.set_ylim(-0.5, gpus - 0.5)
     ax.set_title(f"GPU timeline: {policy}")
-    ev = sorted([(s, g) for s, g in zip(t.start_s, t.gpus)] + [(f, -g) for f, g in zip(t.finish_s, t.gpus)])
+    ev = sorted([(s, g) for s, g in zip(t.start_s, t.gpus, strict=True)] + [(f, -g) for f, g in zip(t.finish_s, t.gpus, strict=True)])
     times, held = [0.0], [0]
     for time_s, delta in ev:
         times.append(time_s / 3600)
@@ -100,7 +100,7 @@ def plot_trajectories(curves: pd.DataFrame, out: Path, policy: str | None = None
     task = c.task_id.iloc[0]
     c = c[c.task_id == task]
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for job, g in c.groupby("job_id", sort=True):
+    for _job, g in c.groupby("job_id", sort=True):
         reason = g.exit_reason.iloc[-1] or "completed"
         color = REASON_COLORS.get(reason, "gray")
         ax.plot(g.samples, g.val_loss, color=color, alpha=0.6, lw=1)

@@ -80,6 +80,7 @@ class ClusterSim:
         self.outcomes: list[TaskOutcome] = []
         self.events: list[tuple[float, str]] = []
         self.planner_calls = 0
+        self.n_events = 0  # simulation events processed (arrivals + training advances)
         self._step_cache: dict[tuple, float] = {}
         self._dur_cache: dict[tuple, float] = {}
 
@@ -97,10 +98,18 @@ class ClusterSim:
         if self.cfg.log_events:
             self.events.append((round(self.env.now, 6), what))
 
-    def _memory(self, task: TaskSpec) -> MemoryModel:
-        """Task-wide memory model: k0 and HBM scale with the task's GPUs (rank-local adapters)."""
+    def _fits(self, task: TaskSpec) -> Callable[[Sequence[JobConfig]], bool]:
+        """Whether a set of the task's configs can train together on its GPUs.
+
+        The paper's M(B) = k0 + k1·B·L (k0 and HBM scale with the task's GPUs, since
+        adapters are rank-local), plus each adapter's own parameters, gradients and AdamW
+        state, which M(B) leaves out and which reach ~80 GB for 60 rank-32 adapters on 8B.
+        """
         k0, k1, hbm = self.cost.memory(self.cfg.gpu_type, task.model)
-        return MemoryModel(k0 * task.gpus, k1, hbm * task.gpus, self.cfg.mem_margin_frac)
+        mem = MemoryModel(k0 * task.gpus, k1, hbm * task.gpus, self.cfg.mem_margin_frac)
+        state = {r: self.cost.adapter_bytes(self.cfg.gpu_type, task.model, r) for r in task.ranks}
+        usable, L = mem.usable_bytes, task.seq_len
+        return lambda js: mem.predict(sum(j.batch_size for j in js), L) + sum(state[j.rank] for j in js) <= usable
 
     def _step_time(self, task: TaskSpec, jobs: Sequence[JobConfig]) -> float:
         """Seconds of one co-located step of `jobs`, cached per (model, kernel, batch mix)."""
@@ -127,9 +136,9 @@ class ClusterSim:
         if self.policy.max_active == 1:
             d = sum(j.total_steps * self._step_time(task, [j]) for j in jobs)
         else:
-            mem, packed = self._memory(task), []
+            fits, packed = self._fits(task), []
             for j in sorted(jobs, key=lambda j: -j.batch_size):
-                if mem.fits(sum(p.batch_size for p in packed) + j.batch_size, task.seq_len):
+                if fits([*packed, j]):
                     packed.append(j)
             packed = packed or [min(jobs, key=lambda j: j.batch_size)]
             per_s = sum(j.batch_size for j in packed) / self._step_time(task, packed)
@@ -161,6 +170,7 @@ class ClusterSim:
         for task in self.tasks:
             if task.arrival_s > self.env.now:
                 yield self.env.timeout(task.arrival_s - self.env.now)
+            self.n_events += 1
             self._log(f"arrive {task.task_id}")
             self.pending[task.task_id] = (task, PlanTask(task.task_id, task.gpus, self.predicted_duration(task), task.arrival_s))
             self._replan()
@@ -172,12 +182,8 @@ class ClusterSim:
         self._log(f"start {task.task_id} gpus={','.join(map(str, gpu_ids))}")
         jobs = task.jobs()
         by_id = {j.job_id: j for j in jobs}
-        mem = self._memory(task)
         ee = make_early_exit(self._ee_config(), jobs)
-        tuner = TaskTuner(
-            jobs, ee, fits=lambda js: mem.fits(sum(j.batch_size for j in js), task.seq_len),
-            backfill=self.policy.backfill, max_active=self.policy.max_active,
-        )
+        tuner = TaskTuner(jobs, ee, self._fits(task), backfill=self.policy.backfill, max_active=self.policy.max_active)
         samples = dict.fromkeys(by_id, 0)
         steps = dict.fromkeys(by_id, 0)
         exit_time: dict[str, float] = {}
@@ -190,6 +196,7 @@ class ClusterSim:
             need = [max(1, math.ceil((tuner.next_eval(j.job_id) - samples[j.job_id]) / j.batch_size)) for j in act]
             n_steps = min(need)
             yield env.timeout(n_steps * self._step_time(task, act))
+            self.n_events += 1
             for j in act:
                 samples[j.job_id] = min(j.total_samples, samples[j.job_id] + n_steps * j.batch_size)
                 steps[j.job_id] += n_steps

@@ -264,6 +264,10 @@ class CostModel:
             per_n.append(interp_clamped(tokens_per_step, tok, corrected))
         return interp_clamped(n_adapters, ns, per_n)
 
+    def adapter_bytes(self, gpu: str, model: str, rank: int) -> float:
+        """ESTIMATE of one adapter's resident bytes (params, grads, AdamW state); see adapter_state_bytes."""
+        return adapter_state_bytes(model, rank)
+
     def memory(self, gpu: str, model: str) -> tuple[float, float, float]:
         """(k0_bytes, k1_bytes_per_token, hbm_bytes) per GPU, for M(B) = k0 + k1 * B * L."""
         try:
