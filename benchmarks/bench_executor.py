@@ -1,0 +1,314 @@
+"""Executor benchmarks on one GPU: paper Table 2 shape, 8B throughput, measured cost rows.
+
+Run (on the GPU machine, from the repo root; each part writes CSVs into --out):
+    python3 benchmarks/bench_executor.py --part check,table2,throughput --out benchmarks/results
+
+Parts:
+  check       fused vs reference LoRA path on Llama-3.2-1B shapes (bf16): per-adapter losses
+              and LoRA gradients of one step must agree (rel. error reported) before timing.
+  table2      paper Table 2 setup on this GPU: Llama-3.2-1B shape (random init, bf16), 32
+              adapters with ranks 16/32/64 (cycled), per-adapter batch 1/2/4, seq 512 (the
+              paper does not state its seq len; 512 keeps activations in memory without
+              recompute). fused = kernels.fused_multi_lora; loop = eager PyTorch shared base +
+              per-adapter loop; sequential = one adapter at a time (step time of 1 adapter of
+              rank 32 at the same batch x 32 adapters). Workload time = steps for 1,000 samples
+              per adapter x measured step time (projected from step times, not a full run).
+  throughput  Llama-3.1-8B shape, random init, bf16, seq 1024, rank 16, fused, 16-64 adapters
+              at batch 1-8 per adapter; gradient checkpointing when a step exceeds 20k tokens
+              (activations of more tokens do not fit in 141 GB). tokens/s vs the 4N FLOP bound
+              (24,600 tok/s) and HF PEFT (9,085 tok/s at batch 4, 4,441 at batch 1; GPU.md).
+  search      a real search (--search-config, SmolLM2 GGUF + a jsonl task): `alto run` with ALTO
+              early exit, then with policy none (the full grid: every config to the end, which
+              also gives the regret reference), then sequential HF PEFT on one config per batch
+              size (rank 16, lr 2e-4) timed for the whole epoch and extrapolated to the grid
+              (x15: each batch size has 15 configs; rank/lr assumed not to change step time).
+Every timed point also becomes a row of the simulator's cost table (measured_h200.csv) and the
+memory fits become rows of memory_measured_h200.csv.
+Timing: CUDA events around whole steps (fwd + bwd + every adapter's AdamW), 1 warm-up step
+(Triton compile) + --iters timed steps; median, p20, p80.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime as dt
+import os
+import sys
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from alto.executor.lora_model import MultiLoraModel  # noqa: E402
+from alto.executor.models import random_model  # noqa: E402
+from alto.executor.profile import PROFILE_COLS, device_name, make_adapters, memory_points, time_step  # noqa: E402
+from alto.models import LORA_TARGETS, get_model  # noqa: E402
+from alto.policy.memory import MemoryModel  # noqa: E402
+
+BENCH_COLS = ["setup", "model", "impl", "n_adapters", "batch_per_adapter", "seq_len", "mean_rank",
+              "grad_ckpt", "tokens_per_step", "step_median_s", "step_p20_s", "step_p80_s", "tokens_per_s",
+              "peak_mem_gb", "gpu", "torch", "triton", "transformers", "date", "note"]
+PEFT_8B = {1: 4441.0, 4: 9085.0}  # HF PEFT, one adapter r=16, seq 1024 (GPU.md, measured)
+BOUND_8B = 24600.0  # 4N FLOPs/token at 790 TFLOP/s
+DEV = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+CUDA = DEV.type == "cuda"
+
+
+def versions() -> dict:
+    import transformers
+    import triton
+
+    return {"torch": torch.__version__, "triton": triton.__version__, "transformers": transformers.__version__,
+            "gpu": device_name(DEV), "date": dt.date.today().isoformat()}
+
+
+def set_ckpt(mlm: MultiLoraModel, on: bool) -> None:
+    if on:
+        mlm.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        mlm.model.train()
+    else:
+        mlm.model.gradient_checkpointing_disable()
+        mlm.model.eval()
+
+
+def write_csv(path: str, cols: list[str], rows: list[dict]) -> None:
+    new = not os.path.exists(path)
+    with open(path, "a", newline="") as f:
+        w = csv.DictWriter(f, cols, extrasaction="ignore")
+        if new:
+            w.writeheader()
+        w.writerows(rows)
+
+
+class Bench:
+    def __init__(self, out: str, iters: int):
+        self.out, self.iters, self.v = out, iters, versions()
+        self.rows: list[dict] = []
+        self.cost_rows: list[dict] = []
+
+    def point(self, setup, model_name, mlm, impl, n, b, L, ranks, ckpt=False, note=""):
+        """Time one (impl, n adapters, b rows each, L); returns the bench row (or None on OOM)."""
+        mlm.ctx.impl = {"single": "reference", "sequential": "reference"}.get(impl, impl)
+        set_ckpt(mlm, ckpt)
+        rk = [ranks[i % len(ranks)] for i in range(n)]
+        ads = make_adapters(mlm, rk, b)
+        if CUDA:
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats()
+        try:
+            med, p20, p80 = time_step(mlm, ads, [b] * n, L, mlm.model.config.vocab_size, warmup=1, iters=self.iters)
+        except torch.cuda.OutOfMemoryError:
+            mlm.clear()
+            print(f"{setup} {impl} n={n} b={b}: OOM", flush=True)
+            return None
+        finally:
+            del ads
+        tok = n * b * L
+        row = dict(setup=setup, model=model_name, impl=impl, n_adapters=n, batch_per_adapter=b, seq_len=L,
+                   mean_rank=sum(rk) / n, grad_ckpt=int(ckpt), tokens_per_step=tok, step_median_s=f"{med:.5g}",
+                   step_p20_s=f"{p20:.5g}", step_p80_s=f"{p80:.5g}", tokens_per_s=f"{tok / med:.1f}",
+                   peak_mem_gb=f"{torch.cuda.max_memory_reserved() / 1e9 if CUDA else 0:.1f}", note=note, **self.v)
+        self.rows.append(row)
+        kern = {"fused": "fused", "loop": "loop", "single": "single"}.get(impl)
+        if kern and not ckpt:  # the cost table has no recompute axis: only plain steps go in
+            self.cost_rows.append({"gpu": self.v["gpu"], "model": model_name, "kernel": kern, "n_adapters": n,
+                                   "tokens_per_step": tok, "mean_rank": sum(rk) / n, "step_time_s": f"{med:.6g}",
+                                   "source": f"measured: {self.v['gpu']} {self.v['date']} bench_executor "
+                                             f"torch{self.v['torch']} b={b} L={L}", "date": self.v["date"]})
+        print(f"{setup} {impl:6s} n={n:3d} b={b} L={L} ckpt={int(ckpt)}: {med * 1e3:8.1f} ms  "
+              f"{tok / med:10,.0f} tok/s  peak {row['peak_mem_gb']} GB", flush=True)
+        return row
+
+    def memory_row(self, model_name, mlm, L, rank):
+        if not CUDA:
+            return None
+        set_ckpt(mlm, False)
+        mlm.ctx.impl = "fused"
+        pts = memory_points(mlm, L, rank, mlm.model.config.vocab_size)
+        hbm = torch.cuda.get_device_properties(0).total_memory
+        mm = MemoryModel.fit(pts, hbm)
+        print(f"memory {model_name}: {mm} from {pts}", flush=True)
+        return {"gpu": self.v["gpu"], "model": model_name, "k0_bytes": f"{mm.k0_bytes:.6g}",
+                "k1_bytes_per_token": f"{mm.k1_bytes_per_token:.6g}", "hbm_bytes": hbm,
+                "source": f"measured: {self.v['gpu']} {self.v['date']} bench_executor L={L} rank={rank} "
+                          f"fused peak-reserved fit of {len(pts)} points"}
+
+
+def check(mlm: MultiLoraModel) -> str:
+    """Fused vs reference on one batch: max relative error of losses and of LoRA grads."""
+    set_ckpt(mlm, False)
+    ads = make_adapters(mlm, [16, 32, 64, 16], 2)
+    g = torch.Generator().manual_seed(0)
+    for a in ads:
+        for _, bw in a.params.values():
+            bw.data.normal_(0, 0.01, generator=None)
+    ids = torch.randint(0, 200, (8, 257), generator=g).to(DEV)
+    mask = torch.ones(8, 256, device=DEV)
+    out = {}
+    for impl in ("reference", "fused"):
+        mlm.ctx.impl = impl
+        loss, _ = mlm.per_adapter_loss(ads, ids[:, :-1], ids[:, 1:], mask, [2, 2, 2, 2])
+        loss.sum().backward()
+        mlm.clear()
+        grads = torch.cat([p.grad.flatten().float() for a in ads for p in a.parameters()])
+        out[impl] = (loss.detach().float(), grads)
+        for a in ads:
+            a.opt.zero_grad()
+    le = ((out["fused"][0] - out["reference"][0]).abs() / out["reference"][0].abs()).max().item()
+    ge = ((out["fused"][1] - out["reference"][1]).norm() / out["reference"][1].norm()).item()
+    msg = f"check fused vs reference (bf16, 1B, 4 adapters r16/32/64): loss rel err {le:.2e}, grad rel err {ge:.2e}"
+    print(msg, flush=True)
+    if not (le < 2e-2 and ge < 5e-2):
+        raise SystemExit("fused path disagrees with the reference: not timing it")
+    return msg
+
+
+def peft_sequential(model, tok, cfg, batches=(1, 2, 4, 8), rank=16, lr=2e-4) -> dict[int, float]:
+    """Wall seconds of one PEFT LoRA job per batch size: one epoch of the task, bf16 base."""
+    import time
+
+    import peft
+
+    from alto.executor.data import SampleStream, collate, encode_sample, load_task_data
+    from alto.executor.lora_model import HF_NAMES
+
+    task = cfg.tasks[0]
+    train, _ = load_task_data(cfg, task, 0)
+    enc = [encode_sample(tok, x, task.max_seq_len) for x in train]
+    total = max(1, round(len(enc) * task.epochs))
+    out = {}
+    for b in batches:
+        pm = peft.get_peft_model(model, peft.LoraConfig(r=rank, lora_alpha=2 * rank, lora_dropout=0.0,
+                                 target_modules=[HF_NAMES[t] for t in task.target_modules]))
+        opt = torch.optim.AdamW([p for p in pm.parameters() if p.requires_grad], lr=lr, weight_decay=0.0)
+        st = SampleStream(len(enc), 0)
+        if CUDA:
+            torch.cuda.synchronize()
+        t0, done = time.perf_counter(), 0
+        while done < total:
+            k = min(b, total - done)
+            tb = collate([[enc[i] for i in st.take(k)]], tok.pad_id).to(DEV)
+            logits = pm(input_ids=tb.inputs).logits
+            m = tb.mask.bool()
+            torch.nn.functional.cross_entropy(logits[m].float(), tb.targets[m]).backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            done += k
+        if CUDA:
+            torch.cuda.synchronize()
+        out[b] = time.perf_counter() - t0
+        print(f"peft sequential b={b}: {out[b]:.1f} s for {total} samples", flush=True)
+        model = pm.unload()
+    return out
+
+
+def search(cfg_path: str, out: str) -> None:
+    """ALTO vs no early exit vs sequential PEFT on a real backbone (see module docstring)."""
+    import time
+
+    import pandas as pd
+
+    from alto.executor.config import load_config
+    from alto.executor.models import load_backbone
+    from alto.executor.session import run_config
+
+    cfg = load_config(cfg_path)
+    t = time.perf_counter()
+    backbone = load_backbone(cfg)
+    print(f"backbone loaded in {time.perf_counter() - t:.1f} s", flush=True)
+    # warm-up (not timed): compile the Triton kernels for this model's shapes and each rank
+    from alto.executor.lora_model import MultiLoraModel as _M
+    from alto.executor.profile import train_step
+    from alto.executor.session import pick_impl
+
+    wm = _M(backbone[0], cfg.tasks[0].target_modules, impl=pick_impl(cfg, backbone[2]))
+    for rows in ([1, 2, 4], [8, 1, 2]):
+        train_step(wm, make_adapters(wm, cfg.tasks[0].ranks, 1), rows, 100, 1000)
+    wm.remove()
+    res = {}
+    for pol in ("alto", "none"):
+        cfg.early_exit = {"policy": pol} if pol == "alto" else {"policy": "none", "eval_every_frac_after": 0.1}
+        t = time.perf_counter()
+        r = run_config(cfg, os.path.join(out, f"search_{pol}"), log=sys.stdout, backbone=backbone)
+        res[pol] = (time.perf_counter() - t, r.impl, pd.read_csv(os.path.join(out, f"search_{pol}", "jobs.csv")))
+    seq = peft_sequential(backbone[0], backbone[1], cfg)
+    v = versions()
+    grid = res["none"][2]
+    grid_best = grid["final_val_loss"].min()
+    rows = []
+    for pol, (wall, impl, jobs) in res.items():
+        # the search's answer: best result among jobs that finished training (completed or
+        # overfitting-exit with best-val weights kept); result loss = final (kept) val loss
+        ok = jobs[jobs["exit_reason"].isin(["completed", "overfitting"])]
+        res_loss = ok.apply(lambda r: r["best_val_loss"] if r["exit_reason"] == "overfitting" else r["final_val_loss"], axis=1)
+        best = float(res_loss.min())
+        rows.append(dict(mode=f"executor policy={pol}", impl=impl, configs=len(jobs), wall_s=f"{wall:.1f}",
+                         samples_trained=int(jobs["samples_trained"].sum()),
+                         samples_full_grid=int(grid["total_samples"].sum()), best_val_loss=f"{best:.5f}",
+                         best_job=ok.loc[res_loss.idxmin(), "job_id"], regret_vs_grid=f"{(best - grid_best) / grid_best:.4%}",
+                         note="measured end to end (after backbone load)", **v))
+    per_b = {b: t for b, t in seq.items()}
+    n_per_b = {b: int((grid["batch_size"] == b).sum()) for b in per_b}
+    rows.append(dict(mode="sequential HF PEFT", impl="peft", configs=sum(n_per_b.values()),
+                     wall_s=f"{sum(per_b[b] * n_per_b[b] for b in per_b):.1f}", samples_trained=int(grid["total_samples"].sum()),
+                     samples_full_grid=int(grid["total_samples"].sum()), best_val_loss="", best_job="", regret_vs_grid="",
+                     note="EXTRAPOLATED: measured 1 config per batch size (r16, lr 2e-4; "
+                          + ", ".join(f"b{b}: {t:.1f}s" for b, t in per_b.items())
+                          + f") x configs per batch size {n_per_b}; training only, no evals", **v))
+    write_csv(os.path.join(out, "executor_search_h200.csv"), list(rows[0]), rows)
+    for r in rows:
+        print(r, flush=True)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--part", default="check,table2,throughput")
+    ap.add_argument("--out", default="benchmarks/results")
+    ap.add_argument("--iters", type=int, default=3)
+    ap.add_argument("--search-config", default=None, help="YAML of the real search (part search)")
+    ap.add_argument("--dry", action="store_true", help="CPU smoke test: llama-tiny for every model")
+    args = ap.parse_args()
+    shapes = {"1b": "llama-tiny", "8b": "llama-tiny"} if args.dry else {"1b": "llama-3.2-1b", "8b": "llama-3.1-8b"}
+    parts = args.part.split(",")
+    os.makedirs(args.out, exist_ok=True)
+    B = Bench(args.out, args.iters)
+    mem_rows = []
+    dev = DEV
+    if {"check", "table2"} & set(parts):
+        m1 = MultiLoraModel(random_model(shapes["1b"], torch.bfloat16, dev, 0), LORA_TARGETS)
+        note = check(m1) if "check" in parts else ""
+        if "table2" in parts:
+            L, ranks = (32 if args.dry else 512), [16, 32, 64]
+            for b in (1, 2, 4):
+                B.point("table2", shapes["1b"], m1, "fused", 32, b, L, ranks, note=note)
+                B.point("table2", shapes["1b"], m1, "loop", 32, b, L, ranks)
+                B.point("table2", shapes["1b"], m1, "single", 1, b, L, [32])
+            mem_rows.append(B.memory_row(shapes["1b"], m1, 1024, 64))
+        write_csv(os.path.join(args.out, "executor_table2_h200.csv"), BENCH_COLS, B.rows)
+        B.rows = []
+        del m1
+        if CUDA:
+            torch.cuda.empty_cache()
+    if "throughput" in parts:
+        shape = get_model(shapes["8b"])
+        m8 = MultiLoraModel(random_model(shape.name, torch.bfloat16, dev, 0), LORA_TARGETS)
+        L = 64 if args.dry else 1024
+        for n, b in [(16, 1), (32, 1), (64, 1), (16, 4), (32, 2), (64, 2), (16, 8)]:
+            ck = n * b * L > (2000 if args.dry else 20_000)
+            B.point("throughput", shape.name, m8, "fused", n, b, L, [16], ckpt=ck,
+                    note=f"4N bound {BOUND_8B:.0f} tok/s; PEFT b1 {PEFT_8B[1]:.0f}, b4 {PEFT_8B[4]:.0f}")
+        B.point("throughput", shape.name, m8, "loop", 16, 1, L, [16])
+        B.point("throughput", shape.name, m8, "single", 1, 4, L, [16], note="our model, one adapter")
+        mem_rows.append(B.memory_row(shape.name, m8, 1024, 16))
+        write_csv(os.path.join(args.out, "executor_throughput_h200.csv"), BENCH_COLS, B.rows)
+    if "search" in parts:
+        search(args.search_config, args.out)
+    if B.cost_rows:
+        write_csv(os.path.join(args.out, "measured_h200.csv"), PROFILE_COLS, B.cost_rows)
+    if any(mem_rows):
+        write_csv(os.path.join(args.out, "memory_measured_h200.csv"),
+                  ["gpu", "model", "k0_bytes", "k1_bytes_per_token", "hbm_bytes", "source"], [r for r in mem_rows if r])
+
+
+if __name__ == "__main__":
+    main()
