@@ -187,30 +187,41 @@ class ClusterSim:
         samples = dict.fromkeys(by_id, 0)
         steps = dict.fromkeys(by_id, 0)
         exit_time: dict[str, float] = {}
-        self._apply(tuner.start(), exit_time)
+        in_slot: dict[str, JobConfig] = {}  # mirror of tuner.active, kept from the decisions
+        target: dict[str, int] = {}  # job -> samples of its next evaluation (while in a slot)
+        apply = lambda ds: self._apply(ds, exit_time, in_slot, by_id)
+        apply(tuner.start())
         while not tuner.done:
-            active = list(tuner.active)
-            if not active:
+            if not in_slot:
                 raise RuntimeError(f"task {task.task_id}: tuner has no active job but is not done")
-            act = [by_id[j] for j in active]
-            need = [max(1, math.ceil((tuner.next_eval(j.job_id) - samples[j.job_id]) / j.batch_size)) for j in act]
-            n_steps = min(need)
+            act = list(in_slot.values())
+            for j in act:
+                if j.job_id not in target:
+                    target[j.job_id] = tuner.next_eval(j.job_id)
+            n_steps = max(1, min(-((samples[j.job_id] - target[j.job_id]) // j.batch_size) for j in act))
             yield env.timeout(n_steps * self._step_time(task, act))
             self.n_events += 1
-            for j in act:
-                samples[j.job_id] = min(j.total_samples, samples[j.job_id] + n_steps * j.batch_size)
-                steps[j.job_id] += n_steps
+            due = []
             for j in act:
                 jid = j.job_id
-                if jid not in tuner.active or samples[jid] < tuner.next_eval(jid):
+                samples[jid] = min(j.total_samples, samples[jid] + n_steps * j.batch_size)
+                steps[jid] += n_steps
+                if samples[jid] >= target[jid]:
+                    due.append(j)
+            for j in due:
+                jid = j.job_id
+                if jid not in in_slot:  # exited by an earlier decision at this same instant
                     continue
+                del target[jid]
                 train, val = self.curves.losses(task, j, samples[jid])
-                ev = LossReported(env.now, jid, steps[jid], samples[jid], train, val)
-                self._apply(tuner.on_loss(ev), exit_time)
-                if jid in tuner.active and samples[jid] >= j.total_samples:
+                apply(tuner.on_loss(LossReported(env.now, jid, steps[jid], samples[jid], train, val)))
+                if jid in in_slot and samples[jid] >= j.total_samples:
                     self._log(f"complete {jid}")
                     exit_time[jid] = env.now
-                    self._apply(tuner.on_complete(env.now, jid), exit_time)
+                    del in_slot[jid]
+                    apply(tuner.on_complete(env.now, jid))
+            for jid in [k for k in target if k not in in_slot]:
+                del target[jid]
         self.pool.release(gpu_ids)
         del self.running[task.task_id]
         self.outcomes.append(self._outcome(task, gpu_ids, start, tuner, samples, exit_time))
@@ -224,14 +235,17 @@ class ClusterSim:
 
         return replace(self.cfg.early_exit, policy=self.policy.early_exit)
 
-    def _apply(self, decisions, exit_time: dict[str, float]) -> None:
-        """Carry out tuner decisions: only book-keeping here (the next loop turn trains the new active set)."""
+    def _apply(self, decisions, exit_time: dict[str, float], in_slot: dict[str, JobConfig], by_id) -> None:
+        """Carry out tuner decisions: book-keeping only (the next loop turn trains the new slots)."""
         for d in decisions:
             if isinstance(d, Admit):
+                in_slot[d.job_id] = by_id[d.job_id]
                 self._log(f"{'resume' if d.resume else 'admit'} {d.job_id}")
             elif isinstance(d, Pause):
+                in_slot.pop(d.job_id, None)
                 self._log(f"pause {d.job_id}")
             elif isinstance(d, Exit):
+                in_slot.pop(d.job_id, None)
                 exit_time[d.job_id] = self.env.now
                 self._log(f"exit {d.job_id} {d.reason.value}")
 

@@ -42,7 +42,8 @@ class TaskTuner:
     """Admission / backfill / rotation / warmup-cutoff state machine of one task.
 
     fits(jobs): whether these jobs can train together (memory model). Must be monotone
-    (a subset of a fitting set fits).
+    (a subset of a fitting set fits) and depend on a job only through its
+    (batch_size, rank), as every memory model here does.
     backfill: refill a freed slot at once (ALTO); False = only refill when the active
     set is empty, i.e. the task trains in waves (the "no backfill" ablation).
     max_active: cap on concurrent jobs (None = only fits() limits); shrink() lowers it.
@@ -150,12 +151,14 @@ class TaskTuner:
             rec.best_val_loss, rec.best_val_step = ev.val_loss, ev.step
         out: list[Decision] = []
         prefer = None
+        changed = False  # nothing freed and no warm score: the slots are as they were
         ex = self.early_exit.observe(ev)
         if ex is not None:
             out.append(self._finish(jid, ex.reason, ex.keep_step))
-            prefer = job.batch_size
+            prefer, changed = job.batch_size, True
         elif self._reaches_warmup(jid, ev.samples_seen):
             self.warm_scores[jid] = ev.val_loss
+            changed = True
             # Rotate: give the slot to a config that has not warmed up yet, if any.
             if ev.samples_seen < job.total_samples and any(
                 q not in self.warm_scores for q in self._queue
@@ -164,7 +167,8 @@ class TaskTuner:
                 self._paused.append(jid)
                 out.append(Pause(jid))
                 prefer = job.batch_size
-        self._settle(out, prefer)
+        if changed:  # an unchanged state cannot admit anything new (fits() is monotone)
+            self._settle(out, prefer)
         return out
 
     def on_complete(self, time_s: float, job_id: str) -> list[Decision]:
@@ -233,17 +237,30 @@ class TaskTuner:
             self._fill(out, prefer)
 
     def _fill(self, out: list[Decision], prefer: int | None) -> None:
-        """Admit queued jobs in queue order (same batch as `prefer` first) while they fit."""
+        """Admit queued jobs in queue order (same batch as `prefer` first) while they fit.
+
+        Memory depends on a job only through (batch_size, rank), and the active set only
+        grows during one fill, so once a (batch, rank) shape fails to fit, later jobs of
+        that shape are skipped without asking fits() again (O(shapes) calls, not O(queue)).
+        """
         cands = [q for q in self._queue if self.jobs[q].batch_size == prefer]
         cands += [q for q in self._queue if self.jobs[q].batch_size != prefer]
+        current = [self.jobs[a] for a in self._active]
+        too_big: set[tuple[int, int]] = set()
         for jid in cands:
             if len(self._active) >= self.max_active:
                 break
             job = self.jobs[jid]
-            if self.fits([*(self.jobs[a] for a in self._active), job]):
+            shape = (job.batch_size, job.rank)
+            if shape in too_big:
+                continue
+            if self.fits([*current, job]):
                 self._queue.remove(jid)
                 self._active.append(jid)
+                current.append(job)
                 out.append(Admit(jid, resume=jid in self._started))
                 self._started.add(jid)
             elif not self.fits([job]):
                 out.append(self._finish(jid, ExitReason.FAILED))
+            else:
+                too_big.add(shape)
