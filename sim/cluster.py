@@ -251,13 +251,15 @@ class ClusterSim:
 
     def _outcome(self, task, gpu_ids, start, tuner, samples, exit_time) -> TaskOutcome:
         jobs, keep = [], len(self.outcomes) < self.cfg.keep_history_tasks
-        for j in task.jobs():
+        grid = task.jobs()
+        final_best = self.curves.final_best_vals(task, grid)
+        for j, best in zip(grid, final_best, strict=True):
             rec = tuner.records[j.job_id]
             jobs.append(
                 JobOutcome(
                     job=j, samples_trained=samples[j.job_id], exit_reason=rec.exit_reason,
                     best_val_loss=rec.best_val_loss, exit_time_s=exit_time.get(j.job_id, self.env.now),
-                    final_best_val=self.curves.final_best_val(task, j),
+                    final_best_val=best,
                     history=list(rec.history) if keep else [],
                 )
             )

@@ -11,6 +11,7 @@ every policy of one simulation sees the same world. Losses are nats per token.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import math
 import re
@@ -35,6 +36,10 @@ class CurveSource(Protocol):
         """Min val loss over the job's full trajectory (what best-val early stopping keeps)."""
         ...
 
+    def final_best_vals(self, task: TaskSpec, jobs: Sequence[JobConfig]) -> list[float]:
+        """final_best_val of each job (one call per task: sources may vectorise it)."""
+        ...
+
 
 # ---------------------------------------------------------------- stable randomness
 
@@ -56,17 +61,28 @@ def _normal(*parts: object) -> float:
     return math.sqrt(-2.0 * math.log(u1)) * math.cos(2.0 * math.pi * u2)
 
 
-def _normal_pair(*parts: object) -> tuple[float, float]:
-    """Two independent deterministic N(0, 1) from ONE 128-bit hash (Box-Muller, both branches).
+_MASK64 = (1 << 64) - 1
 
-    The simulator draws evaluation noise on every loss report; one hash instead of four
-    keeps that off the profile.
+
+def _splitmix64(x: int) -> int:
+    """One splitmix64 output for state x (Steele et al. 2014): a fast, well-mixed 64-bit hash."""
+    x = (x + 0x9E3779B97F4A7C15) & _MASK64
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _MASK64
+    return x ^ (x >> 31)
+
+
+def _normal_pair(key: int, samples: int) -> tuple[float, float]:
+    """Two independent deterministic N(0, 1) for (key, samples): splitmix64 + Box-Muller.
+
+    key is a per-job stable_hash computed once; the simulator draws evaluation noise on
+    every loss report, so the per-report part is integer arithmetic, not a string hash.
     """
-    h = hashlib.blake2b("\x1f".join(map(str, parts)).encode(), digest_size=16).digest()
-    u1 = (int.from_bytes(h[:8], "little") + 0.5) / 2.0**64
-    u2 = (int.from_bytes(h[8:], "little") + 0.5) / 2.0**64
-    r, a = math.sqrt(-2.0 * math.log(u1)), 2.0 * math.pi * u2
-    return r * math.cos(a), r * math.sin(a)
+    a = _splitmix64(key ^ (samples * 0xD1B54A32D192ED03 & _MASK64))
+    b = _splitmix64(a)
+    u1, u2 = (a + 0.5) / 2.0**64, (b + 0.5) / 2.0**64
+    r, t = math.sqrt(-2.0 * math.log(u1)), 2.0 * math.pi * u2
+    return r * math.cos(t), r * math.sin(t)
 
 
 # ---------------------------------------------------------------- parametric generator
@@ -96,6 +112,7 @@ class _JobLaw:
     s_div: float  # samples where divergence sets in (inf: never)
     overfit: float
     epoch: float  # samples per epoch
+    noise_key: int = 0  # stable_hash(seed, task_id, job_id, "noise"): seeds per-report noise
 
 
 class ParametricCurves:
@@ -204,7 +221,8 @@ class ParametricCurves:
             overfit = t.overfit * min(3.0, math.sqrt(job.lr / lr_opt)) * (job.rank / 16) ** 0.25
             law = _JobLaw(base=t.l_inf + t.amp * floor, amp=t.amp, s0_eff=s0 / v,
                           beta=beta_j * t.beta0 * math.exp(-self.lr_curv * x * x), s_div=s_div,
-                          overfit=overfit, epoch=float(task.dataset_size))
+                          overfit=overfit, epoch=float(task.dataset_size),
+                          noise_key=stable_hash(self.seed, task.task_id, job.job_id, "noise"))
             self._jobs[(task, job.job_id)] = law
         return law
 
@@ -234,7 +252,7 @@ class ParametricCurves:
     def losses(self, task: TaskSpec, job: JobConfig, samples: int) -> tuple[float, float]:
         law = self._job_law(task, job)
         train, val = self._clean_scalar(law, float(samples))
-        z_train, z_val = _normal_pair(self.seed, task.task_id, job.job_id, int(samples))
+        z_train, z_val = _normal_pair(law.noise_key, int(samples))
         # clip the noise factor so a 5-sigma draw cannot flip the loss sign
         tr = train * max(0.05, 1.0 + self.train_noise * z_train)
         va = val * max(0.05, 1.0 + self.noise * z_val)
@@ -244,6 +262,25 @@ class ParametricCurves:
         law = self._job_law(task, job)
         _, val = self._clean(law, np.linspace(0.0, float(job.total_samples), 513))
         return float(val.min())
+
+    def final_best_vals(self, task: TaskSpec, jobs: Sequence[JobConfig]) -> list[float]:
+        """Same values as final_best_val, computed for all jobs in one [jobs, 513] array pass."""
+        if not jobs:
+            return []
+        laws = [self._job_law(task, j) for j in jobs]
+        col = lambda name: np.array([getattr(law, name) for law in laws])[:, None]
+        s = np.linspace(0.0, 1.0, 513)[None, :] * np.array([float(j.total_samples) for j in jobs])[:, None]
+        law = _JobLaw(*(col(f.name) for f in dataclasses.fields(_JobLaw) if f.name != "noise_key"))
+        val0 = law.base + law.amp * (1.0 + s / law.s0_eff) ** (-law.beta)
+        mem = law.overfit * np.maximum(0.0, s / law.epoch - 1.0) ** 1.5
+        val = val0 * (1.0 + 0.6 * mem)
+        div = np.isfinite(law.s_div[:, 0])
+        if div.any():
+            s_div = np.where(np.isfinite(law.s_div), law.s_div, 0.0)
+            blow = np.exp(np.minimum(700.0, self.div_rate * np.maximum(0.0, s - s_div) / law.s0_eff))
+            val = np.where(div[:, None], val * blow, val)
+        val = np.where(val > self.diverged_loss, np.inf, val)
+        return [float(v) for v in val.min(axis=1)]
 
 
 # ---------------------------------------------------------------- recorded curves
@@ -363,6 +400,9 @@ class RecordedCurves:
         val = self._curve(task, job).val
         finite = val[np.isfinite(val)]
         return float(finite.min()) if finite.size else math.inf
+
+    def final_best_vals(self, task: TaskSpec, jobs: Sequence[JobConfig]) -> list[float]:
+        return [self.final_best_val(task, j) for j in jobs]
 
 
 # ---------------------------------------------------------------- helpers

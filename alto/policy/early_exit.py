@@ -126,6 +126,8 @@ class EarlyExitConfig:
 def slope(ys: Sequence[float]) -> float:
     """Least-squares slope of ys against x = 0..len(ys)-1 (loss units per evaluation)."""
     n = len(ys)
+    if n == 2:  # the paper's w = 2, checked on every evaluation: skip the general sums
+        return ys[1] - ys[0]
     mx = (n - 1) / 2
     my = sum(ys) / n
     num = sum((i - mx) * (y - my) for i, y in enumerate(ys))

@@ -215,3 +215,15 @@ def test_make_curve_source(tmp_path, recorded):
     for bad in ("parametric:x", "recorded:", "gaussian"):
         with pytest.raises(ValueError, match="curve spec"):
             make_curve_source(bad)
+
+
+def test_final_best_vals_vectorised_equals_per_job():
+    c = ParametricCurves(seed=3)
+    for i in range(6):
+        t = task(tid=f"v{i}", size=300 + 4000 * i)
+        jobs = t.jobs()
+        one = [c.final_best_val(t, j) for j in jobs]
+        many = c.final_best_vals(t, jobs)
+        assert len(many) == len(jobs)
+        for a, b in zip(one, many, strict=True):
+            assert (math.isinf(a) and math.isinf(b)) or a == pytest.approx(b, rel=1e-12)
