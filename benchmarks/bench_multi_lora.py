@@ -8,6 +8,7 @@ Variants (all compute the same function; the frozen base weight never gets a gra
   base       y = x Wᵀ and dX = dY W only (the floor the LoRA part is added to)
   fused      kernels.fused_multi_lora (default: LoRA delta added in the cuBLAS epilogue)
   fused_kadd same, with TUNE["fuse_add"]="kernel" (paper's fused expand-and-add kernel)
+  fused_split same API, TUNE["path"]="split" (separate shrink/expand/wgrad kernels)
   loop       eager PyTorch: shared base GEMM + per-adapter loop (kernels.reference)
   separate   N separate jobs: each adapter runs its own base GEMM + LoRA on its own tokens
 
@@ -96,12 +97,13 @@ def step_fn(variant: str, inp: dict):
     seg, ranks, scaling = inp["seg"], inp["ranks"], inp["scaling"]
     if variant == "base":
         return lambda: torch.autograd.grad(torch.nn.functional.linear(x, w), (x,), dy)
-    if variant in ("fused", "fused_kadd"):
+    if variant in ("fused", "fused_kadd", "fused_split"):
         lay = kernels.make_layout(seg, ranks, scaling, device="cuda")
         mode = "kernel" if variant == "fused_kadd" else "addmm"
+        path = "split" if variant == "fused_split" else "fused"
 
         def fused():
-            ml.TUNE["fuse_add"] = mode
+            ml.TUNE["fuse_add"], ml.TUNE["path"] = mode, path
             y = kernels.fused_multi_lora(x, w, a, b, layout=lay)
             return torch.autograd.grad(y, (x, a, b), dy)
 
@@ -163,7 +165,7 @@ def main() -> None:
     p.add_argument("--shapes", default=",".join(SHAPES))
     p.add_argument("--tokens", default="2048,4096,8192,16384")
     p.add_argument("--adapters", default="8,32,64")
-    p.add_argument("--variants", default="base,fused,fused_kadd,loop,separate")
+    p.add_argument("--variants", default="base,fused,fused_kadd,fused_split,loop,separate")
     p.add_argument(
         "--slow-variants-tokens",
         default="2048,4096,8192,16384",
@@ -218,13 +220,18 @@ def main() -> None:
                     for var in args.variants.split(","):
                         if var in ("loop", "separate") and t not in slow_t:
                             continue
-                        fn = step_fn(var, inp)
-                        fn()  # compile / warm caches
-                        med, p20, p80 = triton.testing.do_bench(
-                            fn, warmup=25, rep=args.rep, quantiles=[0.5, 0.2, 0.8]
-                        )
-                        launches = count_launches(fn)
-                        ml.TUNE["fuse_add"] = "addmm"
+                        try:
+                            fn = step_fn(var, inp)
+                            fn()  # compile / warm caches
+                            med, p20, p80 = triton.testing.do_bench(
+                                fn, warmup=25, rep=args.rep, quantiles=[0.5, 0.2, 0.8]
+                            )
+                            launches = count_launches(fn)
+                        except Exception as exc:  # noqa: BLE001 - log, keep the other rows
+                            print(f"ERROR {shape} T={t} N={n} {var}: {exc!r}"[:400], flush=True)
+                            ml.TUNE["fuse_add"], ml.TUNE["path"] = "addmm", "fused"
+                            continue
+                        ml.TUNE["fuse_add"], ml.TUNE["path"] = "addmm", "fused"
                         base_ms = med if var == "base" else base_ms
                         flops = bflops + (0.0 if var == "base" else lflops)
                         res[var] = med

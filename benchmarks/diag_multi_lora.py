@@ -42,7 +42,7 @@ def graph_ms(fn) -> float:
     fn()  # compile kernels and build layout tables outside the capture
     torch.cuda.synchronize()
     try:
-        return triton.testing.do_bench_cudagraph(fn, rep=50, quantiles=[0.5])[0]
+        return triton.testing.do_bench_cudagraph(fn, rep=50, quantiles=[0.5, 0.2, 0.8])[0]
     except Exception as exc:  # noqa: BLE001 - report and continue
         print("graph capture failed:", repr(exc)[:200])
         return float("nan")
@@ -73,7 +73,7 @@ def main() -> None:
     args = p.parse_args()
     print("== 1. host cost per call (us), T=256 4096x1024 N=8")
     inp = make_inputs(4096, 1024, 256, 8)
-    for v in ("base", "fused"):
+    for v in ("base", "fused", "fused_split"):
         print(f"  {v:>6}: {host_us(step_fn(v, inp)):.1f}")
     ks = ml.mlt.get_kernels()
     lay = __import__("kernels").make_layout(inp["seg"], inp["ranks"], inp["scaling"], "cuda")
@@ -88,21 +88,27 @@ def main() -> None:
         for t in (4096, 8192, 16384):
             inp = make_inputs(*SHAPES[shape], t, 32)
             b, f = graph_ms(step_fn("base", inp)), graph_ms(step_fn("fused", inp))
-            print(f"  {shape:>11} T={t:>5}: base={b:.3f} fused={f:.3f} ratio={f / b:.3f}", flush=True)
+            sp = graph_ms(step_fn("fused_split", inp))
+            print(f"  {shape:>11} T={t:>5}: base={b:.3f} fused={f:.3f} ratio={f / b:.3f}"
+                  f" split={sp:.3f} ratio={sp / b:.3f}", flush=True)  # fmt: skip
     for shape, t in (("4096x4096", 16384), ("4096x1024", 8192)):
         print(f"== 3. kernels of one fused step {shape} T={t} N=32")
         kernel_table(step_fn("fused", make_inputs(*SHAPES[shape], t, 32)))
     if args.sweep:
         print("== 4. tile sweep (GPU-only ms), 4096x4096 T=8192 N=32 and 4096x1024 T=8192 N=32")
         base = dict(ml.TUNE["gpu"])
-        for over in (dict(), dict(bm=128), dict(bn=256), dict(bm=128, bn=256, warps=8),
-                     dict(bk=128), dict(bt=128), dict(stages=4), dict(warps=8)):
+        for over in (dict(), dict(bm_fused=32), dict(bm_fused=64), dict(bm_fused=128),
+                     dict(bn_fused=64), dict(bn_fused=256), dict(bk=128), dict(bk=32),
+                     dict(bn=64), dict(bn=256), dict(bt=32), dict(bt=128), dict(stages=2),
+                     dict(stages=4), dict(warps=8), dict(bn_fused=256, warps=8)):
             ml.TUNE["gpu"] = dict(base, **over)
             res = []
             for shape in ("4096x4096", "4096x1024"):
                 res.append(graph_ms(step_fn("fused", make_inputs(*SHAPES[shape], 8192, 32))))
             print(f"  {over}: " + " ".join(f"{r:.3f}" for r in res), flush=True)
         ml.TUNE["gpu"] = base
+    print("== 5. one fused step's kernels after the sweep, 4096x1024 T=8192 N=32")
+    kernel_table(step_fn("fused", make_inputs(*SHAPES["4096x1024"], 8192, 32)))
 
 
 if __name__ == "__main__":

@@ -7,18 +7,23 @@ For adapter i owning rows [o_i, o_i + seg_lens[i]) of the token axis::
 Shapes: x [T, d_in]; weight [d_out, d_in] (frozen, nn.Linear layout); lora_a [N, r_max, d_in];
 lora_b [N, d_out, r_max] (PEFT lora_A / lora_B weights stacked); y [T, d_out], dtype of x.
 
-Execution (CUDA, or CPU with TRITON_INTERPRET=1): per layer, independent of N,
-forward  = shrink (Triton) + expand (Triton) + one cuBLAS GEMM over all T tokens;
-backward = shrink of dY (Triton) + expand into dX (Triton) + one cuBLAS GEMM for dX
-           + two grouped weight-gradient reductions (Triton)  [+ small memsets / casts].
-By default the expand kernels write the LoRA delta and the base GEMM adds it in cuBLAS's
-epilogue (``delta.addmm_(x, W.T)``, beta=1); ``TUNE["fuse_add"] = "kernel"`` instead runs the
-GEMM first and fuses the add into the expand kernel's store (the paper's expand-and-add).
+Execution (CUDA, or CPU with TRITON_INTERPRET=1): a constant number of launches per layer,
+independent of N. Default ("fused") path, see kernels/launch_fused.py:
+forward  = shrink_expand (1 Triton launch: S = x A_iᵀ kept in registers, stored once, then
+           s_i S B_iᵀ streamed over the output columns) + one cuBLAS GEMM over all T tokens;
+backward = shrink_expand of dY (1 launch: dS = s_i dY B_i and dX delta = dS A_i)
+           + one cuBLAS GEMM for dX + wgrad_pair (1 launch: dA_i = dS_iᵀ X_i, dB_i = s_i dY_iᵀ S_i)
+           [+ a memset and a cast when long segments are split over tokens with atomics].
+TUNE["path"] = "split" runs separate shrink / expand / wgrad kernels (fwd 2, bwd 4 launches).
+By default the kernels write the LoRA delta and the base GEMM adds it in cuBLAS's epilogue
+(``delta.addmm_(x, W.T)``, beta=1); ``TUNE["fuse_add"] = "kernel"`` instead runs the GEMM first
+and fuses the add into the expand's store (the paper's expand-and-add).
 CPU without the interpreter falls back to :func:`kernels.reference.fused_multi_lora_reference`.
 
 Gradients: x, lora_a, lora_b. Rank columns >= r_i get exactly zero gradient. ``weight`` never
 gets a gradient, even with ``requires_grad=True`` (it is treated as the frozen base).
-The intermediate S = x @ A_iᵀ is cached in fp32 from the forward pass (T x block_r floats).
+The intermediate S = x @ A_iᵀ is cached from the forward pass (T x block_r; x.dtype on the
+fused path, fp32 on the split path).
 """
 
 from __future__ import annotations
@@ -35,143 +40,26 @@ __all__ = ["fused_multi_lora", "TUNE"]
 
 _DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
-# Launch parameters; tests and the benchmark override entries (None = heuristic).
-TUNE: dict = {
-    "fuse_add": "addmm",  # "addmm" (delta + cuBLAS epilogue) or "kernel" (expand-and-add)
-    "split_k": None,  # shrink split over K; None = fill ~2 waves of SMs
-    "wgrad_chunk": None,  # tokens per weight-gradient program; None = heuristic
-    "gpu": dict(bm=64, bk=64, bn=128, bt=64, warps=4, stages=3),
-    "interp": dict(bm=32, bk=32, bn=64, bt=32, warps=4, stages=1),
-    "poison": False,  # tests: fill every internally allocated output with NaN first
-}
-
-_SM_COUNT: dict[int, int] = {}
-
-
-def _empty(shape, device, dtype) -> torch.Tensor:
-    """torch.empty, or NaN-filled when TUNE["poison"] (so unwritten elements show up in tests)."""
-    if TUNE["poison"]:
-        return torch.full(shape, float("nan"), device=device, dtype=dtype)
-    return torch.empty(shape, device=device, dtype=dtype)
-
-
-def _n_sms(device: torch.device) -> int:
-    if device.type != "cuda":
-        return 4
-    idx = device.index if device.index is not None else torch.cuda.current_device()
-    if idx not in _SM_COUNT:
-        _SM_COUNT[idx] = torch.cuda.get_device_properties(idx).multi_processor_count
-    return _SM_COUNT[idx]
-
-
-def _upcast(device: torch.device) -> bool:
-    """Interpreter runs: give tl.dot fp32 operands (its bf16 dot is broken, see multi_lora_triton)."""
-    return device.type != "cuda" or mlt.interpret_mode()
-
-
-def _cfg(device: torch.device) -> dict:
-    return TUNE["interp"] if device.type != "cuda" or mlt.interpret_mode() else TUNE["gpu"]
-
-
-def _split_k(n_tiles: int, k: int, cfg: dict, device: torch.device) -> tuple[int, int]:
-    """(split, k_per_split) for the shrink kernel: aim at >= 2 programs per SM, >= 4 K-blocks each."""
-    split = TUNE["split_k"]
-    if torch.are_deterministic_algorithms_enabled():
-        split = 1
-    if split is None:
-        want = max(1, -(-2 * _n_sms(device) // max(n_tiles, 1)))
-        split = max(1, min(want, k // (4 * cfg["bk"])))
-    k_per = -(-k // split)
-    k_per = -(-k_per // cfg["bk"]) * cfg["bk"]
-    return -(-k // k_per), k_per
-
-
-def _wgrad_chunk(layout: MultiLoraLayout, n_cols: int, cfg: dict, device: torch.device) -> int:
-    """Tokens per weight-gradient program: split long segments so >= ~2 waves of programs exist."""
-    if torch.are_deterministic_algorithms_enabled():
-        return max(1, layout.total_tokens)
-    if TUNE["wgrad_chunk"] is not None:
-        return int(TUNE["wgrad_chunk"])
-    n_blocks = -(-n_cols // cfg["bn"])
-    want_chunks = max(1, -(-2 * _n_sms(device) // n_blocks))
-    chunk = max(layout.total_tokens // want_chunks, 4 * cfg["bt"])
-    return -(-chunk // cfg["bt"]) * cfg["bt"]
-
-
-def _shrink(x, w, w_strides, layout, scale: bool, cfg) -> torch.Tensor:
-    """OUT[T, block_r] fp32 = c_i * x_i @ W_iᵀ; w_strides = (adapter, rank, k) strides of W."""
-    dev, (t, k) = x.device, x.shape
-    tiles = layout.tiles(cfg["bm"], dev)
-    split, k_per = _split_k(tiles.shape[0], k, cfg, dev)
-    alloc = torch.zeros if split > 1 else _empty
-    out = alloc((t, layout.block_r), device=dev, dtype=torch.float32)
-    if tiles.shape[0] == 0:
-        return out
-    mlt.get_kernels().shrink[(tiles.shape[0], split)](
-        x, w, out, tiles, layout.ranks_tensor(dev), layout.scaling_tensor(dev),
-        k, k_per, x.stride(0), x.stride(1), *w_strides, out.stride(0), out.stride(1),
-        BLOCK_M=cfg["bm"], BLOCK_R=layout.block_r, BLOCK_K=cfg["bk"],
-        ATOMIC=split > 1, APPLY_SCALE=scale, IEEE=x.dtype == torch.float32, UPCAST=_upcast(dev),
-        num_warps=cfg["warps"], num_stages=cfg["stages"],
-    )
-    return out
-
-
-def _expand(s, v, v_strides, out, layout, scale: bool, add: bool, cfg) -> None:
-    """out[T, n] (+)= c_i * S_i @ V_iᵀ in place; v_strides = (adapter, n, rank) strides of V."""
-    dev, n_out = out.device, out.shape[1]
-    tiles = layout.tiles(cfg["bm"], dev)
-    if tiles.shape[0] == 0:
-        return
-    grid = (tiles.shape[0], -(-n_out // cfg["bn"]))
-    mlt.get_kernels().expand[grid](
-        s, v, out, tiles, layout.ranks_tensor(dev), layout.scaling_tensor(dev),
-        n_out, s.stride(0), s.stride(1), *v_strides, out.stride(0), out.stride(1),
-        BLOCK_M=cfg["bm"], BLOCK_N=cfg["bn"], BLOCK_R=layout.block_r,
-        ADD=add, APPLY_SCALE=scale, IEEE=out.dtype == torch.float32, UPCAST=_upcast(dev),
-        num_warps=cfg["warps"], num_stages=1,
-    )
-
-
-def _wgrad(p, q, like, transpose_out: bool, layout, scale: bool, cfg) -> torch.Tensor:
-    """Per-adapter sum over the segment's tokens of p[t, r] q[t, n] -> grad shaped like ``like``.
-
-    ``like`` is lora_a [N, r_max, n] (transpose_out False) or lora_b [N, n, r_max] (True).
-    """
-    dev, n_cols = q.device, q.shape[1]
-    chunk = _wgrad_chunk(layout, n_cols, cfg, dev)
-    atomic = layout.max_chunks_per_adapter(chunk) > 1
-    needs_zero = atomic or any(n == 0 for n in layout.seg_lens)
-    buf_dtype = torch.float32 if atomic else like.dtype
-    out = (torch.zeros if needs_zero else _empty)(like.shape, device=dev, dtype=buf_dtype)
-    chunks = layout.chunks(chunk, dev)
-    if chunks.shape[0] > 0:
-        s_a, s_r, s_n = (out.stride(0), out.stride(2), out.stride(1)) if transpose_out else out.stride()
-        grid = (chunks.shape[0], -(-n_cols // cfg["bn"]))
-        mlt.get_kernels().wgrad[grid](
-            p, q, out, chunks, layout.ranks_tensor(dev), layout.scaling_tensor(dev),
-            n_cols, layout.r_max, p.stride(0), p.stride(1), q.stride(0), q.stride(1), s_a, s_r, s_n,
-            BLOCK_T=cfg["bt"], BLOCK_R=layout.block_r, BLOCK_N=cfg["bn"],
-            ATOMIC=atomic, APPLY_SCALE=scale, IEEE=q.dtype == torch.float32, UPCAST=_upcast(dev),
-            num_warps=cfg["warps"], num_stages=cfg["stages"],
-        )
-    return out if out.dtype == like.dtype else out.to(like.dtype)
+from .launch import TUNE, _cfg, _empty, _expand, _shrink, _split_k, _wgrad  # noqa: E402,F401
+from .launch_fused import shrink_expand, wgrad_pair  # noqa: E402
 
 
 class _FusedMultiLora(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, lora_a, lora_b, layout):
-        cfg = _cfg(x.device)
+        cfg, kadd = _cfg(x.device), TUNE["fuse_add"] == "kernel"
         a_str = (lora_a.stride(0), lora_a.stride(1), lora_a.stride(2))  # W_i[r, k] = A_i[r, k]
-        s = _shrink(x, lora_a, a_str, layout, False, cfg)  # [T, block_r] fp32
         b_str = (lora_b.stride(0), lora_b.stride(1), lora_b.stride(2))  # V_i[n, r] = B_i[n, r]
-        if TUNE["fuse_add"] == "kernel":
-            y = x @ weight.t()
-            _expand(s, lora_b, b_str, y, layout, True, True, cfg)
+        # kadd: base GEMM first, kernel adds into y; else kernel writes delta, cuBLAS adds x Wᵀ
+        y = x @ weight.t() if kadd else _empty((x.shape[0], weight.shape[0]), x.device, x.dtype)
+        if TUNE["path"] == "split":
+            s = _shrink(x, lora_a, a_str, layout, False, cfg)  # [T, block_r] fp32
+            _expand(s, lora_b, b_str, y, layout, True, kadd, cfg)
         else:
-            y = _empty((x.shape[0], weight.shape[0]), x.device, x.dtype)
-            _expand(s, lora_b, b_str, y, layout, True, False, cfg)
-            y.addmm_(x, weight.t())  # cuBLAS: y = 1 * delta + x @ W.T
+            s = shrink_expand(x, lora_a, a_str, lora_b, b_str, y, y.shape[1], layout,
+                              False, True, kadd, cfg)  # fmt: skip
+        if not kadd:
+            y.addmm_(x, weight.t())  # cuBLAS: y = 1 * delta + x @ W.T (epilogue add)
         ctx.save_for_backward(x, weight, lora_a, lora_b, s)
         ctx.layout = layout
         return y
@@ -180,27 +68,32 @@ class _FusedMultiLora(torch.autograd.Function):
     def backward(ctx, dy):
         x, weight, lora_a, lora_b, s = ctx.saved_tensors
         layout, cfg = ctx.layout, _cfg(dy.device)
+        kadd = TUNE["fuse_add"] == "kernel"
         dy = dy.contiguous()
         need_x, _, need_a, need_b, _ = ctx.needs_input_grad
-        dx = da = db = None
-        ds = None
-        if need_x or need_a:
-            # dS_i = s_i * dY_i @ B_i : W_i[r, k] = B_i[k, r]  (adapter, rank, k) strides
-            b_str = (lora_b.stride(0), lora_b.stride(2), lora_b.stride(1))
-            ds = _shrink(dy, lora_b, b_str, layout, True, cfg)
+        dx = da = db = ds = None
+        b_str = (lora_b.stride(0), lora_b.stride(2), lora_b.stride(1))  # W_i[r, k] = B_i[k, r]
+        a_str = (lora_a.stride(0), lora_a.stride(2), lora_a.stride(1))  # V_i[n, r] = A_i[r, n]
         if need_x:
-            a_str = (lora_a.stride(0), lora_a.stride(2), lora_a.stride(1))  # V_i[n, r] = A_i[r, n]
-            if TUNE["fuse_add"] == "kernel":
-                dx = dy @ weight
-                _expand(ds, lora_a, a_str, dx, layout, False, True, cfg)
-            else:
-                dx = _empty(x.shape, x.device, x.dtype)
-                _expand(ds, lora_a, a_str, dx, layout, False, False, cfg)
-                dx.addmm_(dy, weight)
-        if need_a:
-            da = _wgrad(ds, x, lora_a, False, layout, False, cfg)
-        if need_b:
-            db = _wgrad(s, dy, lora_b, True, layout, True, cfg)
+            dx = dy @ weight if kadd else _empty(x.shape, x.device, x.dtype)
+        if TUNE["path"] == "split":
+            if need_x or need_a:
+                ds = _shrink(dy, lora_b, b_str, layout, True, cfg)  # dS_i = s_i dY_i B_i
+            if need_x:
+                _expand(ds, lora_a, a_str, dx, layout, False, kadd, cfg)  # dX += dS_i A_i
+            if need_a:
+                da = _wgrad(ds, x, lora_a, False, layout, False, cfg)
+            if need_b:
+                db = _wgrad(s, dy, lora_b, True, layout, True, cfg)
+        else:
+            if need_x or need_a:  # dS_i = s_i dY_i B_i, and dX (+)= dS_i A_i in the same launch
+                n_out = x.shape[1] if need_x else 0
+                ds = shrink_expand(dy, lora_b, b_str, lora_a, a_str, dx, n_out, layout,
+                                   True, False, kadd, cfg)  # fmt: skip
+            if need_a or need_b:
+                da, db = wgrad_pair(ds, x, s, dy, lora_a, lora_b, layout, cfg, need_a, need_b)
+        if need_x and not kadd:
+            dx.addmm_(dy, weight)  # cuBLAS: dX = 1 * delta + dY W
         return dx, None, da, db, None
 
 

@@ -199,14 +199,20 @@ def interpret_mode() -> bool:
 
 
 def get_kernels() -> SimpleNamespace:
-    """The three kernels, jit-decorated for the current TRITON_INTERPRET setting (cached)."""
+    """The kernels (these three plus multi_lora_fused_triton's two), jit-decorated for the current TRITON_INTERPRET setting (cached)."""
     key = interpret_mode()
     ns = _CACHE.get(key)
     if ns is None:
+        from . import multi_lora_fused_triton as f
+
         ns = SimpleNamespace(
             shrink=triton.jit(_shrink_kernel),
             expand=triton.jit(_expand_kernel),
             wgrad=triton.jit(_wgrad_kernel),
+            shrink_expand=triton.jit(f._shrink_expand_kernel),
+            wgrad_pair=triton.jit(
+                f._wgrad_pair_kernel, do_not_specialize=f.WGRAD_PAIR_NO_SPECIALIZE
+            ),
         )
         _CACHE[key] = ns
     return ns

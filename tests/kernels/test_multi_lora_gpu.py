@@ -32,8 +32,14 @@ def test_small_odd_shapes(n, spread, dtype):
 
 @pytest.mark.parametrize(
     "tune",
-    [dict(), dict(split_k=4, wgrad_chunk=256), dict(fuse_add="kernel")],
-    ids=["default", "atomics", "fused-add"],
+    [
+        dict(),
+        dict(wgrad_chunk=256),
+        dict(fuse_add="kernel"),
+        dict(path="split"),
+        dict(path="split", split_k=4, wgrad_chunk=256),
+    ],
+    ids=["default", "atomics", "kadd", "split", "split-atomics"],
 )
 @pytest.mark.parametrize("shape", [(4096, 4096), (4096, 1024), (14336, 4096)])
 def test_full_size_bf16(tune, shape):
@@ -73,3 +79,12 @@ def test_launches_bounded_independent_of_n():
     counts = {n: _kernel_launches(n) for n in (1, 8, 64)}
     print("CUDA kernel launches per fwd+bwd:", counts)
     assert max(counts.values()) <= 16, counts
+
+
+def test_wgrad_pair_built():
+    """The one-launch dA+dB kernel compiled on this Triton (no silent two-launch fallback)."""
+    from kernels import launch_fused
+
+    tensors, seg, ranks, scaling = make_case(3, "uniform", 64, 64, 64, dtype=BF16, device="cuda")
+    run_and_compare(tensors, seg, ranks, scaling, BF16)
+    assert launch_fused.PAIR_FAILED == []

@@ -1,0 +1,142 @@
+"""Launch helpers of the multi-LoRA kernels: tuning table, grid heuristics, buffer allocation.
+
+Two kernel paths compute the same thing (see kernels/multi_lora_triton.py for notation):
+
+* ``TUNE["path"] = "fused"`` (default): ``shrink_expand`` (1 launch: shrink kept in registers,
+  stored once, expand streamed over the output columns) + ``wgrad_pair`` (1 launch for dA and dB).
+  Per layer: fwd 1 Triton launch, bwd 2.
+* ``"split"``: separate ``shrink`` (split-K, atomics), ``expand`` and two ``wgrad`` launches.
+  Per layer: fwd 2, bwd 4. Kept for comparison and for tiny T where split-K helps occupancy.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from . import multi_lora_triton as mlt
+from .layout import MultiLoraLayout
+
+# Launch parameters; tests and the benchmark override entries (None = heuristic).
+TUNE: dict = {
+    "path": "fused",  # "fused" (shrink_expand + wgrad_pair) or "split" (4 kernels, split-K)
+    "fuse_add": "addmm",  # "addmm" (delta + cuBLAS epilogue) or "kernel" (expand-and-add)
+    "split_k": None,  # shrink split over K; None = fill ~2 waves of SMs
+    "wgrad_chunk": None,  # tokens per weight-gradient program; None = heuristic
+    "gpu": dict(bm=64, bk=64, bn=128, bt=64, warps=4, stages=3, bm_fused=None, bn_fused=128),
+    "interp": dict(bm=32, bk=32, bn=64, bt=32, warps=4, stages=1, bm_fused=32, bn_fused=32),
+    "poison": False,  # tests: fill every internally allocated output with NaN first
+}
+
+_SM_COUNT: dict[int, int] = {}
+
+
+def _empty(shape, device, dtype) -> torch.Tensor:
+    """torch.empty, or NaN-filled when TUNE["poison"] (so unwritten elements show up in tests)."""
+    if TUNE["poison"]:
+        return torch.full(shape, float("nan"), device=device, dtype=dtype)
+    return torch.empty(shape, device=device, dtype=dtype)
+
+
+def _n_sms(device: torch.device) -> int:
+    if device.type != "cuda":
+        return 4
+    idx = device.index if device.index is not None else torch.cuda.current_device()
+    if idx not in _SM_COUNT:
+        _SM_COUNT[idx] = torch.cuda.get_device_properties(idx).multi_processor_count
+    return _SM_COUNT[idx]
+
+
+def _upcast(device: torch.device) -> bool:
+    """Interpreter runs: give tl.dot fp32 operands (its bf16 dot is broken, see multi_lora_triton)."""
+    return device.type != "cuda" or mlt.interpret_mode()
+
+
+def _cfg(device: torch.device) -> dict:
+    return TUNE["interp"] if device.type != "cuda" or mlt.interpret_mode() else TUNE["gpu"]
+
+
+def _split_k(n_tiles: int, k: int, cfg: dict, device: torch.device) -> tuple[int, int]:
+    """(split, k_per_split) for the shrink kernel: aim at >= 2 programs per SM, >= 4 K-blocks each."""
+    split = TUNE["split_k"]
+    if torch.are_deterministic_algorithms_enabled():
+        split = 1
+    if split is None:
+        want = max(1, -(-2 * _n_sms(device) // max(n_tiles, 1)))
+        split = max(1, min(want, k // (4 * cfg["bk"])))
+    k_per = -(-k // split)
+    k_per = -(-k_per // cfg["bk"]) * cfg["bk"]
+    return -(-k // k_per), k_per
+
+
+def _wgrad_chunk(layout: MultiLoraLayout, n_cols: int, cfg: dict, device: torch.device) -> int:
+    """Tokens per weight-gradient program: split long segments so >= ~2 waves of programs exist."""
+    if torch.are_deterministic_algorithms_enabled():
+        return max(1, layout.total_tokens)
+    if TUNE["wgrad_chunk"] is not None:
+        return int(TUNE["wgrad_chunk"])
+    n_blocks = -(-n_cols // cfg["bn"])
+    want_chunks = max(1, -(-2 * _n_sms(device) // n_blocks))
+    chunk = max(layout.total_tokens // want_chunks, 4 * cfg["bt"])
+    return -(-chunk // cfg["bt"]) * cfg["bt"]
+
+
+def _shrink(x, w, w_strides, layout, scale: bool, cfg) -> torch.Tensor:
+    """OUT[T, block_r] fp32 = c_i * x_i @ W_iᵀ; w_strides = (adapter, rank, k) strides of W."""
+    dev, (t, k) = x.device, x.shape
+    tiles = layout.tiles(cfg["bm"], dev)
+    split, k_per = _split_k(tiles.shape[0], k, cfg, dev)
+    alloc = torch.zeros if split > 1 else _empty
+    out = alloc((t, layout.block_r), device=dev, dtype=torch.float32)
+    if tiles.shape[0] == 0:
+        return out
+    mlt.get_kernels().shrink[(tiles.shape[0], split)](
+        x, w, out, tiles, layout.ranks_tensor(dev), layout.scaling_tensor(dev),
+        k, k_per, x.stride(0), x.stride(1), *w_strides, out.stride(0), out.stride(1),
+        BLOCK_M=cfg["bm"], BLOCK_R=layout.block_r, BLOCK_K=cfg["bk"],
+        ATOMIC=split > 1, APPLY_SCALE=scale, IEEE=x.dtype == torch.float32, UPCAST=_upcast(dev),
+        num_warps=cfg["warps"], num_stages=cfg["stages"],
+    )
+    return out
+
+
+def _expand(s, v, v_strides, out, layout, scale: bool, add: bool, cfg) -> None:
+    """out[T, n] (+)= c_i * S_i @ V_iᵀ in place; v_strides = (adapter, n, rank) strides of V."""
+    dev, n_out = out.device, out.shape[1]
+    tiles = layout.tiles(cfg["bm"], dev)
+    if tiles.shape[0] == 0:
+        return
+    grid = (tiles.shape[0], -(-n_out // cfg["bn"]))
+    mlt.get_kernels().expand[grid](
+        s, v, out, tiles, layout.ranks_tensor(dev), layout.scaling_tensor(dev),
+        n_out, s.stride(0), s.stride(1), *v_strides, out.stride(0), out.stride(1),
+        BLOCK_M=cfg["bm"], BLOCK_N=cfg["bn"], BLOCK_R=layout.block_r,
+        ADD=add, APPLY_SCALE=scale, IEEE=out.dtype == torch.float32, UPCAST=_upcast(dev),
+        num_warps=cfg["warps"], num_stages=1,
+    )
+
+
+def _wgrad(p, q, like, transpose_out: bool, layout, scale: bool, cfg) -> torch.Tensor:
+    """Per-adapter sum over the segment's tokens of p[t, r] q[t, n] -> grad shaped like ``like``.
+
+    ``like`` is lora_a [N, r_max, n] (transpose_out False) or lora_b [N, n, r_max] (True).
+    """
+    dev, n_cols = q.device, q.shape[1]
+    chunk = _wgrad_chunk(layout, n_cols, cfg, dev)
+    atomic = layout.max_chunks_per_adapter(chunk) > 1
+    needs_zero = atomic or any(n == 0 for n in layout.seg_lens)
+    buf_dtype = torch.float32 if atomic else like.dtype
+    out = (torch.zeros if needs_zero else _empty)(like.shape, device=dev, dtype=buf_dtype)
+    chunks = layout.chunks(chunk, dev)
+    if chunks.shape[0] > 0:
+        s_a, s_r, s_n = (out.stride(0), out.stride(2), out.stride(1)) if transpose_out else out.stride()
+        grid = (chunks.shape[0], -(-n_cols // cfg["bn"]))
+        mlt.get_kernels().wgrad[grid](
+            p, q, out, chunks, layout.ranks_tensor(dev), layout.scaling_tensor(dev),
+            n_cols, layout.r_max, p.stride(0), p.stride(1), q.stride(0), q.stride(1), s_a, s_r, s_n,
+            BLOCK_T=cfg["bt"], BLOCK_R=layout.block_r, BLOCK_N=cfg["bn"],
+            ATOMIC=atomic, APPLY_SCALE=scale, IEEE=q.dtype == torch.float32, UPCAST=_upcast(dev),
+            num_warps=cfg["warps"], num_stages=cfg["stages"],
+        )
+    return out if out.dtype == like.dtype else out.to(like.dtype)
+
+
