@@ -97,10 +97,8 @@ def main() -> None:
     if args.sweep:
         print("== 4. tile sweep (GPU-only ms), 4096x4096 T=8192 N=32 and 4096x1024 T=8192 N=32")
         base = dict(ml.TUNE["gpu"])
-        for over in (dict(), dict(bm_fused=32), dict(bm_fused=64), dict(bm_fused=128),
-                     dict(bn_fused=64), dict(bn_fused=256), dict(bk=128), dict(bk=32),
-                     dict(bn=64), dict(bn=256), dict(bt=32), dict(bt=128), dict(stages=2),
-                     dict(stages=4), dict(warps=8), dict(bn_fused=256, warps=8)):
+        for over in (dict(), dict(bm_fused=32), dict(bm_fused=128), dict(bn_fused=256),
+                     dict(bk=128), dict(bn=256), dict(bt=128), dict(stages=4), dict(warps=8)):
             ml.TUNE["gpu"] = dict(base, **over)
             res = []
             for shape in ("4096x4096", "4096x1024"):
