@@ -1,0 +1,71 @@
+"""Figure of the multi-LoRA layer benchmark, drawn only from benchmarks/results/multi_lora.csv.
+
+Run:  python3 analysis/plot_kernels.py [--csv benchmarks/results/multi_lora.csv]
+                                       [--out analysis/figures/multi_lora.png]
+
+One panel per layer shape: fwd+bwd time of each variant relative to the base GEMM alone
+(base = 1), against tokens T, one line style per adapter count N. The latest run in the CSV
+(max date per gpu) is used; the dotted line is the 1.2x target.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+
+COLORS = {"fused": "C0", "fused_kadd": "C9", "fused_split": "C2", "loop": "C3", "separate": "C1"}
+STYLES = {8: "-", 32: "--", 64: ":"}
+
+
+def load(path: str) -> pd.DataFrame:
+    df = pd.read_csv(path)
+    latest = df.groupby("gpu")["date"].transform("max")
+    return df[df["date"] == latest]
+
+
+def plot(df: pd.DataFrame, out: str) -> None:
+    shapes = list(dict.fromkeys(df["shape"]))
+    fig, axes = plt.subplots(1, len(shapes), figsize=(4.2 * len(shapes), 3.8), squeeze=False)
+    for ax, shape in zip(axes[0], shapes, strict=True):
+        sub = df[df["shape"] == shape]
+        for var, color in COLORS.items():
+            for n, style in STYLES.items():
+                rows = sub[(sub["variant"] == var) & (sub["N"] == n)].sort_values("T")
+                if rows.empty:
+                    continue
+                label = f"{var} N={n}" if shape == shapes[0] else None
+                ax.plot(rows["T"], rows["ratio_vs_base"], style, color=color, marker="o",
+                        ms=3, label=label)  # fmt: skip
+        ax.axhline(1.2, color="k", lw=0.8, ls=(0, (1, 3)))
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_title(f"d_in x d_out = {shape}")
+        ax.set_xlabel("tokens T")
+        ax.set_ylabel("time / base GEMM (fwd + dX)")
+        ax.grid(alpha=0.3, which="both")
+    gpu = df["gpu"].iloc[0]
+    fig.suptitle(f"multi-LoRA linear fwd+bwd, {gpu}, torch {df['torch'].iloc[0]}, "
+                 f"triton {df['triton'].iloc[0]} ({df['date'].iloc[0]})", fontsize=10)  # fmt: skip
+    fig.legend(loc="lower center", ncol=5, fontsize=7, frameon=False)
+    fig.tight_layout(rect=(0, 0.12, 1, 0.95))
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    fig.savefig(out, dpi=130)
+    print("wrote", out)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--csv", default="benchmarks/results/multi_lora.csv")
+    p.add_argument("--out", default="analysis/figures/multi_lora.png")
+    args = p.parse_args()
+    plot(load(args.csv), args.out)
+
+
+if __name__ == "__main__":
+    main()
