@@ -216,7 +216,7 @@ def enumerate_best_order(
             tried.add(tasks[i])
             g, dur, rel = tasks[i]
             child = prof.copy()
-            t, k = child.earliest_fit(g, dur, rel)
+            t, k, _ = child.earliest_fit(g, dur, rel)
             new_ms = max(ms, t + dur)
             if new_ms > best[0] + tol:
                 continue

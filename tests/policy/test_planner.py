@@ -24,6 +24,7 @@ from alto.policy.planner import (
     makespan_lower_bound,
     plan_makespan,
 )
+from alto.policy.planner_sgs import Profile, serial_sgs_starts
 
 # ---------------------------------------------------------------- independent reference
 
@@ -32,18 +33,24 @@ def _usage(intervals, p):
     return sum(g for s, e, g in intervals if s <= p < e)
 
 
-def naive_sgs_makespan(now, total, running, tasks):
-    """tasks: (gpus, duration, release) in priority order -> makespan of the serial SGS."""
+def naive_sgs(now, total, running, tasks):
+    """tasks: (gpus, duration, release) in priority order -> (makespan, starts), serial SGS."""
     placed = [(now, max(r.expected_end_s, now), r.gpus) for r in running]
     ms = max([now] + [e for _, e, _ in placed])
+    starts = []
     for g, d, rel in tasks:
         for t in sorted({rel} | {e for _, e, _ in placed if e >= rel}):
             points = [t] + [s for s, _, _ in placed if t < s < t + d]
             if all(_usage(placed, p) + g <= total for p in points):
                 placed.append((t, t + d, g))
+                starts.append(t)
                 ms = max(ms, t + d)
                 break
-    return ms
+    return ms, starts
+
+
+def naive_sgs_makespan(now, total, running, tasks):
+    return naive_sgs(now, total, running, tasks)[0]
 
 
 def brute_force_optimum(now, total, running, pending):
@@ -318,3 +325,50 @@ def test_errors():
     with pytest.raises(ValueError):
         make_planner("alto", exact="cp-sat")
     assert math.isfinite(makespan_lower_bound(0.0, 1, [], []))
+
+
+# ---------------------------------------------------------------- generators
+
+
+def test_serial_sgs_batches_identical_tasks_like_one_by_one():
+    # Few task types, as in traces: runs of identical tasks are placed in batches.
+    rng = random.Random(17)
+    for _ in range(60):
+        now, total, running, _ = random_instance(rng, max_gpus=12)
+        types = [(rng.randint(1, total), rng.randint(1, 12) / 2) for _ in range(3)]
+        tasks = []
+        for _ in range(rng.randint(1, 25)):
+            g, d = rng.choice(types)
+            tasks.append((g, d, now + rng.choice([0.0, 0.0, 0.0, 1.25])))
+        tasks.sort(key=lambda t: (-t[1], -t[0], t[2]))
+        busy = [(max(r.expected_end_s, now), r.gpus) for r in running]
+        assert (
+            serial_sgs_starts(now, total, busy, tasks) == naive_sgs(now, total, running, tasks)[1]
+        )
+
+
+def test_profile_grows_and_matches_naive():
+    rng = random.Random(4)
+    tasks = [(rng.randint(1, 3), rng.randint(1, 20) / 4, 0.0) for _ in range(40)]
+    prof = Profile(0.0, 3, [(2.5, 1)], capacity=1)  # forces the arrays to grow
+    starts = []
+    for g, d, rel in tasks:
+        t, k, m = prof.earliest_fit(g, d, rel)
+        assert m >= g
+        prof.reserve(t, k, g, d)
+        starts.append(t)
+    assert starts == naive_sgs(0.0, 3, [RunningTask("r", 1, 2.5)], tasks)[1]
+
+
+def test_lpt_greedy_hand():
+    # 4 GPUs, R holds 2 until 10. LPT order: A (4 GPUs, 20 s), C (2 GPUs, 15 s).
+    # lpt (serial): A reserved at 10 -> [10, 30); C would overlap A -> [30, 45).
+    # lpt-greedy: at 0 A does not fit but C does -> [0, 15); A waits for 4 free GPUs: 15.
+    running = [RunningTask("R", 2, 10.0)]
+    pending = [PlanTask("A", 4, 20.0, 0.0), PlanTask("C", 2, 15.0, 0.0)]
+    lpt = make_planner("lpt").plan(0.0, 4, running, pending)
+    assert _starts(lpt) == [("A", 10.0), ("C", 30.0)]
+    greedy = make_planner("lpt-greedy").plan(0.0, 4, running, pending)
+    assert _starts(greedy) == [("C", 0.0), ("A", 15.0)]
+    alto = make_planner("alto").plan(0.0, 4, running, pending)
+    assert _starts(alto) == [("C", 0.0), ("A", 15.0)]  # exact: 35 s beats lpt's 45 s
