@@ -6,6 +6,9 @@
 Instances (seeded): `gpus` GPUs, of which running tasks hold ~75% with remaining times
 ~ lognormal(ln 3600 s, 1); `n_pending` pending tasks with sizes uniform on {1, 2, 4} (capped
 at gpus) and worst-case durations ~ lognormal(ln 3600 s, 1), all released at now = 0.
+Two workloads: "lognormal" (every task distinct) and "typed" (12 task types -- size and
+duration drawn once per instance -- as in traces built from a few model x dataset
+combinations; the serial SGS places runs of identical tasks in batches).
 
 Per (planner, n_pending, gpus):
 - gap_to_lb: mean over instances of (makespan - LB) / LB, LB = `makespan_lower_bound`;
@@ -51,10 +54,10 @@ COLUMNS = [
     "gap_to_lb", "gap_to_opt", "machine", "python", "numpy", "scipy",
 ]  # fmt: skip
 SETUP = "sizes{1,2,4} dur~LN(ln3600s,1) running~75%gpus rem~LN(ln3600s,1) now=0"
-PLANNERS = ["fifo", "sjf", "lpt", "alto", "alto-enum"]
+PLANNERS = ["fifo", "sjf", "lpt", "lpt-greedy", "alto", "alto-enum"]
 
 
-def instance(rng: np.random.Generator, n: int, gpus: int) -> tuple[list, list]:
+def instance(rng: np.random.Generator, n: int, gpus: int, typed: bool = False) -> tuple[list, list]:
     sizes = [g for g in (1, 2, 4) if g <= gpus]
     running, used = [], 0
     while True:
@@ -63,10 +66,17 @@ def instance(rng: np.random.Generator, n: int, gpus: int) -> tuple[list, list]:
             break
         running.append(RunningTask(f"r{len(running)}", g, float(rng.lognormal(math.log(3600), 1))))
         used += g
-    pending = [
-        PlanTask(f"t{i}", int(rng.choice(sizes)), float(rng.lognormal(math.log(3600), 1)), 0.0)
-        for i in range(n)
-    ]
+    if typed:
+        kinds = [
+            (int(rng.choice(sizes)), float(rng.lognormal(math.log(3600), 1))) for _ in range(12)
+        ]
+        picks = rng.integers(0, len(kinds), n)
+        pending = [PlanTask(f"t{i}", *kinds[k], 0.0) for i, k in enumerate(picks)]
+    else:
+        pending = [
+            PlanTask(f"t{i}", int(rng.choice(sizes)), float(rng.lognormal(math.log(3600), 1)), 0.0)
+            for i in range(n)
+        ]
     return running, pending
 
 
@@ -95,11 +105,11 @@ def machine() -> str:
     return f"{model} x{os.cpu_count()}"
 
 
-def run(sizes: list[tuple[int, int]], n_inst: int, reps: int, seed: int) -> list[dict]:
+def run(sizes: list[tuple[int, int]], n_inst: int, reps: int, seed: int, typed: bool) -> list[dict]:
     rows = []
     for n, gpus in sizes:
-        rng = np.random.default_rng([seed, n, gpus])
-        cases = [instance(rng, n, gpus) for _ in range(n_inst)]
+        rng = np.random.default_rng([seed, n, gpus, int(typed)])
+        cases = [instance(rng, n, gpus, typed) for _ in range(n_inst)]
         lbs = [makespan_lower_bound(0.0, gpus, r, p) for r, p in cases]
         opts = [optimum(gpus, r, p) for r, p in cases] if n <= 6 else None
         for name in PLANNERS:
@@ -120,6 +130,7 @@ def run(sizes: list[tuple[int, int]], n_inst: int, reps: int, seed: int) -> list
                 if opts is not None:
                     ogaps.append((ms - opts[k]) / opts[k])
             row = {
+                "setup": f"{'typed12' if typed else 'lognormal'} {SETUP} inst={n_inst} seed={seed}",
                 "planner": name,
                 "n_pending": n,
                 "gpus": gpus,
@@ -131,7 +142,7 @@ def run(sizes: list[tuple[int, int]], n_inst: int, reps: int, seed: int) -> list
             }
             rows.append(row)
             print(
-                f"{name:>9} P={n:<5} gpus={gpus:<5} median {row['median_ms']:>9.3f} ms "
+                f"{'T' if typed else 'L'} {name:>10} P={n:<5} gpus={gpus:<5} median {row['median_ms']:>9.3f} ms "
                 f"[p20 {row['p20_ms']:.3f}, p80 {row['p80_ms']:.3f}]  gap_lb {row['gap_to_lb']:.4f}"
                 f"  gap_opt {row['gap_to_opt']}  {dict(methods) if name.startswith('alto') else ''}",
                 flush=True,
@@ -148,12 +159,12 @@ def main() -> None:
     args = ap.parse_args()
     sizes = [(p, g) for p in (5, 10, 50, 200, 1000) for g in (8, 64, 1024)]
     n_inst = 3 if args.quick else args.instances
-    rows = run(sizes, n_inst, reps=1 if args.quick else 3, seed=args.seed)
+    reps = 1 if args.quick else 3
+    rows = [r for typed in (False, True) for r in run(sizes, n_inst, reps, args.seed, typed)]
     if args.quick:
         return
     meta = {
         "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%MZ"),
-        "setup": f"{SETUP} inst={n_inst} seed={args.seed}",
         "machine": machine(),
         "python": platform.python_version(),
         "numpy": np.__version__,
@@ -166,7 +177,7 @@ def main() -> None:
         if new:
             w.writeheader()
         for row in rows:
-            w.writerow({**meta, **row})
+            w.writerow({**row, **meta})
     print(f"appended {len(rows)} rows to {args.out}")
 
 

@@ -19,8 +19,10 @@ Constraints:
   z_ij >= x_ik + x_jk - 1                    for every GPU k
   S_i + d_i <= S_j + M (1 - y_ij) + M (1 - z_ij)
   S_j + d_j <= S_i + M y_ij + M (1 - z_ij)
-  (The per-GPU form "... + M (2 - x_ik - x_jk)" is equivalent; the aggregated z_ij gives
-  HiGHS one variable per pair to branch on and measured ~5x faster on 6 tasks / 8 GPUs.)
+  (The per-GPU form "... + M (2 - x_ik - x_jk)" is equivalent. Measured on 41 random
+  non-trivial instances of 6 tasks (sizes 1/2/4, lognormal durations) on 8 GPUs with one
+  running task: per-GPU form median 0.41 s with 12 hitting the 2 s limit; z_ij plus the
+  cuts below median 0.09 s with 1 at the limit.)
 Reductions and cuts, all exact:
   * Running tasks sit on GPUs 0.. in order; a GPU's release r_k is its running task's end.
     Only the K = min(total, sum g_i) earliest-released GPUs are modelled: any schedule can
