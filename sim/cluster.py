@@ -19,6 +19,7 @@ the loss source is seeded, so the same inputs give identical outputs.
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -34,6 +35,7 @@ from sim.cost_model import CostModel
 from sim.loss_curves import CurveSource
 from sim.metrics import JobOutcome, TaskOutcome
 from sim.policies import ClusterPolicy
+from sim.task_slots import TaskSlots
 
 
 @dataclass
@@ -76,6 +78,7 @@ class ClusterSim:
         self.pool = GpuPool(nodes, min(cfg.gpus_per_node, cfg.gpus))
         self.planner = make_planner(policy.planner)
         self.pending: dict[str, tuple[TaskSpec, PlanTask]] = {}
+        self._pending_sizes: Counter[int] = Counter()  # GPU demand -> pending tasks of it
         self.running: dict[str, RunningTask] = {}
         self.outcomes: list[TaskOutcome] = []
         self.events: list[tuple[float, str]] = []
@@ -151,6 +154,12 @@ class ClusterSim:
         """Ask the planner; start every task it schedules for *now* that the pool can place."""
         if not self.pending:
             return
+        # Nothing pending can start if no node has room for the smallest pending task:
+        # skip the plan (arrivals into a full cluster are most calls on a loaded cluster).
+        smallest = min(g for g, n in self._pending_sizes.items() if n)
+        free = self.pool.largest_free_block if smallest <= self.pool.gpus_per_node else self.pool.free_count
+        if free < smallest:
+            return
         self.planner_calls += 1
         now = self.env.now
         plan = self.planner.plan(now, self.cfg.gpus, list(self.running.values()), [p for _, p in self.pending.values()])
@@ -162,6 +171,7 @@ class ClusterSim:
             if gpu_ids is None:  # node fragmentation: wait for the next replan
                 continue
             del self.pending[ps.task_id]
+            self._pending_sizes[task.gpus] -= 1
             self.running[task.task_id] = RunningTask(task.task_id, task.gpus, now + self.predicted_duration(task))
             self.env.process(self._train_task(task, gpu_ids))
 
@@ -172,6 +182,7 @@ class ClusterSim:
                 yield self.env.timeout(task.arrival_s - self.env.now)
             self.n_events += 1
             self._log(f"arrive {task.task_id}")
+            self._pending_sizes[task.gpus] += 1
             self.pending[task.task_id] = (task, PlanTask(task.task_id, task.gpus, self.predicted_duration(task), task.arrival_s))
             self._replan()
 
@@ -181,50 +192,40 @@ class ClusterSim:
         env, start = self.env, self.env.now
         self._log(f"start {task.task_id} gpus={','.join(map(str, gpu_ids))}")
         jobs = task.jobs()
-        by_id = {j.job_id: j for j in jobs}
         ee = make_early_exit(self._ee_config(), jobs)
         tuner = TaskTuner(jobs, ee, self._fits(task), backfill=self.policy.backfill, max_active=self.policy.max_active)
-        samples = dict.fromkeys(by_id, 0)
-        steps = dict.fromkeys(by_id, 0)
+        slots = TaskSlots(jobs)
         exit_time: dict[str, float] = {}
-        in_slot: dict[str, JobConfig] = {}  # mirror of tuner.active, kept from the decisions
-        target: dict[str, int] = {}  # job -> samples of its next evaluation (while in a slot)
-        apply = lambda ds: self._apply(ds, exit_time, in_slot, by_id)
+        apply = lambda ds: self._apply(ds, exit_time, slots, tuner)
         apply(tuner.start())
+        step_s = 0.0
         while not tuner.done:
-            if not in_slot:
+            due_step = slots.next_due_step()
+            if due_step is None:
                 raise RuntimeError(f"task {task.task_id}: tuner has no active job but is not done")
-            act = list(in_slot.values())
-            for j in act:
-                if j.job_id not in target:
-                    target[j.job_id] = tuner.next_eval(j.job_id)
-            n_steps = max(1, min(-((samples[j.job_id] - target[j.job_id]) // j.batch_size) for j in act))
-            yield env.timeout(n_steps * self._step_time(task, act))
+            if slots.changed:
+                step_s, slots.changed = self._step_time(task, list(slots.in_slot.values())), False
+            yield env.timeout((due_step - slots.step) * step_s)
             self.n_events += 1
-            due = []
-            for j in act:
-                jid = j.job_id
-                samples[jid] = min(j.total_samples, samples[jid] + n_steps * j.batch_size)
-                steps[jid] += n_steps
-                if samples[jid] >= target[jid]:
-                    due.append(j)
-            for j in due:
-                jid = j.job_id
-                if jid not in in_slot:  # exited by an earlier decision at this same instant
+            for jid in slots.pop_due():
+                if jid not in slots.in_slot:  # exited by an earlier decision at this same instant
                     continue
-                del target[jid]
-                train, val = self.curves.losses(task, j, samples[jid])
-                apply(tuner.on_loss(LossReported(env.now, jid, steps[jid], samples[jid], train, val)))
-                if jid in in_slot and samples[jid] >= j.total_samples:
+                j = slots.by_id[jid]
+                samples, steps = slots.trained(jid)
+                train, val = self.curves.losses(task, j, samples)
+                apply(tuner.on_loss(LossReported(env.now, jid, steps, samples, train, val)))
+                if jid not in slots.in_slot:
+                    continue
+                if samples >= j.total_samples:
                     self._log(f"complete {jid}")
                     exit_time[jid] = env.now
-                    del in_slot[jid]
+                    slots.leave(jid)
                     apply(tuner.on_complete(env.now, jid))
-            for jid in [k for k in target if k not in in_slot]:
-                del target[jid]
+                else:
+                    slots.reschedule(jid, tuner.next_eval(jid))
         self.pool.release(gpu_ids)
         del self.running[task.task_id]
-        self.outcomes.append(self._outcome(task, gpu_ids, start, tuner, samples, exit_time))
+        self.outcomes.append(self._outcome(task, gpu_ids, start, tuner, slots.samples, exit_time))
         self._log(f"finish {task.task_id}")
         if self.progress:
             self.progress(len(self.outcomes), len(self.tasks), env.now)
@@ -235,17 +236,17 @@ class ClusterSim:
 
         return replace(self.cfg.early_exit, policy=self.policy.early_exit)
 
-    def _apply(self, decisions, exit_time: dict[str, float], in_slot: dict[str, JobConfig], by_id) -> None:
+    def _apply(self, decisions, exit_time: dict[str, float], slots: TaskSlots, tuner: TaskTuner) -> None:
         """Carry out tuner decisions: book-keeping only (the next loop turn trains the new slots)."""
         for d in decisions:
             if isinstance(d, Admit):
-                in_slot[d.job_id] = by_id[d.job_id]
+                slots.admit(d.job_id, tuner.next_eval(d.job_id))
                 self._log(f"{'resume' if d.resume else 'admit'} {d.job_id}")
             elif isinstance(d, Pause):
-                in_slot.pop(d.job_id, None)
+                slots.leave(d.job_id)
                 self._log(f"pause {d.job_id}")
             elif isinstance(d, Exit):
-                in_slot.pop(d.job_id, None)
+                slots.leave(d.job_id)
                 exit_time[d.job_id] = self.env.now
                 self._log(f"exit {d.job_id} {d.reason.value}")
 
