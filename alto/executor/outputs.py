@@ -48,8 +48,10 @@ class RunWriter:
     def loss_row(self, task: str, job: JobConfig, ev: LossReported) -> None:
         self._lw.writerow([f"{ev.time_s:.3f}", task, job.job_id, ev.step, ev.samples_seen,
                            _f(ev.train_loss), _f(ev.val_loss)])
+        # recorded-curve format: a diverged (NaN) loss is written as inf (nan is not allowed there)
+        inf = lambda x: "inf" if not math.isfinite(x) else repr(float(x))
         self._cw.writerow([task, job.job_id, f"{job.lr:g}", job.rank, job.batch_size, ev.samples_seen,
-                           job.total_samples, _f(ev.train_loss), _f(ev.val_loss), self.source])
+                           job.total_samples, inf(ev.train_loss), inf(ev.val_loss), self.source])
         self._loss.flush()
         self._curve.flush()
 

@@ -148,7 +148,8 @@ class TaskRunner:
 
     # ---------------------------------------------------------------- training
     def _step(self) -> None:
-        states = [self.states[j] for j in self.active]
+        # segments ordered by rank: equal-rank adapters stack as one block (lora_model.stack_padded)
+        states = sorted((self.states[j] for j in self.active), key=lambda s: s.job.rank)
         saved = [(s.stream.epoch, s.stream.pos, s.stream._perm) for s in states]
         sizes = [min(s.job.batch_size, s.job.total_samples - s.samples) for s in states]
         groups = [[self.train[i] for i in s.stream.take(b)] for s, b in zip(states, sizes, strict=False)]
@@ -205,7 +206,7 @@ class TaskRunner:
             diverged = not math.isfinite(s.pending_train[-1])
             if diverged or s.samples >= self.tuner.next_eval(s.job.job_id) or s.samples >= s.job.total_samples:
                 due.append((s, diverged))
-        ok = [s for s, dv in due if not dv]
+        ok = sorted((s for s, dv in due if not dv), key=lambda s: s.job.rank)
         vals = dict(zip([s.job.job_id for s in ok], self.evaluate([s.adapter for s in ok]), strict=False)) if ok else {}
         for s, dv in due:
             jid = s.job.job_id

@@ -51,7 +51,12 @@ def run_config(cfg: Config, out: str | Path, hooks: Hooks | None = None, log=sys
         base_name = str((out / "base_model").resolve())
         small = sum(p.numel() for p in model.parameters()) < 5e7
         save_base_model(model, out / "base_model", save_weights=small)
-    writer = RunWriter(out, source=f"executor:{cfg.model.path}", base_model=base_name)
+    import datetime as dt
+
+    from alto.executor.profile import device_name
+
+    src = f"measured: {device_name(device)} {dt.date.today()} alto run {cfg.model.path} {cfg.model.dtype}"
+    writer = RunWriter(out, source=src, base_model=base_name)
     res = RunResult(out, impl=impl)
     print(f"alto run: {cfg.model.path} on {device} ({cfg.model.dtype}), LoRA impl {impl}", file=log)
     try:

@@ -98,3 +98,15 @@ def test_joint_training_matches_independent_peft(backbone, impl, batches):
             # show as ~1e-6..1e-5 absolute: 1e-5 is < 0.3% of one step (lr >= 3e-3).
             torch.testing.assert_close(v, ref[f"base_model.model.{k}"], rtol=1e-4, atol=1e-5)
         assert any(not torch.equal(v, init[i][k]) for k, v in got.items())  # it did train
+
+
+def test_stack_padded_blocks_equal_naive():
+    from alto.executor.lora_model import stack_padded
+
+    g = torch.Generator().manual_seed(0)
+    ws = [torch.randn(r, 5, generator=g) for r in (2, 2, 4, 1, 1, 4)]
+    naive = torch.stack([torch.nn.functional.pad(w, (0, 0, 0, 4 - w.shape[0])) for w in ws])
+    assert torch.equal(stack_padded(ws, 0, 4, torch.float32), naive)
+    bs = [w.T.contiguous() for w in ws]  # B factors: rank on dim 1
+    naive_b = torch.stack([torch.nn.functional.pad(b, (0, 4 - b.shape[1])) for b in bs])
+    assert torch.equal(stack_padded(bs, 1, 4, torch.float32), naive_b)
