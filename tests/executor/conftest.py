@@ -68,3 +68,10 @@ def backbone(tmp_path):
 def mkcfg(tmp_path):
     """mkcfg(**overrides) -> Config rooted at tmp_path (see make_cfg)."""
     return lambda **over: make_cfg(tmp_path, **over)
+
+
+@pytest.fixture
+def base_raw(tmp_path):
+    """A deep copy of BASE with its jsonl files written into tmp_path."""
+    write_task(tmp_path)
+    return copy.deepcopy(BASE)
