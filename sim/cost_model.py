@@ -214,12 +214,38 @@ class CostModel:
             self._memory[key] = (r["k0_bytes"], r["k1_bytes_per_token"], r["hbm_bytes"])
 
     @classmethod
-    def from_dir(cls, path: str | os.PathLike = DEFAULT_PROFILE_DIR) -> CostModel:
-        """Load `path`/step_costs.csv and `path`/memory.csv."""
+    def from_dir(cls, path: str | os.PathLike = DEFAULT_PROFILE_DIR, costs: str = "auto") -> CostModel:
+        """Load the tables in `path`: estimates (step_costs.csv, memory.csv) plus measured
+        tables written by `alto profile` / the executor benchmark (measured_*.csv,
+        memory_measured_*.csv).
+
+        costs: which step rows to use per (gpu, model):
+          "estimate": only estimate rows;
+          "auto" (default): measured rows only for a (gpu, model) whose measured rows cover
+              every kernel the estimates cover, so that policies are never compared on a mix
+              of measured and estimated kernels; estimates elsewhere;
+          "measured": measured rows wherever they exist (mixing allowed; say so in results).
+        Memory rows: a measured row replaces the estimate for its (gpu, model) in auto/measured.
+        """
+        if costs not in ("auto", "estimate", "measured"):
+            raise ValueError(f"--costs must be auto, estimate or measured, got {costs!r}")
         path = Path(path)
         steps = read_csv_table(path / "step_costs.csv", STEP_COLUMNS, _STEP_TYPES)
         mem = read_csv_table(path / "memory.csv", MEMORY_COLUMNS, _MEMORY_TYPES)
-        return cls(steps, mem)
+        measured = [r for f in sorted(path.glob("measured_*.csv")) for r in read_csv_table(f, STEP_COLUMNS, _STEP_TYPES)]
+        if costs == "estimate":
+            measured = []
+        elif costs == "auto":
+            kernels = lambda rows, gm: {r["kernel"] for r in rows if (r["gpu"], r["model"]) == gm}
+            complete = {
+                gm for gm in {(r["gpu"], r["model"]) for r in measured}
+                if kernels(steps, gm) <= kernels(measured, gm)
+            }
+            measured = [r for r in measured if (r["gpu"], r["model"]) in complete]
+        if costs != "estimate":
+            for f in sorted(path.glob("memory_measured_*.csv")):
+                mem += read_csv_table(f, MEMORY_COLUMNS, _MEMORY_TYPES)
+        return cls(steps + measured, mem)
 
     def gpu_types(self) -> list[str]:
         return sorted({k[0] for k in self._grid})

@@ -177,9 +177,10 @@ class ParametricCurves:
         self.batch_exp, self.div_rate, self.diverged_loss = batch_exp, div_rate, diverged_loss
         self.overfit_coef, self.rho_crit, self.jitter = overfit_coef, rho_crit, jitter
         self.beta_coupling = beta_coupling
-        # jobs keyed by (task, job_id): hashing the whole JobConfig too was a hot spot
         self._tasks: dict[TaskSpec, TaskLaw] = {}
-        self._jobs: dict[tuple[TaskSpec, str], _JobLaw] = {}
+        # id(task) -> (task, {job_id: law}): hashing a whole frozen TaskSpec on every loss
+        # report was a hot spot; holding `task` keeps its id from being reused
+        self._jobs: dict[int, tuple[TaskSpec, dict[str, _JobLaw]]] = {}
 
     def __repr__(self) -> str:
         return f"ParametricCurves(seed={self.seed}, noise={self.noise}, train_noise={self.train_noise})"
@@ -205,7 +206,10 @@ class ParametricCurves:
         return law
 
     def _job_law(self, task: TaskSpec, job: JobConfig) -> _JobLaw:
-        law = self._jobs.get((task, job.job_id))
+        per_task = self._jobs.get(id(task))
+        if per_task is None or per_task[0] is not task:  # the held reference pins id(task)
+            per_task = self._jobs[id(task)] = (task, {})
+        law = per_task[1].get(job.job_id)
         if law is None:
             t = self.task_law(task)
             bscale = math.sqrt(job.batch_size / t.b_ref)
@@ -223,7 +227,7 @@ class ParametricCurves:
                           beta=beta_j * t.beta0 * math.exp(-self.lr_curv * x * x), s_div=s_div,
                           overfit=overfit, epoch=float(task.dataset_size),
                           noise_key=stable_hash(self.seed, task.task_id, job.job_id, "noise"))
-            self._jobs[(task, job.job_id)] = law
+            per_task[1][job.job_id] = law
         return law
 
     def _clean(self, law: _JobLaw, s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

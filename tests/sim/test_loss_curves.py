@@ -198,8 +198,9 @@ def test_missing_column_is_an_error(tmp_path):
 
 
 def test_example_csv_is_labelled_synthetic_and_loads():
-    r = RecordedCurves(CURVES_DIR)
+    r = RecordedCurves(CURVES_DIR / "example_synthetic.csv")
     assert r.recorded_tasks() == ["example-large-7b", "example-small-8b"]
+    assert "smollm2-gsm_symbolic" in RecordedCurves(CURVES_DIR).recorded_tasks()  # the real SmolLM2 run
     text = (CURVES_DIR / "example_synthetic.csv").read_text().splitlines()[1:]
     assert text and all('"synthetic: ' in line for line in text)
     t = task("example-small-8b", size=1000, seq=1024)
