@@ -33,6 +33,9 @@ def _add_simulate(sub) -> None:
     p.add_argument("--gpus-per-node", type=int, default=8, help="GPUs per node (default 8)")
     p.add_argument("--gpu-type", default="H200", help="GPU type in the cost tables (default H200)")
     p.add_argument("--policies", default=None, help="comma-separated policies, or 'all' (default: sequential,mlora,lorafusion,alto)")
+    p.add_argument("--costs", default="auto", choices=["auto", "estimate", "measured"],
+                   help="step-cost tables: auto (measured where they cover every kernel of a model, "
+                        "else estimates) [default], estimate, or measured (may mix)")
     p.add_argument("--curves", default=None, help="loss curves: parametric[:SEED] (default) or recorded:PATH")
     p.add_argument("--seed", type=int, default=0, help="seed of the parametric loss curves (default 0)")
     p.add_argument("--max-tasks", type=int, default=None, help="keep only the first N tasks of the trace")

@@ -41,7 +41,7 @@ def simulate_main(a) -> int:
     kw = {} if a.max_tasks is None else {"max_tasks": a.max_tasks}
     tasks = load_trace(path, a.trace_format, **kw)
     validate_trace(tasks, path, cluster_gpus=a.gpus)
-    cost = CostModel.from_dir()
+    cost = CostModel.from_dir(costs=a.costs)
     models = sorted({t.model for t in tasks})
     provenance = {m: cost.source(a.gpu_type, m, p.kernel) for m in models for p in policies[:1]}
     curves = make_curve_source(a.curves or f"parametric:{a.seed}")
@@ -55,7 +55,7 @@ def simulate_main(a) -> int:
     runs = simulate_policies(tasks, policies, cfg, cost, curves, progress=None if a.quiet else stderr_progress)
     meta = {
         "trace": label, "trace_format": a.trace_format, "tasks": len(tasks), "gpus": a.gpus,
-        "gpus_per_node": a.gpus_per_node, "gpu_type": a.gpu_type, "curves": a.curves or f"parametric:{a.seed}",
+        "gpus_per_node": a.gpus_per_node, "gpu_type": a.gpu_type, "costs": a.costs, "curves": a.curves or f"parametric:{a.seed}",
         "cost_sources": {m: {p.kernel: cost.source(a.gpu_type, m, p.kernel) for p in policies} for m in models},
     }
     out = write_results(a.out, *result_tables(runs, meta))

@@ -174,3 +174,24 @@ def test_committed_tables_match_the_generator():
         committed_rows = list(csv.DictReader(f))
     assert committed_rows == [{k: str(v) for k, v in r.items()} for r in ec.step_rows()]
     assert math.isclose(ec.MFU_BASE, 0.661, abs_tol=0.001)  # fitted: documents the calibration
+
+
+def test_from_dir_uses_measured_tables_only_where_they_cover_every_kernel(tmp_path):
+    meas = "measured: test"
+    est_rows = [row(1, 1024, 1.0), row(1, 2048, 2.0), row(1, 1024, 3.0, kernel="loop"), row(1, 2048, 6.0, kernel="loop")]
+    write_rows(tmp_path / "step_costs.csv", STEP_COLUMNS, est_rows)
+    write_rows(tmp_path / "memory.csv", MEMORY_COLUMNS, [])
+    write_rows(tmp_path / "measured_a.csv", STEP_COLUMNS, [row(1, 1024, 10.0, source=meas), row(1, 2048, 20.0, source=meas)])
+    q = lambda c, k: c.predict("G", "llama-3.1-8b", k, 1, 1024, [16])
+    # only fused is measured: auto keeps both kernels on estimates, measured mixes
+    assert (q(CostModel.from_dir(tmp_path), "fused"), q(CostModel.from_dir(tmp_path), "loop")) == (1.0, 3.0)
+    assert (q(CostModel.from_dir(tmp_path, "measured"), "fused"), q(CostModel.from_dir(tmp_path, "measured"), "loop")) == (10.0, 3.0)
+    # loop measured too: auto switches the whole (gpu, model) to measured rows
+    write_rows(tmp_path / "measured_b.csv", STEP_COLUMNS, [row(1, 1024, 30.0, kernel="loop", source=meas), row(1, 2048, 60.0, kernel="loop", source=meas)])
+    auto = CostModel.from_dir(tmp_path)
+    assert (q(auto, "fused"), q(auto, "loop")) == (10.0, 30.0)
+    assert auto.source("G", "llama-3.1-8b", "loop") == meas
+    est = CostModel.from_dir(tmp_path, "estimate")
+    assert (q(est, "fused"), q(est, "loop")) == (1.0, 3.0)
+    with pytest.raises(ValueError, match="costs"):
+        CostModel.from_dir(tmp_path, "guess")
