@@ -2,6 +2,8 @@
 
 Run (on the GPU machine, from the repo root; each part writes CSVs into --out):
     python3 benchmarks/bench_executor.py --part check,table2,throughput --out benchmarks/results
+    python3 benchmarks/bench_executor.py --part search --search-config S.yaml --search-modes none,peft --out DIR
+(Pipe through `grep --line-buffered` / `tee`, not plain grep: a killed call loses grep's buffer.)
 
 Parts:
   check       fused vs reference LoRA path on Llama-3.2-1B shapes (bf16): per-adapter losses
@@ -202,7 +204,14 @@ def peft_sequential(model, tok, cfg, batches=(1, 2, 4, 8), rank=16, lr=2e-4) -> 
     return out
 
 
-def search(cfg_path: str, out: str) -> None:
+def backbone_total(cfg) -> int:
+    """total_samples of one job of the search's task (epochs x train size)."""
+    from alto.executor.data import load_task_data
+
+    return max(1, round(len(load_task_data(cfg, cfg.tasks[0], 0)[0]) * cfg.tasks[0].epochs))
+
+
+def search(cfg_path: str, out: str, modes: tuple[str, ...] = ("alto", "none", "peft")) -> None:
     """ALTO vs no early exit vs sequential PEFT on a real backbone (see module docstring)."""
     import time
 
@@ -223,18 +232,19 @@ def search(cfg_path: str, out: str) -> None:
 
     wm = _M(backbone[0], cfg.tasks[0].target_modules, impl=pick_impl(cfg, backbone[2]))
     for rows in ([1, 2, 4], [8, 1, 2]):
-        train_step(wm, make_adapters(wm, cfg.tasks[0].ranks, 1), rows, 100, 1000)
+        rk = [cfg.tasks[0].ranks[i % len(cfg.tasks[0].ranks)] for i in range(len(rows))]
+        train_step(wm, make_adapters(wm, rk, 1), rows, 100, backbone[0].config.vocab_size)
     wm.remove()
     res = {}
-    for pol in ("alto", "none"):
+    for pol in [m for m in modes if m in ("alto", "none")]:
         cfg.early_exit = {"policy": pol} if pol == "alto" else {"policy": "none", "eval_every_frac_after": 0.1}
         t = time.perf_counter()
         r = run_config(cfg, os.path.join(out, f"search_{pol}"), log=sys.stdout, backbone=backbone)
         res[pol] = (time.perf_counter() - t, r.impl, pd.read_csv(os.path.join(out, f"search_{pol}", "jobs.csv")))
-    seq = peft_sequential(backbone[0], backbone[1], cfg)
+    seq = peft_sequential(backbone[0], backbone[1], cfg, tuple(cfg.tasks[0].batch_sizes)) if "peft" in modes else {}
     v = versions()
-    grid = res["none"][2]
-    grid_best = grid["final_val_loss"].min()
+    grid = res["none"][2] if "none" in res else None
+    grid_best = grid["final_val_loss"].min() if grid is not None else float("nan")
     rows = []
     for pol, (wall, impl, jobs) in res.items():
         # the search's answer: best result among jobs that finished training (completed or
@@ -244,17 +254,22 @@ def search(cfg_path: str, out: str) -> None:
         best = float(res_loss.min())
         rows.append(dict(mode=f"executor policy={pol}", impl=impl, configs=len(jobs), wall_s=f"{wall:.1f}",
                          samples_trained=int(jobs["samples_trained"].sum()),
-                         samples_full_grid=int(grid["total_samples"].sum()), best_val_loss=f"{best:.5f}",
+                         samples_full_grid=int(jobs["total_samples"].sum()), best_val_loss=f"{best:.5f}",
                          best_job=ok.loc[res_loss.idxmin(), "job_id"], regret_vs_grid=f"{(best - grid_best) / grid_best:.4%}",
                          note="measured end to end (after backbone load)", **v))
-    per_b = {b: t for b, t in seq.items()}
-    n_per_b = {b: int((grid["batch_size"] == b).sum()) for b in per_b}
-    rows.append(dict(mode="sequential HF PEFT", impl="peft", configs=sum(n_per_b.values()),
-                     wall_s=f"{sum(per_b[b] * n_per_b[b] for b in per_b):.1f}", samples_trained=int(grid["total_samples"].sum()),
-                     samples_full_grid=int(grid["total_samples"].sum()), best_val_loss="", best_job="", regret_vs_grid="",
-                     note="EXTRAPOLATED: measured 1 config per batch size (r16, lr 2e-4; "
-                          + ", ".join(f"b{b}: {t:.1f}s" for b, t in per_b.items())
-                          + f") x configs per batch size {n_per_b}; training only, no evals", **v))
+    if seq:
+        tk = cfg.tasks[0]
+        n_per_b = {b: len(tk.lrs) * len(tk.ranks) for b in seq}  # grid configs per batch size
+        full = len(tk.lrs) * len(tk.ranks) * len(tk.batch_sizes) * backbone_total(cfg)
+        rows.append(dict(
+            mode="sequential HF PEFT", impl="peft", configs=sum(n_per_b.values()),
+            wall_s=f"{sum(seq[b] * n_per_b[b] for b in seq):.1f}", samples_trained=full,
+            samples_full_grid=full, best_val_loss="", best_job="", regret_vs_grid="",
+            note="EXTRAPOLATED: measured 1 config per batch size (r16, lr 2e-4; "
+                 + ", ".join(f"b{b}: {t:.1f}s" for b, t in seq.items())
+                 + f") x configs per batch size {n_per_b}; training only, no evals", **v))
+    if not rows:
+        return
     write_csv(os.path.join(out, "executor_search_h200.csv"), list(rows[0]), rows)
     for r in rows:
         print(r, flush=True)
@@ -266,6 +281,8 @@ def main() -> None:
     ap.add_argument("--out", default="benchmarks/results")
     ap.add_argument("--iters", type=int, default=3)
     ap.add_argument("--search-config", default=None, help="YAML of the real search (part search)")
+    ap.add_argument("--search-modes", default="alto,none,peft",
+                    help="which search runs (alto, none, peft); split them over calls of < 10 min")
     ap.add_argument("--dry", action="store_true", help="CPU smoke test: llama-tiny for every model")
     args = ap.parse_args()
     shapes = {"1b": "llama-tiny", "8b": "llama-tiny"} if args.dry else {"1b": "llama-3.2-1b", "8b": "llama-3.1-8b"}
@@ -302,7 +319,7 @@ def main() -> None:
         mem_rows.append(B.memory_row(shape.name, m8, 1024, 16))
         write_csv(os.path.join(args.out, "executor_throughput_h200.csv"), BENCH_COLS, B.rows)
     if "search" in parts:
-        search(args.search_config, args.out)
+        search(args.search_config, args.out, tuple(args.search_modes.split(",")))
     if B.cost_rows:
         write_csv(os.path.join(args.out, "measured_h200.csv"), PROFILE_COLS, B.cost_rows)
     if any(mem_rows):

@@ -229,6 +229,8 @@ class MultiLoraModel:
         """Mean completion-token loss per adapter. inputs/targets/mask: [R, L]; rows[i]:
         rows of adapter i (contiguous, in order). Returns (loss [N] fp32, tokens [N])."""
         R, L = inputs.shape
+        if len(adapters) != len(rows) or sum(rows) != R:
+            raise ValueError(f"{len(adapters)} adapters, rows {list(rows)} (sum must be R={R})")
         # the context stays set until clear(): checkpointed layers recompute in backward
         self.ctx.adapters, self.ctx.seg_lens = list(adapters), [r * L for r in rows]
         if self.ctx.impl == "fused":
