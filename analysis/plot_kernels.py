@@ -4,8 +4,8 @@ Run:  python3 analysis/plot_kernels.py [--csv benchmarks/results/multi_lora.csv]
                                        [--out analysis/figures/multi_lora.png]
 
 One panel per layer shape: fwd+bwd time of each variant relative to the base GEMM alone
-(base = 1), against tokens T, one line style per adapter count N. The latest run in the CSV
-(max date per gpu) is used; the dotted line is the 1.2x target.
+(base = 1), against tokens T, one line style per adapter count N. The latest
+row per (gpu, shape, T, N, variant) is used; the dotted line is the 1.2x target.
 """
 
 from __future__ import annotations
@@ -19,14 +19,14 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
-COLORS = {"fused": "C0", "fused_kadd": "C9", "fused_split": "C2", "loop": "C3", "separate": "C1"}
+COLORS = {"fused": "C0", "fused_one": "C9", "fused_pair": "C4", "loop": "C3", "separate": "C1"}
 STYLES = {8: "-", 32: "--", 64: ":"}
 
 
 def load(path: str) -> pd.DataFrame:
-    df = pd.read_csv(path)
-    latest = df.groupby("gpu")["date"].transform("max")
-    return df[df["date"] == latest]
+    """Latest row of each (gpu, shape, T, N, variant); ratio_vs_base is within that row's run."""
+    df = pd.read_csv(path).sort_values("date")
+    return df.drop_duplicates(["gpu", "shape", "T", "N", "variant"], keep="last")
 
 
 def plot(df: pd.DataFrame, out: str) -> None:
@@ -51,7 +51,7 @@ def plot(df: pd.DataFrame, out: str) -> None:
         ax.grid(alpha=0.3, which="both")
     gpu = df["gpu"].iloc[0]
     fig.suptitle(f"multi-LoRA linear fwd+bwd, {gpu}, torch {df['torch'].iloc[0]}, "
-                 f"triton {df['triton'].iloc[0]} ({df['date'].iloc[0]})", fontsize=10)  # fmt: skip
+                 f"triton {df['triton'].iloc[0]} (runs {df['date'].min()} .. {df['date'].max()})", fontsize=10)  # fmt: skip
     fig.legend(loc="lower center", ncol=5, fontsize=7, frameon=False)
     fig.tight_layout(rect=(0, 0.12, 1, 0.95))
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)

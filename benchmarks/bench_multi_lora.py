@@ -6,9 +6,12 @@ Run (on the GPU machine, from the repo root):
 
 Variants (all compute the same function; the frozen base weight never gets a gradient):
   base       y = x Wᵀ and dX = dY W only (the floor the LoRA part is added to)
-  fused      kernels.fused_multi_lora (default: LoRA delta added in the cuBLAS epilogue)
-  fused_kadd same, with TUNE["fuse_add"]="kernel" (paper's fused expand-and-add kernel)
-  fused_split same API, TUNE["path"]="split" (separate shrink/expand/wgrad kernels)
+  fused      kernels.fused_multi_lora as shipped (TUNE defaults: "split" path, LoRA delta added
+             in the cuBLAS epilogue)
+  fused_one  TUNE path="fused": shrink+expand in one launch (shrink_expand), two wgrad launches
+  fused_pair path="fused" + wgrad_pair (dA and dB in one launch)
+  fused_split path="split" explicitly
+  fused_kadd defaults + TUNE fuse_add="kernel" (paper's fused expand-and-add in the kernel)
   loop       eager PyTorch: shared base GEMM + per-adapter loop (kernels.reference)
   separate   N separate jobs: each adapter runs its own base GEMM + LoRA on its own tokens
 
@@ -64,6 +67,14 @@ COLUMNS = [
     "ratio_vs_base",
 ]
 BF16 = torch.bfloat16
+DEFAULT_TUNE = {k: ml.TUNE[k] for k in ("path", "fuse_add", "wgrad_pair")}
+FUSED_VARIANTS = {  # TUNE overrides of each fused_multi_lora variant
+    "fused": dict(DEFAULT_TUNE),  # the defaults as shipped
+    "fused_split": dict(DEFAULT_TUNE, path="split", wgrad_pair=False),
+    "fused_one": dict(DEFAULT_TUNE, path="fused", wgrad_pair=False),
+    "fused_pair": dict(DEFAULT_TUNE, path="fused", wgrad_pair=True),
+    "fused_kadd": dict(DEFAULT_TUNE, fuse_add="kernel"),
+}
 
 
 def ceilings() -> dict:
@@ -97,13 +108,12 @@ def step_fn(variant: str, inp: dict):
     seg, ranks, scaling = inp["seg"], inp["ranks"], inp["scaling"]
     if variant == "base":
         return lambda: torch.autograd.grad(torch.nn.functional.linear(x, w), (x,), dy)
-    if variant in ("fused", "fused_kadd", "fused_split"):
+    if variant.startswith("fused"):
         lay = kernels.make_layout(seg, ranks, scaling, device="cuda")
-        mode = "kernel" if variant == "fused_kadd" else "addmm"
-        path = "split" if variant == "fused_split" else "fused"
+        tune = dict(FUSED_VARIANTS[variant])
 
         def fused():
-            ml.TUNE["fuse_add"], ml.TUNE["path"] = mode, path
+            ml.TUNE.update(tune)
             y = kernels.fused_multi_lora(x, w, a, b, layout=lay)
             return torch.autograd.grad(y, (x, a, b), dy)
 
@@ -165,7 +175,7 @@ def main() -> None:
     p.add_argument("--shapes", default=",".join(SHAPES))
     p.add_argument("--tokens", default="2048,4096,8192,16384")
     p.add_argument("--adapters", default="8,32,64")
-    p.add_argument("--variants", default="base,fused,fused_kadd,fused_split,loop,separate")
+    p.add_argument("--variants", default="base,fused,fused_one,fused_kadd,loop,separate")
     p.add_argument(
         "--slow-variants-tokens",
         default="2048,4096,8192,16384",
@@ -229,9 +239,9 @@ def main() -> None:
                             launches = count_launches(fn)
                         except Exception as exc:  # noqa: BLE001 - log, keep the other rows
                             print(f"ERROR {shape} T={t} N={n} {var}: {exc!r}"[:400], flush=True)
-                            ml.TUNE["fuse_add"], ml.TUNE["path"] = "addmm", "fused"
+                            ml.TUNE.update(DEFAULT_TUNE)
                             continue
-                        ml.TUNE["fuse_add"], ml.TUNE["path"] = "addmm", "fused"
+                        ml.TUNE.update(DEFAULT_TUNE)
                         base_ms = med if var == "base" else base_ms
                         flops = bflops + (0.0 if var == "base" else lflops)
                         res[var] = med

@@ -2,11 +2,12 @@
 
 Two kernel paths compute the same thing (see kernels/multi_lora_triton.py for notation):
 
-* ``TUNE["path"] = "fused"`` (default): ``shrink_expand`` (1 launch: shrink kept in registers,
-  stored once, expand streamed over the output columns) + ``wgrad_pair`` (1 launch for dA and dB).
-  Per layer: fwd 1 Triton launch, bwd 2.
-* ``"split"``: separate ``shrink`` (split-K, atomics), ``expand`` and two ``wgrad`` launches.
-  Per layer: fwd 2, bwd 4. Kept for comparison and for tiny T where split-K helps occupancy.
+* ``TUNE["path"] = "split"`` (default, fastest measured on the H200): separate ``shrink``
+  (split-K with fp32 atomics when T/BLOCK_M is small), ``expand`` and two ``wgrad`` launches.
+  Per layer: fwd 2 Triton launches, bwd 4.
+* ``"fused"``: ``shrink_expand`` (1 launch: shrink kept in registers, stored once, expand
+  streamed over the output columns) + two ``wgrad`` launches (or one ``wgrad_pair`` launch with
+  ``TUNE["wgrad_pair"]``). Per layer: fwd 1, bwd 3 (2). Fewer launches = less host time.
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ from .layout import MultiLoraLayout
 
 # Launch parameters; tests and the benchmark override entries (None = heuristic).
 TUNE: dict = {
-    "path": "fused",  # "fused" (shrink_expand + wgrad_pair) or "split" (4 kernels, split-K)
+    "path": "split",  # "split" (shrink/expand/wgrad) or "fused" (shrink_expand + wgrad)
+    "wgrad_pair": False,  # fused path: dA+dB in one launch (measured 6x slower, docs/kernels.md)
     "fuse_add": "addmm",  # "addmm" (delta + cuBLAS epilogue) or "kernel" (expand-and-add)
     "split_k": None,  # shrink split over K; None = fill ~2 waves of SMs
     "wgrad_chunk": None,  # tokens per weight-gradient program; None = heuristic

@@ -8,13 +8,12 @@ Shapes: x [T, d_in]; weight [d_out, d_in] (frozen, nn.Linear layout); lora_a [N,
 lora_b [N, d_out, r_max] (PEFT lora_A / lora_B weights stacked); y [T, d_out], dtype of x.
 
 Execution (CUDA, or CPU with TRITON_INTERPRET=1): a constant number of launches per layer,
-independent of N. Default ("fused") path, see kernels/launch_fused.py:
-forward  = shrink_expand (1 Triton launch: S = x A_iᵀ kept in registers, stored once, then
-           s_i S B_iᵀ streamed over the output columns) + one cuBLAS GEMM over all T tokens;
-backward = shrink_expand of dY (1 launch: dS = s_i dY B_i and dX delta = dS A_i)
-           + one cuBLAS GEMM for dX + wgrad_pair (1 launch: dA_i = dS_iᵀ X_i, dB_i = s_i dY_iᵀ S_i)
-           [+ a memset and a cast when long segments are split over tokens with atomics].
-TUNE["path"] = "split" runs separate shrink / expand / wgrad kernels (fwd 2, bwd 4 launches).
+independent of N (kernels/launch.py). Default ("split") path:
+forward  = shrink (Triton) + expand (Triton) + one cuBLAS GEMM over all T tokens;
+backward = shrink of dY (dS = s_i dY_i B_i) + expand into dX (dS_i A_i) + one cuBLAS GEMM for dX
+           + wgrad x2 (dA_i = dS_iᵀ X_i, dB_i = s_i dY_iᵀ S_i)  [+ memsets / casts for atomics].
+TUNE["path"] = "fused" uses shrink_expand (shrink and expand in ONE launch) instead: fwd 1
+Triton launch, bwd 3 (see kernels/launch_fused.py).
 By default the kernels write the LoRA delta and the base GEMM adds it in cuBLAS's epilogue
 (``delta.addmm_(x, W.T)``, beta=1); ``TUNE["fuse_add"] = "kernel"`` instead runs the GEMM first
 and fuses the add into the expand's store (the paper's expand-and-add).
@@ -90,8 +89,11 @@ class _FusedMultiLora(torch.autograd.Function):
                 n_out = x.shape[1] if need_x else 0
                 ds = shrink_expand(dy, lora_b, b_str, lora_a, a_str, dx, n_out, layout,
                                    True, False, kadd, cfg)  # fmt: skip
-            if need_a or need_b:
+            if (need_a or need_b) and TUNE["wgrad_pair"]:
                 da, db = wgrad_pair(ds, x, s, dy, lora_a, lora_b, layout, cfg, need_a, need_b)
+            else:
+                da = _wgrad(ds, x, lora_a, False, layout, False, cfg) if need_a else None
+                db = _wgrad(s, dy, lora_b, True, layout, True, cfg) if need_b else None
         if need_x and not kadd:
             dx.addmm_(dy, weight)  # cuBLAS: dX = 1 * delta + dY W
         return dx, None, da, db, None

@@ -44,13 +44,15 @@ def test_matches_reference(n, spread, dtype):
 @pytest.mark.parametrize(
     "tune",
     [
-        dict(wgrad_chunk=32),  # token-split weight grads (atomics) on the fused path
+        dict(split_k=3, wgrad_chunk=32),  # split-K shrink + token-split weight grads (atomics)
         dict(fuse_add="kernel"),  # paper's expand-and-add instead of the cuBLAS epilogue
-        dict(path="split"),  # separate shrink / expand / wgrad kernels
-        dict(path="split", split_k=3, wgrad_chunk=32),  # ... with split-K and token-split atomics
-        dict(path="split", split_k=2, wgrad_chunk=64, fuse_add="kernel"),
+        dict(split_k=2, wgrad_chunk=64, fuse_add="kernel"),
+        dict(path="fused"),  # shrink_expand (one launch) + wgrad
+        dict(path="fused", wgrad_chunk=32, fuse_add="kernel"),
+        dict(path="fused", wgrad_pair=True),  # ... + dA/dB in one launch
+        dict(path="fused", wgrad_pair=True, wgrad_chunk=32),
     ],
-    ids=["atomics", "kadd", "split", "split-atomics", "split-kadd"],
+    ids=["atomics", "kadd", "atomics-kadd", "fused", "fused-atomics-kadd", "pair", "pair-atomics"],
 )
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 def test_launch_variants(tune, dtype):
@@ -125,16 +127,18 @@ class _Counter:
         return launch
 
 
-LAUNCHES = {  # Triton launches per fwd / bwd, by construction, whatever N is
-    "fused": ({"shrink_expand": 1}, {"shrink_expand": 2, "wgrad_pair": 1}),
+LAUNCHES = {  # Triton launches per fwd / total, by construction, whatever N is
+    "fused": ({"shrink_expand": 1}, {"shrink_expand": 2, "wgrad": 2}),
+    "pair": ({"shrink_expand": 1}, {"shrink_expand": 2, "wgrad_pair": 1}),
     "split": ({"shrink": 1, "expand": 1}, {"shrink": 2, "expand": 2, "wgrad": 2}),
 }
 
 
-@pytest.mark.parametrize("path", ["fused", "split"])
+@pytest.mark.parametrize("path", ["fused", "pair", "split"])
 @pytest.mark.parametrize("n", [1, 3, 32])
 def test_triton_launches_constant_in_n(n, path, monkeypatch):
-    ml.TUNE["path"] = path
+    ml.TUNE["path"] = "split" if path == "split" else "fused"
+    ml.TUNE["wgrad_pair"] = path == "pair"
     ks = mlt.get_kernels()
     counted = {k: _Counter(v) for k, v in vars(ks).items()}
     monkeypatch.setattr(mlt, "get_kernels", lambda: type(ks)(**counted))

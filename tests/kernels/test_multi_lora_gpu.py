@@ -34,12 +34,12 @@ def test_small_odd_shapes(n, spread, dtype):
     "tune",
     [
         dict(),
-        dict(wgrad_chunk=256),
+        dict(split_k=4, wgrad_chunk=256),
         dict(fuse_add="kernel"),
-        dict(path="split"),
-        dict(path="split", split_k=4, wgrad_chunk=256),
+        dict(path="fused"),
+        dict(path="fused", wgrad_pair=True, wgrad_chunk=256),
     ],
-    ids=["default", "atomics", "kadd", "split", "split-atomics"],
+    ids=["default", "atomics", "kadd", "fused", "pair-atomics"],
 )
 @pytest.mark.parametrize("shape", [(4096, 4096), (4096, 1024), (14336, 4096)])
 def test_full_size_bf16(tune, shape):
@@ -85,6 +85,7 @@ def test_wgrad_pair_built():
     """The one-launch dA+dB kernel compiled on this Triton (no silent two-launch fallback)."""
     from kernels import launch_fused
 
+    ml.TUNE.update(path="fused", wgrad_pair=True)
     tensors, seg, ranks, scaling = make_case(3, "uniform", 64, 64, 64, dtype=BF16, device="cuda")
     run_and_compare(tensors, seg, ranks, scaling, BF16)
     assert launch_fused.PAIR_FAILED == []
