@@ -46,6 +46,10 @@ class SimConfig:
     GPUs always sit on one node when it needs <= gpus_per_node.
     gpu_type: key into the cost tables (e.g. "H200", "H100").
     mem_margin_frac: HBM safety margin of the memory model (fraction of HBM kept free).
+    eval_samples: validation samples scored per evaluation of one config (count). An
+      evaluation is a forward pass only, so it is charged half the single-adapter step
+      time of eval_samples x seq_len tokens (an estimate: forward ~2N of the 4N FLOPs per
+      token), and training pauses while the due configs are scored, as in the executor.
     log_events: keep the exact (time_s, event) log (tests; costs memory on big traces).
     """
 
@@ -55,6 +59,7 @@ class SimConfig:
     early_exit: EarlyExitConfig = field(default_factory=EarlyExitConfig)
     mem_margin_frac: float = 0.1
     log_events: bool = False
+    eval_samples: int = 64  # validation samples per evaluation of one config (0: evaluations are free)
     keep_history_tasks: int = 4  # tasks (in finish order) whose loss histories are kept for figures
 
 
@@ -122,6 +127,16 @@ class ClusterSim:
             tokens = sum(j.batch_size for j in jobs) * task.seq_len
             ranks = [j.rank for j in jobs]
             t = self.cost.predict(self.cfg.gpu_type, task.model, self.policy.kernel, len(jobs), tokens, ranks)
+            self._step_cache[key] = t
+        return t
+
+    def _eval_time(self, task: TaskSpec) -> float:
+        """Seconds to score one config on eval_samples validation samples (forward only)."""
+        key = ("eval", task.model, task.seq_len)
+        t = self._step_cache.get(key)
+        if t is None:
+            tokens = self.cfg.eval_samples * task.seq_len
+            t = 0.5 * self.cost.predict(self.cfg.gpu_type, task.model, self.policy.kernel, 1, tokens, [min(task.ranks)])
             self._step_cache[key] = t
         return t
 
@@ -207,9 +222,11 @@ class ClusterSim:
                 step_s, slots.changed = self._step_time(task, list(slots.in_slot.values())), False
             yield env.timeout((due_step - slots.step) * step_s)
             self.n_events += 1
+            n_evals = 0
             for jid in slots.pop_due():
                 if jid not in slots.in_slot:  # exited by an earlier decision at this same instant
                     continue
+                n_evals += 1
                 j = slots.by_id[jid]
                 samples, steps = slots.trained(jid)
                 train, val = self.curves.losses(task, j, samples)
@@ -223,6 +240,8 @@ class ClusterSim:
                     apply(tuner.on_complete(env.now, jid))
                 else:
                     slots.reschedule(jid, tuner.next_eval(jid))
+            if n_evals and self.cfg.eval_samples:
+                yield env.timeout(n_evals * self._eval_time(task))
         self.pool.release(gpu_ids)
         del self.running[task.task_id]
         self.outcomes.append(self._outcome(task, gpu_ids, start, tuner, slots.samples, exit_time))

@@ -50,8 +50,8 @@ def task(tid, arrival, gpus, dataset, batches=(1,), lrs=(0.1,), seq_len=1):
     return TaskSpec(tid, arrival, "tenant", "llama-3.1-8b", gpus, dataset, seq_len, 1.0, lrs, (8,), batches)
 
 
-def run(tasks, policy="mlora", gpus=2, hbm=1e12, **kw):
-    cfg = SimConfig(gpus=gpus, gpus_per_node=gpus, log_events=True, **kw)
+def run(tasks, policy="mlora", gpus=2, hbm=1e12, eval_samples=0, **kw):
+    cfg = SimConfig(gpus=gpus, gpus_per_node=gpus, log_events=True, eval_samples=eval_samples, **kw)
     sim = ClusterSim(tasks, POLICIES[policy], cfg, FlatCost(hbm), FallingCurves())
     return sim.run(), sim.events
 
@@ -89,6 +89,17 @@ def test_sequential_runs_one_config_at_a_time():
         (4, "complete t/lr0.2-r8-b1"), (4, "finish t"),
     ]
     assert outcomes[0].regret() == 0.0  # lr 0.1 is best and was returned
+
+
+def test_evaluations_pause_training_for_half_a_single_step():
+    # One config, 2 samples of batch 1, evaluated at 1 and 2 samples (the 5% grid, batch-aligned).
+    # Steps take 1 s; each evaluation 0.5 x single-adapter step = 0.5 s, training paused:
+    # step -> 1.0, eval -> 1.5, step -> 2.5 (complete), eval -> 3.0 (finish).
+    _, events = run([task("t", 0, 1, 2)], gpus=1, eval_samples=8)
+    assert events == [
+        (0, "arrive t"), (0, "start t gpus=0"), (0, "admit t/lr0.1-r8-b1"),
+        (2.5, "complete t/lr0.1-r8-b1"), (3.0, "finish t"),
+    ]
 
 
 def test_memory_budget_limits_colocation():
