@@ -24,6 +24,8 @@ Parts:
               also gives the regret reference), then sequential HF PEFT on one config per batch
               size (rank 16, lr 2e-4) timed for the whole epoch and extrapolated to the grid
               (x15: each batch size has 15 configs; rank/lr assumed not to change step time).
+  torchprof   torch.profiler tables of one fused step (1B, 32 adapters, b=1, seq 512) ->
+              torchprof_1b.txt: where the ~0.65 s fixed per-step cost measured in table2 goes.
 Every timed point also becomes a row of the simulator's cost table (measured_h200.csv) and the
 memory fits become rows of memory_measured_h200.csv.
 Timing: CUDA events around whole steps (fwd + bwd + every adapter's AdamW), 1 warm-up step
@@ -134,6 +136,27 @@ class Bench:
                 "k1_bytes_per_token": f"{mm.k1_bytes_per_token:.6g}", "hbm_bytes": hbm,
                 "source": f"measured: {self.v['gpu']} {self.v['date']} bench_executor L={L} rank={rank} "
                           f"fused peak-reserved fit of {len(pts)} points"}
+
+
+def torch_profile(mlm: MultiLoraModel, n: int, b: int, L: int, ranks: list[int], path: str) -> None:
+    """One step under torch.profiler: op table by device time and by host time -> path
+    (where the fixed per-step cost goes: host launches, AdamW, kernels)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from alto.executor.profile import train_step
+
+    ads = make_adapters(mlm, [ranks[i % len(ranks)] for i in range(n)], b)
+    vocab = mlm.model.config.vocab_size
+    train_step(mlm, ads, [b] * n, L, vocab)  # warm-up / compile
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if CUDA else [])
+    with profile(activities=acts) as prof:
+        train_step(mlm, ads, [b] * n, L, vocab)
+    ka = prof.key_averages()
+    with open(path, "w") as f:
+        for key in (("cuda_time_total",) if CUDA else ()) + ("cpu_time_total", "count"):
+            f.write(f"== sorted by {key} (impl {mlm.ctx.impl}, n={n} b={b} L={L})\n")
+            f.write(ka.table(sort_by=key, row_limit=30) + "\n")
+    print(f"profile written to {path}", flush=True)
 
 
 def check(mlm: MultiLoraModel) -> str:
@@ -291,7 +314,7 @@ def main() -> None:
     B = Bench(args.out, args.iters)
     mem_rows = []
     dev = DEV
-    if {"check", "table2"} & set(parts):
+    if {"check", "table2", "torchprof"} & set(parts):
         m1 = MultiLoraModel(random_model(shapes["1b"], torch.bfloat16, dev, 0), LORA_TARGETS)
         note = check(m1) if "check" in parts else ""
         if "table2" in parts:
@@ -301,6 +324,9 @@ def main() -> None:
                 B.point("table2", shapes["1b"], m1, "loop", 32, b, L, ranks)
                 B.point("table2", shapes["1b"], m1, "single", 1, b, L, [32])
             mem_rows.append(B.memory_row(shapes["1b"], m1, 1024, 64))
+        if "torchprof" in parts:  # where does the fixed per-step cost of 32 adapters go?
+            m1.ctx.impl = "fused"
+            torch_profile(m1, 32, 1, 32 if args.dry else 512, [16, 32, 64], os.path.join(args.out, "torchprof_1b.txt"))
         write_csv(os.path.join(args.out, "executor_table2_h200.csv"), BENCH_COLS, B.rows)
         B.rows = []
         del m1
