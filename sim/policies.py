@@ -13,11 +13,13 @@ the early-exit rules, the intra-task packing and the inter-task planner all live
 | alto              | fused        | alto       | alto    | yes      | all that fit          |
 | alto-no-ee        | fused        | none       | alto    | yes      | all that fit          |
 | alto-fifo         | fused        | alto       | fifo    | yes      | all that fit          |
+| alto-sjf          | fused        | alto       | sjf     | yes      | all that fit          |
 | alto-no-backfill  | fused        | alto       | alto    | no       | all that fit (waves)  |
 | alto-asha         | fused        | asha       | alto    | yes      | all that fit          |
 
 Baselines use FIFO placement because that is what a plain shared cluster does;
-the `alto-fifo` ablation isolates the planner's share of ALTO's gain.
+the `alto-fifo` and `alto-sjf` ablations isolate the planner's share of ALTO's gain
+(SJF orders by the same worst-case duration predictions the ALTO planner uses).
 """
 
 from __future__ import annotations
@@ -53,6 +55,7 @@ POLICIES: dict[str, ClusterPolicy] = {
         ClusterPolicy("alto", "fused", "alto", "alto"),
         ClusterPolicy("alto-no-ee", "fused", "none", "alto"),
         ClusterPolicy("alto-fifo", "fused", "alto", "fifo"),
+        ClusterPolicy("alto-sjf", "fused", "alto", "sjf"),
         ClusterPolicy("alto-no-backfill", "fused", "alto", "alto", backfill=False),
         ClusterPolicy("alto-asha", "fused", "asha", "alto"),
     ]
