@@ -162,3 +162,40 @@ def test_peft_export_loads_and_matches(tmp_path, backbone, mkcfg):
         plain = model.lm_head(model.model(input_ids=ids).last_hidden_state)
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
     assert not torch.allclose(plain, want, atol=1e-4)  # the adapter changes the outputs
+
+
+def test_overfitting_exit_keeps_best_val_weights(tmp_path, backbone, mkcfg):
+    # tau_gap 0, patience 2: exits as overfitting after two evals in a row with val > EMA(train);
+    # noisy val curves make the best eval an earlier one
+    cfg = mkcfg(task={"search_space": {"lr": [3e-2, 1e-1, 3e-1], "rank": [4], "batch_size": [2]}, "epochs": 4},
+                early_exit={"policy": "alto", "tau_gap": 0.0, "patience": 2, "warmup_frac": 0.9,
+                            "keep_ratio": 1.0, "eval_every_frac": 0.05})
+    res, _ = _run(tmp_path, backbone, cfg)
+    runner = res.runners[0]
+    over = [r for r in _jobs_csv(res.out).values() if r["exit_reason"] == "overfitting"]
+    assert over, "no overfitting exit: the scenario no longer exercises the rule"
+    for r in over:
+        assert r["kept_step"] == r["best_val_step"]
+        ad = runner.mlm.new_adapter(runner.tuner.jobs[r["job_id"]], seed=0)
+        sd = _weights(res.out, r["job_id"])
+        ad.load_state_tensors({k.removeprefix("base_model.model."): v for k, v in sd.items()})
+        mlm = runner.mlm
+        from alto.executor.lora_model import MultiLoraModel
+
+        runner.mlm = MultiLoraModel(backbone[0], cfg.tasks[0].target_modules)  # re-inject (run removed it)
+        try:
+            (val,) = runner.evaluate([ad])
+        finally:
+            runner.mlm.remove()
+            runner.mlm = mlm
+        # the exported weights are the best-val snapshot: they reproduce best_val_loss
+        assert val == pytest.approx(float(r["best_val_loss"]), rel=1e-5)
+    assert any(int(r["kept_step"]) < int(r["steps_trained"]) for r in over)  # an earlier step was kept
+
+
+def test_asha_policy_runs(tmp_path, backbone, mkcfg):
+    cfg = mkcfg(task={"search_space": {"lr": [1e-3, 1e-2, 1e-1, 1.0], "rank": [2], "batch_size": [2]}},
+                early_exit={"policy": "asha", "asha_grace_frac": 0.125, "asha_reduction": 2})
+    res, _ = _run(tmp_path, backbone, cfg)
+    reasons = [r["exit_reason"] for r in _jobs_csv(res.out).values()]
+    assert set(reasons) <= {"asha", "completed"} and "asha" in reasons and "completed" in reasons
