@@ -165,7 +165,9 @@ class Adapter:
             bound = 1.0 / math.sqrt(d_in)
             a.uniform_(-bound, bound, generator=g)
             self.params[name] = (nn.Parameter(a.to(device)), nn.Parameter(torch.zeros(d_out, job.rank, device=device)))
-        self.opt = torch.optim.AdamW(self.parameters(), lr=job.lr, weight_decay=weight_decay)
+        # fused=True on CUDA: one kernel per adapter step instead of ~10 foreach launches
+        self.opt = torch.optim.AdamW(self.parameters(), lr=job.lr, weight_decay=weight_decay,
+                                     fused=torch.device(device).type == "cuda")
 
     def parameters(self) -> list[nn.Parameter]:
         return [p for ab in self.params.values() for p in ab]
