@@ -24,8 +24,8 @@ FP32, BF16 = torch.float32, torch.bfloat16
 CASES = (
     [(1, "identical", FP32), (1, "identical", BF16)]
     + [(3, s, dt) for s in SPREADS for dt in (FP32, BF16)]
-    + [(32, s, FP32) for s in ("uniform", "zipf", "zero", "single", "skewed")]
-    + [(32, s, BF16) for s in ("zipf", "zero")]
+    + [(32, s, FP32) for s in ("zipf", "single", "skewed")]
+    + [(32, "zero", BF16)]
 )
 
 
@@ -54,8 +54,8 @@ def test_matches_reference(n, spread, dtype):
     ],
     ids=["atomics", "kadd", "atomics-kadd", "fused", "fused-atomics-kadd", "pair", "pair-atomics"],
 )
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
-def test_launch_variants(tune, dtype):
+def test_launch_variants(tune):
+    dtype = torch.bfloat16 if "fuse_add" in tune else torch.float32
     ml.TUNE.update(tune)
     tensors, seg, ranks, scaling = make_case(5, "zipf", dtype=dtype, seed=7, **SMALL)
     run_and_compare(tensors, seg, ranks, scaling, dtype)
@@ -135,7 +135,7 @@ LAUNCHES = {  # Triton launches per fwd / total, by construction, whatever N is
 
 
 @pytest.mark.parametrize("path", ["fused", "pair", "split"])
-@pytest.mark.parametrize("n", [1, 3, 32])
+@pytest.mark.parametrize("n", [1, 32])
 def test_triton_launches_constant_in_n(n, path, monkeypatch):
     ml.TUNE["path"] = "split" if path == "split" else "fused"
     ml.TUNE["wgrad_pair"] = path == "pair"
