@@ -73,19 +73,30 @@ def time_step(mlm: MultiLoraModel, adapters: list, rows: Sequence[int], L: int, 
 
 
 def memory_points(mlm: MultiLoraModel, L: int, rank: int, vocab: int,
-                  sweep: Sequence[tuple[int, int]] = ((1, 1), (1, 4), (4, 2), (8, 2))) -> list:
-    """(n, b, L, peak_reserved_bytes) after one step of n adapters x b rows (CUDA only)."""
+                  sweep: Sequence[tuple[int, int]] = ((1, 1), (1, 2), (1, 4), (4, 2), (8, 2))) -> list:
+    """(n, b, L, peak_reserved_bytes) after one step of n adapters x b rows (CUDA only).
+
+    A point that OOMs is skipped (an 8B model at L=1024 does not fit 16k tokens without
+    recompute); the sweep stops at the first OOM since larger points would OOM too."""
     pts = []
-    for n, b in sweep:
+    for n, b in sorted(sweep, key=lambda nb: nb[0] * nb[1]):
         ads = make_adapters(mlm, [rank] * n, b)
         torch.cuda.synchronize()
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
-        train_step(mlm, ads, [b] * n, L, vocab)
+        try:
+            train_step(mlm, ads, [b] * n, L, vocab)
+        except torch.cuda.OutOfMemoryError:
+            mlm.clear()
+            del ads
+            break
         torch.cuda.synchronize()
         pts.append((n, b, L, float(torch.cuda.max_memory_reserved())))
         del ads
     torch.cuda.empty_cache()
+    if len({n * b for n, b, _, _ in pts}) < 2:
+        raise RuntimeError(f"memory profile: fewer than 2 points fit at seq_len {L} ({pts}); "
+                           "set memory.max_total_batch or enable gradient checkpointing")
     return pts
 
 
