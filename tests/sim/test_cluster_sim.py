@@ -171,3 +171,12 @@ def test_invariants_on_random_traces(specs, policy, hbm):
             elif kind in ("pause", "exit", "complete"):
                 active.pop(rest[0], None)
             assert sum(active.values()) <= budget_tokens
+
+
+def test_parallel_task_training_gives_identical_results():
+    tasks = [task(f"t{i}", 2 * i, 1 + (i % 2), 40 + 7 * i, batches=(1, 2), lrs=(0.1, 0.3, 0.5)) for i in range(12)]
+    one, ev1 = run(tasks, policy="alto", gpus=4, workers=1)
+    two, ev2 = run(tasks, policy="alto", gpus=4, workers=2)
+    assert ev1 == ev2
+    key = lambda outs: [(o.task_id, o.start_s, o.finish_s, [(j.job.job_id, j.samples_trained, j.exit_reason, j.exit_time_s) for j in o.jobs]) for o in outs]
+    assert key(one) == key(two)
