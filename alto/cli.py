@@ -38,6 +38,8 @@ def _add_simulate(sub) -> None:
                         "else estimates) [default], estimate, or measured (may mix)")
     p.add_argument("--curves", default=None, help="loss curves: parametric[:SEED] (default) or recorded:PATH")
     p.add_argument("--seed", type=int, default=0, help="seed of the parametric loss curves (default 0)")
+    p.add_argument("--workers", type=int, default=0,
+                   help="processes simulating task training in parallel (default 0: one per core; same results)")
     p.add_argument("--max-tasks", type=int, default=None, help="keep only the first N tasks of the trace")
     p.add_argument("--out", default=DEFAULT_OUT, help=f"output folder (default {DEFAULT_OUT})")
     p.add_argument("--quiet", action="store_true", help="no progress lines")

@@ -9,6 +9,8 @@ paper search spaces):
 - events per second at 128, 1,024 and 8,192 GPUs with the arrival rate scaled with the
   cluster (same offered load per GPU), so cost per event can be compared across sizes;
 - the planner's share of wall time (plan() calls are timed by wrapping the planner).
+Events = arrivals + task starts + loss reports (evaluations). Task training is simulated
+up front in one process per core (identical results to one process).
 Appends one CSV row per run to benchmarks/results/sim_perf.csv.
 """
 
@@ -35,14 +37,14 @@ from sim.policies import POLICIES  # noqa: E402
 from traces.synth import synth_trace  # noqa: E402
 
 OUT = Path(__file__).resolve().parent / "results" / "sim_perf.csv"
-COLUMNS = ["date", "setup", "policy", "tasks", "gpus", "rate_per_hour", "wall_s", "events", "events_per_s",
+COLUMNS = ["date", "setup", "policy", "tasks", "gpus", "rate_per_hour", "workers", "wall_s", "events", "events_per_s",
            "us_per_event", "planner_calls", "planner_s", "planner_share", "makespan_h", "machine", "python", "simpy", "numpy"]
 
 
-def run_once(n_tasks: int, gpus: int, rate_per_hour: float, policy: str = "alto", seed: int = 0) -> dict:
+def run_once(n_tasks: int, gpus: int, rate_per_hour: float, policy: str = "alto", seed: int = 0, workers: int = 0) -> dict:
     tasks = synth_trace(n_tasks, seed, rate_per_hour=rate_per_hour)
     cost, curves = CostModel.from_dir(), make_curve_source(f"parametric:{seed}")
-    sim = ClusterSim(tasks, POLICIES[policy], SimConfig(gpus=gpus, keep_history_tasks=0), cost, curves)
+    sim = ClusterSim(tasks, POLICIES[policy], SimConfig(gpus=gpus, keep_history_tasks=0, workers=workers), cost, curves)
     inner, spent = sim.planner.plan, [0.0]
 
     def timed_plan(*a, **k):
@@ -59,7 +61,7 @@ def run_once(n_tasks: int, gpus: int, rate_per_hour: float, policy: str = "alto"
     makespan = max(o.finish_s for o in outcomes) - min(o.arrival_s for o in outcomes)
     return {
         "date": dt.date.today().isoformat(), "setup": f"synth seed {seed}, paper grids", "policy": policy,
-        "tasks": n_tasks, "gpus": gpus, "rate_per_hour": rate_per_hour, "wall_s": round(wall, 2),
+        "tasks": n_tasks, "gpus": gpus, "rate_per_hour": rate_per_hour, "workers": workers or os.cpu_count(), "wall_s": round(wall, 2),
         "events": sim.n_events, "events_per_s": round(sim.n_events / wall), "us_per_event": round(1e6 * wall / sim.n_events, 1),
         "planner_calls": sim.planner_calls, "planner_s": round(spent[0], 3), "planner_share": round(spent[0] / wall, 3),
         "makespan_h": round(makespan / 3600, 1), "machine": f"{platform.machine()} {os.cpu_count()} cores",

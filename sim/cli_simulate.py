@@ -45,7 +45,7 @@ def simulate_main(a) -> int:
     models = sorted({t.model for t in tasks})
     provenance = {m: cost.source(a.gpu_type, m, p.kernel) for m in models for p in policies[:1]}
     curves = make_curve_source(a.curves or f"parametric:{a.seed}")
-    cfg = SimConfig(gpus=a.gpus, gpus_per_node=a.gpus_per_node, gpu_type=a.gpu_type)
+    cfg = SimConfig(gpus=a.gpus, gpus_per_node=a.gpus_per_node, gpu_type=a.gpu_type, workers=a.workers)
 
     if not a.quiet:
         print(f"simulating {len(tasks)} tasks from {label} on {a.gpus} x {a.gpu_type} "

@@ -89,10 +89,13 @@ def format_table(runs: Sequence[PolicyRun]) -> str:
 
 
 def stderr_progress(name: str, done: int, total: int, now_s: float) -> None:
-    """Progress line per policy: a carriage-return line on a terminal, ~10 lines otherwise."""
+    """Progress line per policy: a carriage-return line on a terminal, ~10 lines otherwise.
+
+    now_s is NaN during the first phase (each task's training simulated up front)."""
     step = max(1, total // 10)
+    what = "tasks' training simulated" if math.isnan(now_s) else f"tasks done, simulated {now_s / 3600:8.2f} h"
+    line = f"  {name:<17} {done:>6}/{total} {what}"
     if sys.stderr.isatty():
-        end = "\n" if done == total else ""
-        print(f"\r  {name:<17} {done:>6}/{total} tasks done, simulated {now_s / 3600:8.2f} h", end=end, file=sys.stderr, flush=True)
+        print("\r" + line, end="\n" if done == total else "", file=sys.stderr, flush=True)
     elif done == total or done % step == 0:
-        print(f"  {name:<17} {done:>6}/{total} tasks done, simulated {now_s / 3600:8.2f} h", file=sys.stderr, flush=True)
+        print(line, file=sys.stderr, flush=True)
