@@ -64,6 +64,7 @@ class SimConfig:
     log_events: bool = False
     eval_samples: int = 64  # validation samples per evaluation of one config (0: evaluations are free)
     keep_history_tasks: int = 4  # first tasks (in arrival order) whose loss histories are kept for figures
+    exact_solver: str = "enum"  # ALTO planner's exact path on small instances: "enum" or "milp" (HiGHS, 2 s limit)
     workers: int = 1  # processes that simulate task training up front (0: one per core; 1: inline)
 
 
@@ -85,7 +86,11 @@ class ClusterSim:
         self.env = simpy.Environment()
         nodes = max(1, math.ceil(cfg.gpus / cfg.gpus_per_node))
         self.pool = GpuPool(nodes, min(cfg.gpus_per_node, cfg.gpus))
-        self.planner = make_planner(policy.planner)
+        # The ALTO planner solves small instances exactly; the simulator uses the exact
+        # enumeration (same optimum, ms, deterministic) rather than the time-limited MILP,
+        # whose incumbent at the limit depends on machine speed.
+        kw = {"exact": cfg.exact_solver} if policy.planner == "alto" else {}
+        self.planner = make_planner(policy.planner, **kw)
         self.pending: dict[str, tuple[TaskSpec, PlanTask]] = {}
         self._pending_sizes: Counter[int] = Counter()  # GPU demand -> pending tasks of it
         self.running: dict[str, RunningTask] = {}
