@@ -25,10 +25,22 @@ REASON_COLORS = {
 }
 
 
+def _save(fig, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def _policy_bars_axes(names: list[str]):
+    """A bar-chart figure wide enough for one bar per policy."""
+    return plt.subplots(figsize=(1.2 * len(names) + 2, 3.5))
+
+
 def plot_makespan(summary: dict, out: Path) -> Path:
     names = list(summary)
     hours = [summary[n]["makespan_s"] / 3600 for n in names]
-    fig, ax = plt.subplots(figsize=(1.2 * len(names) + 2, 3.5))
+    fig, ax = _policy_bars_axes(names)
     bars = ax.bar(names, hours, color=["tab:green" if n.startswith("alto") else "tab:gray" for n in names])
     for b, n in zip(bars, names, strict=True):
         sp = summary[n].get("speedup_vs_sequential")
@@ -37,11 +49,7 @@ def plot_makespan(summary: dict, out: Path) -> Path:
     ax.set_ylabel("makespan (h)")
     ax.set_title("Makespan by policy (label: speedup over sequential)")
     plt.setp(ax.get_xticklabels(), rotation=30, ha="right")
-    fig.tight_layout()
-    path = out / "makespan.png"
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(fig, out / "makespan.png")
 
 
 def plot_gantt(tasks: pd.DataFrame, policy: str, gpus: int, out: Path) -> Path:
@@ -63,17 +71,13 @@ def plot_gantt(tasks: pd.DataFrame, policy: str, gpus: int, out: Path) -> Path:
     ax2.set_ylabel("GPUs held")
     ax2.set_ylim(0, 1.05)
     ax2.set_xlabel("time (h)")
-    fig.tight_layout()
-    path = out / f"gantt_{policy}.png"
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(fig, out / f"gantt_{policy}.png")
 
 
 def plot_savings(summary: dict, out: Path) -> Path:
     names = list(summary)
     reasons = sorted({r for n in names for r in summary[n].get("samples_saved_by_reason", {})})
-    fig, ax = plt.subplots(figsize=(1.2 * len(names) + 2, 3.5))
+    fig, ax = _policy_bars_axes(names)
     bottom = np.zeros(len(names))
     for r in reasons:
         vals = np.array([summary[n]["samples_saved_by_reason"].get(r, 0) / summary[n]["samples_total"] for n in names])
@@ -84,11 +88,7 @@ def plot_savings(summary: dict, out: Path) -> Path:
     if reasons:
         ax.legend(fontsize=8)
     plt.setp(ax.get_xticklabels(), rotation=30, ha="right")
-    fig.tight_layout()
-    path = out / "savings.png"
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(fig, out / "savings.png")
 
 
 def plot_trajectories(curves: pd.DataFrame, out: Path, policy: str | None = None) -> Path | None:
@@ -113,11 +113,7 @@ def plot_trajectories(curves: pd.DataFrame, out: Path, policy: str | None = None
     ax.set_ylabel("validation loss")
     ax.set_title(f"{policy}: {task} — trajectories, x = exit point")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    path = out / "trajectories.png"
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(fig, out / "trajectories.png")
 
 
 def make_figures(result_dir: str, out_dir: str | None = None) -> list[Path]:
