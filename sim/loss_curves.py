@@ -40,6 +40,11 @@ class CurveSource(Protocol):
         """final_best_val of each job (one call per task: sources may vectorise it)."""
         ...
 
+    def losses_at(self, task: TaskSpec, jobs: Sequence[JobConfig], points: Sequence[Sequence[int]]) -> list[dict[int, tuple[float, float]]]:
+        """For each job, {samples: losses(task, job, samples)} at its sample counts `points[i]`
+        (one call per task: the simulator knows every evaluation point up front)."""
+        ...
+
 
 # ---------------------------------------------------------------- stable randomness
 
@@ -83,6 +88,23 @@ def _normal_pair(key: int, samples: int) -> tuple[float, float]:
     u1, u2 = (a + 0.5) / 2.0**64, (b + 0.5) / 2.0**64
     r, t = math.sqrt(-2.0 * math.log(u1)), 2.0 * math.pi * u2
     return r * math.cos(t), r * math.sin(t)
+
+
+def _splitmix64_array(x: np.ndarray) -> np.ndarray:
+    """_splitmix64 on a uint64 array (wrapping arithmetic, the same bits)."""
+    x = x + np.uint64(0x9E3779B97F4A7C15)
+    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return x ^ (x >> np.uint64(31))
+
+
+def _normal_pairs(keys: np.ndarray, samples: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """_normal_pair over arrays of uint64 keys and sample counts."""
+    a = _splitmix64_array(keys ^ (samples * np.uint64(0xD1B54A32D192ED03)))
+    b = _splitmix64_array(a)
+    u1, u2 = (a.astype(float) + 0.5) / 2.0**64, (b.astype(float) + 0.5) / 2.0**64
+    r, t = np.sqrt(-2.0 * np.log(u1)), 2.0 * np.pi * u2
+    return r * np.cos(t), r * np.sin(t)
 
 
 # ---------------------------------------------------------------- parametric generator
@@ -262,6 +284,34 @@ class ParametricCurves:
         va = val * max(0.05, 1.0 + self.noise * z_val)
         return tr, va
 
+    def losses_at(self, task: TaskSpec, jobs: Sequence[JobConfig], points: Sequence[Sequence[int]]) -> list[dict[int, tuple[float, float]]]:
+        """losses() at many points of many jobs in one array pass (equal to 1e-12 relative).
+
+        The noise is the same splitmix64 + Box-Muller stream as losses(), in uint64 arrays.
+        """
+        counts = [len(p) for p in points]
+        if not sum(counts):
+            return [{} for _ in jobs]
+        laws = [self._job_law(task, j) for j in jobs]
+        rep = lambda name, dtype=float: np.repeat(np.array([getattr(law, name) for law in laws], dtype=dtype), counts)
+        n = np.concatenate([np.asarray(p, dtype=np.int64) for p in points])
+        s = n.astype(float)
+        s0, s_div = rep("s0_eff"), rep("s_div")
+        val0 = rep("base") + rep("amp") * (1.0 + s / s0) ** (-rep("beta"))
+        mem = rep("overfit") * np.maximum(0.0, s / rep("epoch") - 1.0) ** 1.5
+        blow = np.exp(np.minimum(700.0, self.div_rate * np.maximum(0.0, s - np.where(np.isfinite(s_div), s_div, s)) / s0))
+        train, val = val0 * np.exp(-mem) * blow, val0 * (1.0 + 0.6 * mem) * blow
+        train = np.where(train > self.diverged_loss, np.inf, train)
+        val = np.where(val > self.diverged_loss, np.inf, val)
+        z_train, z_val = _normal_pairs(rep("noise_key", np.uint64), n.astype(np.uint64))
+        train = train * np.maximum(0.05, 1.0 + self.train_noise * z_train)
+        val = val * np.maximum(0.05, 1.0 + self.noise * z_val)
+        out, i = [], 0
+        for pts, c in zip(points, counts, strict=True):
+            out.append(dict(zip(pts, zip(train[i : i + c].tolist(), val[i : i + c].tolist(), strict=True), strict=True)))
+            i += c
+        return out
+
     def final_best_val(self, task: TaskSpec, job: JobConfig) -> float:
         law = self._job_law(task, job)
         _, val = self._clean(law, np.linspace(0.0, float(job.total_samples), 513))
@@ -407,6 +457,9 @@ class RecordedCurves:
 
     def final_best_vals(self, task: TaskSpec, jobs: Sequence[JobConfig]) -> list[float]:
         return [self.final_best_val(task, j) for j in jobs]
+
+    def losses_at(self, task, jobs, points):
+        return [{p: self.losses(task, j, p) for p in pts} for j, pts in zip(jobs, points, strict=True)]
 
 
 # ---------------------------------------------------------------- helpers

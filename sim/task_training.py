@@ -125,6 +125,9 @@ def simulate_task_training(task: TaskSpec, costs: TaskCosts, curves, log: bool =
     now, evaluations = 0.0, 0
     events: list[tuple[float, str]] = []
     exit_time: dict[str, float] = {}
+    # every loss the task can ask for, in one vectorised call: evaluations hit eval points
+    at_points = curves.losses_at(task, jobs, [ee.eval_points(j) for j in jobs])
+    loss_table = {j.job_id: t for j, t in zip(jobs, at_points, strict=True)}
 
     def apply(decisions) -> None:
         for d in decisions:
@@ -158,7 +161,8 @@ def simulate_task_training(task: TaskSpec, costs: TaskCosts, curves, log: bool =
             n_evals += 1
             j = slots.by_id[jid]
             samples, steps = slots.trained(jid)
-            train, val = curves.losses(task, j, samples)
+            pair = loss_table[jid].get(samples)
+            train, val = pair if pair is not None else curves.losses(task, j, samples)
             apply(tuner.on_loss(LossReported(now, jid, steps, samples, train, val)))
             if jid not in slots.in_slot:
                 continue

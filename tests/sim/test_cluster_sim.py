@@ -45,6 +45,9 @@ class FallingCurves:
     def final_best_vals(self, task, jobs):
         return [self.final_best_val(task, j) for j in jobs]
 
+    def losses_at(self, task, jobs, points):
+        return [{p: self.losses(task, j, p) for p in pts} for j, pts in zip(jobs, points, strict=True)]
+
 
 def task(tid, arrival, gpus, dataset, batches=(1,), lrs=(0.1,), seq_len=1):
     return TaskSpec(tid, arrival, "tenant", "llama-3.1-8b", gpus, dataset, seq_len, 1.0, lrs, (8,), batches)

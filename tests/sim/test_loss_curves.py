@@ -228,3 +228,15 @@ def test_final_best_vals_vectorised_equals_per_job():
         assert len(many) == len(jobs)
         for a, b in zip(one, many, strict=True):
             assert (math.isinf(a) and math.isinf(b)) or a == pytest.approx(b, rel=1e-12)
+
+
+def test_losses_at_equals_losses_point_by_point():
+    c = ParametricCurves(seed=5)
+    for i in range(4):
+        t = task(tid=f"w{i}", size=300 + 5000 * i)
+        jobs = t.jobs()
+        points = [[1, 3, j.total_samples // 7, j.total_samples // 2, j.total_samples] for j in jobs]
+        for j, pts, got in zip(jobs, points, c.losses_at(t, jobs, points), strict=True):
+            for p in pts:
+                for want, have in zip(c.losses(t, j, p), got[p], strict=True):
+                    assert (math.isinf(want) and want == have) or have == pytest.approx(want, rel=1e-12)
