@@ -58,14 +58,15 @@ class TaskSlots:
             self._version[jid] += 1
             self.changed = True
 
-    def reschedule(self, jid: str, next_eval: int) -> None:
-        """After an evaluation of an in-slot job: queue its next one."""
+    def reschedule(self, jid: str, next_eval: int, samples: int) -> None:
+        """After an evaluation of an in-slot job at `samples`: queue its next one."""
         self._version[jid] += 1
-        self._push(jid, next_eval)
+        self._push(jid, next_eval, samples)
 
-    def _push(self, jid: str, next_eval: int) -> None:
+    def _push(self, jid: str, next_eval: int, samples: int | None = None) -> None:
         j = self.by_id[jid]
-        samples, _ = self.trained(jid)
+        if samples is None:
+            samples, _ = self.trained(jid)
         need = max(1, -((samples - next_eval) // j.batch_size))  # ceil, at least one step
         heapq.heappush(self._heap, (self.step + need, self._seqs[jid], self._version[jid], jid))
 

@@ -173,7 +173,7 @@ def simulate_task_training(task: TaskSpec, costs: TaskCosts, curves, log: bool =
                 slots.leave(jid)
                 apply(tuner.on_complete(now, jid))
             else:
-                slots.reschedule(jid, tuner.next_eval(jid))
+                slots.reschedule(jid, tuner.next_eval(jid), samples)
         evaluations += n_evals
         now += n_evals * eval_s
     final_best = curves.final_best_vals(task, jobs)
