@@ -163,7 +163,10 @@ class ClusterSim:
             return
         self.planner_calls += 1
         now = self.env.now
-        plan = self.planner.plan(now, self.cfg.gpus, list(self.running.values()), [p for _, p in self.pending.values()])
+        plan = self.planner.plan(
+            now, self.cfg.gpus, list(self.running.values()), [p for _, p in self.pending.values()],
+            free_gpus=self.pool.free_count,
+        )
         for ps in sorted(plan, key=lambda p: (p.start_s, p.task_id)):
             if ps.start_s > now + 1e-9:
                 continue

@@ -92,6 +92,7 @@ class Planner(Protocol):
         total_gpus: int,
         running: Sequence[RunningTask],
         pending: Sequence[PlanTask],
+        free_gpus: int | None = None,
     ) -> list[PlannedStart]: ...
 
 
@@ -175,6 +176,20 @@ def _order(pending: Sequence[PlanTask], key: Callable[[PlanTask], tuple]) -> lis
     return sorted(range(len(pending)), key=lambda i: key(pending[i]))
 
 
+def _start_all_now(
+    now_s: float, free_gpus: int | None, pending: Sequence[PlanTask], key: Callable[[PlanTask], tuple]
+) -> list[PlannedStart] | None:
+    """O(P log P) fast path, without looking at running tasks: when the driver says
+    `free_gpus` are free now and every pending task is released and fits into them at
+    once, every planner here starts them all now (capacity only grows after now), in its
+    priority order. None when the hint is absent or they do not all fit."""
+    if free_gpus is None or sum(t.gpus for t in pending) > free_gpus:
+        return None
+    if any(t.arrival_s > now_s for t in pending):
+        return None
+    return [PlannedStart(pending[i].task_id, now_s) for i in _order(pending, key)]
+
+
 def _fifo_key(t: PlanTask) -> tuple:
     return (t.arrival_s, t.task_id)
 
@@ -212,7 +227,12 @@ class ListPlanner:
         total_gpus: int,
         running: Sequence[RunningTask],
         pending: Sequence[PlanTask],
+        free_gpus: int | None = None,
     ) -> list[PlannedStart]:
+        """free_gpus: the driver's count of GPUs free now (optional; enables the fast path)."""
+        fast = _start_all_now(now_s, free_gpus, pending, self._key)
+        if fast is not None:
+            return fast
         _validate(now_s, total_gpus, running, pending)
         order = _order(pending, self._key)
         tasks = _tasks(now_s, pending, order)
@@ -261,7 +281,13 @@ class AltoPlanner:
         total_gpus: int,
         running: Sequence[RunningTask],
         pending: Sequence[PlanTask],
+        free_gpus: int | None = None,
     ) -> list[PlannedStart]:
+        """free_gpus: the driver's count of GPUs free now (optional; enables the fast path)."""
+        fast = _start_all_now(now_s, free_gpus, pending, _lpt_key)
+        if fast is not None:
+            self.last_method = "trivial"
+            return fast
         _validate(now_s, total_gpus, running, pending)
         busy = _busy(now_s, running)
         order = _order(pending, _lpt_key)

@@ -375,3 +375,22 @@ def test_lpt_greedy_hand():
     assert _starts(greedy) == [("C", 0.0), ("A", 15.0)]
     alto = make_planner("alto").plan(0.0, 4, running, pending)
     assert _starts(alto) == [("C", 0.0), ("A", 15.0)]  # exact: 35 s beats lpt's 45 s
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    sizes=st.lists(st.sampled_from([1, 2, 4]), min_size=1, max_size=6),
+    busy=st.lists(st.tuples(st.sampled_from([1, 2, 4]), st.floats(0.0, 50.0)), max_size=4),
+    name=st.sampled_from(["alto", "fifo", "sjf", "lpt"]),
+)
+def test_free_gpus_hint_gives_the_same_plan(sizes, busy, name):
+    """The driver's free-GPU hint is only a fast path: same plan as without it."""
+    total = 16
+    running = [RunningTask(f"r{i}", g, 10.0 + e) for i, (g, e) in enumerate(busy)]
+    pending = [PlanTask(f"p{i}", g, 5.0 + 3 * i, 0.0) for i, g in enumerate(sizes)]
+    free = total - sum(r.gpus for r in running)
+    if free < 0:
+        return
+    planner = make_planner(name)
+    want = planner.plan(10.0, total, running, pending)
+    assert planner.plan(10.0, total, running, pending, free_gpus=free) == want
