@@ -97,7 +97,7 @@ class ClusterSim:
         self.outcomes: list[TaskOutcome] = []
         self.events: list[tuple[float, str]] = []
         self.planner_calls = 0
-        self.n_events = 0  # simulation events processed (arrivals + training advances)
+        self.n_events = 0  # events simulated: arrivals, task starts and loss reports
         self.costs = TaskCosts(policy, cfg, cost)
         self._trainings: dict[str, TaskTraining] = {}
         self._arrival_rank = {t.task_id: i for i, t in enumerate(self.tasks)}
