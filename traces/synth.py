@@ -170,7 +170,7 @@ PAPER_11_MIX: tuple[tuple[str, str, str], ...] = (
     ("qwen2.5-7b", "openthoughts-20k", "tenant-2"),
 )
 
-ONLINE_DAY = {"n_tasks": 40, "seed": 20260424, "rate_per_hour": 40 / 24}  # 16-GPU cluster
+ONLINE_DAY = {"n_tasks": 40, "seed": 20260424, "rate_per_hour": 40 / 24}  # contended at ~32 GPUs
 
 
 def paper_11_tasks() -> list[TaskSpec]:
