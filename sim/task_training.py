@@ -120,7 +120,7 @@ def simulate_task_training(task: TaskSpec, costs: TaskCosts, curves, log: bool =
     policy, cfg = costs.policy, costs.cfg
     jobs = task.jobs()
     ee = make_early_exit(replace(cfg.early_exit, policy=policy.early_exit), jobs)
-    tuner = TaskTuner(jobs, ee, costs.fits(task), backfill=policy.backfill, max_active=policy.max_active)
+    tuner = TaskTuner(jobs, ee, costs.fits(task), policy.backfill, policy.max_active, keep_history)
     slots = TaskSlots(jobs)
     now, evaluations = 0.0, 0
     events: list[tuple[float, str]] = []
@@ -163,7 +163,9 @@ def simulate_task_training(task: TaskSpec, costs: TaskCosts, curves, log: bool =
             samples, steps = slots.trained(jid)
             pair = loss_table[jid].get(samples)
             train, val = pair if pair is not None else curves.losses(task, j, samples)
-            apply(tuner.on_loss(LossReported(now, jid, steps, samples, train, val)))
+            decisions = tuner.on_loss(LossReported(now, jid, steps, samples, train, val))
+            if decisions:
+                apply(decisions)
             if jid not in slots.in_slot:
                 continue
             if samples >= j.total_samples:
@@ -181,7 +183,7 @@ def simulate_task_training(task: TaskSpec, costs: TaskCosts, curves, log: bool =
         JobOutcome(
             job=j, samples_trained=slots.samples[j.job_id], exit_reason=tuner.records[j.job_id].exit_reason,
             best_val_loss=tuner.records[j.job_id].best_val_loss, exit_time_s=exit_time.get(j.job_id, now),
-            final_best_val=best, history=list(tuner.records[j.job_id].history) if keep_history else [],
+            final_best_val=best, history=tuner.records[j.job_id].history,
         )
         for j, best in zip(jobs, final_best, strict=True)
     ]

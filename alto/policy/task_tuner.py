@@ -56,6 +56,7 @@ class TaskTuner:
         fits: Callable[[Sequence[JobConfig]], bool],
         backfill: bool = True,
         max_active: int | None = None,
+        keep_history: bool = True,
     ) -> None:
         self.jobs = {j.job_id: j for j in jobs}
         if len(self.jobs) != len(jobs):
@@ -65,6 +66,7 @@ class TaskTuner:
         self.early_exit = early_exit
         self.fits = fits
         self.backfill = backfill
+        self.keep_history = keep_history  # False: records keep no per-eval history (simulator speed)
         self.max_active = max_active if max_active is not None else max(1, len(jobs))
         order = {j.job_id: i for i, j in enumerate(jobs)}
         self._priority = lambda jid: (-self.jobs[jid].batch_size, order[jid])
@@ -145,7 +147,8 @@ class TaskTuner:
             )
         rec.samples_trained, rec.steps_trained = ev.samples_seen, ev.step
         self._next.pop(jid, None)
-        rec.history.append((ev.step, ev.samples_seen, ev.train_loss, ev.val_loss))
+        if self.keep_history:
+            rec.history.append((ev.step, ev.samples_seen, ev.train_loss, ev.val_loss))
         rec.final_val_loss = ev.val_loss
         if ev.val_loss < rec.best_val_loss:  # NaN compares False: never "best"
             rec.best_val_loss, rec.best_val_step = ev.val_loss, ev.step

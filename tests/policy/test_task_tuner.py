@@ -274,3 +274,19 @@ def test_alto_cutoff_keeps_quarter_of_warmed_up(n, slots, seed):
     assert all(t.records[j].exit_reason is None for j in ranked[:keep])
     assert set(t.active) | set(t.queued) == set(ranked[:keep]) and not t.paused
     assert len(t.active) == min(keep, slots)
+
+
+def test_keep_history_false_records_nothing_and_decides_the_same():
+    def drive(keep):
+        t = mk_tuner(mk_jobs([2, 2, 1, 1]), fits=cap(3), keep_history=keep)
+        out = list(t.start())
+        for base, jid in ((1.0, "j0"), (2.0, "j2")):
+            out += to_warmup(t, jid, base)
+        return t, out
+
+    with_h, a = drive(True)
+    without, b = drive(False)
+    assert a == b
+    assert all(r.history == [] for r in without.records.values())
+    assert len(with_h.records["j0"].history) >= 2
+    assert without.records["j0"].best_val_loss == with_h.records["j0"].best_val_loss
