@@ -71,13 +71,17 @@ class TaskCosts:
         return lambda js: sum([per_job[j.job_id] for j in js]) <= room
 
     def step_time(self, task: TaskSpec, jobs: Sequence[JobConfig]) -> float:
-        """Seconds of one co-located step of `jobs`, cached per (model, seq len, batch mix)."""
-        key = (task.model, task.seq_len, tuple(sorted((j.batch_size, j.rank) for j in jobs)))
+        """Seconds of one co-located step of `jobs`.
+
+        predict() sees only the adapter count, the tokens and the mean rank, so the cache
+        key is (model, seq len, n, total batch, total rank).
+        """
+        n, batch, rank = len(jobs), sum([j.batch_size for j in jobs]), sum([j.rank for j in jobs])
+        key = (task.model, task.seq_len, n, batch, rank)
         t = self._cache.get(key)
         if t is None:
-            tokens = sum(j.batch_size for j in jobs) * task.seq_len
             ranks = [j.rank for j in jobs]
-            t = self.cost.predict(self.cfg.gpu_type, task.model, self.policy.kernel, len(jobs), tokens, ranks)
+            t = self.cost.predict(self.cfg.gpu_type, task.model, self.policy.kernel, n, batch * task.seq_len, ranks)
             self._cache[key] = t
         return t
 
