@@ -134,7 +134,8 @@ class ClusterSim:
     def precompute(self, workers: int) -> None:
         """Simulate every task's training up front, in `workers` processes (same results)."""
         todo = [t for t in self.tasks if t.task_id not in self._trainings]
-        if workers <= 1 or len(todo) < 2 * workers:
+        no_fork = "fork" not in multiprocessing.get_all_start_methods()  # e.g. Windows: run inline
+        if workers <= 1 or len(todo) < 2 * workers or no_fork:
             for i, t in enumerate(todo, 1):
                 self._trainings[t.task_id] = self._training(t)
                 if self.progress and i % 100 == 0:

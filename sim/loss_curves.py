@@ -322,6 +322,13 @@ class ParametricCurves:
         if not jobs:
             return []
         laws = [self._job_law(task, j) for j in jobs]
+        # Without overfitting or divergence the clean val curve falls monotonically, so its
+        # minimum is its value at the end (the grid's last point): only the others need the grid.
+        out = [float(self._clean_scalar(law, float(j.total_samples))[1]) for law, j in zip(laws, jobs, strict=True)]
+        rows = [i for i, law in enumerate(laws) if law.overfit > 0 or math.isfinite(law.s_div)]
+        if not rows:
+            return out
+        laws, jobs = [laws[i] for i in rows], [jobs[i] for i in rows]
         col = lambda name: np.array([getattr(law, name) for law in laws])[:, None]
         s = np.linspace(0.0, 1.0, 513)[None, :] * np.array([float(j.total_samples) for j in jobs])[:, None]
         law = _JobLaw(*(col(f.name) for f in dataclasses.fields(_JobLaw) if f.name != "noise_key"))
@@ -334,7 +341,9 @@ class ParametricCurves:
             blow = np.exp(np.minimum(700.0, self.div_rate * np.maximum(0.0, s - s_div) / law.s0_eff))
             val = np.where(div[:, None], val * blow, val)
         val = np.where(val > self.diverged_loss, np.inf, val)
-        return [float(v) for v in val.min(axis=1)]
+        for i, v in zip(rows, val.min(axis=1).tolist(), strict=True):
+            out[i] = v
+        return out
 
 
 # ---------------------------------------------------------------- recorded curves
