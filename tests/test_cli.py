@@ -101,3 +101,30 @@ def test_figures_from_results(tmp_path):
     names = sorted(p.name for p in (out / "figures").glob("*.png"))
     assert names == ["gantt_alto.png", "gantt_mlora.png", "makespan.png", "savings.png", "trajectories.png"]
     assert all((out / "figures" / n).stat().st_size > 5000 for n in names)
+
+
+OPENB = (
+    "name,cpu_milli,memory_mib,num_gpu,gpu_milli,gpu_spec,qos,pod_phase,creation_time,deletion_time,scheduled_time\n"
+    # rows as in alibaba/clusterdata cluster-trace-gpu-v2023 csv/openb_pod_list_default.csv
+    "openb-pod-0017,88000,327680,8,1000,,Burstable,Succeeded,9437497,10769854,9437497\n"
+    "openb-pod-0022,4000,15258,1,220,,BE,Running,9679175,9973826,9679175\n"
+    "openb-pod-0056,12000,49152,1,1000,,LS,Succeeded,9999740,9999855,9999740\n"
+)
+
+
+def test_public_trace_converts_and_simulates(tmp_path):
+    pods = write(tmp_path, OPENB, "openb_pod_list_default.csv")
+    native = tmp_path / "converted.csv"
+    assert main(["trace", "convert", str(pods), "--trace-format", "openb", "--out", str(native)]) == 0
+    text = native.read_text().splitlines()
+    # 8 GPUs are capped to 4 (a 70B task); the 0.22-GPU pod becomes 1 GPU; arrivals from 0
+    assert [line.split(",")[:5] for line in text[1:]] == [
+        ["openb-pod-0017", "0", "Burstable", "llama-3.1-70b", "4"],
+        ["openb-pod-0022", "241678", "BE", "llama-3.1-8b", "1"],
+        ["openb-pod-0056", "562243", "LS", "llama-3.1-8b", "1"],
+    ]
+    out = tmp_path / "out"
+    rc = main(["simulate", "--trace", str(pods), "--trace-format", "openb", "--gpus", "8",
+               "--policies", "alto", "--out", str(out), "--quiet"])
+    assert rc == 0
+    assert json.loads((out / "summary.json").read_text())["alto"]["tasks"] == 3
