@@ -15,6 +15,7 @@ from __future__ import annotations
 import torch
 
 from . import multi_lora_triton as mlt
+from .fast_launch import launch
 from .layout import MultiLoraLayout
 
 # Launch parameters; tests and the benchmark override entries (None = heuristic).
@@ -91,13 +92,14 @@ def _shrink(x, w, w_strides, layout, scale: bool, cfg) -> torch.Tensor:
     out = alloc((t, layout.block_r), device=dev, dtype=torch.float32)
     if tiles.shape[0] == 0:
         return out
-    mlt.get_kernels().shrink[(tiles.shape[0], split)](
+    launch(mlt.get_kernels().shrink, (tiles.shape[0], split), (
         x, w, out, tiles, layout.ranks_tensor(dev), layout.scaling_tensor(dev),
         k, k_per, x.stride(0), x.stride(1), *w_strides, out.stride(0), out.stride(1),
+    ), dict(
         BLOCK_M=cfg["bm"], BLOCK_R=layout.block_r, BLOCK_K=cfg["bk"],
         ATOMIC=split > 1, APPLY_SCALE=scale, IEEE=x.dtype == torch.float32, UPCAST=_upcast(dev),
         num_warps=cfg["warps"], num_stages=cfg["stages"],
-    )
+    ))
     return out
 
 
@@ -108,13 +110,14 @@ def _expand(s, v, v_strides, out, layout, scale: bool, add: bool, cfg) -> None:
     if tiles.shape[0] == 0:
         return
     grid = (tiles.shape[0], -(-n_out // cfg["bn"]))
-    mlt.get_kernels().expand[grid](
+    launch(mlt.get_kernels().expand, grid, (
         s, v, out, tiles, layout.ranks_tensor(dev), layout.scaling_tensor(dev),
         n_out, s.stride(0), s.stride(1), *v_strides, out.stride(0), out.stride(1),
+    ), dict(
         BLOCK_M=cfg["bm"], BLOCK_N=cfg["bn"], BLOCK_R=layout.block_r,
         ADD=add, APPLY_SCALE=scale, IEEE=out.dtype == torch.float32, UPCAST=_upcast(dev),
         num_warps=cfg["warps"], num_stages=1,
-    )
+    ))
 
 
 def _wgrad(p, q, like, transpose_out: bool, layout, scale: bool, cfg) -> torch.Tensor:
@@ -132,13 +135,14 @@ def _wgrad(p, q, like, transpose_out: bool, layout, scale: bool, cfg) -> torch.T
     if chunks.shape[0] > 0:
         s_a, s_r, s_n = (out.stride(0), out.stride(2), out.stride(1)) if transpose_out else out.stride()
         grid = (chunks.shape[0], -(-n_cols // cfg["bn"]))
-        mlt.get_kernels().wgrad[grid](
+        launch(mlt.get_kernels().wgrad, grid, (
             p, q, out, chunks, layout.ranks_tensor(dev), layout.scaling_tensor(dev),
             n_cols, layout.r_max, p.stride(0), p.stride(1), q.stride(0), q.stride(1), s_a, s_r, s_n,
+        ), dict(
             BLOCK_T=cfg["bt"], BLOCK_R=layout.block_r, BLOCK_N=cfg["bn"],
             ATOMIC=atomic, APPLY_SCALE=scale, IEEE=q.dtype == torch.float32, UPCAST=_upcast(dev),
             num_warps=cfg["warps"], num_stages=cfg["stages"],
-        )
+        ))
     return out if out.dtype == like.dtype else out.to(like.dtype)
 
 

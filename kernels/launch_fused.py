@@ -10,6 +10,7 @@ import warnings
 import torch
 
 from . import multi_lora_triton as mlt
+from .fast_launch import launch
 from .launch import _empty, _n_sms, _upcast, _wgrad, _wgrad_chunk
 from .layout import MultiLoraLayout
 
@@ -48,15 +49,16 @@ def shrink_expand(x, w, w_strides, v, v_strides, y, n_out: int, layout, scale_s:
     if tiles.shape[0] == 0:
         return s
     yy = s if y is None else y
-    mlt.get_kernels().shrink_expand[(tiles.shape[0],)](
+    launch(mlt.get_kernels().shrink_expand, (tiles.shape[0],), (
         x, w, v, s, yy, tiles, layout.ranks_tensor(dev), layout.scaling_tensor(dev),
         k, n_out, x.stride(0), x.stride(1), *w_strides, *v_strides,
         s.stride(0), s.stride(1), yy.stride(0), yy.stride(1),
+    ), dict(
         BLOCK_M=bm, BLOCK_R=layout.block_r, BLOCK_K=cfg["bk"], BLOCK_N=cfg["bn_fused"],
         SCALE_S=scale_s, SCALE_Y=scale_y, ADD=add,
         IEEE=x.dtype == torch.float32, UPCAST=_upcast(dev),
         num_warps=cfg["warps"], num_stages=cfg["stages"],
-    )  # fmt: skip
+    ))  # fmt: skip
     return s
 
 
@@ -102,14 +104,15 @@ def _launch_pair(chunks, nb1, nb2, ds, x, s, dy, ga, gb, layout, cfg, need_a, ne
     dev = dy.device
     p1, q1 = (ds, x) if need_a else (s, dy)  # dummies are never dereferenced (NB1 = 0)
     p2, q2 = (s, dy) if need_b else (ds, x)
-    mlt.get_kernels().wgrad_pair[(chunks.shape[0], nb1 + nb2)](
+    launch(mlt.get_kernels().wgrad_pair, (chunks.shape[0], nb1 + nb2), (
         p1, q1, ga, p2, q2, gb, chunks, layout.ranks_tensor(dev), layout.scaling_tensor(dev),
         n1, n2, nb1, r_max,
         p1.stride(0), p1.stride(1), q1.stride(0), q1.stride(1),
         ga.stride(0), ga.stride(1), ga.stride(2),
         p2.stride(0), p2.stride(1), q2.stride(0), q2.stride(1),
         gb.stride(0), gb.stride(2), gb.stride(1),
+    ), dict(
         BLOCK_T=cfg["bt"], BLOCK_R=layout.block_r, BLOCK_N=cfg["bn"],
         ATOMIC=atomic, IEEE=dy.dtype == torch.float32, UPCAST=_upcast(dev),
         num_warps=cfg["warps"], num_stages=cfg["stages"],
-    )  # fmt: skip
+    ))  # fmt: skip

@@ -89,3 +89,20 @@ def test_wgrad_pair_built():
     tensors, seg, ranks, scaling = make_case(3, "uniform", 64, 64, 64, dtype=BF16, device="cuda")
     run_and_compare(tensors, seg, ranks, scaling, BF16)
     assert launch_fused.PAIR_FAILED == []
+
+
+@pytest.mark.parametrize("tune", [dict(), dict(path="fused", wgrad_pair=True)], ids=["split", "fused"])
+def test_fast_launch_path_is_used_and_correct(tune):
+    """Second call of the same shapes goes through kernels.fast_launch (no Triton re-binding),
+    into NaN-poisoned buffers, and still matches the fp64 oracle; the fast path never fell back."""
+    from kernels import fast_launch
+
+    ml.TUNE.update(tune)
+    fast_launch.clear_cache()
+    tensors, seg, ranks, scaling = make_case(32, "zipf", 1024, 512, 256, dtype=BF16, device="cuda")
+    run_and_compare(tensors, seg, ranks, scaling, BF16)  # compiles, fills the handle cache
+    cached = len(fast_launch._COMPILED)
+    assert cached >= 3
+    run_and_compare(tensors, seg, ranks, scaling, BF16)  # every launch now takes the fast path
+    assert len(fast_launch._COMPILED) == cached  # no new specialisation appeared
+    assert fast_launch.DISABLED == []

@@ -1,0 +1,92 @@
+"""Low-overhead launches of already-compiled Triton kernels.
+
+``jit_fn[grid](*args, **meta)`` binds and specialises every argument, builds a string cache key
+and looks the kernel up on every call: about 70–86 µs of Python per launch on the H200 host
+(measured, docs/kernels.md), which made the small projections host-bound. Here the first call of
+each *specialisation* goes through Triton as usual and returns its ``CompiledKernel``; later calls
+with the same specialisation call that kernel's launcher directly.
+
+The specialisation key reproduces what Triton specialises on, conservatively:
+  * tensors: dtype and whether the data pointer is 16-byte aligned;
+  * ints: == 1, divisible by 16, fits in int32 (Triton's i32 / i64 choice);
+  * bools and floats: the value / the type; constexpr meta-parameters: their values.
+Over-specialising only costs an extra cache entry (compiled once by Triton itself).
+
+The launcher call (``kernel.run(gx, gy, gz, stream, function, packed_metadata, launch_metadata,
+enter_hook, exit_hook, *all_args)``) is the one ``JITFunction.run`` makes in Triton 3.6 and 3.9.
+If it ever fails, or a launch hook (a profiler such as proton) is installed, launches go back
+through Triton's own path; the reason is kept in :data:`DISABLED` (the GPU tests assert it stays
+empty). The interpreter (TRITON_INTERPRET=1) always uses Triton's path.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from . import multi_lora_triton as mlt
+
+DISABLED: list[str] = []
+_COMPILED: dict[tuple, object] = {}
+_INT32 = (-(2**31), 2**31 - 1)
+
+
+def _arg_key(a) -> object:
+    t = type(a)
+    if t is bool:
+        return a
+    if t is int:
+        return (a == 1, a % 16 == 0, _INT32[0] <= a <= _INT32[1])
+    if isinstance(a, torch.Tensor):
+        return (a.dtype, a.data_ptr() % 16 == 0)
+    return t
+
+
+def _raw_stream(index: int) -> int:
+    """The current CUDA stream's handle (what Triton's own launch path passes)."""
+    return torch._C._cuda_getCurrentRawStream(index)
+
+
+def _hooks():
+    """(enter, exit) launch hooks currently installed in Triton, or (None, None)."""
+    try:
+        from triton import knobs
+
+        return knobs.runtime.launch_enter_hook, knobs.runtime.launch_exit_hook
+    except (ImportError, AttributeError):
+        from triton.compiler import CompiledKernel
+
+        return (getattr(CompiledKernel, "launch_enter_hook", None),
+                getattr(CompiledKernel, "launch_exit_hook", None))
+
+
+def launch(jit_fn, grid: tuple, args: tuple, meta: dict) -> None:
+    """Launch ``jit_fn[grid](*args, **meta)``; ``args`` must list every runtime argument in the
+    kernel's order and ``meta`` its constexprs plus num_warps / num_stages (all of them, so that
+    positional order == signature order)."""
+    dev = args[0].device
+    if dev.type != "cuda" or mlt.interpret_mode() or DISABLED:
+        jit_fn[grid](*args, **meta)
+        return
+    key = (id(jit_fn), dev.index, tuple(meta.items()), *map(_arg_key, args))
+    kernel = _COMPILED.get(key)
+    hooks = _hooks()
+    if kernel is None or hooks != (None, None):
+        kernel = jit_fn[grid](*args, **meta)
+        if kernel is not None:
+            _COMPILED[key] = kernel
+        return
+    g = (*grid, 1, 1)
+    stream = _raw_stream(dev.index)
+    # every argument in signature order: runtime args, then the constexprs by name
+    consts = [meta[name] for name in jit_fn.arg_names[len(args):]]
+    try:
+        kernel.run(g[0], g[1], g[2], stream, kernel.function, kernel.packed_metadata, None,
+                   None, None, *args, *consts)
+    except Exception as exc:  # noqa: BLE001 - fall back to Triton's own launch, keep the reason
+        DISABLED.append(repr(exc)[:500])
+        jit_fn[grid](*args, **meta)
+
+
+def clear_cache() -> None:
+    """Forget compiled-kernel handles (tests)."""
+    _COMPILED.clear()
