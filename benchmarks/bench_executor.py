@@ -3,6 +3,8 @@
 Run (on the GPU machine, from the repo root; each part writes CSVs into --out):
     python3 benchmarks/bench_executor.py --part check,table2,throughput --out benchmarks/results
     python3 benchmarks/bench_executor.py --part search --search-config S.yaml --search-modes none,peft --out DIR
+    python3 benchmarks/bench_executor.py --part search-summary --search-dirs alto=D1,none=D2 \
+        --peft-json D1/peft_sequential.json --out benchmarks/results   (anywhere: reads the files)
 (Pipe through `grep --line-buffered` / `tee`, not plain grep: a killed call loses grep's buffer.)
 
 Parts:
@@ -227,18 +229,12 @@ def peft_sequential(model, tok, cfg, batches=(1, 2, 4, 8), rank=16, lr=2e-4) -> 
     return out
 
 
-def backbone_total(cfg) -> int:
-    """total_samples of one job of the search's task (epochs x train size)."""
-    from alto.executor.data import load_task_data
-
-    return max(1, round(len(load_task_data(cfg, cfg.tasks[0], 0)[0]) * cfg.tasks[0].epochs))
-
-
 def search(cfg_path: str, out: str, modes: tuple[str, ...] = ("alto", "none", "peft")) -> None:
-    """ALTO vs no early exit vs sequential PEFT on a real backbone (see module docstring)."""
+    """Run the real search's parts (see module docstring); each lands in its own file under out:
+    search_<policy>/ (the run's DIR, plus wall.json) and peft_sequential.json. The parts may run in
+    separate device calls; `--part search-summary` then turns the files into CSV rows."""
+    import json
     import time
-
-    import pandas as pd
 
     from alto.executor.config import load_config
     from alto.executor.models import load_backbone
@@ -258,44 +254,78 @@ def search(cfg_path: str, out: str, modes: tuple[str, ...] = ("alto", "none", "p
         rk = [cfg.tasks[0].ranks[i % len(cfg.tasks[0].ranks)] for i in range(len(rows))]
         train_step(wm, make_adapters(wm, rk, 1), rows, 100, backbone[0].config.vocab_size)
     wm.remove()
-    res = {}
     for pol in [m for m in modes if m in ("alto", "none")]:
         cfg.early_exit = {"policy": pol} if pol == "alto" else {"policy": "none", "eval_every_frac_after": 0.1}
         t = time.perf_counter()
         r = run_config(cfg, os.path.join(out, f"search_{pol}"), log=sys.stdout, backbone=backbone)
-        res[pol] = (time.perf_counter() - t, r.impl, pd.read_csv(os.path.join(out, f"search_{pol}", "jobs.csv")))
-    seq = peft_sequential(backbone[0], backbone[1], cfg, tuple(cfg.tasks[0].batch_sizes)) if "peft" in modes else {}
-    v = versions()
-    grid = res["none"][2] if "none" in res else None
-    grid_best = grid["final_val_loss"].min() if grid is not None else float("nan")
+        wall = time.perf_counter() - t
+        with open(os.path.join(out, f"search_{pol}", "wall.json"), "w") as f:
+            json.dump(dict(wall_s=wall, impl=r.impl, **versions()), f)
+    if "peft" in modes:
+        seq = peft_sequential(backbone[0], backbone[1], cfg, tuple(cfg.tasks[0].batch_sizes))
+        with open(os.path.join(out, "peft_sequential.json"), "w") as f:
+            json.dump(dict(seconds_per_job={str(b): v for b, v in seq.items()}, rank=16, lr=2e-4,
+                           **versions()), f)
+
+
+def _result_loss(jobs):
+    """The search's answer per job: final val loss, or the kept best-val loss after an
+    overfitting exit; NaN for jobs stopped early (they are not candidates)."""
+    import numpy as np
+
+    ok = jobs["exit_reason"].isin(["completed", "overfitting"])
+    kept = jobs["exit_reason"] == "overfitting"
+    return jobs["final_val_loss"].where(~kept, jobs["best_val_loss"]).where(ok, np.nan)
+
+
+def search_summary(dirs: dict[str, str], peft_json: str | None, out_csv: str) -> list[dict]:
+    """CSV rows of the real search from the files `search` wrote (possibly over several calls).
+
+    dirs: policy (alto / none) -> its run DIR (jobs.csv, wall.json). Regret of a policy's best
+    adapter = (its loss - the full grid's best) / the full grid's best, where the full grid is
+    the policy=none run (every config trained to the end)."""
+    import json
+
+    import pandas as pd
+
+    res = {}
+    for pol, d in dirs.items():
+        with open(os.path.join(d, "wall.json")) as f:
+            res[pol] = (json.load(f), pd.read_csv(os.path.join(d, "jobs.csv")))
+    grid_best = float(_result_loss(res["none"][1]).min()) if "none" in res else float("nan")
     rows = []
-    for pol, (wall, impl, jobs) in res.items():
-        # the search's answer: best result among jobs that finished training (completed or
-        # overfitting-exit with best-val weights kept); result loss = final (kept) val loss
-        ok = jobs[jobs["exit_reason"].isin(["completed", "overfitting"])]
-        res_loss = ok.apply(lambda r: r["best_val_loss"] if r["exit_reason"] == "overfitting" else r["final_val_loss"], axis=1)
-        best = float(res_loss.min())
-        rows.append(dict(mode=f"executor policy={pol}", impl=impl, configs=len(jobs), wall_s=f"{wall:.1f}",
-                         samples_trained=int(jobs["samples_trained"].sum()),
+    for pol, (meta, jobs) in res.items():
+        loss = _result_loss(jobs)
+        best = float(loss.min())
+        regret = (best - grid_best) / grid_best
+        v = {k: meta[k] for k in ("gpu", "torch", "triton", "transformers", "date")}
+        rows.append(dict(mode=f"executor policy={pol}", impl=meta["impl"], configs=len(jobs),
+                         wall_s=f"{meta['wall_s']:.1f}", samples_trained=int(jobs["samples_trained"].sum()),
                          samples_full_grid=int(jobs["total_samples"].sum()), best_val_loss=f"{best:.5f}",
-                         best_job=ok.loc[res_loss.idxmin(), "job_id"], regret_vs_grid=f"{(best - grid_best) / grid_best:.4%}",
-                         note="measured end to end (after backbone load)", **v))
-    if seq:
-        tk = cfg.tasks[0]
-        n_per_b = {b: len(tk.lrs) * len(tk.ranks) for b in seq}  # grid configs per batch size
-        full = len(tk.lrs) * len(tk.ranks) * len(tk.batch_sizes) * backbone_total(cfg)
+                         best_job=jobs.loc[loss.idxmin(), "job_id"],
+                         regret_vs_grid="n/a (no full-grid run)" if grid_best != grid_best else f"{regret:.4%}",
+                         note="measured: task wall time after backbone load and kernel warm-up (includes "
+                              "the memory profile and every evaluation); " + ", ".join(
+                                  f"{k} {n}" for k, n in jobs["exit_reason"].value_counts().items()), **v))
+    if peft_json:
+        with open(peft_json) as f:
+            pj = json.load(f)
+        jobs = next(iter(res.values()))[1]
+        per_b = jobs.groupby("batch_size").size().to_dict()  # configs per batch size in the grid
+        sec = {int(b): t for b, t in pj["seconds_per_job"].items()}
+        total = sum(sec[b] * n for b, n in per_b.items())
+        v = {k: pj[k] for k in ("gpu", "torch", "triton", "transformers", "date")}
         rows.append(dict(
-            mode="sequential HF PEFT", impl="peft", configs=sum(n_per_b.values()),
-            wall_s=f"{sum(seq[b] * n_per_b[b] for b in seq):.1f}", samples_trained=full,
-            samples_full_grid=full, best_val_loss="", best_job="", regret_vs_grid="",
-            note="EXTRAPOLATED: measured 1 config per batch size (r16, lr 2e-4; "
-                 + ", ".join(f"b{b}: {t:.1f}s" for b, t in seq.items())
-                 + f") x configs per batch size {n_per_b}; training only, no evals", **v))
-    if not rows:
-        return
-    write_csv(os.path.join(out, "executor_search_h200.csv"), list(rows[0]), rows)
+            mode="sequential HF PEFT", impl="peft", configs=int(sum(per_b.values())), wall_s=f"{total:.1f}",
+            samples_trained=int(jobs["total_samples"].sum()), samples_full_grid=int(jobs["total_samples"].sum()),
+            best_val_loss="", best_job="", regret_vs_grid="",
+            note="EXTRAPOLATED: measured one PEFT job per batch size (r16, lr 2e-4, one epoch; "
+                 + ", ".join(f"b{b}: {t:.1f}s" for b, t in sorted(sec.items()))
+                 + f") x configs per batch size {per_b}; training only, no evaluations", **v))
+    write_csv(out_csv, list(rows[0]), rows)
     for r in rows:
         print(r, flush=True)
+    return rows
 
 
 def main() -> None:
@@ -306,6 +336,8 @@ def main() -> None:
     ap.add_argument("--search-config", default=None, help="YAML of the real search (part search)")
     ap.add_argument("--search-modes", default="alto,none,peft",
                     help="which search runs (alto, none, peft); split them over calls of < 10 min")
+    ap.add_argument("--search-dirs", default="", help="search-summary: alto=DIR,none=DIR")
+    ap.add_argument("--peft-json", default=None, help="search-summary: peft_sequential.json")
     ap.add_argument("--dry", action="store_true", help="CPU smoke test: llama-tiny for every model")
     args = ap.parse_args()
     shapes = {"1b": "llama-tiny", "8b": "llama-tiny"} if args.dry else {"1b": "llama-3.2-1b", "8b": "llama-3.1-8b"}
@@ -346,6 +378,9 @@ def main() -> None:
         write_csv(os.path.join(args.out, "executor_throughput_h200.csv"), BENCH_COLS, B.rows)
     if "search" in parts:
         search(args.search_config, args.out, tuple(args.search_modes.split(",")))
+    if "search-summary" in parts:  # CPU is fine: reads what `search` wrote
+        dirs = dict(kv.split("=", 1) for kv in args.search_dirs.split(","))
+        search_summary(dirs, args.peft_json, os.path.join(args.out, "executor_search_h200.csv"))
     if B.cost_rows:
         write_csv(os.path.join(args.out, "measured_h200.csv"), PROFILE_COLS, B.cost_rows)
     if any(mem_rows):

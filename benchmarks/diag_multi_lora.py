@@ -73,8 +73,13 @@ def main() -> None:
     args = p.parse_args()
     print("== 1. host cost per call (us), T=256 4096x1024 N=8")
     inp = make_inputs(4096, 1024, 256, 8)
-    for v in ("base", "fused", "fused_split"):
-        print(f"  {v:>6}: {host_us(step_fn(v, inp)):.1f}")
+    from kernels import fast_launch
+
+    for fast in (True, False):
+        fast_launch.ENABLED = fast
+        for v in ("base", "fused_split", "fused_one", "fused_pair"):
+            print(f"  {v:>11} (fast launch {'on' if fast else 'off'}): {host_us(step_fn(v, inp)):.1f}")
+    fast_launch.ENABLED = True
     ks = ml.mlt.get_kernels()
     lay = __import__("kernels").make_layout(inp["seg"], inp["ranks"], inp["scaling"], "cuda")
     cfg = ml._cfg(torch.device("cuda"))
@@ -88,9 +93,9 @@ def main() -> None:
         for t in (4096, 8192, 16384):
             inp = make_inputs(*SHAPES[shape], t, 32)
             b, f = graph_ms(step_fn("base", inp)), graph_ms(step_fn("fused", inp))
-            sp = graph_ms(step_fn("fused_split", inp))
+            sp = graph_ms(step_fn("fused_one", inp))
             print(f"  {shape:>11} T={t:>5}: base={b:.3f} fused={f:.3f} ratio={f / b:.3f}"
-                  f" split={sp:.3f} ratio={sp / b:.3f}", flush=True)  # fmt: skip
+                  f" fused_one={sp:.3f} ratio={sp / b:.3f}", flush=True)  # fmt: skip
     for shape, t in (("4096x4096", 16384), ("4096x1024", 8192)):
         print(f"== 3. kernels of one fused step {shape} T={t} N=32")
         kernel_table(step_fn("fused", make_inputs(*SHAPES[shape], t, 32)))
