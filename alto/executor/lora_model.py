@@ -36,28 +36,41 @@ HF_NAMES = {"q": "q_proj", "k": "k_proj", "v": "v_proj", "o": "o_proj",
             "gate": "gate_proj", "up": "up_proj", "down": "down_proj"}
 
 
-def stack_padded(ws: Sequence[torch.Tensor], dim: int, r_max: int, dtype) -> torch.Tensor:
-    """Stack per-adapter LoRA factors, zero-padding the rank axis `dim` (0 for A, 1 for B)
-    to r_max, then cast once. Padded rows of A meet padded (zero) columns of B, so the
-    product is exact and the padding gets zero gradient.
+class _StackPadCast(torch.autograd.Function):
+    """Per-adapter factors -> one rank-padded stack in ``dtype``, in two ops (fill + one
+    foreach copy) whatever N is; backward hands factor i the slice of the stacked gradient it
+    owns (in the factors' dtype). Replaces N stacks / pads / casts and their N backward nodes
+    per module and step: the per-step host cost that dominated the executor (torch.profiler,
+    1B, 32 adapters: 9,856 constant_pad_nd calls, ~0.6 s of a 1.0 s host step)."""
 
-    Consecutive factors of equal rank are stacked and padded as one block, so a step whose
-    adapters are ordered by rank costs a few ops per module instead of one pad per adapter
-    (the runner orders its active adapters by rank for this reason).
-    """
-    blocks, i = [], 0
-    while i < len(ws):
-        j = i + 1
-        while j < len(ws) and ws[j].shape == ws[i].shape:
-            j += 1
-        blk = torch.stack(list(ws[i:j]))  # [n, r, d] or [n, d, r]
-        pad = r_max - ws[i].shape[dim]
-        if pad:
-            blk = F.pad(blk, (0, 0, 0, pad) if dim == 0 else (0, pad))
-        blocks.append(blk)
-        i = j
-    out = blocks[0] if len(blocks) == 1 else torch.cat(blocks)
-    return out.to(dtype)
+    @staticmethod
+    def forward(ctx, dim: int, r_max: int, dtype, *ws):
+        n, other = len(ws), ws[0].shape[1 - dim]
+        shape = (n, r_max, other) if dim == 0 else (n, other, r_max)
+        ranks = [w.shape[dim] for w in ws]
+        alloc = torch.empty if min(ranks) == r_max else torch.zeros  # zero pads: exact product
+        out = alloc(shape, dtype=dtype, device=ws[0].device)
+        dst = [out[i, :r] if dim == 0 else out[i, :, :r] for i, r in enumerate(ranks)]
+        torch._foreach_copy_(dst, list(ws))
+        ctx.dim, ctx.ranks, ctx.src_dtype = dim, ranks, ws[0].dtype
+        return out
+
+    @staticmethod
+    def backward(ctx, g):
+        g = g.to(ctx.src_dtype)
+        if ctx.dim == 0:
+            grads = [g[i, :r] for i, r in enumerate(ctx.ranks)]
+        else:
+            grads = [g[i, :, :r] for i, r in enumerate(ctx.ranks)]
+        return (None, None, None, *grads)
+
+
+def stack_padded(ws: Sequence[torch.Tensor], dim: int, r_max: int, dtype) -> torch.Tensor:
+    """Stack per-adapter LoRA factors, zero-padding the rank axis `dim` (0 for A [r_i, d_in],
+    1 for B [d_out, r_i]) to r_max, cast to dtype: [N, r_max, d_in] or [N, d_out, r_max].
+    Padded rows of A meet padded (zero) columns of B, so the product is exact and the padding
+    gets no gradient. Differentiable; a constant number of ops in N (see _StackPadCast)."""
+    return _StackPadCast.apply(dim, r_max, dtype, *ws)
 
 
 def multi_lora_reference(x, weight, bias, lora_a, lora_b, seg_lens, scaling, loop: bool = False):

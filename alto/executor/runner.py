@@ -148,7 +148,7 @@ class TaskRunner:
 
     # ---------------------------------------------------------------- training
     def _step(self) -> None:
-        # segments ordered by rank: equal-rank adapters stack as one block (lora_model.stack_padded)
+        # segments ordered by rank: a deterministic order, and the rank-sorted layout the bench times
         states = sorted((self.states[j] for j in self.active), key=lambda s: s.job.rank)
         saved = [(s.stream.epoch, s.stream.pos, s.stream._perm) for s in states]
         sizes = [min(s.job.batch_size, s.job.total_samples - s.samples) for s in states]

@@ -112,6 +112,26 @@ def test_stack_padded_blocks_equal_naive():
     assert torch.equal(stack_padded(bs, 1, 4, torch.float32), naive_b)
 
 
+@pytest.mark.parametrize("dim", [0, 1])
+@pytest.mark.parametrize("ranks", [(2, 2, 4, 1), (4, 4, 4)], ids=["mixed", "equal"])
+def test_stack_padded_grads_and_cast_equal_naive(dim, ranks):
+    """Forward in bf16 and the fp32 gradients each factor gets equal the naive pad/stack/cast."""
+    from alto.executor.lora_model import stack_padded
+
+    g = torch.Generator().manual_seed(1)
+    ws = [torch.randn(*((r, 6) if dim == 0 else (6, r)), generator=g).requires_grad_() for r in ranks]
+    ref = [w.detach().clone().requires_grad_() for w in ws]
+    pad = (lambda w: (0, 0, 0, 4 - w.shape[0])) if dim == 0 else (lambda w: (0, 4 - w.shape[1]))
+    naive = torch.stack([torch.nn.functional.pad(w, pad(w)) for w in ref]).to(torch.bfloat16)
+    got = stack_padded(ws, dim, 4, torch.bfloat16)
+    assert got.dtype == torch.bfloat16 and torch.equal(got, naive)
+    up = torch.randn(got.shape, generator=g).to(torch.bfloat16)
+    (got.float() * up.float()).sum().backward()
+    (naive.float() * up.float()).sum().backward()
+    for w, r in zip(ws, ref, strict=True):
+        assert w.grad.dtype == torch.float32 and torch.equal(w.grad, r.grad)
+
+
 @pytest.mark.parametrize("family", ["llama", "qwen2", "mistral"])
 def test_families_gqa_joint_step_matches_peft(family):
     """Qwen2 (q/k/v biases) and Mistral shapes with GQA (4 heads, 2 kv heads): one joint step
