@@ -70,6 +70,7 @@ def kernel_table(fn, top=12) -> None:
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--sweep", action="store_true")
+    p.add_argument("--host-only", action="store_true", help="section 1 only")
     args = p.parse_args()
     print("== 1. host cost per call (us), T=256 4096x1024 N=8")
     inp = make_inputs(4096, 1024, 256, 8)
@@ -80,6 +81,19 @@ def main() -> None:
         for v in ("base", "fused_split", "fused_one", "fused_pair"):
             print(f"  {v:>11} (fast launch {'on' if fast else 'off'}): {host_us(step_fn(v, inp)):.1f}")
     fast_launch.ENABLED = True
+    import cProfile
+    import pstats
+
+    fn = step_fn("fused_split", inp)
+    fn()
+    prof = cProfile.Profile()
+    prof.enable()
+    for _ in range(100):
+        fn()
+    prof.disable()
+    torch.cuda.synchronize()
+    print("  cProfile of 100 fused_split calls (fast launch on), top by own time:")
+    pstats.Stats(prof, stream=sys.stdout).sort_stats("tottime").print_stats(14)
     ks = ml.mlt.get_kernels()
     lay = __import__("kernels").make_layout(inp["seg"], inp["ranks"], inp["scaling"], "cuda")
     cfg = ml._cfg(torch.device("cuda"))
@@ -88,6 +102,8 @@ def main() -> None:
     print(f"  torch.empty: {host_us(lambda: torch.empty(16, device='cuda')):.1f}")
     print(f"  F.linear: {host_us(lambda: torch.nn.functional.linear(inp['x'].detach(), inp['w'])):.1f}")
     del ks, s
+    if args.host_only:
+        return
     print("== 2. GPU-only (CUDA graph) ms: base, fused, ratio; N=32")
     for shape in SHAPES:
         for t in (4096, 8192, 16384):

@@ -12,6 +12,10 @@ The specialisation key reproduces what Triton specialises on, conservatively:
   * bools and floats: the value / the type; constexpr meta-parameters: their values.
 Over-specialising only costs an extra cache entry (compiled once by Triton itself).
 
+Tensors are passed to the launcher as their device addresses (ints), which skips Triton's
+per-pointer validity query to the driver; the first (Triton-path) call of each specialisation has
+already validated them as tensors on this device.
+
 The launcher call (``kernel.run(gx, gy, gz, stream, function, packed_metadata, launch_metadata,
 enter_hook, exit_hook, *all_args)``) is the one ``JITFunction.run`` makes in Triton 3.6 and 3.9.
 If it ever fails, or a launch hook (a profiler such as proton) is installed, launches go back
@@ -40,6 +44,12 @@ def _arg_key(a) -> object:
     if isinstance(a, torch.Tensor):
         return (a.dtype, a.data_ptr() % 16 == 0)
     return t
+
+
+def _as_launch_arg(a):
+    """Tensors go to the launcher as raw device addresses: Triton's launcher then skips its
+    per-pointer data_ptr() call and cuPointerGetAttribute check (it takes ints as-is)."""
+    return a.data_ptr() if isinstance(a, torch.Tensor) else a
 
 
 def _raw_stream(index: int) -> int:
@@ -82,7 +92,7 @@ def launch(jit_fn, grid: tuple, args: tuple, meta: dict) -> None:
     consts = [meta[name] for name in jit_fn.arg_names[len(args):]]
     try:
         kernel.run(g[0], g[1], g[2], stream, kernel.function, kernel.packed_metadata, None,
-                   None, None, *args, *consts)
+                   None, None, *map(_as_launch_arg, args), *consts)
     except Exception as exc:  # noqa: BLE001 - fall back to Triton's own launch, keep the reason
         DISABLED.append(repr(exc)[:500])
         jit_fn[grid](*args, **meta)
