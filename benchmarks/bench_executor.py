@@ -45,7 +45,7 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from alto.executor.lora_model import MultiLoraModel  # noqa: E402
+from alto.executor.lora_model import MultiLoraModel, set_checkpoint_fraction  # noqa: E402
 from alto.executor.models import random_model  # noqa: E402
 from alto.executor.profile import PROFILE_COLS, device_name, make_adapters, memory_points, time_step  # noqa: E402
 from alto.models import LORA_TARGETS, get_model  # noqa: E402
@@ -68,10 +68,12 @@ def versions() -> dict:
             "gpu": device_name(DEV), "date": dt.date.today().isoformat()}
 
 
-def set_ckpt(mlm: MultiLoraModel, on: bool) -> None:
+def set_ckpt(mlm: MultiLoraModel, on: bool | float) -> None:
+    """Activation checkpointing off, on (every layer) or on a fraction of the layers."""
     if on:
         mlm.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         mlm.model.train()
+        set_checkpoint_fraction(mlm.model, float(on))
     else:
         mlm.model.gradient_checkpointing_disable()
         mlm.model.eval()
@@ -111,7 +113,7 @@ class Bench:
             del ads
         tok = n * b * L
         row = dict(setup=setup, model=model_name, impl=impl, n_adapters=n, batch_per_adapter=b, seq_len=L,
-                   mean_rank=sum(rk) / n, grad_ckpt=int(ckpt), tokens_per_step=tok, step_median_s=f"{med:.5g}",
+                   mean_rank=sum(rk) / n, grad_ckpt=float(ckpt), tokens_per_step=tok, step_median_s=f"{med:.5g}",
                    step_p20_s=f"{p20:.5g}", step_p80_s=f"{p80:.5g}", tokens_per_s=f"{tok / med:.1f}",
                    peak_mem_gb=f"{torch.cuda.max_memory_reserved() / 1e9 if CUDA else 0:.1f}", note=note, **self.v)
         self.rows.append(row)
@@ -121,7 +123,7 @@ class Bench:
                                    "tokens_per_step": tok, "mean_rank": sum(rk) / n, "step_time_s": f"{med:.6g}",
                                    "source": f"measured: {self.v['gpu']} {self.v['date']} bench_executor "
                                              f"torch{self.v['torch']} b={b} L={L}", "date": self.v["date"]})
-        print(f"{setup} {impl:6s} n={n:3d} b={b} L={L} ckpt={int(ckpt)}: {med * 1e3:8.1f} ms  "
+        print(f"{setup} {impl:6s} n={n:3d} b={b} L={L} ckpt={float(ckpt):g}: {med * 1e3:8.1f} ms  "
               f"{tok / med:10,.0f} tok/s  peak {row['peak_mem_gb']} GB", flush=True)
         return row
 
@@ -355,6 +357,9 @@ def main() -> None:
                 B.point("table2", shapes["1b"], m1, "fused", 32, b, L, ranks, note=note)
                 B.point("table2", shapes["1b"], m1, "loop", 32, b, L, ranks)
                 B.point("table2", shapes["1b"], m1, "single", 1, b, L, [32])
+            for impl in ("fused", "loop"):  # b=4 (65k tokens) needs recompute on half the layers
+                B.point("table2", shapes["1b"], m1, impl, 32, 4, L, ranks, ckpt=0.5,
+                        note="activation checkpointing on every other layer (b=4 does not fit without)")
             mem_rows.append(B.memory_row(shapes["1b"], m1, 1024, 64))
         if "torchprof" in parts:  # where does the fixed per-step cost of 32 adapters go?
             m1.ctx.impl = "fused"

@@ -12,7 +12,7 @@ Schema (all keys; defaults in brackets)::
       tokenizer: null           # [byte tokenizer for random:, the model's own otherwise]
       dtype: float32            # float32 | bfloat16
       device: auto              # auto | cpu | cuda | cuda:N
-      gradient_checkpointing: false
+      gradient_checkpointing: false  # true | false | fraction of layers in (0, 1] (recompute less)
       seed: 0                   # random: init seed
     tasks:
       - name: demo
@@ -57,7 +57,7 @@ class ModelCfg:
     tokenizer: str | None = None
     dtype: str = "float32"
     device: str = "auto"
-    gradient_checkpointing: bool = False
+    gradient_checkpointing: bool | float = False
     seed: int = 0
 
     @property
@@ -159,6 +159,17 @@ def _num_list(d: dict, key: str, typ: type, where: str, default: list) -> list:
     return out
 
 
+def _checkpoint_fraction(m: dict) -> bool | float:
+    """model.gradient_checkpointing: true / false, or the fraction of decoder layers to
+    checkpoint (spread evenly), a number in [0, 1]."""
+    v = m.get("gradient_checkpointing")
+    if v is None or isinstance(v, bool):
+        return bool(v)
+    if isinstance(v, int | float) and 0 <= v <= 1:
+        return float(v)
+    raise ConfigError(f"model.gradient_checkpointing: expected true, false or a fraction in [0, 1], got {v!r}")
+
+
 def parse_model(m: Any) -> ModelCfg:
     if isinstance(m, str):
         m = {"path": m}
@@ -170,7 +181,7 @@ def parse_model(m: Any) -> ModelCfg:
         tokenizer=_typed(m, "tokenizer", str, "model"),
         dtype=_typed(m, "dtype", str, "model", "float32"),
         device=_typed(m, "device", str, "model", "auto"),
-        gradient_checkpointing=_typed(m, "gradient_checkpointing", bool, "model", False),
+        gradient_checkpointing=_checkpoint_fraction(m),
         seed=_typed(m, "seed", int, "model", 0),
     )
     if cfg.dtype not in ("float32", "bfloat16"):

@@ -127,6 +127,20 @@ def lora_linear(x, weight, bias, lora_a, lora_b, seg_lens, scaling, impl: str = 
     return multi_lora_reference(x, weight, bias, lora_a, lora_b, seg_lens, scaling, loop=impl == "loop")
 
 
+def set_checkpoint_fraction(model: nn.Module, frac: float) -> list[int]:
+    """Checkpoint only round(frac * L) of the L decoder layers, spread evenly (1.0 = all): the
+    others keep their activations, so memory grows and recompute shrinks with 1 - frac.
+    Returns the checkpointed layer indices. Needs HF's per-layer `gradient_checkpointing` flag."""
+    layers = list(model.model.layers)
+    k = round(frac * len(layers))
+    chosen = {int(i * len(layers) / k) for i in range(k)} if k else set()
+    for i, layer in enumerate(layers):
+        if not hasattr(layer, "gradient_checkpointing"):
+            raise ValueError("this transformers version has no per-layer gradient_checkpointing flag")
+        layer.gradient_checkpointing = i in chosen
+    return sorted(chosen)
+
+
 @dataclass
 class LoraContext:
     """What every MultiLoraLinear reads during one forward: active adapters in segment
@@ -214,7 +228,7 @@ class MultiLoraModel:
     """An HF causal LM with MultiLoraLinear injected; computes per-adapter losses."""
 
     def __init__(self, model: nn.Module, targets: Sequence[str], impl: str = "reference",
-                 gradient_checkpointing: bool = False, loss_chunk_tokens: int = 8192):
+                 gradient_checkpointing: bool | float = False, loss_chunk_tokens: int = 8192):
         self.model, self.ctx = model, LoraContext(impl=impl)
         self.loss_chunk_tokens = loss_chunk_tokens
         self.shapes: dict[str, tuple[int, int]] = {}
@@ -228,9 +242,11 @@ class MultiLoraModel:
         if not self.shapes:
             raise ValueError("no LoRA target modules found in the model")
         self.target_names = sorted(wanted)
+        self.checkpointed_layers: list[int] = []
         if gradient_checkpointing:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
             model.train()  # HF only checkpoints in train mode; the base has no dropout to enable
+            self.checkpointed_layers = set_checkpoint_fraction(model, float(gradient_checkpointing))
 
     @property
     def device(self):

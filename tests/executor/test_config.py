@@ -97,3 +97,15 @@ def test_example_configs_parse():
         if "reasoning_gym" in f.read_text() or "bigbench" in f.read_text() or ".gguf" in f.read_text():
             continue  # need optional packages / downloads
         load_config(f)
+
+
+@pytest.mark.parametrize("value,want", [(True, True), (False, False), (0.5, 0.5), (1, 1.0)])
+def test_gradient_checkpointing_bool_or_fraction(d, value, want):
+    cfg = parse_config(_raw(model={"path": "random:llama-tiny", "gradient_checkpointing": value}), base_dir=d)
+    assert cfg.model.gradient_checkpointing == want and type(cfg.model.gradient_checkpointing) is type(want)
+
+
+@pytest.mark.parametrize("value", [1.5, -0.1, "half"])
+def test_gradient_checkpointing_bad_value_names_key(d, value):
+    msg = _err(_raw(model={"path": "random:llama-tiny", "gradient_checkpointing": value}), d)
+    assert "model.gradient_checkpointing" in msg

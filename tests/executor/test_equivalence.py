@@ -171,3 +171,34 @@ def test_families_gqa_joint_step_matches_peft(family):
         for name, (a, _) in ads[i].params.items():
             want = grads[f"base_model.model.{name}.lora_A.default.weight"]
             torch.testing.assert_close(a.grad, want, rtol=1e-4, atol=1e-7)
+
+
+@pytest.mark.parametrize("frac,want", [(1.0, [0, 1, 2, 3]), (0.5, [0, 2]), (0.25, [0]), (0.0, [])])
+def test_partial_checkpointing_same_grads(frac, want):
+    """Checkpointing a fraction of the layers picks them evenly and changes no loss or gradient."""
+    import transformers as tf
+
+    from alto.executor.models import hf_config_for
+    from alto.models import get_model
+
+    hf = hf_config_for(get_model("llama-tiny"))
+    hf.num_hidden_layers = 4
+    torch.manual_seed(0)
+    base = tf.AutoModelForCausalLM.from_config(hf, dtype=torch.float32)
+    ids = torch.randint(0, 200, (2, 9))
+    out = {}
+    for key, ck in (("off", False), ("on", frac)):
+        mlm = MultiLoraModel(copy.deepcopy(base), LORA_TARGETS, gradient_checkpointing=ck)
+        assert mlm.checkpointed_layers == (want if key == "on" else [])
+        if want and key == "on":
+            flags = [layer.gradient_checkpointing for layer in mlm.model.model.layers]
+            assert flags == [i in want for i in range(4)]
+        ad = mlm.new_adapter(JobConfig("t/0", "t", 1e-3, 4, 2, 8.0, 10), seed=1)
+        for _, b in ad.params.values():
+            b.data.normal_(0, 0.1, generator=torch.Generator().manual_seed(2))
+        loss, _ = mlm.per_adapter_loss([ad], ids[:, :-1], ids[:, 1:], torch.ones(2, 8), [2])
+        loss.sum().backward()
+        out[key] = (loss.detach(), [p.grad.clone() for p in ad.parameters()])
+    torch.testing.assert_close(out["on"][0], out["off"][0])
+    for g, r in zip(out["on"][1], out["off"][1], strict=True):
+        torch.testing.assert_close(g, r)
