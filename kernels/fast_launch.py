@@ -31,6 +31,7 @@ from . import multi_lora_triton as mlt
 
 ENABLED = True  # benchmarks switch it off to measure Triton's own launch path
 DISABLED: list[str] = []
+STATS = {"fast": 0, "triton": 0}  # launches by path (CUDA only; tests assert the fast one is used)
 _COMPILED: dict[tuple, object] = {}
 _INT32 = (-(2**31), 2**31 - 1)
 
@@ -57,17 +58,26 @@ def _raw_stream(index: int) -> int:
     return torch._C._cuda_getCurrentRawStream(index)
 
 
-def _hooks():
-    """(enter, exit) launch hooks currently installed in Triton, or (None, None)."""
+def _hook_installed(hook) -> bool:
+    """Triton >= 3.4 keeps hooks in an (initially empty) HookChain; older versions use None."""
+    if hook is None:
+        return False
+    calls = getattr(hook, "calls", None)
+    return bool(calls) if calls is not None else True
+
+
+def _hooks_installed() -> bool:
+    """Whether a launch hook (e.g. a profiler such as proton) is installed in Triton."""
     try:
         from triton import knobs
 
-        return knobs.runtime.launch_enter_hook, knobs.runtime.launch_exit_hook
+        rt = knobs.runtime
+        return _hook_installed(rt.launch_enter_hook) or _hook_installed(rt.launch_exit_hook)
     except (ImportError, AttributeError):
         from triton.compiler import CompiledKernel
 
-        return (getattr(CompiledKernel, "launch_enter_hook", None),
-                getattr(CompiledKernel, "launch_exit_hook", None))
+        return (_hook_installed(getattr(CompiledKernel, "launch_enter_hook", None))
+                or _hook_installed(getattr(CompiledKernel, "launch_exit_hook", None)))
 
 
 def launch(jit_fn, grid: tuple, args: tuple, meta: dict) -> None:
@@ -80,8 +90,8 @@ def launch(jit_fn, grid: tuple, args: tuple, meta: dict) -> None:
         return
     key = (id(jit_fn), dev.index, tuple(meta.items()), *map(_arg_key, args))
     kernel = _COMPILED.get(key)
-    hooks = _hooks()
-    if kernel is None or hooks != (None, None):
+    if kernel is None or _hooks_installed():
+        STATS["triton"] += 1
         kernel = jit_fn[grid](*args, **meta)
         if kernel is not None:
             _COMPILED[key] = kernel
@@ -91,6 +101,7 @@ def launch(jit_fn, grid: tuple, args: tuple, meta: dict) -> None:
     # every argument in signature order: runtime args, then the constexprs by name
     consts = [meta[name] for name in jit_fn.arg_names[len(args):]]
     try:
+        STATS["fast"] += 1
         kernel.run(g[0], g[1], g[2], stream, kernel.function, kernel.packed_metadata, None,
                    None, None, *map(_as_launch_arg, args), *consts)
     except Exception as exc:  # noqa: BLE001 - fall back to Triton's own launch, keep the reason

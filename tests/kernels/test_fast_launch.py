@@ -25,3 +25,16 @@ def test_tensor_key_separates_dtype_and_alignment():
 def test_bools_keep_their_value():
     assert _arg_key(True) != _arg_key(False)
     assert _arg_key(True) != _arg_key(1)
+
+
+def test_empty_hook_chain_is_not_an_installed_hook():
+    """Triton >= 3.4 always holds a HookChain: only a non-empty one may force the slow path."""
+    from kernels.fast_launch import _hook_installed, _hooks_installed
+
+    class Chain:
+        def __init__(self, calls):
+            self.calls = calls
+
+    assert not _hook_installed(None) and not _hook_installed(Chain([]))
+    assert _hook_installed(Chain([print])) and _hook_installed(print)
+    assert not _hooks_installed()  # nothing installed in this process

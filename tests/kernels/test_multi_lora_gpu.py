@@ -100,9 +100,14 @@ def test_fast_launch_path_is_used_and_correct(tune):
     ml.TUNE.update(tune)
     fast_launch.clear_cache()
     tensors, seg, ranks, scaling = make_case(32, "zipf", 1024, 512, 256, dtype=BF16, device="cuda")
+    s0 = dict(fast_launch.STATS)
     run_and_compare(tensors, seg, ranks, scaling, BF16)  # compiles, fills the handle cache
+    first = fast_launch.STATS["triton"] - s0["triton"]
     cached = len(fast_launch._COMPILED)
-    assert cached >= 3
+    assert first >= 3 and cached >= 3 and fast_launch.STATS["fast"] == s0["fast"]
+    s1 = dict(fast_launch.STATS)
     run_and_compare(tensors, seg, ranks, scaling, BF16)  # every launch now takes the fast path
     assert len(fast_launch._COMPILED) == cached  # no new specialisation appeared
+    assert fast_launch.STATS["fast"] - s1["fast"] == first  # all of them fast ...
+    assert fast_launch.STATS["triton"] == s1["triton"]  # ... none through Triton's binder
     assert fast_launch.DISABLED == []
