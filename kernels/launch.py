@@ -1,8 +1,10 @@
 """Launch helpers of the multi-LoRA kernels: tuning table, grid heuristics, buffer allocation.
 
-Two kernel paths compute the same thing (see kernels/multi_lora_triton.py for notation):
+Two kernel paths compute the same thing (see kernels/multi_lora_triton.py for notation);
+``TUNE["path"] = "auto"`` (default) picks one per call from the layer's shape and T
+(:func:`choose_path`, rule measured on the H200, docs/kernels.md):
 
-* ``TUNE["path"] = "split"`` (default, fastest measured on the H200): separate ``shrink``
+* ``"split"``: separate ``shrink``
   (split-K with fp32 atomics when T/BLOCK_M is small), ``expand`` and two ``wgrad`` launches.
   Per layer: fwd 2 Triton launches, bwd 4.
 * ``"fused"``: ``shrink_expand`` (1 launch: shrink kept in registers, stored once, expand
@@ -20,8 +22,8 @@ from .layout import MultiLoraLayout
 
 # Launch parameters; tests and the benchmark override entries (None = heuristic).
 TUNE: dict = {
-    "path": "split",  # "split" (shrink/expand/wgrad) or "fused" (shrink_expand + wgrad)
-    "wgrad_pair": False,  # fused path: dA+dB in one launch (measured 6x slower, docs/kernels.md)
+    "path": "auto",  # "auto" (choose_path), "split" (shrink/expand/wgrad) or "fused" (shrink_expand + wgrad)
+    "wgrad_pair": False,  # fused path: dA+dB in one launch (auto turns it on for small layers)
     "fuse_add": "addmm",  # "addmm" (delta + cuBLAS epilogue) or "kernel" (expand-and-add)
     "split_k": None,  # shrink split over K; None = fill ~2 waves of SMs
     "wgrad_chunk": None,  # tokens per weight-gradient program; None = heuristic
@@ -31,6 +33,25 @@ TUNE: dict = {
 }
 
 _SM_COUNT: dict[int, int] = {}
+
+
+def choose_path(t: int, d_in: int, d_out: int) -> tuple[str, bool]:
+    """(path, wgrad_pair) for one layer call; TUNE["path"] / ["wgrad_pair"] unless path is "auto".
+
+    Rule from the H200 runs of benchmarks/bench_multi_lora.py (Llama-3.1-8B shapes, T 4k–16k,
+    N 8–64; docs/kernels.md §3): layers smaller than 4096x4096 (GQA k/v) are host-bound, so the
+    fewest launches win (fused + wgrad_pair: 4 Triton launches); at 4096x4096 the fused path's
+    single-launch forward wins; the MLP shapes are GPU-bound and the split path's lighter
+    kernels win until T = 16384, where both tie and the fused path saves the S round trip.
+    """
+    if TUNE["path"] != "auto":
+        return TUNE["path"], bool(TUNE["wgrad_pair"])
+    size = d_in * d_out
+    if size < 4096 * 4096:
+        return "fused", True
+    if size == 4096 * 4096 or t >= 16384:
+        return "fused", False
+    return "split", False
 
 
 def _empty(shape, device, dtype) -> torch.Tensor:

@@ -8,7 +8,8 @@ Shapes: x [T, d_in]; weight [d_out, d_in] (frozen, nn.Linear layout); lora_a [N,
 lora_b [N, d_out, r_max] (PEFT lora_A / lora_B weights stacked); y [T, d_out], dtype of x.
 
 Execution (CUDA, or CPU with TRITON_INTERPRET=1): a constant number of launches per layer,
-independent of N (kernels/launch.py). Default ("split") path:
+independent of N (kernels/launch.py). By default the path is chosen per call from the layer's
+shape and T (launch.choose_path). The "split" path:
 forward  = shrink (Triton) + expand (Triton) + one cuBLAS GEMM over all T tokens;
 backward = shrink of dY (dS = s_i dY_i B_i) + expand into dX (dS_i A_i) + one cuBLAS GEMM for dX
            + wgrad x2 (dA_i = dS_iᵀ X_i, dB_i = s_i dY_iᵀ S_i)  [+ memsets / casts for atomics].
@@ -39,7 +40,7 @@ __all__ = ["fused_multi_lora", "TUNE"]
 
 _DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
-from .launch import TUNE, _cfg, _empty, _expand, _shrink, _split_k, _wgrad  # noqa: E402,F401
+from .launch import TUNE, _cfg, _empty, _expand, _shrink, _split_k, _wgrad, choose_path  # noqa: E402,F401
 from .launch_fused import shrink_expand, wgrad_pair  # noqa: E402
 
 
@@ -51,7 +52,8 @@ class _FusedMultiLora(torch.autograd.Function):
         b_str = (lora_b.stride(0), lora_b.stride(1), lora_b.stride(2))  # V_i[n, r] = B_i[n, r]
         # kadd: base GEMM first, kernel adds into y; else kernel writes delta, cuBLAS adds x Wᵀ
         y = x @ weight.t() if kadd else _empty((x.shape[0], weight.shape[0]), x.device, x.dtype)
-        if TUNE["path"] == "split":
+        path, pair = choose_path(x.shape[0], x.shape[1], weight.shape[0])
+        if path == "split":
             s = _shrink(x, lora_a, a_str, layout, False, cfg)  # [T, block_r] fp32
             _expand(s, lora_b, b_str, y, layout, True, kadd, cfg)
         else:
@@ -60,7 +62,7 @@ class _FusedMultiLora(torch.autograd.Function):
         if not kadd:
             y.addmm_(x, weight.t())  # cuBLAS: y = 1 * delta + x @ W.T (epilogue add)
         ctx.save_for_backward(x, weight, lora_a, lora_b, s)
-        ctx.layout = layout
+        ctx.layout, ctx.path, ctx.pair = layout, path, pair  # backward reads S as written here
         return y
 
     @staticmethod
@@ -75,7 +77,7 @@ class _FusedMultiLora(torch.autograd.Function):
         a_str = (lora_a.stride(0), lora_a.stride(2), lora_a.stride(1))  # V_i[n, r] = A_i[r, n]
         if need_x:
             dx = dy @ weight if kadd else _empty(x.shape, x.device, x.dtype)
-        if TUNE["path"] == "split":
+        if ctx.path == "split":
             if need_x or need_a:
                 ds = _shrink(dy, lora_b, b_str, layout, True, cfg)  # dS_i = s_i dY_i B_i
             if need_x:
@@ -89,7 +91,7 @@ class _FusedMultiLora(torch.autograd.Function):
                 n_out = x.shape[1] if need_x else 0
                 ds = shrink_expand(dy, lora_b, b_str, lora_a, a_str, dx, n_out, layout,
                                    True, False, kadd, cfg)  # fmt: skip
-            if (need_a or need_b) and TUNE["wgrad_pair"]:
+            if (need_a or need_b) and ctx.pair:
                 da, db = wgrad_pair(ds, x, s, dy, lora_a, lora_b, layout, cfg, need_a, need_b)
             else:
                 da = _wgrad(ds, x, lora_a, False, layout, False, cfg) if need_a else None

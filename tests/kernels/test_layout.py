@@ -92,3 +92,16 @@ def test_missing_layout_arguments():
     kw.pop("ranks")
     with pytest.raises(ValueError, match="ranks"):
         kernels.fused_multi_lora(**kw)
+
+
+def test_choose_path_rule_and_overrides():
+    """The auto rule (docs/kernels.md §3) and explicit TUNE choices."""
+    from kernels import launch
+
+    assert launch.TUNE["path"] == "auto"
+    assert launch.choose_path(8192, 4096, 1024) == ("fused", True)  # GQA k/v: fewest launches
+    assert launch.choose_path(4096, 4096, 4096) == ("fused", False)
+    assert launch.choose_path(8192, 4096, 14336) == ("split", False)
+    assert launch.choose_path(16384, 14336, 4096) == ("fused", False)
+    launch.TUNE.update(path="split", wgrad_pair=True)
+    assert launch.choose_path(8192, 4096, 1024) == ("split", True)

@@ -29,10 +29,12 @@ CASES = (
 )
 
 
+@pytest.mark.parametrize("path", ["auto", "split"])  # auto = fused + wgrad_pair at these sizes
 @pytest.mark.parametrize(
     "n,spread,dtype", CASES, ids=[f"{n}-{s}-{str(d)[6:]}" for n, s, d in CASES]
 )
-def test_matches_reference(n, spread, dtype):
+def test_matches_reference(n, spread, dtype, path):
+    ml.TUNE["path"] = path
     # r_max <= 64 and narrow features for N=32 keep the interpreter fast (~1 s per case)
     pool, shape = ((8, 16), dict(t=133, d_in=48, d_out=40)) if n == 32 else ((8, 16, 64), SMALL)
     tensors, seg, ranks, scaling = make_case(
@@ -44,9 +46,9 @@ def test_matches_reference(n, spread, dtype):
 @pytest.mark.parametrize(
     "tune",
     [
-        dict(split_k=3, wgrad_chunk=32),  # split-K shrink + token-split weight grads (atomics)
-        dict(fuse_add="kernel"),  # paper's expand-and-add instead of the cuBLAS epilogue
-        dict(split_k=2, wgrad_chunk=64, fuse_add="kernel"),
+        dict(path="split", split_k=3, wgrad_chunk=32),  # split-K shrink + token-split wgrad (atomics)
+        dict(path="split", fuse_add="kernel"),  # paper's expand-and-add, not the cuBLAS epilogue
+        dict(path="split", split_k=2, wgrad_chunk=64, fuse_add="kernel"),
         dict(path="fused"),  # shrink_expand (one launch) + wgrad
         dict(path="fused", wgrad_chunk=32, fuse_add="kernel"),
         dict(path="fused", wgrad_pair=True),  # ... + dA/dB in one launch
