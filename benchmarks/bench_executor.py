@@ -257,7 +257,9 @@ def search(cfg_path: str, out: str, modes: tuple[str, ...] = ("alto", "none", "p
         train_step(wm, make_adapters(wm, rk, 1), rows, 100, backbone[0].config.vocab_size)
     wm.remove()
     for pol in [m for m in modes if m in ("alto", "none")]:
-        cfg.early_exit = {"policy": pol} if pol == "alto" else {"policy": "none", "eval_every_frac_after": 0.1}
+        # the full grid also evaluates at ALTO's warmup points, so its curves can replay ALTO
+        cfg.early_exit = ({"policy": pol} if pol == "alto"
+                          else {"policy": "none", "eval_every_frac_after": 0.1, "record_warmup": True})
         t = time.perf_counter()
         r = run_config(cfg, os.path.join(out, f"search_{pol}"), log=sys.stdout, backbone=backbone)
         wall = time.perf_counter() - t
@@ -338,6 +340,9 @@ def main() -> None:
     ap.add_argument("--search-config", default=None, help="YAML of the real search (part search)")
     ap.add_argument("--search-modes", default="alto,none,peft",
                     help="which search runs (alto, none, peft); split them over calls of < 10 min")
+    ap.add_argument("--table2-batches", default="1,2,4")
+    ap.add_argument("--table2-impls", default="fused,loop,single")
+    ap.add_argument("--table2-ckpt", type=int, default=1, help="also b=4 with half the layers recomputed")
     ap.add_argument("--search-dirs", default="", help="search-summary: alto=DIR,none=DIR")
     ap.add_argument("--peft-json", default=None, help="search-summary: peft_sequential.json")
     ap.add_argument("--dry", action="store_true", help="CPU smoke test: llama-tiny for every model")
@@ -353,11 +358,16 @@ def main() -> None:
         note = check(m1) if "check" in parts else ""
         if "table2" in parts:
             L, ranks = (32 if args.dry else 512), [16, 32, 64]
-            for b in (1, 2, 4):
-                B.point("table2", shapes["1b"], m1, "fused", 32, b, L, ranks, note=note)
-                B.point("table2", shapes["1b"], m1, "loop", 32, b, L, ranks)
-                B.point("table2", shapes["1b"], m1, "single", 1, b, L, [32])
-            for impl in ("fused", "loop"):  # b=4 (65k tokens) needs recompute on half the layers
+            impls = args.table2_impls.split(",")
+            for b in (int(v) for v in args.table2_batches.split(",")):
+                if "fused" in impls:
+                    B.point("table2", shapes["1b"], m1, "fused", 32, b, L, ranks, note=note)
+                if "loop" in impls:
+                    B.point("table2", shapes["1b"], m1, "loop", 32, b, L, ranks)
+                if "single" in impls:
+                    B.point("table2", shapes["1b"], m1, "single", 1, b, L, [32])
+            for impl in [i for i in ("fused", "loop") if i in impls and args.table2_ckpt]:
+                # b=4 (65k tokens) needs recompute on half the layers
                 B.point("table2", shapes["1b"], m1, impl, 32, 4, L, ranks, ckpt=0.5,
                         note="activation checkpointing on every other layer (b=4 does not fit without)")
             mem_rows.append(B.memory_row(shapes["1b"], m1, 1024, 64))

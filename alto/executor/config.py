@@ -32,18 +32,18 @@ Schema (all keys; defaults in brackets)::
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from alto.models import LORA_TARGETS, MODELS
+from alto.policy.early_exit import EarlyExitConfig
 
-# Early-exit fields of the policy contract (alto.policy.early_exit.EarlyExitConfig).
-EARLY_EXIT_KEYS = (
-    "policy", "ema_alpha", "window", "patience", "tau_slope", "tau_gap", "warmup_frac",
-    "keep_ratio", "eval_every_frac", "eval_every_frac_after", "asha_reduction", "asha_grace_frac",
-)
+# Early-exit fields: exactly those of the policy contract (alto.policy.early_exit.EarlyExitConfig).
+EARLY_EXIT_FIELDS = {f.name: f for f in dataclasses.fields(EarlyExitConfig)}
+EARLY_EXIT_KEYS = tuple(EARLY_EXIT_FIELDS)
 FAMILIES = ("llama", "qwen2", "mistral")
 
 
@@ -259,10 +259,13 @@ def _parse_early_exit(e: Any) -> dict[str, Any]:
     if pol not in ("alto", "asha", "none"):
         raise ConfigError(f"early_exit.policy: expected alto|asha|none, got {pol!r}")
     for k, v in e.items():
-        if k != "policy" and (not isinstance(v, (int, float)) or isinstance(v, bool)):
+        want_bool = EARLY_EXIT_FIELDS[k].type in (bool, "bool")
+        if k == "policy":
+            continue
+        if want_bool and not isinstance(v, bool):
+            raise ConfigError(f"early_exit.{k}: expected true or false, got {v!r}")
+        if not want_bool and (not isinstance(v, (int, float)) or isinstance(v, bool)):
             raise ConfigError(f"early_exit.{k}: expected a number, got {v!r}")
-    from alto.policy.early_exit import EarlyExitConfig
-
     try:  # the policy's own range checks; its message names the field
         EarlyExitConfig(**dict(e, policy=pol))
     except ValueError as err:

@@ -80,6 +80,13 @@ class EarlyExitConfig:
             "~100 evaluations per job)."
         ),
     )
+    record_warmup: bool = field(
+        default=False,
+        metadata=_help(
+            "none: also evaluate at ALTO's dense warmup points (every eval_every_frac up "
+            "to warmup_frac), so curves recorded by a full-grid run can replay ALTO's cutoff"
+        ),
+    )
     asha_reduction: int = field(
         default=4, metadata=_help("ASHA reduction factor eta (Ray Tune default 4), >= 2")
     )
@@ -317,6 +324,13 @@ class NoExitPolicy(EarlyExitPolicy):
     """Baseline: train every config to the end (only NaN/inf losses stop a job)."""
 
     name = "none"
+
+    def _schedule(self, job: JobConfig) -> set[int]:
+        pts = super()._schedule(job)
+        if self.cfg.record_warmup:  # ALTO's warmup points too (no decision is taken there)
+            warm = self._align(self.cfg.warmup_frac * job.total_samples, job)
+            pts |= {p for p in self._grid(job, self.cfg.eval_every_frac) if p < warm} | {warm}
+        return pts
 
 
 POLICIES: dict[str, type[EarlyExitPolicy]] = {

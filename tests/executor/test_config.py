@@ -109,3 +109,17 @@ def test_gradient_checkpointing_bool_or_fraction(d, value, want):
 def test_gradient_checkpointing_bad_value_names_key(d, value):
     msg = _err(_raw(model={"path": "random:llama-tiny", "gradient_checkpointing": value}), d)
     assert "model.gradient_checkpointing" in msg
+
+
+def test_early_exit_keys_are_the_policy_fields_and_typed(d):
+    """Every EarlyExitConfig field is accepted (one source of truth); bools must be bools."""
+    import dataclasses
+
+    from alto.executor.config import EARLY_EXIT_KEYS
+    from alto.policy.early_exit import EarlyExitConfig
+
+    assert set(EARLY_EXIT_KEYS) == {f.name for f in dataclasses.fields(EarlyExitConfig)}
+    cfg = parse_config(_raw(early_exit={"policy": "none", "record_warmup": True}), base_dir=d)
+    assert cfg.early_exit == {"policy": "none", "record_warmup": True}
+    assert "early_exit.record_warmup" in _err(_raw(early_exit={"record_warmup": 1}), d)
+    assert "early_exit.keep_ratio" in _err(_raw(early_exit={"keep_ratio": True}), d)

@@ -101,6 +101,19 @@ def test_asha_and_none_schedules():
     assert asha.warmup_samples(j) is None and none.warmup_samples(j) is None
 
 
+def test_none_record_warmup_adds_altos_warmup_points_only():
+    """A full-grid run with record_warmup evaluates wherever ALTO would (so its curves replay
+    ALTO's cutoff), and still never exits a finite job."""
+    j = job("a", total=6400)
+    alto = make_early_exit(EarlyExitConfig(), [j])
+    none = make_early_exit(EarlyExitConfig(policy="none", record_warmup=True), [j])
+    warm = alto.warmup_samples(j)  # 320
+    assert [p for p in none.eval_points(j) if p <= warm] == [p for p in alto.eval_points(j) if p <= warm]
+    assert [p for p in none.eval_points(j) if p <= warm] == list(range(64, 321, 64))
+    assert [p for p in none.eval_points(j) if p > warm] == list(range(640, 6401, 320))
+    assert none.warmup_samples(j) is None and none.cutoff({"a": 9.0}) == []
+
+
 # ---------------------------------------------------------------- divergence
 
 
