@@ -6,6 +6,8 @@ Run:  python3 analysis/plot_kernels.py [--csv benchmarks/results/multi_lora.csv]
 One panel per layer shape: fwd+bwd time of each variant relative to the base GEMM alone
 (base = 1), against tokens T, one line style per adapter count N. The latest
 row per (gpu, shape, T, N, variant) is used; the dotted line is the 1.2x target.
+"auto" (thick) is the row of the path the shipped rule picks for that shape and T
+(kernels.launch.choose_path: fused_split, fused_one or fused_pair).
 """
 
 from __future__ import annotations
@@ -19,14 +21,33 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
-COLORS = {"fused": "C0", "fused_one": "C9", "fused_pair": "C4", "loop": "C3", "separate": "C1"}
+COLORS = {"auto": "k", "fused_split": "C0", "fused_one": "C9", "fused_pair": "C4", "loop": "C3",
+          "separate": "C1"}
+RULE_VARIANT = {("split", False): "fused_split", ("fused", False): "fused_one", ("fused", True): "fused_pair"}
 STYLES = {8: "-", 32: "--", 64: ":"}
 
 
 def load(path: str) -> pd.DataFrame:
-    """Latest row of each (gpu, shape, T, N, variant); ratio_vs_base is within that row's run."""
+    """Latest row of each (gpu, shape, T, N, variant); ratio_vs_base is within that row's run.
+    Adds variant "auto": a copy of the row of the path kernels.launch.choose_path picks."""
+    from kernels.launch import TUNE, choose_path
+
     df = pd.read_csv(path).sort_values("date")
-    return df.drop_duplicates(["gpu", "shape", "T", "N", "variant"], keep="last")
+    df = df.drop_duplicates(["gpu", "shape", "T", "N", "variant"], keep="last")
+    saved, TUNE["path"] = TUNE["path"], "auto"
+    try:
+        picks = []
+        for _, r in df.drop_duplicates(["gpu", "shape", "T", "N"]).iterrows():
+            d_in, d_out = (int(v) for v in r["shape"].split("x"))
+            var = RULE_VARIANT[choose_path(int(r["T"]), d_in, d_out)]
+            hit = df[(df["gpu"] == r["gpu"]) & (df["shape"] == r["shape"]) & (df["T"] == r["T"])
+                     & (df["N"] == r["N"]) & (df["variant"] == var)]
+            if not hit.empty:
+                picks.append(hit.iloc[-1].copy())
+                picks[-1]["variant"] = "auto"
+    finally:
+        TUNE["path"] = saved
+    return pd.concat([df, pd.DataFrame(picks)], ignore_index=True) if picks else df
 
 
 def plot(df: pd.DataFrame, out: str) -> None:
@@ -41,7 +62,7 @@ def plot(df: pd.DataFrame, out: str) -> None:
                     continue
                 label = f"{var} N={n}" if shape == shapes[0] else None
                 ax.plot(rows["T"], rows["ratio_vs_base"], style, color=color, marker="o",
-                        ms=3, label=label)  # fmt: skip
+                        ms=3, label=label, lw=2.2 if var == "auto" else 1.0)  # fmt: skip
         ax.axhline(1.2, color="k", lw=0.8, ls=(0, (1, 3)))
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
