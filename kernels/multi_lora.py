@@ -160,4 +160,8 @@ def fused_multi_lora(
     _validate(x, weight, lora_a, lora_b, layout)
     if x.device.type != "cuda" and not (x.device.type == "cpu" and mlt.interpret_mode()):
         return fused_multi_lora_reference(x, weight, lora_a, lora_b, layout)
+    if x.device.type == "cuda" and x.device.index != torch.cuda.current_device():
+        # Triton compiles and launches on the current device: make it x's (cuda:N, N != current)
+        with torch.cuda.device(x.device):
+            return _FusedMultiLora.apply(x, weight, lora_a, lora_b, layout)
     return _FusedMultiLora.apply(x, weight, lora_a, lora_b, layout)

@@ -259,11 +259,14 @@ def _parse_early_exit(e: Any) -> dict[str, Any]:
     if pol not in ("alto", "asha", "none"):
         raise ConfigError(f"early_exit.policy: expected alto|asha|none, got {pol!r}")
     for k, v in e.items():
-        want_bool = EARLY_EXIT_FIELDS[k].type in (bool, "bool")
+        typ = EARLY_EXIT_FIELDS[k].type
+        want_bool, want_int = typ in (bool, "bool"), typ in (int, "int")
         if k == "policy":
             continue
         if want_bool and not isinstance(v, bool):
             raise ConfigError(f"early_exit.{k}: expected true or false, got {v!r}")
+        if want_int and (not isinstance(v, int) or isinstance(v, bool)):
+            raise ConfigError(f"early_exit.{k}: expected an integer, got {v!r}")
         if not want_bool and (not isinstance(v, (int, float)) or isinstance(v, bool)):
             raise ConfigError(f"early_exit.{k}: expected a number, got {v!r}")
     try:  # the policy's own range checks; its message names the field

@@ -243,6 +243,8 @@ class MultiLoraModel:
             raise ValueError("no LoRA target modules found in the model")
         self.target_names = sorted(wanted)
         self.checkpointed_layers: list[int] = []
+        if not gradient_checkpointing and getattr(model, "is_gradient_checkpointing", False):
+            model.gradient_checkpointing_disable()  # a reused backbone keeps no earlier setting
         if gradient_checkpointing:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
             model.train()  # HF only checkpoints in train mode; the base has no dropout to enable

@@ -123,6 +123,8 @@ class EarlyExitConfig:
                 raise bad(name, "must be in (0, 1]")
         if int(self.asha_reduction) != self.asha_reduction or self.asha_reduction < 2:
             raise bad("asha_reduction", "must be an integer >= 2")
+        for name in ("window", "patience", "asha_reduction"):  # 2.0 -> 2: used as slice bounds
+            object.__setattr__(self, name, int(getattr(self, name)))
 
     @classmethod
     def help(cls) -> dict[str, str]:
@@ -182,6 +184,14 @@ class EarlyExitPolicy:
     def _schedule(self, job: JobConfig) -> set[int]:
         return self._grid(job, self.cfg.eval_every_frac_after)
 
+    def _warmup_schedule(self, job: JobConfig) -> set[int]:
+        """ALTO's schedule: every eval_every_frac below the warmup boundary, the boundary
+        itself, then every eval_every_frac_after above it."""
+        warm = self._align(self.cfg.warmup_frac * job.total_samples, job)
+        dense = {p for p in self._grid(job, self.cfg.eval_every_frac) if p < warm}
+        coarse = {p for p in self._grid(job, self.cfg.eval_every_frac_after) if p > warm}
+        return dense | {warm} | coarse
+
     def eval_points(self, job: JobConfig) -> list[int]:
         """Sorted sample counts at which `job` is evaluated; the last is job.total_samples."""
         key = (job.batch_size, job.total_samples)  # the schedule depends on nothing else
@@ -229,11 +239,7 @@ class AltoPolicy(EarlyExitPolicy):
     name = "alto"
 
     def _schedule(self, job: JobConfig) -> set[int]:
-        """Every eval_every_frac up to warmup, the boundary itself, then every _after."""
-        warm = self.warmup_samples(job)
-        dense = {p for p in self._grid(job, self.cfg.eval_every_frac) if p < warm}
-        coarse = {p for p in self._grid(job, self.cfg.eval_every_frac_after) if p > warm}
-        return dense | {warm} | coarse
+        return self._warmup_schedule(job)
 
     def warmup_samples(self, job: JobConfig) -> int:
         return self._align(self.cfg.warmup_frac * job.total_samples, job)
@@ -326,11 +332,9 @@ class NoExitPolicy(EarlyExitPolicy):
     name = "none"
 
     def _schedule(self, job: JobConfig) -> set[int]:
-        pts = super()._schedule(job)
-        if self.cfg.record_warmup:  # ALTO's warmup points too (no decision is taken there)
-            warm = self._align(self.cfg.warmup_frac * job.total_samples, job)
-            pts |= {p for p in self._grid(job, self.cfg.eval_every_frac) if p < warm} | {warm}
-        return pts
+        # record_warmup: exactly ALTO's points (no decision is taken at them), so that train
+        # losses averaged between evaluations match too
+        return self._warmup_schedule(job) if self.cfg.record_warmup else super()._schedule(job)
 
 
 POLICIES: dict[str, type[EarlyExitPolicy]] = {

@@ -123,3 +123,5 @@ def test_early_exit_keys_are_the_policy_fields_and_typed(d):
     assert cfg.early_exit == {"policy": "none", "record_warmup": True}
     assert "early_exit.record_warmup" in _err(_raw(early_exit={"record_warmup": 1}), d)
     assert "early_exit.keep_ratio" in _err(_raw(early_exit={"keep_ratio": True}), d)
+    assert "early_exit.window: expected an integer" in _err(_raw(early_exit={"window": 2.5}), d)
+    assert "early_exit.window: expected an integer" in _err(_raw(early_exit={"window": 2.0}), d)

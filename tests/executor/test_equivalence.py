@@ -202,3 +202,17 @@ def test_partial_checkpointing_same_grads(frac, want):
     torch.testing.assert_close(out["on"][0], out["off"][0])
     for g, r in zip(out["on"][1], out["off"][1], strict=True):
         torch.testing.assert_close(g, r)
+
+
+def test_reused_backbone_forgets_checkpointing():
+    """A task without checkpointing after one with it (same backbone) recomputes nothing."""
+    import transformers as tf
+
+    from alto.executor.models import hf_config_for
+    from alto.models import get_model
+
+    model = tf.AutoModelForCausalLM.from_config(hf_config_for(get_model("llama-tiny")))
+    MultiLoraModel(model, LORA_TARGETS, gradient_checkpointing=1.0).remove()
+    assert all(layer.gradient_checkpointing for layer in model.model.layers)
+    MultiLoraModel(model, LORA_TARGETS, gradient_checkpointing=False)
+    assert not any(layer.gradient_checkpointing for layer in model.model.layers)

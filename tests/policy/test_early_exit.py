@@ -114,6 +114,22 @@ def test_none_record_warmup_adds_altos_warmup_points_only():
     assert none.warmup_samples(j) is None and none.cutoff({"a": 9.0}) == []
 
 
+def test_none_record_warmup_equals_alto_schedule_with_coarse_points_inside_warmup():
+    """eval_every_frac_after points that fall inside warmup (504 here) are not ALTO points:
+    record_warmup must not add them (they would also change the averaged train losses)."""
+    j = job("a", b=8, total=10_000)
+    kw = dict(eval_every_frac=0.02, warmup_frac=0.1, eval_every_frac_after=0.05)
+    alto = make_early_exit(EarlyExitConfig(**kw), [j])
+    none = make_early_exit(EarlyExitConfig(policy="none", record_warmup=True, **kw), [j])
+    assert none.eval_points(j) == alto.eval_points(j)
+    assert 504 not in none.eval_points(j) and 1000 in none.eval_points(j)
+
+
+def test_integer_knobs_become_ints():
+    cfg = EarlyExitConfig(window=3.0, patience=2.0, asha_reduction=4.0)
+    assert (type(cfg.window), type(cfg.patience), type(cfg.asha_reduction)) == (int, int, int)
+
+
 # ---------------------------------------------------------------- divergence
 
 
