@@ -27,8 +27,9 @@ TUNE: dict = {
     "fuse_add": "addmm",  # "addmm" (delta + cuBLAS epilogue) or "kernel" (expand-and-add)
     "split_k": None,  # shrink split over K; None = fill ~2 waves of SMs
     "wgrad_chunk": None,  # tokens per weight-gradient program; None = heuristic
-    "gpu": dict(bm=64, bk=64, bn=128, bt=64, warps=4, stages=3, bm_fused=None, bn_fused=128),
-    "interp": dict(bm=32, bk=32, bn=64, bt=32, warps=4, stages=1, bm_fused=32, bn_fused=32),
+    # upcast: give tl.dot fp32 operands (the interpreter's bf16 dot is broken, see multi_lora_triton)
+    "gpu": dict(bm=64, bk=64, bn=128, bt=64, warps=4, stages=3, bm_fused=None, bn_fused=128, upcast=False),
+    "interp": dict(bm=32, bk=32, bn=64, bt=32, warps=4, stages=1, bm_fused=32, bn_fused=32, upcast=True),
     "poison": False,  # tests: fill every internally allocated output with NaN first
 }
 
@@ -70,13 +71,16 @@ def _n_sms(device: torch.device) -> int:
     return _SM_COUNT[idx]
 
 
-def _upcast(device: torch.device) -> bool:
-    """Interpreter runs: give tl.dot fp32 operands (its bf16 dot is broken, see multi_lora_triton)."""
-    return device.type != "cuda" or mlt.interpret_mode()
-
-
 def _cfg(device: torch.device) -> dict:
+    """Tile settings for this device: TUNE["interp"] under the interpreter, else TUNE["gpu"]."""
     return TUNE["interp"] if device.type != "cuda" or mlt.interpret_mode() else TUNE["gpu"]
+
+
+def _plan_key(cfg: dict, *extra) -> tuple:
+    """Cache key of a launch plan on a layout: everything in TUNE/cfg that shapes it, plus the
+    call's own sizes (so a TUNE change made by a test or benchmark is never served stale)."""
+    return (*extra, tuple(cfg.values()), TUNE["split_k"], TUNE["wgrad_chunk"],
+            torch.are_deterministic_algorithms_enabled())
 
 
 def _split_k(n_tiles: int, k: int, cfg: dict, device: torch.device) -> tuple[int, int]:
@@ -104,11 +108,18 @@ def _wgrad_chunk(layout: MultiLoraLayout, n_cols: int, cfg: dict, device: torch.
     return -(-chunk // cfg["bt"]) * cfg["bt"]
 
 
+def _wgrad_plan(layout: MultiLoraLayout, n_cols: int, cfg: dict, device: torch.device):
+    """(chunk table, atomic, needs_zero) of a weight-gradient launch over n_cols columns."""
+    chunk = _wgrad_chunk(layout, n_cols, cfg, device)
+    atomic = layout.max_chunks_per_adapter(chunk) > 1
+    return layout.chunks(chunk, device), atomic, atomic or 0 in layout.seg_lens
+
+
 def _shrink(x, w, w_strides, layout, scale: bool, cfg) -> torch.Tensor:
     """OUT[T, block_r] fp32 = c_i * x_i @ W_iᵀ; w_strides = (adapter, rank, k) strides of W."""
     dev, (t, k) = x.device, x.shape
-    tiles = layout.tiles(cfg["bm"], dev)
-    split, k_per = _split_k(tiles.shape[0], k, cfg, dev)
+    tiles, split, k_per = layout.memo(_plan_key(cfg, "shrink", k, dev), lambda: (
+        (tl := layout.tiles(cfg["bm"], dev)), *_split_k(tl.shape[0], k, cfg, dev)))
     alloc = torch.zeros if split > 1 else _empty
     out = alloc((t, layout.block_r), device=dev, dtype=torch.float32)
     if tiles.shape[0] == 0:
@@ -118,7 +129,7 @@ def _shrink(x, w, w_strides, layout, scale: bool, cfg) -> torch.Tensor:
         k, k_per, x.stride(0), x.stride(1), *w_strides, out.stride(0), out.stride(1),
     ), dict(
         BLOCK_M=cfg["bm"], BLOCK_R=layout.block_r, BLOCK_K=cfg["bk"],
-        ATOMIC=split > 1, APPLY_SCALE=scale, IEEE=x.dtype == torch.float32, UPCAST=_upcast(dev),
+        ATOMIC=split > 1, APPLY_SCALE=scale, IEEE=x.dtype == torch.float32, UPCAST=cfg["upcast"],
         num_warps=cfg["warps"], num_stages=cfg["stages"],
     ))
     return out
@@ -136,7 +147,7 @@ def _expand(s, v, v_strides, out, layout, scale: bool, add: bool, cfg) -> None:
         n_out, s.stride(0), s.stride(1), *v_strides, out.stride(0), out.stride(1),
     ), dict(
         BLOCK_M=cfg["bm"], BLOCK_N=cfg["bn"], BLOCK_R=layout.block_r,
-        ADD=add, APPLY_SCALE=scale, IEEE=out.dtype == torch.float32, UPCAST=_upcast(dev),
+        ADD=add, APPLY_SCALE=scale, IEEE=out.dtype == torch.float32, UPCAST=cfg["upcast"],
         num_warps=cfg["warps"], num_stages=1,
     ))
 
@@ -147,12 +158,10 @@ def _wgrad(p, q, like, transpose_out: bool, layout, scale: bool, cfg) -> torch.T
     ``like`` is lora_a [N, r_max, n] (transpose_out False) or lora_b [N, n, r_max] (True).
     """
     dev, n_cols = q.device, q.shape[1]
-    chunk = _wgrad_chunk(layout, n_cols, cfg, dev)
-    atomic = layout.max_chunks_per_adapter(chunk) > 1
-    needs_zero = atomic or any(n == 0 for n in layout.seg_lens)
+    chunks, atomic, needs_zero = layout.memo(_plan_key(cfg, "wgrad", n_cols, dev),
+                                             lambda: _wgrad_plan(layout, n_cols, cfg, dev))
     buf_dtype = torch.float32 if atomic else like.dtype
     out = (torch.zeros if needs_zero else _empty)(like.shape, device=dev, dtype=buf_dtype)
-    chunks = layout.chunks(chunk, dev)
     if chunks.shape[0] > 0:
         s_a, s_r, s_n = (out.stride(0), out.stride(2), out.stride(1)) if transpose_out else out.stride()
         grid = (chunks.shape[0], -(-n_cols // cfg["bn"]))
@@ -161,7 +170,7 @@ def _wgrad(p, q, like, transpose_out: bool, layout, scale: bool, cfg) -> torch.T
             n_cols, layout.r_max, p.stride(0), p.stride(1), q.stride(0), q.stride(1), s_a, s_r, s_n,
         ), dict(
             BLOCK_T=cfg["bt"], BLOCK_R=layout.block_r, BLOCK_N=cfg["bn"],
-            ATOMIC=atomic, APPLY_SCALE=scale, IEEE=q.dtype == torch.float32, UPCAST=_upcast(dev),
+            ATOMIC=atomic, APPLY_SCALE=scale, IEEE=q.dtype == torch.float32, UPCAST=cfg["upcast"],
             num_warps=cfg["warps"], num_stages=cfg["stages"],
         ))
     return out if out.dtype == like.dtype else out.to(like.dtype)

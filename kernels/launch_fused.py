@@ -11,7 +11,7 @@ import torch
 
 from . import multi_lora_triton as mlt
 from .fast_launch import launch
-from .launch import _empty, _n_sms, _upcast, _wgrad, _wgrad_chunk
+from .launch import _empty, _n_sms, _plan_key, _wgrad, _wgrad_plan
 from .layout import MultiLoraLayout
 
 # If the one-launch wgrad_pair kernel ever fails to build on a Triton version (it selects
@@ -43,8 +43,8 @@ def shrink_expand(x, w, w_strides, v, v_strides, y, n_out: int, layout, scale_s:
     ``y`` may be None with n_out = 0 (shrink only).
     """
     dev, (t, k) = x.device, x.shape
-    bm = _pick_bm(layout, cfg, dev)
-    tiles = layout.tiles(bm, dev)
+    bm, tiles = layout.memo(_plan_key(cfg, "shrink_expand", dev),
+                            lambda: ((b := _pick_bm(layout, cfg, dev)), layout.tiles(b, dev)))
     s = _empty((t, layout.block_r), dev, x.dtype)
     if tiles.shape[0] == 0:
         return s
@@ -56,7 +56,7 @@ def shrink_expand(x, w, w_strides, v, v_strides, y, n_out: int, layout, scale_s:
     ), dict(
         BLOCK_M=bm, BLOCK_R=layout.block_r, BLOCK_K=cfg["bk"], BLOCK_N=cfg["bn_fused"],
         SCALE_S=scale_s, SCALE_Y=scale_y, ADD=add,
-        IEEE=x.dtype == torch.float32, UPCAST=_upcast(dev),
+        IEEE=x.dtype == torch.float32, UPCAST=cfg["upcast"],
         num_warps=cfg["warps"], num_stages=cfg["stages"],
     ))  # fmt: skip
     return s
@@ -73,15 +73,13 @@ def wgrad_pair(ds, x, s, dy, lora_a, lora_b, layout, cfg, need_a: bool, need_b: 
     d_in, d_out = lora_a.shape[2], lora_b.shape[1]
     n1, n2 = (d_in if need_a else 0), (d_out if need_b else 0)
     nb1, nb2 = -(-n1 // cfg["bn"]), -(-n2 // cfg["bn"])
-    chunk = _wgrad_chunk(layout, n1 + n2, cfg, dev)
-    atomic = layout.max_chunks_per_adapter(chunk) > 1
-    needs_zero = atomic or any(v == 0 for v in layout.seg_lens)
+    chunks, atomic, needs_zero = layout.memo(_plan_key(cfg, "wgrad", n1 + n2, dev),
+                                             lambda: _wgrad_plan(layout, n1 + n2, cfg, dev))
     size_a, size_b = n * r_max * n1, n * r_max * n2
     buf_dtype = torch.float32 if atomic else lora_a.dtype
     flat = (torch.zeros if needs_zero else _empty)((size_a + size_b,), device=dev, dtype=buf_dtype)
     ga = flat[:size_a].view(n, r_max, n1)  # [N, r_max, d_in]
     gb = flat[size_a:].view(n, n2, r_max)  # [N, d_out, r_max]
-    chunks = layout.chunks(chunk, dev)
     if chunks.shape[0] > 0 and nb1 + nb2 > 0:
         try:
             _launch_pair(chunks, nb1, nb2, ds, x, s, dy, ga, gb, layout, cfg, need_a, need_b,
@@ -113,6 +111,6 @@ def _launch_pair(chunks, nb1, nb2, ds, x, s, dy, ga, gb, layout, cfg, need_a, ne
         gb.stride(0), gb.stride(2), gb.stride(1),
     ), dict(
         BLOCK_T=cfg["bt"], BLOCK_R=layout.block_r, BLOCK_N=cfg["bn"],
-        ATOMIC=atomic, IEEE=dy.dtype == torch.float32, UPCAST=_upcast(dev),
+        ATOMIC=atomic, IEEE=dy.dtype == torch.float32, UPCAST=cfg["upcast"],
         num_warps=cfg["warps"], num_stages=cfg["stages"],
     ))  # fmt: skip

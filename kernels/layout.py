@@ -105,6 +105,7 @@ class MultiLoraLayout:
         self.r_max = max(self.ranks)
         self.block_r = max(16, 1 << (self.r_max - 1).bit_length())
         self._tables: dict[tuple, torch.Tensor] = {}
+        self._memo: dict[tuple, object] = {}
 
     def __repr__(self) -> str:
         return (
@@ -134,8 +135,16 @@ class MultiLoraLayout:
         return np.asarray(rows, dtype=np.int32).reshape(-1, 3)
 
     # ------------------------------------------------------------------ device tables
+    def memo(self, key: tuple, build):
+        """build() once per key for this layout (launch plans: tables, grids, splits), so every
+        layer of a step with the same shape reuses it; key must hold all that build() reads."""
+        v = self._memo.get(key)
+        if v is None:
+            v = self._memo[key] = build()
+        return v
+
     def _cached(self, key: tuple, build, device: torch.device) -> torch.Tensor:
-        full = (*key, str(device))
+        full = (*key, device)
         t = self._tables.get(full)
         if t is None:
             t = build().to(device, non_blocking=True)
@@ -156,7 +165,7 @@ class MultiLoraLayout:
 
     def scaling_tensor(self, device: torch.device) -> torch.Tensor:
         """Device fp32 [N] scalings."""
-        full = ("scaling", str(device))
+        full = ("scaling", device)
         t = self._tables.get(full)
         if t is None:
             t = torch.tensor(self.scaling, dtype=torch.float32)
