@@ -127,6 +127,26 @@ def lora_linear(x, weight, bias, lora_a, lora_b, seg_lens, scaling, impl: str = 
     return multi_lora_reference(x, weight, bias, lora_a, lora_b, seg_lens, scaling, loop=impl == "loop")
 
 
+def set_checkpointing(model: nn.Module, on: bool) -> None:
+    """HF activation checkpointing (non-reentrant) on or off, through transformers' current
+    method names when it has them (>= 5.2x renamed gradient_* to activation_*)."""
+    if hasattr(model, "activation_checkpointing_enable"):
+        if on:
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            model.activation_checkpointing_disable()
+    elif on:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        model.gradient_checkpointing_disable()
+
+
+def checkpointing_enabled(model: nn.Module) -> bool:
+    if hasattr(type(model), "is_activation_checkpointing"):
+        return bool(model.is_activation_checkpointing)
+    return bool(getattr(model, "is_gradient_checkpointing", False))
+
+
 def set_checkpoint_fraction(model: nn.Module, frac: float) -> list[int]:
     """Checkpoint only round(frac * L) of the L decoder layers, spread evenly (1.0 = all): the
     others keep their activations, so memory grows and recompute shrinks with 1 - frac.
@@ -243,10 +263,10 @@ class MultiLoraModel:
             raise ValueError("no LoRA target modules found in the model")
         self.target_names = sorted(wanted)
         self.checkpointed_layers: list[int] = []
-        if not gradient_checkpointing and getattr(model, "is_gradient_checkpointing", False):
-            model.gradient_checkpointing_disable()  # a reused backbone keeps no earlier setting
+        if not gradient_checkpointing and checkpointing_enabled(model):
+            set_checkpointing(model, False)  # a reused backbone keeps no earlier setting
         if gradient_checkpointing:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            set_checkpointing(model, True)
             model.train()  # HF only checkpoints in train mode; the base has no dropout to enable
             self.checkpointed_layers = set_checkpoint_fraction(model, float(gradient_checkpointing))
 
