@@ -1,6 +1,7 @@
 """kernels.fast_launch's specialisation key (CPU): it must separate every case Triton compiles
 differently, or a cached kernel would be launched with arguments it was not built for."""
 
+import pytest
 import torch
 
 from kernels.fast_launch import _arg_key
@@ -38,3 +39,113 @@ def test_empty_hook_chain_is_not_an_installed_hook():
     assert not _hook_installed(None) and not _hook_installed(Chain([]))
     assert _hook_installed(Chain([print])) and _hook_installed(print)
     assert not _hooks_installed()  # nothing installed in this process
+
+
+class _FakeTensor(torch.Tensor):
+    """A tensor that reports a CUDA device and a chosen address (there is no GPU here)."""
+
+    @staticmethod
+    def __new__(cls, ptr: int):
+        t = torch.Tensor._make_subclass(cls, torch.empty(1))
+        t._ptr = ptr
+        return t
+
+    @property
+    def device(self):
+        return torch.device("cuda", 0)
+
+    def data_ptr(self) -> int:
+        return self._ptr
+
+
+class _FakeKernel:
+    function, packed_metadata = "fn", "meta"
+
+    def __init__(self, fail: bool = False):
+        self.calls, self.fail = [], fail
+
+    def run(self, *a):
+        if self.fail:
+            raise RuntimeError("launcher broke")
+        self.calls.append(a)
+
+
+class _FakeJit:
+    """Triton's JITFunction as launch() uses it: [grid](*args, **meta) -> CompiledKernel."""
+
+    arg_names = ["X", "K", "FLAG", "BLOCK", "UPCAST"]
+
+    def __init__(self, kernel):
+        self.kernel, self.slow = kernel, []
+
+    def __getitem__(self, grid):
+        def call(*args, **meta):
+            self.slow.append((grid, args, meta))
+            return self.kernel
+
+        return call
+
+
+@pytest.fixture
+def compiled_mode(monkeypatch):
+    from kernels import fast_launch, multi_lora_triton
+
+    monkeypatch.setattr(multi_lora_triton, "interpret_mode", lambda: False)
+    monkeypatch.setattr(fast_launch, "_raw_stream", lambda index: 1234)
+    monkeypatch.setattr(fast_launch, "DISABLED", [])
+    fast_launch.clear_cache()
+    yield fast_launch
+    fast_launch.clear_cache()
+
+
+def test_second_launch_calls_the_compiled_kernel_with_signature_order(compiled_mode):
+    fl = compiled_mode
+    kern = _FakeKernel()
+    jit = _FakeJit(kern)
+    meta = dict(BLOCK=64, UPCAST=False, num_warps=4, num_stages=3)
+    fl.launch(jit, (7, 2), (_FakeTensor(4096), 48, True), meta)
+    assert len(jit.slow) == 1 and kern.calls == []  # first: Triton's own path, handle cached
+    fl.launch(jit, (7, 2), (_FakeTensor(8192), 80, True), meta)  # same specialisation
+    assert len(jit.slow) == 1
+    (call,) = kern.calls
+    # grid padded to 3-D, raw stream, no hooks, then the args: tensor as its address, the
+    # runtime ints, then the constexprs in signature order (num_warps / num_stages excluded)
+    assert call == (7, 2, 1, 1234, "fn", "meta", None, None, None, 8192, 80, True, 64, False)
+
+
+@pytest.mark.parametrize("changed", [
+    (_FakeTensor(4100), 48, True),  # pointer no longer 16-byte aligned
+    (_FakeTensor(4096), 1, True),  # int equal to 1 (Triton folds it)
+    (_FakeTensor(4096), 50, True),  # int no longer divisible by 16
+    (_FakeTensor(4096), 48, False),  # bool value
+])
+def test_new_specialisation_goes_through_triton(compiled_mode, changed):
+    fl, kern = compiled_mode, _FakeKernel()
+    jit = _FakeJit(kern)
+    meta = dict(BLOCK=64, UPCAST=False, num_warps=4, num_stages=3)
+    fl.launch(jit, (1,), (_FakeTensor(4096), 48, True), meta)
+    fl.launch(jit, (1,), changed, meta)
+    assert len(jit.slow) == 2 and kern.calls == []
+    fl.launch(jit, (1,), changed, dict(meta, BLOCK=32))  # a constexpr change too
+    assert len(jit.slow) == 3
+
+
+def test_launcher_failure_falls_back_and_is_recorded(compiled_mode):
+    fl, kern = compiled_mode, _FakeKernel(fail=True)
+    jit = _FakeJit(kern)
+    meta = dict(BLOCK=64, UPCAST=False, num_warps=4, num_stages=3)
+    fl.launch(jit, (1,), (_FakeTensor(4096), 48, True), meta)
+    fl.launch(jit, (1,), (_FakeTensor(4096), 48, True), meta)
+    assert len(jit.slow) == 2 and "launcher broke" in fl.DISABLED[0]
+    fl.launch(jit, (1,), (_FakeTensor(4096), 48, True), meta)  # from now on Triton's path only
+    assert len(jit.slow) == 3
+
+
+def test_installed_hook_forces_tritons_path(compiled_mode, monkeypatch):
+    fl, kern = compiled_mode, _FakeKernel()
+    jit = _FakeJit(kern)
+    meta = dict(BLOCK=64, UPCAST=False, num_warps=4, num_stages=3)
+    fl.launch(jit, (1,), (_FakeTensor(4096), 48, True), meta)
+    monkeypatch.setattr(fl, "_hooks_installed", lambda: True)
+    fl.launch(jit, (1,), (_FakeTensor(4096), 48, True), meta)
+    assert len(jit.slow) == 2 and kern.calls == []
