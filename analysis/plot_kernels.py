@@ -7,7 +7,7 @@ One panel per layer shape: fwd+bwd time of each variant relative to the base GEM
 (base = 1), against tokens T, one line style per adapter count N. The latest
 row per (gpu, shape, T, N, variant) is used; the dotted line is the 1.2x target.
 "auto" (thick) is the row of the path the shipped rule picks for that shape and T
-(kernels.launch.choose_path: fused_split, fused_one or fused_pair).
+(kernels.launch.auto_path: fused_split, fused_one or fused_pair).
 """
 
 from __future__ import annotations
@@ -29,24 +29,20 @@ STYLES = {8: "-", 32: "--", 64: ":"}
 
 def load(path: str) -> pd.DataFrame:
     """Latest row of each (gpu, shape, T, N, variant); ratio_vs_base is within that row's run.
-    Adds variant "auto": a copy of the row of the path kernels.launch.choose_path picks."""
-    from kernels.launch import TUNE, choose_path
+    Adds variant "auto": a copy of the row of the path kernels.launch.auto_path picks."""
+    from kernels.launch import auto_path
 
     df = pd.read_csv(path).sort_values("date")
     df = df.drop_duplicates(["gpu", "shape", "T", "N", "variant"], keep="last")
-    saved, TUNE["path"] = TUNE["path"], "auto"
-    try:
-        picks = []
-        for _, r in df.drop_duplicates(["gpu", "shape", "T", "N"]).iterrows():
-            d_in, d_out = (int(v) for v in r["shape"].split("x"))
-            var = RULE_VARIANT[choose_path(int(r["T"]), d_in, d_out)]
-            hit = df[(df["gpu"] == r["gpu"]) & (df["shape"] == r["shape"]) & (df["T"] == r["T"])
-                     & (df["N"] == r["N"]) & (df["variant"] == var)]
-            if not hit.empty:
-                picks.append(hit.iloc[-1].copy())
-                picks[-1]["variant"] = "auto"
-    finally:
-        TUNE["path"] = saved
+    picks = []
+    for _, r in df.drop_duplicates(["gpu", "shape", "T", "N"]).iterrows():
+        d_in, d_out = (int(v) for v in r["shape"].split("x"))
+        var = RULE_VARIANT[auto_path(int(r["T"]), d_in, d_out)]
+        hit = df[(df["gpu"] == r["gpu"]) & (df["shape"] == r["shape"]) & (df["T"] == r["T"])
+                 & (df["N"] == r["N"]) & (df["variant"] == var)]
+        if not hit.empty:
+            picks.append(hit.iloc[-1].copy())
+            picks[-1]["variant"] = "auto"
     return pd.concat([df, pd.DataFrame(picks)], ignore_index=True) if picks else df
 
 

@@ -36,23 +36,29 @@ TUNE: dict = {
 _SM_COUNT: dict[int, int] = {}
 
 
-def choose_path(t: int, d_in: int, d_out: int) -> tuple[str, bool]:
-    """(path, wgrad_pair) for one layer call; TUNE["path"] / ["wgrad_pair"] unless path is "auto".
+def auto_path(t: int, d_in: int, d_out: int) -> tuple[str, bool]:
+    """(path, wgrad_pair) the "auto" rule picks for a layer d_in -> d_out over t tokens.
 
     Rule from the H200 runs of benchmarks/bench_multi_lora.py (Llama-3.1-8B shapes, T 4k–16k,
-    N 8–64; docs/kernels.md §3): layers smaller than 4096x4096 (GQA k/v) are host-bound, so the
+    N 8–64; docs/kernels.md §3b): layers smaller than 4096x4096 (GQA k/v) are host-bound, so the
     fewest launches win (fused + wgrad_pair: 4 Triton launches); at 4096x4096 the fused path's
     single-launch forward wins; the MLP shapes are GPU-bound and the split path's lighter
     kernels win until T = 16384, where both tie and the fused path saves the S round trip.
     """
-    if TUNE["path"] != "auto":
-        return TUNE["path"], bool(TUNE["wgrad_pair"])
     size = d_in * d_out
     if size < 4096 * 4096:
         return "fused", True
     if size == 4096 * 4096 or t >= 16384:
         return "fused", False
     return "split", False
+
+
+def choose_path(t: int, d_in: int, d_out: int) -> tuple[str, bool]:
+    """(path, wgrad_pair) for one layer call: :func:`auto_path` when TUNE["path"] is "auto",
+    else TUNE["path"] / TUNE["wgrad_pair"] as set."""
+    if TUNE["path"] == "auto":
+        return auto_path(t, d_in, d_out)
+    return TUNE["path"], bool(TUNE["wgrad_pair"])
 
 
 def _empty(shape, device, dtype) -> torch.Tensor:
