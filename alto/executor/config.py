@@ -259,10 +259,10 @@ def _parse_early_exit(e: Any) -> dict[str, Any]:
     if pol not in ("alto", "asha", "none"):
         raise ConfigError(f"early_exit.policy: expected alto|asha|none, got {pol!r}")
     for k, v in e.items():
-        typ = EARLY_EXIT_FIELDS[k].type
-        want_bool, want_int = typ in (bool, "bool"), typ in (int, "int")
         if k == "policy":
             continue
+        typ = EARLY_EXIT_FIELDS[k].type
+        want_bool, want_int = typ in (bool, "bool"), typ in (int, "int")
         if want_bool and not isinstance(v, bool):
             raise ConfigError(f"early_exit.{k}: expected true or false, got {v!r}")
         if want_int and (not isinstance(v, int) or isinstance(v, bool)):

@@ -124,7 +124,7 @@ class EarlyExitConfig:
         if int(self.asha_reduction) != self.asha_reduction or self.asha_reduction < 2:
             raise bad("asha_reduction", "must be an integer >= 2")
         for name in ("window", "patience", "asha_reduction"):  # 2.0 -> 2: used as slice bounds
-            object.__setattr__(self, name, int(getattr(self, name)))
+            setattr(self, name, int(getattr(self, name)))
 
     @classmethod
     def help(cls) -> dict[str, str]:
@@ -184,10 +184,14 @@ class EarlyExitPolicy:
     def _schedule(self, job: JobConfig) -> set[int]:
         return self._grid(job, self.cfg.eval_every_frac_after)
 
+    def _warmup_boundary(self, job: JobConfig) -> int:
+        """Sample count of ALTO's warmup boundary (warmup_frac of training, batch-aligned)."""
+        return self._align(self.cfg.warmup_frac * job.total_samples, job)
+
     def _warmup_schedule(self, job: JobConfig) -> set[int]:
         """ALTO's schedule: every eval_every_frac below the warmup boundary, the boundary
         itself, then every eval_every_frac_after above it."""
-        warm = self._align(self.cfg.warmup_frac * job.total_samples, job)
+        warm = self._warmup_boundary(job)
         dense = {p for p in self._grid(job, self.cfg.eval_every_frac) if p < warm}
         coarse = {p for p in self._grid(job, self.cfg.eval_every_frac_after) if p > warm}
         return dense | {warm} | coarse
@@ -242,7 +246,7 @@ class AltoPolicy(EarlyExitPolicy):
         return self._warmup_schedule(job)
 
     def warmup_samples(self, job: JobConfig) -> int:
-        return self._align(self.cfg.warmup_frac * job.total_samples, job)
+        return self._warmup_boundary(job)
 
     def _rules(self, ev: LossReported, st: _JobState) -> Exit | None:
         cfg = self.cfg
