@@ -45,7 +45,7 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from alto.executor.lora_model import MultiLoraModel, set_checkpoint_fraction, set_checkpointing  # noqa: E402
+from alto.executor.lora_model import MultiLoraModel, apply_checkpointing  # noqa: E402
 from alto.executor.models import random_model  # noqa: E402
 from alto.executor.profile import PROFILE_COLS, device_name, make_adapters, memory_points, time_step  # noqa: E402
 from alto.models import LORA_TARGETS, get_model  # noqa: E402
@@ -70,12 +70,8 @@ def versions() -> dict:
 
 def set_ckpt(mlm: MultiLoraModel, on: bool | float) -> None:
     """Activation checkpointing off, on (every layer) or on a fraction of the layers."""
-    if on:
-        set_checkpointing(mlm.model, True)
-        mlm.model.train()
-        set_checkpoint_fraction(mlm.model, float(on))
-    else:
-        set_checkpointing(mlm.model, False)
+    apply_checkpointing(mlm.model, on)
+    if not on:
         mlm.model.eval()
 
 

@@ -161,6 +161,19 @@ def set_checkpoint_fraction(model: nn.Module, frac: float) -> list[int]:
     return sorted(chosen)
 
 
+def apply_checkpointing(model: nn.Module, setting: bool | float) -> list[int]:
+    """Put `model` in the state of the config's `gradient_checkpointing` (false, true or a
+    fraction of the layers); returns the checkpointed layer indices. Off also clears what an
+    earlier task left on a reused backbone."""
+    if not setting:
+        if checkpointing_enabled(model):
+            set_checkpointing(model, False)
+        return []
+    set_checkpointing(model, True)
+    model.train()  # HF only checkpoints in train mode; the base has no dropout to enable
+    return set_checkpoint_fraction(model, float(setting))
+
+
 @dataclass
 class LoraContext:
     """What every MultiLoraLinear reads during one forward: active adapters in segment
@@ -262,13 +275,7 @@ class MultiLoraModel:
         if not self.shapes:
             raise ValueError("no LoRA target modules found in the model")
         self.target_names = sorted(wanted)
-        self.checkpointed_layers: list[int] = []
-        if not gradient_checkpointing and checkpointing_enabled(model):
-            set_checkpointing(model, False)  # a reused backbone keeps no earlier setting
-        if gradient_checkpointing:
-            set_checkpointing(model, True)
-            model.train()  # HF only checkpoints in train mode; the base has no dropout to enable
-            self.checkpointed_layers = set_checkpoint_fraction(model, float(gradient_checkpointing))
+        self.checkpointed_layers = apply_checkpointing(model, gradient_checkpointing)
 
     @property
     def device(self):
