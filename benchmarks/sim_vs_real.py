@@ -48,8 +48,9 @@ def main() -> None:
     # auto: the estimates (smollm2 has no complete measured table); measured: the step times
     # read from the full-grid (policy none) run's log, traces/profiles/measured_h200_smollm2_runlog.csv
     # (they include that run's evaluation passes, so eval_samples=0 is the fair comparison)
+    models = {c: CostModel.from_dir(costs=c) for c in ("auto", "measured")}
     for costs, eval_samples in (("auto", 0), ("auto", 64), ("measured", 0), ("measured", 64)):
-        cost = CostModel.from_dir(costs=costs)
+        cost = models[costs]
         (o,) = ClusterSim([task], POLICIES["alto"], SimConfig(gpus=1, eval_samples=eval_samples), cost, curves).run()
         match = sum(real_samples[j.job.job_id] == j.samples_trained for j in o.jobs)
         sim_s = o.finish_s - o.start_s

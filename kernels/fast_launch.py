@@ -67,18 +67,28 @@ def _hook_installed(hook) -> bool:
     return bool(calls) if calls is not None else True
 
 
-def _hooks_installed() -> bool:
-    """Whether a launch hook (e.g. a profiler such as proton) is installed in Triton."""
+def _hook_holder():
+    """Where this Triton keeps its launch hooks: knobs.runtime (>= 3.4) or CompiledKernel."""
     try:
         from triton import knobs
 
-        rt = knobs.runtime
-        return _hook_installed(rt.launch_enter_hook) or _hook_installed(rt.launch_exit_hook)
+        return knobs.runtime
     except (ImportError, AttributeError):
         from triton.compiler import CompiledKernel
 
-        return (_hook_installed(getattr(CompiledKernel, "launch_enter_hook", None))
-                or _hook_installed(getattr(CompiledKernel, "launch_exit_hook", None)))
+        return CompiledKernel
+
+
+_HOOKS = None  # resolved on the first CUDA launch, not at import (CPU runs never need it)
+
+
+def _hooks_installed() -> bool:
+    """Whether a launch hook (e.g. a profiler such as proton) is installed in Triton now."""
+    global _HOOKS
+    if _HOOKS is None:
+        _HOOKS = _hook_holder()
+    return (_hook_installed(getattr(_HOOKS, "launch_enter_hook", None))
+            or _hook_installed(getattr(_HOOKS, "launch_exit_hook", None)))
 
 
 def launch(jit_fn, grid: tuple, args: tuple, meta: dict) -> None:
