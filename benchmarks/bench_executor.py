@@ -37,7 +37,6 @@ Timing: CUDA events around whole steps (fwd + bwd + every adapter's AdamW), 1 wa
 from __future__ import annotations
 
 import argparse
-import csv
 import datetime as dt
 import os
 import sys
@@ -50,6 +49,7 @@ from alto.executor.models import random_model  # noqa: E402
 from alto.executor.profile import PROFILE_COLS, device_name, make_adapters, memory_points, time_step  # noqa: E402
 from alto.models import LORA_TARGETS, get_model  # noqa: E402
 from alto.policy.memory import MemoryModel  # noqa: E402
+from benchmarks.results_csv import append_results  # noqa: E402
 
 BENCH_COLS = ["setup", "model", "impl", "n_adapters", "batch_per_adapter", "seq_len", "mean_rank",
               "grad_ckpt", "tokens_per_step", "step_median_s", "step_p20_s", "step_p80_s", "tokens_per_s",
@@ -76,12 +76,8 @@ def set_ckpt(mlm: MultiLoraModel, on: bool | float) -> None:
 
 
 def write_csv(path: str, cols: list[str], rows: list[dict]) -> None:
-    new = not os.path.exists(path)
-    with open(path, "a", newline="") as f:
-        w = csv.DictWriter(f, cols, extrasaction="ignore")
-        if new:
-            w.writeheader()
-        w.writerows(rows)
+    """Append rows to a results CSV; keys outside cols (bench bookkeeping) are left out."""
+    append_results(path, cols, rows, extrasaction="ignore")
 
 
 class Bench:

@@ -1,4 +1,4 @@
-"""Python-side host cost of one fused_multi_lora fwd+bwd, with the Triton launches stubbed out.
+"""Python-side host cost of one fused_multi_lora fwd+bwd, every Triton launch replaced by a counter.
 
     python3 benchmarks/bench_host_overhead.py [--label TEXT]
 
@@ -14,7 +14,6 @@ path to benchmarks/results/host_overhead.csv.
 from __future__ import annotations
 
 import argparse
-import csv
 import datetime as dt
 import os
 import platform
@@ -27,6 +26,7 @@ import torch  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import kernels  # noqa: E402
+from benchmarks.results_csv import append_results  # noqa: E402
 from kernels import launch as launch_split  # noqa: E402
 from kernels import launch_fused  # noqa: E402
 
@@ -52,10 +52,22 @@ def main() -> None:
     args = ap.parse_args()
     counted = {"n": 0}
 
-    def stub(fn, grid, call_args, meta):
+    def count_launch(jit_fn, grid, call_args, meta):
+        """Same signature as kernels.fast_launch.launch; counts instead of running a kernel, so
+        only the op's own host work is timed (the outputs stay uninitialised: nothing reads them)."""
         counted["n"] += 1
 
-    launch_split.launch = launch_fused.launch = stub
+    real = launch_split.launch, launch_fused.launch
+    launch_split.launch = launch_fused.launch = count_launch
+    try:
+        rows = _measure(counted, args.label)
+    finally:
+        launch_split.launch, launch_fused.launch = real
+    append_results(OUT, COLUMNS, rows)
+
+
+def _measure(counted: dict, label: str) -> list[dict]:
+    """One row per kernel path: the op's fwd+bwd and a plain F.linear fwd+bwd, in µs per call."""
     t_tokens, d, n = 64, 64, 8
     x = torch.randn(t_tokens, d, requires_grad=True)
     w = torch.randn(d, d)
@@ -80,14 +92,9 @@ def main() -> None:
         rows.append(dict(date=dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%MZ"),
                          machine=f"{platform.machine()} {os.cpu_count()} cpus", torch=torch.__version__,
                          path=path + ("+pair" if pair else ""), fused_us=f"{_time(fused):.1f}",
-                         base_us=f"{_time(base):.1f}", launches_per_call=per_call, label=args.label))
+                         base_us=f"{_time(base):.1f}", launches_per_call=per_call, label=label))
         print(rows[-1], flush=True)
-    new = not os.path.exists(OUT)
-    with open(OUT, "a", newline="") as f:
-        wr = csv.DictWriter(f, COLUMNS)
-        if new:
-            wr.writeheader()
-        wr.writerows(rows)
+    return rows
 
 
 if __name__ == "__main__":

@@ -23,7 +23,6 @@ alto with exact="enum". The number of MILP solves that hit the 2 s limit is prin
 from __future__ import annotations
 
 import argparse
-import csv
 import datetime as dt
 import math
 import os
@@ -35,7 +34,6 @@ from collections import Counter
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 import numpy as np  # noqa: E402
 import scipy  # noqa: E402
 
@@ -47,6 +45,7 @@ from alto.policy.planner import (  # noqa: E402
     plan_makespan,
 )
 from alto.policy.planner_exact import enumerate_best_order  # noqa: E402
+from benchmarks.results_csv import append_results  # noqa: E402
 
 OUT = Path(__file__).resolve().parent / "results" / "planner_gap.csv"
 COLUMNS = [
@@ -170,14 +169,7 @@ def main() -> None:
         "numpy": np.__version__,
         "scipy": scipy.__version__,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    new = not args.out.exists()
-    with args.out.open("a", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=COLUMNS)
-        if new:
-            w.writeheader()
-        for row in rows:
-            w.writerow({**row, **meta})
+    append_results(args.out, COLUMNS, [{**row, **meta} for row in rows])
     print(f"appended {len(rows)} rows to {args.out}")
 
 

@@ -17,7 +17,6 @@ Appends one CSV row per run to benchmarks/results/sim_perf.csv.
 from __future__ import annotations
 
 import argparse
-import csv
 import datetime as dt
 import os
 import platform
@@ -26,10 +25,10 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 import numpy as np  # noqa: E402
 import simpy  # noqa: E402
 
+from benchmarks.results_csv import append_results  # noqa: E402
 from sim.cluster import ClusterSim, SimConfig  # noqa: E402
 from sim.cost_model import CostModel  # noqa: E402
 from sim.loss_curves import make_curve_source  # noqa: E402
@@ -70,13 +69,7 @@ def run_once(n_tasks: int, gpus: int, rate_per_hour: float, policy: str = "alto"
 
 
 def append(rows: list[dict]) -> None:
-    new = not OUT.exists()
-    OUT.parent.mkdir(parents=True, exist_ok=True)
-    with open(OUT, "a", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=COLUMNS)
-        if new:
-            w.writeheader()
-        w.writerows(rows)
+    append_results(OUT, COLUMNS, rows)
 
 
 def main() -> None:

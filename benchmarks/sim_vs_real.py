@@ -21,8 +21,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-
 from alto.policy.types import TaskSpec  # noqa: E402
+from benchmarks.results_csv import append_results  # noqa: E402
 from sim.cluster import ClusterSim, SimConfig  # noqa: E402
 from sim.cost_model import CostModel  # noqa: E402
 from sim.loss_curves import RecordedCurves  # noqa: E402
@@ -61,12 +61,7 @@ def main() -> None:
             "cost_source": cost.source("H200", "smollm2-135m", "fused").split("(")[0].strip(), "eval_samples": eval_samples,
         })
         print(rows[-1])
-    new = not OUT.exists()
-    with open(OUT, "a", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=COLUMNS)
-        if new:
-            w.writeheader()
-        w.writerows(rows)
+    append_results(OUT, COLUMNS, rows)
 
 
 if __name__ == "__main__":
