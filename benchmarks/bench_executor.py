@@ -18,16 +18,17 @@ Parts:
               rank 32 at the same batch x 32 adapters). Workload time = steps for 1,000 samples
               per adapter x measured step time (projected from step times, not a full run).
   throughput  Llama-3.1-8B shape, random init, bf16, seq 1024, rank 16, fused, 16-64 adapters
-              at batch 1-8 per adapter; gradient checkpointing when a step exceeds 20k tokens
-              (activations of more tokens do not fit in 141 GB). tokens/s vs the 4N FLOP bound
+              at batch 1-8 per adapter (--tp-points NxB:CKPT, CKPT = fraction of layers
+              recomputed: larger steps do not fit in 141 GB without). Fused RMSNorm/SwiGLU
+              kernels on unless --fused-ops 0. tokens/s vs the 4N FLOP bound
               (24,600 tok/s) and HF PEFT (9,085 tok/s at batch 4, 4,441 at batch 1; GPU.md).
   search      a real search (--search-config, SmolLM2 GGUF + a jsonl task): `alto run` with ALTO
               early exit, then with policy none (the full grid: every config to the end, which
               also gives the regret reference), then sequential HF PEFT on one config per batch
               size (rank 16, lr 2e-4) timed for the whole epoch and extrapolated to the grid
               (x15: each batch size has 15 configs; rank/lr assumed not to change step time).
-  torchprof   torch.profiler tables of one fused step (1B, 32 adapters, b=1, seq 512) ->
-              torchprof_1b.txt: where the ~0.65 s fixed per-step cost measured in table2 goes.
+  torchprof   torch.profiler tables of one fused step (default 1B, 32 adapters, b=1, seq 512;
+              --prof 8b:16x1x1024:0 for others) -> torchprof_<model>_<NxBxL>_ckpt<f>.txt
 Every timed point also becomes a row of the simulator's cost table (measured_h200.csv) and the
 memory fits become rows of memory_measured_h200.csv.
 Timing: CUDA events around whole steps (fwd + bwd + every adapter's AdamW), 1 warm-up step
@@ -88,7 +89,7 @@ class Bench:
 
     def point(self, setup, model_name, mlm, impl, n, b, L, ranks, ckpt=False, note=""):
         """Time one (impl, n adapters, b rows each, L); returns the bench row (or None on OOM)."""
-        mlm.ctx.impl = {"single": "reference", "sequential": "reference"}.get(impl, impl)
+        mlm.use_impl({"single": "reference", "sequential": "reference"}.get(impl, impl))
         set_ckpt(mlm, ckpt)
         rk = [ranks[i % len(ranks)] for i in range(n)]
         ads = make_adapters(mlm, rk, b)
@@ -123,7 +124,7 @@ class Bench:
         if not CUDA:
             return None
         set_ckpt(mlm, False)
-        mlm.ctx.impl = "fused"
+        mlm.use_impl("fused")
         pts = memory_points(mlm, L, rank, mlm.model.config.vocab_size)
         hbm = torch.cuda.get_device_properties(0).total_memory
         mm = MemoryModel.fit(pts, hbm)
@@ -167,7 +168,7 @@ def check(mlm: MultiLoraModel) -> str:
     mask = torch.ones(8, 256, device=DEV)
     out = {}
     for impl in ("reference", "fused"):
-        mlm.ctx.impl = impl
+        mlm.use_impl(impl)
         loss, _ = mlm.per_adapter_loss(ads, ids[:, :-1], ids[:, 1:], mask, [2, 2, 2, 2])
         loss.sum().backward()
         mlm.clear()
@@ -338,6 +339,13 @@ def main() -> None:
     ap.add_argument("--search-dirs", default="", help="search-summary: alto=DIR,none=DIR")
     ap.add_argument("--peft-json", default=None, help="search-summary: peft_sequential.json")
     ap.add_argument("--dry", action="store_true", help="CPU smoke test: llama-tiny for every model")
+    ap.add_argument("--tp-points", default="16x1:0,32x1:0.5,64x1:1,16x4:0.5,32x2:1,16x8:1",
+                    help="throughput: N adapters x batch : checkpointed fraction of layers, comma-separated")
+    ap.add_argument("--fused-ops", type=int, default=1, help="fused RMSNorm/SwiGLU kernels with the fused impl")
+    ap.add_argument("--tp-baselines", type=int, default=1, help="throughput: also the eager loop and one adapter")
+    ap.add_argument("--tp-memory", type=int, default=1, help="throughput: also fit the memory model")
+    ap.add_argument("--prof", default="1b:32x1x512:0",
+                    help="torchprof: MODEL(1b|8b):NxBxL:CKPT, e.g. 8b:1x4x1024:0")
     args = ap.parse_args()
     shapes = {"1b": "llama-tiny", "8b": "llama-tiny"} if args.dry else {"1b": "llama-3.2-1b", "8b": "llama-3.1-8b"}
     parts = args.part.split(",")
@@ -345,8 +353,9 @@ def main() -> None:
     B = Bench(args.out, args.iters)
     mem_rows = []
     dev = DEV
-    if {"check", "table2", "torchprof"} & set(parts):
-        m1 = MultiLoraModel(random_model(shapes["1b"], torch.bfloat16, dev, 0), LORA_TARGETS)
+    if {"check", "table2"} & set(parts):
+        m1 = MultiLoraModel(random_model(shapes["1b"], torch.bfloat16, dev, 0), LORA_TARGETS,
+                            fused_ops=bool(args.fused_ops))
         note = check(m1) if "check" in parts else ""
         if "table2" in parts:
             L, ranks = (32 if args.dry else 512), [16, 32, 64]
@@ -363,26 +372,40 @@ def main() -> None:
                 B.point("table2", shapes["1b"], m1, impl, 32, 4, L, ranks, ckpt=0.5,
                         note="activation checkpointing on every other layer (b=4 does not fit without)")
             mem_rows.append(B.memory_row(shapes["1b"], m1, 1024, 64))
-        if "torchprof" in parts:  # where does the fixed per-step cost of 32 adapters go?
-            m1.ctx.impl = "fused"
-            torch_profile(m1, 32, 1, 32 if args.dry else 512, [16, 32, 64], os.path.join(args.out, "torchprof_1b.txt"))
         write_csv(os.path.join(args.out, "executor_table2_h200.csv"), BENCH_COLS, B.rows)
         B.rows = []
         del m1
         if CUDA:
             torch.cuda.empty_cache()
+    if "torchprof" in parts:  # where does a step's time go (host launches, AdamW, kernels)?
+        size, nbl, ck = args.prof.split(":")
+        n, b, L = (int(v) for v in nbl.split("x"))
+        mp = MultiLoraModel(random_model(shapes[size], torch.bfloat16, dev, 0), LORA_TARGETS, impl="fused",
+                            fused_ops=bool(args.fused_ops))
+        set_ckpt(mp, float(ck))
+        torch_profile(mp, n, b, 32 if args.dry else L, [16, 32, 64] if n > 1 else [16],
+                      os.path.join(args.out, f"torchprof_{size}_{nbl}_ckpt{ck}.txt"))
+        del mp
+        if CUDA:
+            torch.cuda.empty_cache()
     if "throughput" in parts:
         shape = get_model(shapes["8b"])
-        m8 = MultiLoraModel(random_model(shape.name, torch.bfloat16, dev, 0), LORA_TARGETS)
+        m8 = MultiLoraModel(random_model(shape.name, torch.bfloat16, dev, 0), LORA_TARGETS,
+                            fused_ops=bool(args.fused_ops))
         L = 64 if args.dry else 1024
-        for n, b in [(16, 1), (32, 1), (64, 1), (16, 4), (32, 2), (64, 2), (16, 8)]:
-            ck = n * b * L > (2000 if args.dry else 20_000)
-            B.point("throughput", shape.name, m8, "fused", n, b, L, [16], ckpt=ck,
-                    note=f"4N bound {BOUND_8B:.0f} tok/s; PEFT b1 {PEFT_8B[1]:.0f}, b4 {PEFT_8B[4]:.0f}")
-        B.point("throughput", shape.name, m8, "loop", 16, 1, L, [16])
-        B.point("throughput", shape.name, m8, "single", 1, 4, L, [16], note="our model, one adapter")
-        mem_rows.append(B.memory_row(shape.name, m8, 1024, 16))
+        ops = "fused RMSNorm/SwiGLU" if args.fused_ops else "HF eager norms/MLP"
+        for spec in args.tp_points.split(","):  # NxB:CKPT
+            nb, ck = spec.split(":")
+            n, b = (int(v) for v in nb.split("x"))
+            B.point("throughput", shape.name, m8, "fused", n, b, L, [16], ckpt=float(ck) or False,
+                    note=f"{ops}; 4N bound {BOUND_8B:.0f} tok/s; PEFT b1 {PEFT_8B[1]:.0f}, b4 {PEFT_8B[4]:.0f}")
+        if args.tp_baselines:
+            B.point("throughput", shape.name, m8, "loop", 16, 1, L, [16])
+            B.point("throughput", shape.name, m8, "single", 1, 4, L, [16], note="our model, one adapter")
         write_csv(os.path.join(args.out, "executor_throughput_h200.csv"), BENCH_COLS, B.rows)
+        B.rows = []
+        if args.tp_memory:
+            mem_rows.append(B.memory_row(shape.name, m8, 1024, 16))
     if "search" in parts:
         search(args.search_config, args.out, tuple(args.search_modes.split(",")))
     if "search-summary" in parts:  # CPU is fine: reads what `search` wrote

@@ -190,7 +190,8 @@ def _wgrad_kernel(
         tl.store(o_ptrs, acc.to(OUT.dtype.element_ty), mask=o_mask)
 
 
-_CACHE: dict[bool, SimpleNamespace] = {}
+_JITTED: dict[tuple, object] = {}
+_KERNELS: dict[bool, SimpleNamespace] = {}
 
 
 def interpret_mode() -> bool:
@@ -198,21 +199,30 @@ def interpret_mode() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "on", "yes")
 
 
+def lazy_jit(fn, **jit_kw):
+    """``triton.jit(fn, **jit_kw)`` for the current TRITON_INTERPRET setting, decorated once per
+    (fn, setting): triton.jit decides at decoration time between an interpreter function and a
+    compiled one, so kernels are kept as plain functions and decorated on first use."""
+    key = (fn, interpret_mode())
+    k = _JITTED.get(key)
+    if k is None:
+        k = _JITTED[key] = triton.jit(fn, **jit_kw)
+    return k
+
+
 def get_kernels() -> SimpleNamespace:
-    """The kernels (these three plus multi_lora_fused_triton's two), jit-decorated for the current TRITON_INTERPRET setting (cached)."""
-    key = interpret_mode()
-    ns = _CACHE.get(key)
+    """The kernels (these three plus multi_lora_fused_triton's two), jit-decorated for the current
+    TRITON_INTERPRET setting (cached: this is on every launch's path)."""
+    mode = interpret_mode()
+    ns = _KERNELS.get(mode)
     if ns is None:
         from . import multi_lora_fused_triton as f
 
-        ns = SimpleNamespace(
-            shrink=triton.jit(_shrink_kernel),
-            expand=triton.jit(_expand_kernel),
-            wgrad=triton.jit(_wgrad_kernel),
-            shrink_expand=triton.jit(f._shrink_expand_kernel),
-            wgrad_pair=triton.jit(
-                f._wgrad_pair_kernel, do_not_specialize=f.WGRAD_PAIR_NO_SPECIALIZE
-            ),
+        ns = _KERNELS[mode] = SimpleNamespace(
+            shrink=lazy_jit(_shrink_kernel),
+            expand=lazy_jit(_expand_kernel),
+            wgrad=lazy_jit(_wgrad_kernel),
+            shrink_expand=lazy_jit(f._shrink_expand_kernel),
+            wgrad_pair=lazy_jit(f._wgrad_pair_kernel, do_not_specialize=f.WGRAD_PAIR_NO_SPECIALIZE),
         )
-        _CACHE[key] = ns
     return ns

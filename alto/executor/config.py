@@ -13,6 +13,7 @@ Schema (all keys; defaults in brackets)::
       dtype: float32            # float32 | bfloat16
       device: auto              # auto | cpu | cuda | cuda:N
       gradient_checkpointing: false  # true | false | fraction of layers in (0, 1] (recompute less)
+      fused_ops: true           # fused RMSNorm / SwiGLU kernels with the fused LoRA impl (GPU)
       seed: 0                   # random: init seed
     tasks:
       - name: demo
@@ -58,6 +59,7 @@ class ModelCfg:
     dtype: str = "float32"
     device: str = "auto"
     gradient_checkpointing: bool | float = False
+    fused_ops: bool = True
     seed: int = 0
 
     @property
@@ -173,7 +175,8 @@ def _checkpoint_fraction(m: dict) -> bool | float:
 def parse_model(m: Any) -> ModelCfg:
     if isinstance(m, str):
         m = {"path": m}
-    m = _check_keys(m, ("path", "tokenizer", "dtype", "device", "gradient_checkpointing", "seed"), "model")
+    m = _check_keys(m, ("path", "tokenizer", "dtype", "device", "gradient_checkpointing", "fused_ops", "seed"),
+                    "model")
     if "path" not in m:
         raise ConfigError("model.path: missing (random:<arch>, HF folder or .gguf file)")
     cfg = ModelCfg(
@@ -182,6 +185,7 @@ def parse_model(m: Any) -> ModelCfg:
         dtype=_typed(m, "dtype", str, "model", "float32"),
         device=_typed(m, "device", str, "model", "auto"),
         gradient_checkpointing=_checkpoint_fraction(m),
+        fused_ops=_typed(m, "fused_ops", bool, "model", True),
         seed=_typed(m, "seed", int, "model", 0),
     )
     if cfg.dtype not in ("float32", "bfloat16"):

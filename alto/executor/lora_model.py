@@ -261,8 +261,10 @@ class MultiLoraModel:
     """An HF causal LM with MultiLoraLinear injected; computes per-adapter losses."""
 
     def __init__(self, model: nn.Module, targets: Sequence[str], impl: str = "reference",
-                 gradient_checkpointing: bool | float = False, loss_chunk_tokens: int = 8192):
+                 gradient_checkpointing: bool | float = False, loss_chunk_tokens: int = 8192,
+                 fused_ops: bool = True):
         self.model, self.ctx = model, LoraContext(impl=impl)
+        self.fused_ops = fused_ops
         self.loss_chunk_tokens = loss_chunk_tokens
         self.shapes: dict[str, tuple[int, int]] = {}
         wanted = {HF_NAMES[t] for t in targets}
@@ -276,6 +278,16 @@ class MultiLoraModel:
             raise ValueError("no LoRA target modules found in the model")
         self.target_names = sorted(wanted)
         self.checkpointed_layers = apply_checkpointing(model, gradient_checkpointing)
+        self.use_impl(impl)
+
+    def use_impl(self, impl: str) -> None:
+        """LoRA implementation of the next steps (fused | reference | loop). The backbone's fused
+        RMSNorm / SwiGLU kernels (alto.executor.fused_layers) follow it: on with "fused" when
+        this model was built with fused_ops=True, HF's eager forwards otherwise."""
+        from alto.executor.fused_layers import set_fused_ops
+
+        self.ctx.impl = impl
+        self.fused_op_counts = set_fused_ops(self.model, self.fused_ops and impl == "fused")
 
     @property
     def device(self):
@@ -314,7 +326,11 @@ class MultiLoraModel:
         self.ctx.adapters, self.ctx.seg_lens, self.ctx.layout = [], [], None
 
     def remove(self) -> None:
-        """Put the plain base linears back (before injecting another task's targets)."""
+        """Put the plain base linears and HF's eager norms / MLPs back (before injecting
+        another task's targets)."""
+        from alto.executor.fused_layers import set_fused_ops
+
+        set_fused_ops(self.model, False)
         for name, mod in list(self.model.named_modules()):
             if isinstance(mod, MultiLoraLinear):
                 parent = self.model.get_submodule(name.rsplit(".", 1)[0])

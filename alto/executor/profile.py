@@ -120,7 +120,7 @@ def profile_rows(mlm: MultiLoraModel, model_name: str, kernel: str, n_adapters: 
                  batches: Sequence[int], L: int, ranks: Sequence[int], vocab: int,
                  iters: int = 5, log=None) -> list[dict]:
     """Measured rows for every (n, batch per adapter); ranks cycle over the adapters."""
-    mlm.ctx.impl = {"fused": "fused", "loop": "loop", "bmm": "reference", "single": "reference"}[kernel]
+    mlm.use_impl({"fused": "fused", "loop": "loop", "bmm": "reference", "single": "reference"}[kernel])
     dev = mlm.device
     today = dt.date.today().isoformat()
     src = f"measured: {device_name(dev)} {today} alto-profile torch{torch.__version__} batch/adapter="

@@ -62,7 +62,8 @@ def run_config(cfg: Config, out: str | Path, hooks: Hooks | None = None, log=sys
     try:
         for i, task in enumerate(cfg.tasks):
             mlm = MultiLoraModel(model, task.target_modules, impl=impl,
-                                 gradient_checkpointing=cfg.model.gradient_checkpointing)
+                                 gradient_checkpointing=cfg.model.gradient_checkpointing,
+                                 fused_ops=cfg.model.fused_ops)
             mem_fits = None
             if device.type == "cuda":
                 from alto.executor.profile import fit_memory
