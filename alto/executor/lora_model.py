@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from alto.executor.head_loss import head_cross_entropy
 from alto.policy.types import JobConfig
 
 # alto short names -> HF module names inside a decoder layer
@@ -261,7 +262,7 @@ class MultiLoraModel:
     """An HF causal LM with MultiLoraLinear injected; computes per-adapter losses."""
 
     def __init__(self, model: nn.Module, targets: Sequence[str], impl: str = "reference",
-                 gradient_checkpointing: bool | float = False, loss_chunk_tokens: int = 8192,
+                 gradient_checkpointing: bool | float = False, loss_chunk_tokens: int = 4096,
                  fused_ops: bool = True):
         self.model, self.ctx = model, LoraContext(impl=impl)
         self.fused_ops = fused_ops
@@ -338,13 +339,18 @@ class MultiLoraModel:
 
     def _token_losses(self, hs: torch.Tensor, tg: torch.Tensor) -> torch.Tensor:
         """Cross-entropy per scored token, lm_head applied in chunks (fp32 logits of all
-        tokens at once would not fit for 128k vocabularies); chunks are recomputed in backward."""
+        tokens at once would not fit for 128k vocabularies). A frozen bias-free head (Llama,
+        Qwen2, Mistral) goes through head_cross_entropy (gradient computed in the forward);
+        otherwise chunks are checkpointed and recomputed in backward."""
         head = self.model.get_output_embeddings()
+        c = self.loss_chunk_tokens
+        if getattr(head, "bias", None) is None and not head.weight.requires_grad:
+            return head_cross_entropy(hs, head.weight, tg, c)
 
         def chunk_loss(h, t):
             return F.cross_entropy(head(h).float(), t, reduction="none")
 
-        out, c = [], self.loss_chunk_tokens
+        out = []
         for s in range(0, hs.shape[0], c):
             h, t = hs[s:s + c], tg[s:s + c]
             out.append(checkpoint(chunk_loss, h, t, use_reentrant=False) if torch.is_grad_enabled() else chunk_loss(h, t))
