@@ -346,6 +346,7 @@ def main() -> None:
     ap.add_argument("--tp-memory", type=int, default=1, help="throughput: also fit the memory model")
     ap.add_argument("--prof", default="1b:32x1x512:0",
                     help="torchprof: MODEL(1b|8b):NxBxL:CKPT, e.g. 8b:1x4x1024:0")
+    ap.add_argument("--prof-ranks", default="16,32,64", help="torchprof: adapter ranks, cycled")
     args = ap.parse_args()
     shapes = {"1b": "llama-tiny", "8b": "llama-tiny"} if args.dry else {"1b": "llama-3.2-1b", "8b": "llama-3.1-8b"}
     parts = args.part.split(",")
@@ -383,7 +384,7 @@ def main() -> None:
         mp = MultiLoraModel(random_model(shapes[size], torch.bfloat16, dev, 0), LORA_TARGETS, impl="fused",
                             fused_ops=bool(args.fused_ops))
         set_ckpt(mp, float(ck))
-        torch_profile(mp, n, b, 32 if args.dry else L, [16, 32, 64] if n > 1 else [16],
+        torch_profile(mp, n, b, 32 if args.dry else L, [int(r) for r in args.prof_ranks.split(",")],
                       os.path.join(args.out, f"torchprof_{size}_{nbl}_ckpt{ck}.txt"))
         del mp
         if CUDA:

@@ -264,6 +264,10 @@ class MultiLoraModel:
     def __init__(self, model: nn.Module, targets: Sequence[str], impl: str = "reference",
                  gradient_checkpointing: bool | float = False, loss_chunk_tokens: int = 4096,
                  fused_ops: bool = True):
+        # LoRA trains the adapters only. A backbone whose weights still require grad (a bare
+        # from_config model) would also get embedding, norm and lm_head weight gradients every
+        # step: extra GEMMs and memory, and the fused norm / head paths would not apply.
+        model.requires_grad_(False)
         self.model, self.ctx = model, LoraContext(impl=impl)
         self.fused_ops = fused_ops
         self.loss_chunk_tokens = loss_chunk_tokens

@@ -68,6 +68,26 @@ def test_fused_ops_follow_impl_and_undo():
     assert "forward" not in vars(norm) and "forward" not in vars(mlp)
 
 
+def test_backbone_is_frozen():
+    """A bare from_config model gets no base-weight gradients once wrapped (it used to in the
+    benchmark: embedding, norm and lm_head gradients on every step)."""
+    import transformers as tfm
+
+    from alto.executor.models import hf_config_for
+    from alto.models import get_model
+
+    model = tfm.AutoModelForCausalLM.from_config(hf_config_for(get_model("llama-tiny")))
+    assert all(p.requires_grad for p in model.parameters())
+    mlm = MultiLoraModel(model, LORA_TARGETS)
+    assert not any(p.requires_grad for p in model.parameters())
+    ad = mlm.new_adapter(JobConfig("t/0", "t", 1e-3, 4, 1, 8.0, 10), seed=0)
+    ids = torch.randint(0, 200, (1, 9))
+    loss, _ = mlm.per_adapter_loss([ad], ids[:, :-1], ids[:, 1:], torch.ones(1, 8), [1])
+    loss.sum().backward()
+    assert all(p.grad is None for p in model.parameters())
+    assert all(p.grad is not None for p in ad.parameters())
+
+
 def test_trainable_norm_stays_eager():
     model = _tiny("llama")
     model.model.norm.weight.requires_grad_(True)
