@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from alto.executor.fused_layers import recompute_cheap_activations, set_fused_ops
 from alto.executor.head_loss import head_cross_entropy
 from alto.policy.types import JobConfig
 
@@ -289,8 +290,6 @@ class MultiLoraModel:
         """LoRA implementation of the next steps (fused | reference | loop). The backbone's fused
         RMSNorm / SwiGLU kernels (alto.executor.fused_layers) follow it: on with "fused" when
         this model was built with fused_ops=True, HF's eager forwards otherwise."""
-        from alto.executor.fused_layers import set_fused_ops
-
         self.ctx.impl = impl
         self.fused_op_counts = set_fused_ops(self.model, self.fused_ops and impl == "fused")
 
@@ -315,7 +314,8 @@ class MultiLoraModel:
 
             self.ctx.layout = kernels.make_layout(self.ctx.seg_lens, [a.rank for a in adapters],
                                                   [a.scaling for a in adapters], device=inputs.device)
-        h = self.model.model(input_ids=inputs, use_cache=False).last_hidden_state  # [R, L, d]
+        with recompute_cheap_activations(any(self.fused_op_counts.values())):
+            h = self.model.model(input_ids=inputs, use_cache=False).last_hidden_state  # [R, L, d]
         owner = torch.repeat_interleave(torch.arange(len(rows), device=inputs.device),
                                         torch.tensor(list(rows), device=inputs.device) * L)  # [R*L]
         sel = mask.reshape(-1).nonzero().squeeze(1)  # scored token positions
@@ -333,8 +333,6 @@ class MultiLoraModel:
     def remove(self) -> None:
         """Put the plain base linears and HF's eager norms / MLPs back (before injecting
         another task's targets)."""
-        from alto.executor.fused_layers import set_fused_ops
-
         set_fused_ops(self.model, False)
         for name, mod in list(self.model.named_modules()):
             if isinstance(mod, MultiLoraLinear):
