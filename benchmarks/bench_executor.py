@@ -339,7 +339,7 @@ def main() -> None:
     ap.add_argument("--search-dirs", default="", help="search-summary: alto=DIR,none=DIR")
     ap.add_argument("--peft-json", default=None, help="search-summary: peft_sequential.json")
     ap.add_argument("--dry", action="store_true", help="CPU smoke test: llama-tiny for every model")
-    ap.add_argument("--tp-points", default="16x1:0,32x1:0.5,64x1:1,16x4:0.5,32x2:1,16x8:1",
+    ap.add_argument("--tp-points", default="16x1:0,32x1:0,64x1:0.65,16x4:0.65,32x2:0.65,64x2:0.9,16x8:0.9",
                     help="throughput: N adapters x batch : checkpointed fraction of layers, comma-separated")
     ap.add_argument("--fused-ops", type=int, default=1, help="fused RMSNorm/SwiGLU kernels with the fused impl")
     ap.add_argument("--tp-baselines", type=int, default=1, help="throughput: also the eager loop and one adapter")
