@@ -87,7 +87,7 @@ class Bench:
         self.rows: list[dict] = []
         self.cost_rows: list[dict] = []
 
-    def point(self, setup, model_name, mlm, impl, n, b, L, ranks, ckpt=False, note=""):
+    def point(self, setup, model_name, mlm, impl, n, b, L, ranks, ckpt=False, note="", micro=None):
         """Time one (impl, n adapters, b rows each, L); returns the bench row (or None on OOM)."""
         mlm.use_impl({"single": "reference", "sequential": "reference"}.get(impl, impl))
         set_ckpt(mlm, ckpt)
@@ -97,7 +97,8 @@ class Bench:
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats()
         try:
-            med, p20, p80 = time_step(mlm, ads, [b] * n, L, mlm.model.config.vocab_size, warmup=1, iters=self.iters)
+            med, p20, p80 = time_step(mlm, ads, [b] * n, L, mlm.model.config.vocab_size, warmup=1,
+                                      iters=self.iters, micro_step_tokens=micro)
         except torch.cuda.OutOfMemoryError:
             mlm.clear()
             print(f"{setup} {impl} n={n} b={b}: OOM", flush=True)
@@ -111,12 +112,12 @@ class Bench:
                    peak_mem_gb=f"{torch.cuda.max_memory_reserved() / 1e9 if CUDA else 0:.1f}", note=note, **self.v)
         self.rows.append(row)
         kern = {"fused": "fused", "loop": "loop", "single": "single"}.get(impl)
-        if kern and not ckpt:  # the cost table has no recompute axis: only plain steps go in
+        if kern and not ckpt and not micro:  # the cost table has no recompute/micro-step axis
             self.cost_rows.append({"gpu": self.v["gpu"], "model": model_name, "kernel": kern, "n_adapters": n,
                                    "tokens_per_step": tok, "mean_rank": sum(rk) / n, "step_time_s": f"{med:.6g}",
                                    "source": f"measured: {self.v['gpu']} {self.v['date']} bench_executor "
                                              f"torch{self.v['torch']} b={b} L={L}", "date": self.v["date"]})
-        print(f"{setup} {impl:6s} n={n:3d} b={b} L={L} ckpt={float(ckpt):g}: {med * 1e3:8.1f} ms  "
+        print(f"{setup} {impl:6s} n={n:3d} b={b} L={L} ckpt={float(ckpt):g} micro={micro}: {med * 1e3:8.1f} ms  "
               f"{tok / med:10,.0f} tok/s  peak {row['peak_mem_gb']} GB", flush=True)
         return row
 
@@ -339,8 +340,9 @@ def main() -> None:
     ap.add_argument("--search-dirs", default="", help="search-summary: alto=DIR,none=DIR")
     ap.add_argument("--peft-json", default=None, help="search-summary: peft_sequential.json")
     ap.add_argument("--dry", action="store_true", help="CPU smoke test: llama-tiny for every model")
-    ap.add_argument("--tp-points", default="16x1:0,32x1:0,64x1:0.65,16x4:0.65,32x2:0.65,64x2:0.9,16x8:0.9",
-                    help="throughput: N adapters x batch : checkpointed fraction of layers, comma-separated")
+    ap.add_argument("--tp-points", default="16x1:0,32x1:0,64x1:0:32768,16x4:0:32768,32x2:0:32768,64x2:0:32768,16x8:0:32768",
+                    help="throughput: NxB:CKPT[:MICRO] comma-separated (N adapters x batch, fraction of layers "
+                         "recomputed, optional micro-step token cap: gradient accumulation)")
     ap.add_argument("--fused-ops", type=int, default=1, help="fused RMSNorm/SwiGLU kernels with the fused impl")
     ap.add_argument("--tp-baselines", type=int, default=1, help="throughput: also the eager loop and one adapter")
     ap.add_argument("--tp-memory", type=int, default=1, help="throughput: also fit the memory model")
@@ -395,11 +397,13 @@ def main() -> None:
                             fused_ops=bool(args.fused_ops))
         L = 64 if args.dry else 1024
         ops = "fused RMSNorm/SwiGLU" if args.fused_ops else "HF eager norms/MLP"
-        for spec in args.tp_points.split(","):  # NxB:CKPT
-            nb, ck = spec.split(":")
+        for spec in args.tp_points.split(","):  # NxB:CKPT[:MICRO]
+            nb, ck, *micro = spec.split(":")
             n, b = (int(v) for v in nb.split("x"))
-            B.point("throughput", shape.name, m8, "fused", n, b, L, [16], ckpt=float(ck) or False,
-                    note=f"{ops}; 4N bound {BOUND_8B:.0f} tok/s; PEFT b1 {PEFT_8B[1]:.0f}, b4 {PEFT_8B[4]:.0f}")
+            mt = int(micro[0]) if micro else None
+            how = f"micro-steps of <= {mt} tokens (gradient accumulation); " if mt else ""
+            B.point("throughput", shape.name, m8, "fused", n, b, L, [16], ckpt=float(ck) or False, micro=mt,
+                    note=f"{how}{ops}; 4N bound {BOUND_8B:.0f} tok/s; PEFT b1 {PEFT_8B[1]:.0f}, b4 {PEFT_8B[4]:.0f}")
         if args.tp_baselines:
             B.point("throughput", shape.name, m8, "loop", 16, 1, L, [16])
             B.point("throughput", shape.name, m8, "single", 1, 4, L, [16], note="our model, one adapter")

@@ -28,7 +28,8 @@ Schema (all keys; defaults in brackets)::
         seed: 0                 # per-job data orders derive from it
     early_exit: {policy: alto, ...EarlyExitConfig fields}
     memory: {budget_gb: null, margin_frac: 0.1, max_total_batch: null, max_active: null}
-    run: {log_every: 10, export: all, weight_decay: 0.0, kernel: auto}
+    run: {log_every: 10, export: all, weight_decay: 0.0, kernel: auto,
+          micro_step_tokens: null}   # int: gradient accumulation over micro-steps of <= N tokens
 """
 
 from __future__ import annotations
@@ -102,6 +103,7 @@ class RunCfg:
     export: str = "all"  # all | completed | none: which finished jobs get a PEFT adapter
     weight_decay: float = 0.0  # AdamW weight decay (paper: constant lr AdamW)
     kernel: str = "auto"  # auto | reference | fused
+    micro_step_tokens: int | None = None  # split each step into micro-steps of <= this many tokens
 
 
 @dataclass
@@ -289,7 +291,8 @@ def parse_config(raw: Any, base_dir: Path = Path(".")) -> Config:
     if not isinstance(raw["tasks"], list) or not raw["tasks"]:
         raise ConfigError("tasks: expected a non-empty list")
     mem = _check_keys(raw.get("memory") or {}, ("budget_gb", "margin_frac", "max_total_batch", "max_active"), "memory")
-    run = _check_keys(raw.get("run") or {}, ("log_every", "export", "weight_decay", "kernel"), "run")
+    run = _check_keys(raw.get("run") or {}, ("log_every", "export", "weight_decay", "kernel", "micro_step_tokens"),
+                      "run")
     cfg = Config(
         model=parse_model(raw["model"]),
         tasks=[_parse_task(t, i) for i, t in enumerate(raw["tasks"])],
@@ -305,11 +308,14 @@ def parse_config(raw: Any, base_dir: Path = Path(".")) -> Config:
             export=_typed(run, "export", str, "run", "all"),
             weight_decay=_typed(run, "weight_decay", float, "run", 0.0),
             kernel=_typed(run, "kernel", str, "run", "auto"),
+            micro_step_tokens=_typed(run, "micro_step_tokens", int, "run"),
         ),
         base_dir=base_dir,
     )
     if cfg.run.export not in ("all", "completed", "none"):
         raise ConfigError(f"run.export: expected all|completed|none, got {cfg.run.export!r}")
+    if cfg.run.micro_step_tokens is not None and cfg.run.micro_step_tokens < 1:
+        raise ConfigError(f"run.micro_step_tokens: expected a positive int, got {cfg.run.micro_step_tokens}")
     if cfg.run.kernel not in ("auto", "reference", "fused"):
         raise ConfigError(f"run.kernel: expected auto|reference|fused, got {cfg.run.kernel!r}")
     names = [t.name for t in cfg.tasks]

@@ -304,6 +304,13 @@ class MultiLoraModel:
                          mask: torch.Tensor, rows: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
         """Mean completion-token loss per adapter. inputs/targets/mask: [R, L]; rows[i]:
         rows of adapter i (contiguous, in order). Returns (loss [N] fp32, tokens [N])."""
+        sums, counts = self.loss_sums(adapters, inputs, targets, mask, rows)
+        return sums / counts.clamp(min=1), counts
+
+    def loss_sums(self, adapters: Sequence[Adapter], inputs: torch.Tensor, targets: torch.Tensor,
+                  mask: torch.Tensor, rows: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(sum of completion-token losses [N] fp32, scored tokens [N]) per adapter; arguments
+        as per_adapter_loss. The LoRA context stays set until clear()."""
         R, L = inputs.shape
         if len(adapters) != len(rows) or sum(rows) != R:
             raise ValueError(f"{len(adapters)} adapters, rows {list(rows)} (sum must be R={R})")
@@ -324,7 +331,7 @@ class MultiLoraModel:
         n = len(rows)
         sums = torch.zeros(n, device=h.device, dtype=torch.float32).index_add(0, own, tok_loss)
         counts = torch.bincount(own, minlength=n).to(torch.float32)
-        return sums / counts.clamp(min=1), counts
+        return sums, counts
 
     def clear(self) -> None:
         """Forget the active adapters (after backward, or after an aborted step)."""

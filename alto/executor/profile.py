@@ -20,6 +20,7 @@ from collections.abc import Sequence
 import torch
 
 from alto.executor.lora_model import MultiLoraModel
+from alto.executor.micro_steps import loss_and_backward
 from alto.policy.types import JobConfig
 
 PROFILE_COLS = ["gpu", "model", "kernel", "n_adapters", "tokens_per_step", "mean_rank",
@@ -32,15 +33,14 @@ def make_adapters(mlm: MultiLoraModel, ranks: Sequence[int], batch: int, lr: flo
 
 
 def train_step(mlm: MultiLoraModel, adapters: list, rows: Sequence[int], L: int, vocab: int,
-               gen: torch.Generator | None = None) -> float:
-    """One full multi-adapter step on random tokens; returns the summed loss (host sync)."""
+               gen: torch.Generator | None = None, micro_step_tokens: int | None = None) -> float:
+    """One full multi-adapter step on random tokens (in micro-steps of at most
+    micro_step_tokens tokens when given); returns the summed loss (host sync)."""
     dev = mlm.device
     R = sum(rows)
     ids = torch.randint(0, vocab, (R, L + 1), generator=gen).to(dev)
     mask = torch.ones(R, L, device=dev)
-    losses, _ = mlm.per_adapter_loss(adapters, ids[:, :-1], ids[:, 1:], mask, rows)
-    losses.sum().backward()
-    mlm.clear()
+    losses, _ = loss_and_backward(mlm, adapters, ids[:, :-1], ids[:, 1:], mask, rows, micro_step_tokens)
     for a in adapters:
         a.opt.step()
         a.opt.zero_grad(set_to_none=True)
@@ -48,24 +48,24 @@ def train_step(mlm: MultiLoraModel, adapters: list, rows: Sequence[int], L: int,
 
 
 def time_step(mlm: MultiLoraModel, adapters: list, rows: Sequence[int], L: int, vocab: int,
-              warmup: int = 2, iters: int = 5) -> tuple[float, float, float]:
+              warmup: int = 2, iters: int = 5, micro_step_tokens: int | None = None) -> tuple[float, float, float]:
     """(median, p20, p80) seconds per step; CUDA events on GPU, perf_counter on CPU."""
     import time
 
     for _ in range(warmup):
-        train_step(mlm, adapters, rows, L, vocab)
+        train_step(mlm, adapters, rows, L, vocab, micro_step_tokens=micro_step_tokens)
     ts = []
     for _ in range(iters):
         if mlm.device.type == "cuda":
             e0, e1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             e0.record()
-            train_step(mlm, adapters, rows, L, vocab)
+            train_step(mlm, adapters, rows, L, vocab, micro_step_tokens=micro_step_tokens)
             e1.record()
             torch.cuda.synchronize()
             ts.append(e0.elapsed_time(e1) / 1e3)
         else:
             t = time.perf_counter()
-            train_step(mlm, adapters, rows, L, vocab)
+            train_step(mlm, adapters, rows, L, vocab, micro_step_tokens=micro_step_tokens)
             ts.append(time.perf_counter() - t)
     ts.sort()
     q = lambda f: ts[min(len(ts) - 1, int(f * len(ts)))]

@@ -33,6 +33,7 @@ import torch
 from alto.executor.config import Config, TaskCfg
 from alto.executor.data import SampleStream, collate, encode_sample, load_task_data
 from alto.executor.lora_model import Adapter, MultiLoraModel
+from alto.executor.micro_steps import loss_and_backward
 from alto.executor.outputs import RunWriter
 from alto.policy.early_exit import EarlyExitConfig, make_early_exit
 from alto.policy.task_tuner import TaskTuner
@@ -157,16 +158,10 @@ class TaskRunner:
             if self.hooks.oom and self.hooks.oom([s.job.job_id for s in states], sum(sizes)):
                 raise SimulatedOOM("simulated OOM")
             tb = collate(groups, self.tok.pad_id).to(self.mlm.device)
-            losses, _ = self.mlm.per_adapter_loss([s.adapter for s in states], tb.inputs,
-                                                  tb.targets, tb.mask, tb.rows)
-            if self.hooks.nan:
-                bad = [self.hooks.nan(s.job.job_id, s.steps) for s in states]
-                if any(bad):
-                    poison = torch.tensor([math.nan if x else 1.0 for x in bad], device=losses.device)
-                    losses = losses * poison
-            finite = torch.isfinite(losses.detach())
-            if bool(finite.any()):
-                losses[finite].sum().backward()
+            poison = [bool(self.hooks.nan(s.job.job_id, s.steps)) for s in states] if self.hooks.nan else None
+            losses, _ = loss_and_backward(self.mlm, [s.adapter for s in states], tb.inputs, tb.targets,
+                                          tb.mask, tb.rows, self.cfg.run.micro_step_tokens, poison)
+            finite = torch.isfinite(losses)
         except (torch.cuda.OutOfMemoryError, SimulatedOOM):
             self.mlm.clear()
             for s, (e, p, perm) in zip(states, saved, strict=False):

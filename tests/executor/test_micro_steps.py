@@ -1,0 +1,82 @@
+"""A step run as micro-steps (gradient accumulation over bounded token counts) equals the
+step run at once: per-adapter losses and every LoRA gradient, and `alto run` results."""
+
+from __future__ import annotations
+
+import copy
+import csv
+import io
+
+import pytest
+import torch
+
+from alto.executor.lora_model import MultiLoraModel
+from alto.executor.micro_steps import loss_and_backward, micro_step_rows
+from alto.executor.session import run_config
+from alto.models import LORA_TARGETS
+from alto.policy.types import JobConfig
+
+
+def test_micro_step_rows_by_hand():
+    rows = [2, 3, 1]  # adapter 0: rows 0-1, adapter 1: rows 2-4, adapter 2: row 5
+    assert micro_step_rows(rows, 0, 6) == [(0, 2), (1, 3), (2, 1)]
+    assert micro_step_rows(rows, 1, 4) == [(0, 1), (1, 2)]
+    assert micro_step_rows(rows, 4, 6) == [(1, 1), (2, 1)]
+    assert micro_step_rows([0, 2], 0, 1) == [(1, 1)]
+
+
+def _step(backbone, max_tokens, poison=None):
+    model, _, _ = backbone
+    mlm = MultiLoraModel(copy.deepcopy(model), LORA_TARGETS)
+    jobs = [JobConfig(f"t/{i}", "t", 1e-3, r, b, 2.0 * r, 10) for i, (r, b) in enumerate([(2, 2), (4, 3), (8, 1)])]
+    ads = [mlm.new_adapter(j, seed=i) for i, j in enumerate(jobs)]
+    g = torch.Generator().manual_seed(4)
+    for ad in ads:
+        for _, b in ad.params.values():
+            b.data.copy_(torch.randn(b.shape, generator=g) * 0.05)
+    ids = torch.randint(0, 250, (6, 9), generator=torch.Generator().manual_seed(2))
+    mask = (torch.rand(6, 8, generator=torch.Generator().manual_seed(3)) > 0.3).float()
+    losses, counts = loss_and_backward(mlm, ads, ids[:, :-1], ids[:, 1:], mask, [2, 3, 1], max_tokens, poison)
+    return losses, counts, [[p.grad for p in ad.parameters()] for ad in ads]
+
+
+@pytest.mark.parametrize("max_tokens", [16, 8, 24])  # 2 rows (cuts adapter 1), 1 row, 3 rows
+def test_micro_steps_equal_one_step(backbone, max_tokens):
+    ref_l, ref_c, ref_g = _step(backbone, None)
+    got_l, got_c, got_g = _step(backbone, max_tokens)
+    torch.testing.assert_close(got_c, ref_c)
+    torch.testing.assert_close(got_l, ref_l, rtol=1e-6, atol=1e-7)
+    for ga, gb in zip(got_g, ref_g, strict=True):
+        for a, b in zip(ga, gb, strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)  # fp32 summation order
+
+
+def test_poisoned_adapter_gets_no_gradient_and_neighbours_are_unchanged(backbone):
+    ref_l, _, ref_g = _step(backbone, 16)
+    got_l, _, got_g = _step(backbone, 16, poison=[False, True, False])
+    assert torch.isnan(got_l[1]) and torch.equal(got_l[[0, 2]], ref_l[[0, 2]])
+    assert all(p is None or not p.any() for p in got_g[1])  # zero where it shares a graph
+    for i in (0, 2):
+        for a, b in zip(got_g[i], ref_g[i], strict=True):
+            assert torch.equal(a, b)
+
+
+def test_run_with_micro_steps_matches(tmp_path, backbone, mkcfg):
+    """`run.micro_step_tokens` changes how a step is computed, not what it computes."""
+    out = {}
+    for key, mst in (("whole", None), ("micro", 16)):
+        cfg = mkcfg(task={"search_space": {"lr": [1e-3], "rank": [4, 8], "batch_size": [2]}},
+                    run={"log_every": 1000, "micro_step_tokens": mst})
+        res = run_config(cfg, tmp_path / key, log=io.StringIO(), backbone=copy.deepcopy(backbone))
+        with open(res.out / "jobs.csv") as f:
+            out[key] = {r["job_id"]: float(r["best_val_loss"]) for r in csv.DictReader(f)}
+    assert out["whole"].keys() == out["micro"].keys() and len(out["whole"]) == 2
+    for k, v in out["whole"].items():
+        assert out["micro"][k] == pytest.approx(v, rel=1e-5)
+
+
+def test_bad_micro_step_tokens_rejected(mkcfg):
+    from alto.executor.config import ConfigError
+
+    with pytest.raises(ConfigError, match="run.micro_step_tokens"):
+        mkcfg(run={"micro_step_tokens": 0})
