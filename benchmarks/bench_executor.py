@@ -340,7 +340,7 @@ def main() -> None:
     ap.add_argument("--search-dirs", default="", help="search-summary: alto=DIR,none=DIR")
     ap.add_argument("--peft-json", default=None, help="search-summary: peft_sequential.json")
     ap.add_argument("--dry", action="store_true", help="CPU smoke test: llama-tiny for every model")
-    ap.add_argument("--tp-points", default="16x1:0,32x1:0,64x1:0:32768,16x4:0:32768,32x2:0:32768,64x2:0:32768,16x8:0:32768",
+    ap.add_argument("--tp-points", default="16x1:0,32x1:0,64x1:0:24576,16x4:0:24576,32x2:0:24576,64x2:0:24576,16x8:0:24576",
                     help="throughput: NxB:CKPT[:MICRO] comma-separated (N adapters x batch, fraction of layers "
                          "recomputed, optional micro-step token cap: gradient accumulation)")
     ap.add_argument("--fused-ops", type=int, default=1, help="fused RMSNorm/SwiGLU kernels with the fused impl")
