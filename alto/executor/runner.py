@@ -107,8 +107,12 @@ class TaskRunner:
 
     # ---------------------------------------------------------------- admission
     def _fits(self, jobs) -> bool:
+        """Admission: the total batch is under the cap and the memory model fits the rows that
+        are in memory at once: the whole step, or one micro-step with run.micro_step_tokens."""
         b = sum(j.batch_size for j in jobs)
-        return b <= self.batch_cap and (self.mem_fits is None or self.mem_fits(b, self.L))
+        micro = self.cfg.run.micro_step_tokens
+        at_once = b if not micro else min(b, max(1, micro // self.L))
+        return b <= self.batch_cap and (self.mem_fits is None or self.mem_fits(at_once, self.L))
 
     def now(self) -> float:
         return time.monotonic() - self.t0

@@ -80,3 +80,25 @@ def test_bad_micro_step_tokens_rejected(mkcfg):
 
     with pytest.raises(ConfigError, match="run.micro_step_tokens"):
         mkcfg(run={"micro_step_tokens": 0})
+
+
+def test_admission_counts_one_micro_step(tmp_path, backbone, mkcfg):
+    """With a memory model that fits 2 rows at once, 3 configs of batch 2 run one at a time;
+    with micro-steps of 2 rows they are admitted together."""
+    from alto.executor.lora_model import MultiLoraModel
+    from alto.executor.outputs import RunWriter
+    from alto.executor.runner import TaskRunner
+
+    model, tok, _ = backbone
+    active = {}
+    for key, mst in (("whole", None), ("micro", "2L")):
+        cfg = mkcfg(task={"search_space": {"lr": [1e-3, 2e-3, 3e-3], "rank": [4], "batch_size": [2]}})
+        mlm = MultiLoraModel(copy.deepcopy(model), cfg.tasks[0].target_modules)
+        w = RunWriter(tmp_path / key, source="test", base_model="x")
+        r = TaskRunner(cfg, cfg.tasks[0], 0, mlm, tok, w, mem_fits=lambda rows, L: rows <= 2, log=io.StringIO())
+        if mst:
+            cfg.run.micro_step_tokens = 2 * r.L
+        r.apply(r.tuner.start())
+        active[key] = len(r.active)
+        w.close()
+    assert active == {"whole": 1, "micro": 3}
