@@ -34,7 +34,7 @@ __all__ = ["rms_norm", "silu_mul", "rms_norm_reference", "silu_mul_reference"]
 
 def _rms_fwd_kernel(X, W, Y, RSTD, T, D, stride_x, stride_y, eps,
                     BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr):
-    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    rows = tl.program_id(0).to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)  # int64: T*D may pass 2^31
     cols = tl.arange(0, BLOCK_D)
     r_mask, c_mask = rows < T, cols < D
     mask = r_mask[:, None] & c_mask[None, :]
@@ -50,7 +50,7 @@ def _rms_fwd_kernel(X, W, Y, RSTD, T, D, stride_x, stride_y, eps,
 
 def _rms_bwd_kernel(DY, X, W, RSTD, DX, T, D, stride_dy, stride_x, stride_dx,
                     BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr):
-    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    rows = tl.program_id(0).to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)  # int64: T*D may pass 2^31
     cols = tl.arange(0, BLOCK_D)
     r_mask, c_mask = rows < T, cols < D
     mask = r_mask[:, None] & c_mask[None, :]
@@ -66,7 +66,7 @@ def _rms_bwd_kernel(DY, X, W, RSTD, DX, T, D, stride_dy, stride_x, stride_dx,
 
 
 def _silu_mul_fwd_kernel(G, U, H, N, BLOCK: tl.constexpr):
-    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)  # int64: N may pass 2^31
     m = offs < N
     g = tl.load(G + offs, mask=m, other=0.0).to(tl.float32)
     u = tl.load(U + offs, mask=m, other=0.0).to(tl.float32)
@@ -75,7 +75,7 @@ def _silu_mul_fwd_kernel(G, U, H, N, BLOCK: tl.constexpr):
 
 
 def _silu_mul_bwd_kernel(DH, G, U, DG, DU, N, BLOCK: tl.constexpr):
-    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)  # int64: N may pass 2^31
     m = offs < N
     dh = tl.load(DH + offs, mask=m, other=0.0).to(tl.float32)
     g = tl.load(G + offs, mask=m, other=0.0).to(tl.float32)
@@ -120,16 +120,18 @@ class _RmsNorm(torch.autograd.Function):
         if x2.stride(1) != 1:
             x2 = x2.contiguous()
         t = x2.shape[0]
-        y = _empty((t, d), x.device, torch.promote_types(x.dtype, weight.dtype))  # NaN in tests
+        # allocated in x's shape (the output is not a view: callers may modify it in place)
+        y = _empty(shape, x.device, torch.promote_types(x.dtype, weight.dtype))  # NaN in tests
+        y2 = y.view(t, d)
         rstd = torch.empty(t, device=x.device, dtype=torch.float32)
         bm, bd, warps = _row_block(d, x.device)
         if t:
             lazy_jit(_rms_fwd_kernel)[(triton.cdiv(t, bm),)](
-                x2, weight, y, rstd, t, d, x2.stride(0), y.stride(0), float(eps),
+                x2, weight, y2, rstd, t, d, x2.stride(0), y2.stride(0), float(eps),
                 BLOCK_M=bm, BLOCK_D=bd, num_warps=warps)
         ctx.save_for_backward(x2, weight, rstd)
         ctx.shape = shape
-        return y.view(*shape[:-1], d)
+        return y
 
     @staticmethod
     def backward(ctx, dy):
@@ -138,13 +140,14 @@ class _RmsNorm(torch.autograd.Function):
         dy2 = dy.reshape(-1, d)
         if dy2.stride(1) != 1:
             dy2 = dy2.contiguous()
-        dx = _empty(x2.shape, x2.device, x2.dtype)
+        dx = _empty(ctx.shape, x2.device, x2.dtype)
+        dx2 = dx.view(t, d)
         bm, bd, warps = _row_block(d, x2.device)
         if t:
             lazy_jit(_rms_bwd_kernel)[(triton.cdiv(t, bm),)](
-                dy2, x2, weight, rstd, dx, t, d, dy2.stride(0), x2.stride(0), dx.stride(0),
+                dy2, x2, weight, rstd, dx2, t, d, dy2.stride(0), x2.stride(0), dx2.stride(0),
                 BLOCK_M=bm, BLOCK_D=bd, num_warps=warps)
-        return dx.view(ctx.shape), None, None
+        return dx, None, None
 
 
 _ELEM_BLOCK = 1024

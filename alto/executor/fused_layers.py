@@ -18,83 +18,107 @@ MultiLoraModel around the forward): the norm outputs (saved by the q/k/v and gat
 linears as their input) and silu(gate)·up (saved by down_proj) are rebuilt in backward from
 tensors the fused ops keep anyway (the norm's input; gate and up). Per token and layer of
 Llama-3.1-8B that is 2 x 8 KB + 28 KB of the ~170 KB a layer keeps, for one extra norm /
-SwiGLU forward kernel in backward. Layers under activation checkpointing are untouched
+SwiGLU forward kernel in backward (once per output, however many linears saved it). Layers under activation checkpointing are untouched
 (checkpointing installs its own saved-tensor hooks inside, which take precedence).
 """
 
 from __future__ import annotations
 
 import contextlib
+import types
 import weakref
 
 import torch
 from torch import nn
 
 _MARK = "_alto_fused_forward"
+# Exactly the classes whose math the kernels reproduce (HF Llama/Qwen2/Mistral). Name matching
+# would be wrong: Gemma's RMSNorm scales by (1 + w) in fp32, and several *MLP classes with
+# gate/up/down projections add multipliers, clamps or sub-norms.
+RMSNORM_CLASSES = ("LlamaRMSNorm", "Qwen2RMSNorm", "MistralRMSNorm")
+SWIGLU_MLP_CLASSES = ("LlamaMLP", "Qwen2MLP", "MistralMLP")
 
 
 def _is_frozen_rmsnorm(mod: nn.Module) -> bool:
     w = getattr(mod, "weight", None)
-    return (type(mod).__name__.endswith("RMSNorm") and isinstance(w, nn.Parameter) and w.dim() == 1
-            and not w.requires_grad and _eps(mod) is not None)
-
-
-def _eps(mod: nn.Module) -> float | None:
-    for name in ("variance_epsilon", "eps"):
-        v = getattr(mod, name, None)
-        if isinstance(v, float):
-            return v
-    return None
+    return (type(mod).__name__ in RMSNORM_CLASSES and isinstance(w, nn.Parameter) and w.dim() == 1
+            and not w.requires_grad and isinstance(getattr(mod, "variance_epsilon", None), float))
 
 
 def _is_swiglu_mlp(mod: nn.Module) -> bool:
-    act = getattr(mod, "act_fn", None)
-    return (all(hasattr(mod, n) for n in ("gate_proj", "up_proj", "down_proj"))
-            and type(act).__name__ in ("SiLU", "SiLUActivation"))
+    return (type(mod).__name__ in SWIGLU_MLP_CLASSES
+            and type(getattr(mod, "act_fn", None)).__name__ in ("SiLU", "SiLUActivation"))
+
+
+class _Recipe:
+    """How to rebuild one registered output; the rebuilt tensor is kept while any saved slot
+    still refers to this recipe (q, k and v all save the same norm output: rebuilt once)."""
+
+    __slots__ = ("fn", "inputs", "versions", "built")
+
+    def __init__(self, fn, inputs: tuple[torch.Tensor, ...]):
+        self.fn, self.inputs, self.built = fn, inputs, None
+        self.versions = tuple(t._version for t in inputs)
+
+    def get(self) -> torch.Tensor:
+        if self.built is None:
+            if tuple(t._version for t in self.inputs) != self.versions:
+                raise RuntimeError("a tensor needed to rebuild a saved activation was modified in place")
+            with torch.no_grad():
+                self.built = self.fn(*self.inputs)
+        return self.built
 
 
 class _Recompute:
-    """What a saved tensor is replaced by: how to rebuild its base, and the view's geometry."""
+    """What a saved view of a registered output is replaced by: its recipe and geometry."""
 
-    __slots__ = ("fn", "size", "stride", "offset")
+    __slots__ = ("recipe", "size", "stride", "offset")
 
-    def __init__(self, fn, t: torch.Tensor):
-        self.fn, self.size, self.stride, self.offset = fn, t.size(), t.stride(), t.storage_offset()
+    def __init__(self, recipe: _Recipe, t: torch.Tensor):
+        self.recipe, self.size, self.stride, self.offset = recipe, t.size(), t.stride(), t.storage_offset()
 
 
-# storage address -> (weakref to the registered output, its version, nbytes, rebuild fn).
+# storage address -> (weakref to the registered output, its version, nbytes, recipe).
 # Only filled while recompute_cheap_activations() is active.
 _REGISTRY: dict[int, tuple] | None = None
 
 
-def _register(out: torch.Tensor, rebuild) -> None:
-    """Let saved copies of ``out`` (or views of it) be rebuilt by ``rebuild()`` in backward."""
-    if _REGISTRY is None or not torch.is_grad_enabled():
+def _register(out: torch.Tensor, fn, *inputs: torch.Tensor) -> None:
+    """Let saved copies of ``out`` (or views of it) be rebuilt as ``fn(*inputs)`` in backward.
+    ``inputs`` must be tensors that backward keeps anyway (so holding them costs nothing)."""
+    if _REGISTRY is None or not torch.is_grad_enabled() or out.untyped_storage().nbytes() == 0:
         return  # (out need not require grad: layer 0's norm output is saved by its LoRA linears)
     key = out.untyped_storage().data_ptr()
     # the weakref drops the entry when `out` dies, so a later tensor at the same address
     # (the allocator reuses memory) is never mistaken for it
     ref = weakref.ref(out, lambda _r, k=key: _REGISTRY is not None and _REGISTRY.pop(k, None))
-    _REGISTRY[key] = (ref, out._version, out.untyped_storage().nbytes(), rebuild)
+    _REGISTRY[key] = (ref, out._version, out.untyped_storage().nbytes(), _Recipe(fn, inputs))
 
 
 def _pack(t: torch.Tensor):
+    # Installing hooks turns off autograd's in-place check on saved tensors, so every plain
+    # tensor is saved with its version and checked on unpack, as autograd would.
     if _REGISTRY is None or t.layout != torch.strided:
         return t
     e = _REGISTRY.get(t.untyped_storage().data_ptr())
-    if e is None:
-        return t
-    ref, version, nbytes, rebuild = e
-    base = ref()
-    if base is None or base._version != version or t.untyped_storage().nbytes() != nbytes or t.dtype != base.dtype:
-        return t
-    return _Recompute(rebuild, t)
+    if e is not None:
+        ref, version, nbytes, recipe = e
+        base = ref()
+        if (base is not None and base._version == version and t.untyped_storage().nbytes() == nbytes
+                and t.dtype == base.dtype):
+            return _Recompute(recipe, t)
+    return (t, t._version)
 
 
 def _unpack(p):
     if isinstance(p, _Recompute):
-        with torch.no_grad():
-            return p.fn().as_strided(p.size, p.stride, p.offset)
+        return p.recipe.get().as_strided(p.size, p.stride, p.offset)
+    if isinstance(p, tuple):
+        t, version = p
+        if t._version != version:
+            raise RuntimeError("one of the variables needed for gradient computation has been modified "
+                               f"by an inplace operation (version {version} when saved, now {t._version})")
+        return t
     return p
 
 
@@ -123,31 +147,24 @@ def recompute_cheap_activations(on: bool = True):
         _REGISTRY = None
 
 
-def _norm_forward(mod: nn.Module):
+def _rms_norm_forward(self: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Forward of a patched RMSNorm (bound to the module, so deepcopy rebinds it)."""
     from kernels.norm_act import rms_norm
 
-    eps = _eps(mod)
-
-    def forward(x):
-        y = rms_norm(x, mod.weight, eps)
-        xd = x.detach()  # rms_norm saves x itself: holding it here costs no memory
-        _register(y, lambda: rms_norm(xd, mod.weight, eps))
-        return y
-
-    return forward
+    y = rms_norm(x, self.weight, self.variance_epsilon)
+    # rms_norm saves x itself: the recipe holding it costs no memory
+    _register(y, lambda xd, w: rms_norm(xd, w, self.variance_epsilon), x.detach(), self.weight)
+    return y
 
 
-def _mlp_forward(mod: nn.Module):
+def _swiglu_mlp_forward(self: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Forward of a patched SwiGLU MLP: down(silu(gate(x)) * up(x)) with the fused product."""
     from kernels.norm_act import silu_mul
 
-    def forward(x):
-        g, u = mod.gate_proj(x), mod.up_proj(x)
-        h = silu_mul(g, u)
-        gd, ud = g.detach(), u.detach()  # saved by silu_mul already
-        _register(h, lambda: silu_mul(gd, ud))
-        return mod.down_proj(h)
-
-    return forward
+    g, u = self.gate_proj(x), self.up_proj(x)
+    h = silu_mul(g, u)
+    _register(h, silu_mul, g.detach(), u.detach())  # silu_mul saves g and u already
+    return self.down_proj(h)
 
 
 def set_fused_ops(model: nn.Module, on: bool) -> dict[str, int]:
@@ -161,9 +178,9 @@ def set_fused_ops(model: nn.Module, on: bool) -> dict[str, int]:
         if not on:
             continue
         if _is_frozen_rmsnorm(mod):
-            mod.forward, kind = _norm_forward(mod), "rmsnorm"
+            mod.forward, kind = types.MethodType(_rms_norm_forward, mod), "rmsnorm"
         elif _is_swiglu_mlp(mod):
-            mod.forward, kind = _mlp_forward(mod), "swiglu"
+            mod.forward, kind = types.MethodType(_swiglu_mlp_forward, mod), "swiglu"
         else:
             continue
         setattr(mod, _MARK, True)

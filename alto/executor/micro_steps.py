@@ -16,6 +16,7 @@ their optimizer step: divergence).
 
 from __future__ import annotations
 
+import gc
 from collections.abc import Sequence
 
 import torch
@@ -51,16 +52,24 @@ def loss_and_backward(mlm, adapters: Sequence, inputs: torch.Tensor, targets: to
     total = torch.zeros(n, device=dev)
     for s in range(0, R, per):
         e = min(R, s + per)
+        if not bool(mask[s:e].any()):
+            continue  # no scored token: nothing to learn from these rows
         part = micro_step_rows(rows, s, e)
         idx = torch.tensor([i for i, _ in part], device=dev)
         try:
             sums, _ = mlm.loss_sums([adapters[i] for i, _ in part], inputs[s:e], targets[s:e], mask[s:e],
                                     [c for _, c in part])
             losses = sums / counts[idx].clamp(min=1)
-            ok = torch.isfinite(losses.detach()) & ~bad[idx]
+            found = losses.detach()
+            ok = torch.isfinite(found) & ~bad[idx]
             if losses.requires_grad and bool(ok.any()):
                 losses[ok].sum().backward()
+            elif losses.requires_grad:
+                # no backward frees this graph; under saved-tensor hooks (fused_layers) its saved
+                # outputs form reference cycles, which only the cycle collector frees
+                del sums, losses
+                gc.collect()
         finally:
             mlm.clear()
-        total.index_add_(0, idx, losses.detach())
+        total.index_add_(0, idx, found)
     return total.masked_fill(bad, float("nan")), counts

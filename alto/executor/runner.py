@@ -22,6 +22,7 @@ steps. The `TaskTuner` (alto.policy) decides who is active:
 
 from __future__ import annotations
 
+import gc
 import math
 import sys
 import time
@@ -46,8 +47,9 @@ class SimulatedOOM(RuntimeError):
 
 @dataclass
 class Hooks:
-    """Test/fault-injection hooks. oom(active_job_ids, total_batch) -> True raises an OOM
-    before the step; nan(job_id, step) -> True makes that adapter's loss NaN this step."""
+    """Test/fault-injection hooks. oom(active_job_ids, rows_at_once) -> True raises an OOM
+    before the step (rows_at_once: the step's rows, or one micro-step's with
+    run.micro_step_tokens); nan(job_id, step) -> True makes that adapter's loss NaN this step."""
 
     oom: Callable[[list[str], int], bool] | None = None
     nan: Callable[[str, int], bool] | None = None
@@ -97,6 +99,7 @@ class TaskRunner:
         self.policy = make_early_exit(EarlyExitConfig(**cfg.early_exit), jobs)
         self.batch_cap = cfg.memory.max_total_batch or 10**9
         self.mem_fits = mem_fits
+        self.micro_tokens = cfg.run.micro_step_tokens  # halved on OOM (this task only)
         self.tuner = TaskTuner(jobs, self.policy, fits=self._fits, backfill=True,
                                max_active=cfg.memory.max_active)
         self.active: list[str] = []
@@ -110,9 +113,12 @@ class TaskRunner:
         """Admission: the total batch is under the cap and the memory model fits the rows that
         are in memory at once: the whole step, or one micro-step with run.micro_step_tokens."""
         b = sum(j.batch_size for j in jobs)
-        micro = self.cfg.run.micro_step_tokens
-        at_once = b if not micro else min(b, max(1, micro // self.L))
-        return b <= self.batch_cap and (self.mem_fits is None or self.mem_fits(at_once, self.L))
+        return b <= self.batch_cap and (self.mem_fits is None or self.mem_fits(self._rows_at_once(b), self.L))
+
+    def _rows_at_once(self, total_batch: int) -> int:
+        """Rows whose activations are in memory together: the step's, or one micro-step's."""
+        m = self.micro_tokens
+        return total_batch if not m else min(total_batch, max(1, m // self.L))
 
     def now(self) -> float:
         return time.monotonic() - self.t0
@@ -159,18 +165,19 @@ class TaskRunner:
         sizes = [min(s.job.batch_size, s.job.total_samples - s.samples) for s in states]
         groups = [[self.train[i] for i in s.stream.take(b)] for s, b in zip(states, sizes, strict=False)]
         try:
-            if self.hooks.oom and self.hooks.oom([s.job.job_id for s in states], sum(sizes)):
+            if self.hooks.oom and self.hooks.oom([s.job.job_id for s in states], self._rows_at_once(sum(sizes))):
                 raise SimulatedOOM("simulated OOM")
             tb = collate(groups, self.tok.pad_id).to(self.mlm.device)
             poison = [bool(self.hooks.nan(s.job.job_id, s.steps)) for s in states] if self.hooks.nan else None
             losses, _ = loss_and_backward(self.mlm, [s.adapter for s in states], tb.inputs, tb.targets,
-                                          tb.mask, tb.rows, self.cfg.run.micro_step_tokens, poison)
+                                          tb.mask, tb.rows, self.micro_tokens, poison)
             finite = torch.isfinite(losses)
         except (torch.cuda.OutOfMemoryError, SimulatedOOM):
             self.mlm.clear()
             for s, (e, p, perm) in zip(states, saved, strict=False):
                 s.stream.epoch, s.stream.pos, s.stream._perm = e, p, perm
                 s.adapter.opt.zero_grad(set_to_none=True)
+            gc.collect()  # an aborted forward's graph can hold cycles (saved-tensor hooks)
             if self.mlm.device.type == "cuda":
                 torch.cuda.empty_cache()
             self._on_oom(sum(sizes))
@@ -189,6 +196,11 @@ class TaskRunner:
         self._after_step(states)
 
     def _on_oom(self, total_batch: int) -> None:
+        """Smaller micro-steps first (same adapters, less memory), then a smaller admission."""
+        if self.micro_tokens and self.micro_tokens // 2 >= self.L:
+            self.micro_tokens //= 2
+            print(f"[{self.task.name}] OOM: micro-steps now <= {self.micro_tokens} tokens", file=self.log)
+            return
         self.batch_cap = min(self.batch_cap, max(1, total_batch - 1))
         d = self.tuner.shrink()
         if d:

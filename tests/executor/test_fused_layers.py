@@ -59,8 +59,13 @@ def test_fused_backbone_matches_eager(family, ckpt, rebuilt, monkeypatch):
     assert fused.fused_op_counts == {"rmsnorm": 2 * 2 + 1, "swiglu": 2}
     eager = MultiLoraModel(copy.deepcopy(model), LORA_TARGETS, impl="fused", fused_ops=False)
     assert eager.fused_op_counts == {"rmsnorm": 0, "swiglu": 0}
+    builds = []
+    real_get = fused_layers._Recipe.get
+    monkeypatch.setattr(fused_layers._Recipe, "get",
+                        lambda self: builds.append(self.built is None) or real_get(self))
     lf, gf = _joint_step(fused, ids)
     assert sum(isinstance(p, fused_layers._Recompute) for p in packs) == rebuilt
+    assert sum(builds) == rebuilt // 2  # each output rebuilt once (norm1 for q/k/v, norm2 for gate/up, h)
     le, ge = _joint_step(eager, ids)
     torch.testing.assert_close(lf, le, rtol=1e-5, atol=1e-6)
     for a, b in zip(gf, ge, strict=True):
@@ -107,3 +112,51 @@ def test_trainable_norm_stays_eager():
     counts = set_fused_ops(model, True)
     assert counts == {"rmsnorm": 2 * 2, "swiglu": 2}
     assert "forward" not in vars(model.model.norm)
+
+
+def test_only_known_classes_are_patched():
+    """Gemma's RMSNorm scales by (1 + w); other *MLP classes add multipliers or sub-norms:
+    classes outside the Llama/Qwen2/Mistral list keep their own forward."""
+    from torch import nn
+
+    class GemmaRMSNorm(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.weight = nn.Parameter(torch.zeros(8), requires_grad=False)
+            self.variance_epsilon = 1e-6
+
+    class FalconH1MLP(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.gate_proj, self.up_proj, self.down_proj = nn.Linear(8, 16), nn.Linear(8, 16), nn.Linear(16, 8)
+            self.act_fn = nn.SiLU()
+
+    box = nn.ModuleList([GemmaRMSNorm(), FalconH1MLP()])
+    assert set_fused_ops(box, True) == {"rmsnorm": 0, "swiglu": 0}
+    assert all("forward" not in vars(m) for m in box)
+
+
+def test_deepcopy_of_patched_model_uses_its_own_weights():
+    model = _tiny("llama")
+    set_fused_ops(model, True)
+    twin = copy.deepcopy(model)
+    with torch.no_grad():
+        twin.model.norm.weight.mul_(2.0)
+    x = torch.randn(2, 3, 64)
+    from kernels.norm_act import rms_norm_reference
+
+    norm = twin.model.norm
+    torch.testing.assert_close(norm(x), rms_norm_reference(x, norm.weight, norm.variance_epsilon))
+    assert not torch.allclose(twin.model.norm(x), model.model.norm(x))
+
+
+def test_in_place_change_of_a_saved_tensor_still_raises():
+    """Saved-tensor hooks turn off autograd's version check; the registry's hooks redo it."""
+    from alto.executor.fused_layers import recompute_cheap_activations
+
+    x = torch.randn(5, requires_grad=True)
+    with recompute_cheap_activations():
+        y = x.exp()  # exp saves its output
+    y.add_(1.0)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        y.sum().backward()

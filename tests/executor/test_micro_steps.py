@@ -25,9 +25,9 @@ def test_micro_step_rows_by_hand():
     assert micro_step_rows([0, 2], 0, 1) == [(1, 1)]
 
 
-def _step(backbone, max_tokens, poison=None):
+def _step(backbone, max_tokens, poison=None, impl="reference", mask=None):
     model, _, _ = backbone
-    mlm = MultiLoraModel(copy.deepcopy(model), LORA_TARGETS)
+    mlm = MultiLoraModel(copy.deepcopy(model), LORA_TARGETS, impl=impl)
     jobs = [JobConfig(f"t/{i}", "t", 1e-3, r, b, 2.0 * r, 10) for i, (r, b) in enumerate([(2, 2), (4, 3), (8, 1)])]
     ads = [mlm.new_adapter(j, seed=i) for i, j in enumerate(jobs)]
     g = torch.Generator().manual_seed(4)
@@ -35,7 +35,8 @@ def _step(backbone, max_tokens, poison=None):
         for _, b in ad.params.values():
             b.data.copy_(torch.randn(b.shape, generator=g) * 0.05)
     ids = torch.randint(0, 250, (6, 9), generator=torch.Generator().manual_seed(2))
-    mask = (torch.rand(6, 8, generator=torch.Generator().manual_seed(3)) > 0.3).float()
+    if mask is None:
+        mask = (torch.rand(6, 8, generator=torch.Generator().manual_seed(3)) > 0.3).float()
     losses, counts = loss_and_backward(mlm, ads, ids[:, :-1], ids[:, 1:], mask, [2, 3, 1], max_tokens, poison)
     return losses, counts, [[p.grad for p in ad.parameters()] for ad in ads]
 
@@ -49,6 +50,27 @@ def test_micro_steps_equal_one_step(backbone, max_tokens):
     for ga, gb in zip(got_g, ref_g, strict=True):
         for a, b in zip(ga, gb, strict=True):
             torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)  # fp32 summation order
+
+
+def _assert_same(got, ref):
+    torch.testing.assert_close(got[1], ref[1])
+    torch.testing.assert_close(got[0], ref[0], rtol=1e-6, atol=1e-7)
+    for ga, gb in zip(got[2], ref[2], strict=True):
+        for a, b in zip(ga, gb, strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
+
+
+def test_micro_steps_with_fused_layers(backbone, monkeypatch):
+    """Fused LoRA kernels, fused norms/SwiGLU and rebuilt activations (Triton interpreter)
+    across micro-steps == the reference impl in one step."""
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    _assert_same(_step(backbone, 16, impl="fused"), _step(backbone, None))
+
+
+def test_micro_step_without_scored_tokens_is_skipped(backbone):
+    mask = torch.ones(6, 8)
+    mask[2:4] = 0  # the second 2-row micro-step (inside adapter 1) scores nothing
+    _assert_same(_step(backbone, 16, mask=mask), _step(backbone, None, mask=mask))
 
 
 def test_poisoned_adapter_gets_no_gradient_and_neighbours_are_unchanged(backbone):
@@ -97,8 +119,31 @@ def test_admission_counts_one_micro_step(tmp_path, backbone, mkcfg):
         w = RunWriter(tmp_path / key, source="test", base_model="x")
         r = TaskRunner(cfg, cfg.tasks[0], 0, mlm, tok, w, mem_fits=lambda rows, L: rows <= 2, log=io.StringIO())
         if mst:
-            cfg.run.micro_step_tokens = 2 * r.L
+            r.micro_tokens = 2 * r.L
         r.apply(r.tuner.start())
         active[key] = len(r.active)
         w.close()
     assert active == {"whole": 1, "micro": 3}
+
+
+def test_oom_halves_micro_steps_before_pausing_anyone(tmp_path, backbone, mkcfg):
+    from alto.executor.runner import Hooks
+    from alto.policy.types import Pause
+
+    cfg = mkcfg(task={"search_space": {"lr": [1e-3, 1e-2], "rank": [2, 4], "batch_size": [2]}},
+                memory={"max_total_batch": 16}, run={"log_every": 1000, "micro_step_tokens": 64})
+    seen = []
+
+    def oom(active, rows_at_once):
+        seen.append(rows_at_once)
+        return rows_at_once > 2  # the "device" holds 2 rows of activations
+
+    log = io.StringIO()
+    res = run_config(cfg, tmp_path / "out", hooks=Hooks(oom=oom), log=log, backbone=copy.deepcopy(backbone))
+    r = res.runners[0]
+    with open(res.out / "jobs.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 4 and all(x["exit_reason"] == "completed" and x["samples_trained"] == "16" for x in rows)
+    assert not any(isinstance(d, Pause) for d in r.decisions)  # nobody paused: micro-steps shrank
+    assert r.micro_tokens // r.L <= 2 < (2 * r.micro_tokens) // r.L
+    assert "micro-steps now <=" in log.getvalue() and max(seen[-3:]) <= 2

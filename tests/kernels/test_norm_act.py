@@ -3,8 +3,10 @@
 CPU: the Triton kernels under the interpreter (conftest), small odd shapes. GPU (``-m gpu``):
 compiled, the same checks plus Llama-3.1-8B sizes. Outputs start as NaN (TUNE["poison"]), so an
 element a kernel leaves unwritten fails the comparison.
-Tolerances: fp32 against an fp64 oracle 1e-5; bf16 against HF's own bf16 ops (the kernels
-reproduce its roundings, so only fp32 reduction order differs) 2 bf16 ulps (rtol 1.6e-2).
+Tolerances: fp32 against an fp64 oracle 1e-5; bf16 against HF's own bf16 ops 2 bf16 ulps
+(rtol 1.6e-2). Triton 3.9's interpreter converts fp32 to bf16 by truncation, not
+round-to-nearest-even as the GPU does, so HF's roundings are only checked bitwise on the GPU
+(test_bf16_roundings_match_hf_bitwise).
 """
 
 from __future__ import annotations
@@ -108,3 +110,24 @@ def test_llama_8b_sizes_bf16():
     h_ref, (dg_ref, du_ref) = _grads(silu_mul_reference, [gate, up], dh)
     for got, ref in ((h, h_ref), (dgt, dg_ref), (du, du_ref)):
         torch.testing.assert_close(got, ref, **TOL[torch.bfloat16])
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_bf16_roundings_match_hf_bitwise():
+    """The kernels round where HF rounds, so bf16 outputs equal HF's bit for bit except where
+    the fp32 reduction order flips a rounding (rstd). Without the roundings ~25 % differ.
+    (Added 2026-11-29 after a review; first GPU run pending at the time of writing.)"""
+    g = torch.Generator(device="cuda").manual_seed(3)
+    x = torch.randn(4096, 4096, device="cuda", generator=g).mul_(3).bfloat16()
+    w = (torch.rand(4096, device="cuda", generator=g) + 0.5).bfloat16()
+    dy = torch.randn(4096, 4096, device="cuda", generator=g).bfloat16()
+    y, (dx,) = _grads(lambda t: rms_norm(t, w, 1e-5), [x], dy)
+    y_ref, (dx_ref,) = _grads(lambda t: rms_norm_reference(t, w, 1e-5), [x], dy)
+    assert (y == y_ref).float().mean() > 0.98
+    assert (dx == dx_ref).float().mean() > 0.9
+    gate, up, dh = (torch.randn(4096, 14336, device="cuda", generator=g).mul_(4).bfloat16() for _ in range(3))
+    h, (dg, du) = _grads(silu_mul, [gate, up], dh)
+    h_ref, (dg_ref, du_ref) = _grads(silu_mul_reference, [gate, up], dh)
+    for got, ref in ((h, h_ref), (dg, dg_ref), (du, du_ref)):
+        assert (got == ref).float().mean() > 0.98
