@@ -297,6 +297,11 @@ class MultiLoraModel:
     def device(self):
         return next(self.model.parameters()).device
 
+    def adapter_state_bytes(self, rank: int) -> int:
+        """Device bytes of one adapter of this rank while it trains: fp32 A and B on every
+        target module, their gradients and AdamW's two moments (16 bytes per parameter)."""
+        return 16 * rank * sum(d_in + d_out for d_in, d_out in self.shapes.values())
+
     def new_adapter(self, job: JobConfig, seed: int, weight_decay: float = 0.0) -> Adapter:
         return Adapter(job, self.shapes, self.device, seed, weight_decay)
 

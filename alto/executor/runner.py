@@ -85,7 +85,7 @@ class TaskRunner:
     """Runs one task to the end (or Ctrl-C). fits: extra memory predicate on total batch."""
 
     def __init__(self, cfg: Config, task: TaskCfg, task_idx: int, mlm: MultiLoraModel, tok,
-                 writer: RunWriter, mem_fits: Callable[[int, int], bool] | None = None,
+                 writer: RunWriter, mem_fits: Callable[[int, int, float], bool] | None = None,
                  hooks: Hooks | None = None, log=sys.stderr):
         self.cfg, self.task, self.mlm, self.tok, self.w = cfg, task, mlm, tok, writer
         self.hooks, self.log = hooks or Hooks(), log
@@ -111,9 +111,16 @@ class TaskRunner:
     # ---------------------------------------------------------------- admission
     def _fits(self, jobs) -> bool:
         """Admission: the total batch is under the cap and the memory model fits the rows that
-        are in memory at once: the whole step, or one micro-step with run.micro_step_tokens."""
+        are in memory at once (the whole step, or one micro-step with run.micro_step_tokens)
+        plus the adapters' own states (weights, gradients, AdamW moments: with micro-steps
+        the token count no longer bounds how many adapters are admitted)."""
         b = sum(j.batch_size for j in jobs)
-        return b <= self.batch_cap and (self.mem_fits is None or self.mem_fits(self._rows_at_once(b), self.L))
+        if b > self.batch_cap:
+            return False
+        if self.mem_fits is None:
+            return True
+        states = sum(self.mlm.adapter_state_bytes(j.rank) for j in jobs)
+        return self.mem_fits(self._rows_at_once(b), self.L, states)
 
     def _rows_at_once(self, total_batch: int) -> int:
         """Rows whose activations are in memory together: the step's, or one micro-step's."""

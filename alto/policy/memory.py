@@ -62,13 +62,14 @@ class MemoryModel:
         """budget_bytes * (1 - margin_frac): the most M(B) may be."""
         return self.budget_bytes * (1 - self.margin_frac)
 
-    def predict(self, total_batch: int, seq_len: int) -> float:
-        """Predicted peak bytes for total_batch samples of seq_len tokens in one step."""
-        return self.k0_bytes + self.k1_bytes_per_token * total_batch * seq_len
+    def predict(self, total_batch: int, seq_len: int, extra_bytes: float = 0.0) -> float:
+        """Predicted peak bytes for total_batch samples of seq_len tokens in one step, plus
+        extra_bytes that the fit does not see (e.g. the states of more adapters than it had)."""
+        return self.k0_bytes + self.k1_bytes_per_token * total_batch * seq_len + extra_bytes
 
-    def fits(self, total_batch: int, seq_len: int) -> bool:
-        """True when predict(total_batch, seq_len) <= budget * (1 - margin)."""
-        return self.predict(total_batch, seq_len) <= self.usable_bytes
+    def fits(self, total_batch: int, seq_len: int, extra_bytes: float = 0.0) -> bool:
+        """True when predict(total_batch, seq_len, extra_bytes) <= budget * (1 - margin)."""
+        return self.predict(total_batch, seq_len, extra_bytes) <= self.usable_bytes
 
     def max_total_batch(self, seq_len: int) -> int:
         """Largest B (samples, >= 0) with fits(B, seq_len); 0 if even k0 does not fit."""

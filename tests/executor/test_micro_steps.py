@@ -117,7 +117,7 @@ def test_admission_counts_one_micro_step(tmp_path, backbone, mkcfg):
         cfg = mkcfg(task={"search_space": {"lr": [1e-3, 2e-3, 3e-3], "rank": [4], "batch_size": [2]}})
         mlm = MultiLoraModel(copy.deepcopy(model), cfg.tasks[0].target_modules)
         w = RunWriter(tmp_path / key, source="test", base_model="x")
-        r = TaskRunner(cfg, cfg.tasks[0], 0, mlm, tok, w, mem_fits=lambda rows, L: rows <= 2, log=io.StringIO())
+        r = TaskRunner(cfg, cfg.tasks[0], 0, mlm, tok, w, mem_fits=lambda rows, L, extra: rows <= 2, log=io.StringIO())
         if mst:
             r.micro_tokens = 2 * r.L
         r.apply(r.tuner.start())
@@ -147,3 +147,26 @@ def test_oom_halves_micro_steps_before_pausing_anyone(tmp_path, backbone, mkcfg)
     assert not any(isinstance(d, Pause) for d in r.decisions)  # nobody paused: micro-steps shrank
     assert r.micro_tokens // r.L <= 2 < (2 * r.micro_tokens) // r.L
     assert "micro-steps now <=" in log.getvalue() and max(seen[-3:]) <= 2
+
+
+def test_admission_adds_adapter_states(tmp_path, backbone, mkcfg):
+    """The memory check gets each admitted adapter's fp32 weights, gradients and AdamW moments
+    (16 bytes per LoRA parameter), so micro-steps cannot admit more adapters than fit."""
+    from alto.executor.lora_model import MultiLoraModel
+    from alto.executor.outputs import RunWriter
+    from alto.executor.runner import TaskRunner
+
+    model, tok, _ = backbone
+    cfg = mkcfg(task={"search_space": {"lr": [1e-3, 2e-3, 3e-3], "rank": [4], "batch_size": [2]}},
+                run={"log_every": 1000, "micro_step_tokens": 10**6})
+    mlm = MultiLoraModel(copy.deepcopy(model), cfg.tasks[0].target_modules)
+    per_rank = 16 * sum(i + o for i, o in mlm.shapes.values())
+    assert mlm.adapter_state_bytes(4) == 4 * per_rank
+    budget = 2.5 * mlm.adapter_state_bytes(4)  # room for two adapters' states
+    seen = []
+    w = RunWriter(tmp_path / "o", source="test", base_model="x")
+    r = TaskRunner(cfg, cfg.tasks[0], 0, mlm, tok, w, log=io.StringIO(),
+                   mem_fits=lambda rows, L, extra: seen.append(extra) or extra <= budget)
+    r.apply(r.tuner.start())
+    w.close()
+    assert len(r.active) == 2 and max(seen) == 3 * mlm.adapter_state_bytes(4)
