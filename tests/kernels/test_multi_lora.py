@@ -112,6 +112,18 @@ def test_cpu_without_interpreter_uses_reference(monkeypatch):
     assert calls == []
 
 
+def test_past_int32_row_offsets_uses_reference(monkeypatch):
+    """T x width beyond the kernels' int32 indexing falls back to the reference (same result)."""
+    from kernels import multi_lora as ml
+
+    monkeypatch.setattr(ml, "MAX_KERNEL_ELEMENTS", 64)
+    calls = []
+    monkeypatch.setattr(mlt, "get_kernels", lambda: calls.append(1))
+    tensors, seg, ranks, scaling = make_case(3, "zero", seed=4, **SMALL)
+    run_and_compare(tensors, seg, ranks, scaling, torch.float32)
+    assert calls == []
+
+
 def test_interpreter_is_used():
     ks = mlt.get_kernels()
     assert type(ks.shrink).__name__ == "InterpretedFunction"
