@@ -106,8 +106,7 @@ MAX_KERNEL_ELEMENTS = 2**31 - 1
 
 
 def _use_triton(t: torch.Tensor) -> bool:
-    rows_span = t.numel() if t.dim() < 2 else (t.numel() // max(t.shape[-1], 1)) * max(t.stride(-2), t.shape[-1])
-    if max(t.numel(), rows_span) > MAX_KERNEL_ELEMENTS:
+    if t.numel() > MAX_KERNEL_ELEMENTS:
         return False
     return t.device.type == "cuda" or (t.device.type == "cpu" and interpret_mode())
 
@@ -122,39 +121,32 @@ def _row_block(d: int, device: torch.device) -> tuple[int, int, int]:
 
 
 class _RmsNorm(torch.autograd.Function):
+    """x2 [T, D] (unit column stride) -> y [T, D]; rms_norm reshapes around it."""
+
     @staticmethod
-    def forward(ctx, x, weight, eps):
-        shape, d = x.shape, x.shape[-1]
-        x2 = x.reshape(-1, d)
-        if x2.stride(1) != 1:
-            x2 = x2.contiguous()
-        t = x2.shape[0]
-        # allocated in x's shape (the output is not a view: callers may modify it in place)
-        y = _empty(shape, x.device, torch.promote_types(x.dtype, weight.dtype))  # NaN in tests
-        y2 = y.view(t, d)
-        rstd = torch.empty(t, device=x.device, dtype=torch.float32)
-        bm, bd, warps = _row_block(d, x.device)
+    def forward(ctx, x2, weight, eps):
+        t, d = x2.shape
+        y = _empty((t, d), x2.device, torch.promote_types(x2.dtype, weight.dtype))  # NaN in tests
+        rstd = torch.empty(t, device=x2.device, dtype=torch.float32)
+        bm, bd, warps = _row_block(d, x2.device)
         if t:
             lazy_jit(_rms_fwd_kernel)[(triton.cdiv(t, bm),)](
-                x2, weight, y2, rstd, t, d, x2.stride(0), y2.stride(0), float(eps),
+                x2, weight, y, rstd, t, d, x2.stride(0), y.stride(0), float(eps),
                 BLOCK_M=bm, BLOCK_D=bd, num_warps=warps)
         ctx.save_for_backward(x2, weight, rstd)
-        ctx.shape = shape
         return y
 
     @staticmethod
     def backward(ctx, dy):
         x2, weight, rstd = ctx.saved_tensors
         t, d = x2.shape
-        dy2 = dy.reshape(-1, d)
-        if dy2.stride(1) != 1:
-            dy2 = dy2.contiguous()
-        dx = _empty(ctx.shape, x2.device, x2.dtype)
-        dx2 = dx.view(t, d)
+        if dy.stride(1) != 1 or dy.stride(0) != d:  # (e.g. an expanded gradient)
+            dy = dy.contiguous()
+        dx = _empty((t, d), x2.device, x2.dtype)
         bm, bd, warps = _row_block(d, x2.device)
         if t:
             lazy_jit(_rms_bwd_kernel)[(triton.cdiv(t, bm),)](
-                dy2, x2, weight, rstd, dx2, t, d, dy2.stride(0), x2.stride(0), dx2.stride(0),
+                dy, x2, weight, rstd, dx, t, d, dy.stride(0), x2.stride(0), dx.stride(0),
                 BLOCK_M=bm, BLOCK_D=bd, num_warps=warps)
         return dx, None, None
 
@@ -194,9 +186,14 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
         raise ValueError(f"weight is on {weight.device}, x is on {x.device}")
     if weight.requires_grad and torch.is_grad_enabled():
         raise ValueError("weight requires grad: rms_norm is for a frozen weight (use the eager norm)")
-    if not _use_triton(x):
+    d = x.shape[-1]
+    x2 = x.reshape(-1, d)
+    if x2.stride(1) != 1:
+        x2 = x2.contiguous()
+    span = (x2.shape[0] - 1) * x2.stride(0) + d if x2.shape[0] else 0  # elements the kernel reaches
+    if span > MAX_KERNEL_ELEMENTS or not _use_triton(x2):
         return rms_norm_reference(x, weight.detach(), eps)
-    return _RmsNorm.apply(x, weight, eps)
+    return _RmsNorm.apply(x2, weight, eps).view(x.shape)
 
 
 def silu_mul(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:

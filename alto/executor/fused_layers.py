@@ -1,10 +1,10 @@
 """Swap the frozen backbone's RMSNorms and SwiGLU MLP activations for the fused kernels.
 
-``set_fused_ops(model, True)`` points every frozen ``*RMSNorm`` module (Llama, Qwen2, Mistral:
-``weight * bf16(x * rsqrt(mean(x²) + eps))``) at :func:`kernels.norm_act.rms_norm`, and every
-MLP with ``gate_proj`` / ``up_proj`` / ``down_proj`` and a SiLU activation at
-:func:`kernels.norm_act.silu_mul`. The modules, their parameters and state-dict names stay as
-they are: only the instance's ``forward`` is overridden, and ``set_fused_ops(model, False)``
+``set_fused_ops(model, True)`` points every frozen RMSNorm of HF's Llama, Qwen2 and Mistral
+classes (``weight * bf16(x * rsqrt(mean(x²) + eps))``; RMSNORM_CLASSES) at
+:func:`kernels.norm_act.rms_norm`, and their SwiGLU MLPs (SWIGLU_MLP_CLASSES) at
+:func:`kernels.norm_act.silu_mul`. Other classes keep their own forwards. The modules, their
+parameters and state-dict names stay as they are: only the instance's ``forward`` is overridden, and ``set_fused_ops(model, False)``
 removes the override. Same math and roundings as HF's eager code (tests/executor compares the
 losses and gradients), one kernel each way instead of ~7 for a norm, and far less saved for
 backward (x and an fp32 rstd per row instead of fp32 copies of the hidden state; gate and up
@@ -14,12 +14,12 @@ recomputation (docs/executor.md).
 On CPU without TRITON_INTERPRET the functions fall back to the same eager ops as HF.
 
 **Cheap activations are recomputed, not saved** (:func:`recompute_cheap_activations`, used by
-MultiLoraModel around the forward): the norm outputs (saved by the q/k/v and gate/up LoRA
+MultiLoraModel around the forward, and :func:`lora_saves` around each LoRA linear): the norm outputs (saved by the q/k/v and gate/up LoRA
 linears as their input) and silu(gate)·up (saved by down_proj) are rebuilt in backward from
 tensors the fused ops keep anyway (the norm's input; gate and up). Per token and layer of
 Llama-3.1-8B that is 2 x 8 KB + 28 KB of the ~170 KB a layer keeps, for one extra norm /
-SwiGLU forward kernel in backward (once per output, however many linears saved it). Layers under activation checkpointing are untouched
-(checkpointing installs its own saved-tensor hooks inside, which take precedence).
+SwiGLU forward kernel in backward (once per output, however many linears saved it). Layers
+under activation checkpointing are untouched (their saves belong to checkpointing's hooks).
 """
 
 from __future__ import annotations
@@ -96,8 +96,8 @@ def _register(out: torch.Tensor, fn, *inputs: torch.Tensor) -> None:
 
 
 def _pack(t: torch.Tensor):
-    # Installing hooks turns off autograd's in-place check on saved tensors, so every plain
-    # tensor is saved with its version and checked on unpack, as autograd would.
+    # Hooks turn off autograd's in-place check on saved tensors, so every plain tensor is
+    # saved with its version and checked on unpack, as autograd would.
     if _REGISTRY is None or t.layout != torch.strided:
         return t
     e = _REGISTRY.get(t.untyped_storage().data_ptr())
@@ -132,19 +132,30 @@ def _outer_hooks_active() -> bool:
 
 @contextlib.contextmanager
 def recompute_cheap_activations(on: bool = True):
-    """Within this context, tensors the fused norm / SwiGLU forwards register are saved for
-    backward as recipes instead of copies. No-op when off or when saved-tensor hooks (e.g.
-    activation checkpointing of the whole model) are already active."""
+    """Within this context (one model forward), outputs of the fused norm / SwiGLU forwards
+    are registered, and the LoRA linears that save them (:func:`lora_saves`) keep recipes
+    instead of copies. No-op when off."""
     global _REGISTRY
-    if not on or _REGISTRY is not None or _outer_hooks_active():
+    if not on or _REGISTRY is not None:
         yield
         return
     _REGISTRY = {}
     try:
-        with torch.autograd.graph.saved_tensors_hooks(_pack, _unpack):
-            yield
+        yield
     finally:
         _REGISTRY = None
+
+
+def lora_saves():
+    """Saved-tensor hooks for one LoRA linear's forward (MultiLoraLinear): its saved input is
+    a recipe when it is a registered output. Scoped to the LoRA op on purpose: that op never
+    saves its own output, so the packed tensors cannot form reference cycles with their
+    grad_fn (which a model-wide hook would create for exp/softmax/attention outputs, leaking
+    any graph that never runs backward). Inactive outside recompute_cheap_activations() and
+    under other saved-tensor hooks (activation checkpointing owns those layers' saves)."""
+    if _REGISTRY is None or not _REGISTRY or _outer_hooks_active():
+        return contextlib.nullcontext()
+    return torch.autograd.graph.saved_tensors_hooks(_pack, _unpack)
 
 
 def _rms_norm_forward(self: nn.Module, x: torch.Tensor) -> torch.Tensor:

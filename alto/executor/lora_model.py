@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from alto.executor.fused_layers import recompute_cheap_activations, set_fused_ops
+from alto.executor.fused_layers import lora_saves, recompute_cheap_activations, set_fused_ops
 from alto.executor.head_loss import head_cross_entropy
 from alto.policy.types import JobConfig
 
@@ -207,8 +207,9 @@ class MultiLoraLinear(nn.Module):
         x2 = x.reshape(-1, shape[-1])  # [T, d_in]
         a = [ad.params[self.name][0] for ad in ctx.adapters]
         b = [ad.params[self.name][1] for ad in ctx.adapters]
-        y = lora_linear(x2, self.base.weight, self.base.bias, a, b, ctx.seg_lens,
-                        [ad.scaling for ad in ctx.adapters], ctx.impl, ctx.layout)
+        with lora_saves():  # its saved input may be rebuilt in backward (fused_layers)
+            y = lora_linear(x2, self.base.weight, self.base.bias, a, b, ctx.seg_lens,
+                            [ad.scaling for ad in ctx.adapters], ctx.impl, ctx.layout)
         return y.view(*shape[:-1], self.out_features)
 
 

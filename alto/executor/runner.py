@@ -180,11 +180,15 @@ class TaskRunner:
                                           tb.mask, tb.rows, self.micro_tokens, poison)
             finite = torch.isfinite(losses)
         except (torch.cuda.OutOfMemoryError, SimulatedOOM):
+            oom = True
+        else:
+            oom = False
+        if oom:  # after the except block: its traceback no longer holds the failed forward
             self.mlm.clear()
             for s, (e, p, perm) in zip(states, saved, strict=False):
                 s.stream.epoch, s.stream.pos, s.stream._perm = e, p, perm
                 s.adapter.opt.zero_grad(set_to_none=True)
-            gc.collect()  # an aborted forward's graph can hold cycles (saved-tensor hooks)
+            gc.collect()
             if self.mlm.device.type == "cuda":
                 torch.cuda.empty_cache()
             self._on_oom(sum(sizes))
@@ -204,8 +208,10 @@ class TaskRunner:
 
     def _on_oom(self, total_batch: int) -> None:
         """Smaller micro-steps first (same adapters, less memory), then a smaller admission."""
-        if self.micro_tokens and self.micro_tokens // 2 >= self.L:
-            self.micro_tokens //= 2
+        at_once = min(self.micro_tokens, total_batch * self.L) if self.micro_tokens else 0
+        if at_once // 2 >= self.L:
+            self.micro_tokens = at_once // 2
+            self.batch_cap = min(self.batch_cap, total_batch)  # the step may not grow back
             print(f"[{self.task.name}] OOM: micro-steps now <= {self.micro_tokens} tokens", file=self.log)
             return
         self.batch_cap = min(self.batch_cap, max(1, total_batch - 1))

@@ -6,8 +6,11 @@ step. k0 (bytes) is what does not grow with tokens: frozen base weights, CUDA co
 adapter parameters and optimizer states; k1 (bytes per token) is activations and
 their gradients. All memory quantities are bytes.
 
-Limitation (same as the paper's model): adapter count and rank enter only through the
-fitted k0, so a fit from one rank mix is an estimate for another.
+Limitation (same as the paper's model): adapter count and rank enter only through the fit
+(k0, and k1 where the profile added adapters with tokens), so a fit from one rank mix is an
+estimate for another. `fits(..., extra_bytes)` lets a caller add what the fit cannot see: the
+executor adds every admitted adapter's own state (weights, gradients, AdamW moments), which
+double-counts the few adapters of the profile (conservative).
 
 Safety margin: the paper does not state its HBM margin. We keep `margin_frac` = 10% of
 the budget free by default, because the allocator's peak *reserved* memory varies by a

@@ -151,12 +151,43 @@ def test_deepcopy_of_patched_model_uses_its_own_weights():
 
 
 def test_in_place_change_of_a_saved_tensor_still_raises():
-    """Saved-tensor hooks turn off autograd's version check; the registry's hooks redo it."""
-    from alto.executor.fused_layers import recompute_cheap_activations
+    """Saved-tensor hooks turn off autograd's version check; lora_saves' hooks redo it."""
+    from alto.executor import fused_layers
 
-    x = torch.randn(5, requires_grad=True)
-    with recompute_cheap_activations():
-        y = x.exp()  # exp saves its output
-    y.add_(1.0)
-    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+    x, w = torch.randn(5, requires_grad=True), torch.randn(5)
+    with fused_layers.recompute_cheap_activations():
+        keep = torch.ones(3)
+        fused_layers._register(keep, lambda: torch.ones(3))  # a non-empty registry
+        with fused_layers.lora_saves():
+            y = x * w  # saves w for x's gradient
+    w.add_(1.0)
+    with pytest.raises(RuntimeError, match=r"modified by an inplace operation \(version 0 when saved"):
         y.sum().backward()
+
+
+def _live_tensors() -> int:
+    import gc
+
+    gc.collect()
+    return sum(isinstance(o, torch.Tensor) for o in gc.get_objects())
+
+
+def test_forward_without_backward_leaks_nothing(monkeypatch):
+    """A step whose adapters are all poisoned never runs backward; its graph must still be
+    freed (model-wide saved-tensor hooks made ops that save their own output, e.g. exp in
+    attention's softmax, form cycles through C++ that no collector frees)."""
+    from alto.executor.micro_steps import loss_and_backward
+
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    mlm = MultiLoraModel(_tiny("llama"), LORA_TARGETS, impl="fused")
+    ads = [mlm.new_adapter(JobConfig(f"t/{i}", "t", 1e-3, 4, 1, 8.0, 10), seed=i) for i in range(2)]
+    ids = torch.randint(0, 250, (2, 11), generator=torch.Generator().manual_seed(1))
+
+    def step():
+        loss_and_backward(mlm, ads, ids[:, :-1], ids[:, 1:], torch.ones(2, 10), [1, 1], poison=[True, True])
+
+    step()
+    before = _live_tensors()
+    for _ in range(3):
+        step()
+    assert _live_tensors() - before <= 2

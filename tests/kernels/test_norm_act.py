@@ -94,6 +94,26 @@ def test_tensors_past_int32_indexing_take_the_eager_path(monkeypatch):
     torch.testing.assert_close(silu_mul(g, u), silu_mul_reference(g, u))
 
 
+def test_strided_rows_are_read_in_place_and_bounded(monkeypatch):
+    """[B, 1, D] slices of [B, S, D]: rows S*D apart. The kernel reads them with that stride,
+    and the int32 bound counts the span it reaches, not just the elements."""
+    from kernels import norm_act
+
+    big = torch.randn(4, 5, 48, requires_grad=True)
+    x, w = big[:, 2:3, :], torch.rand(48) + 0.5
+    assert x.stride() == (240, 48, 1)
+    dy = torch.randn(4, 1, 48)
+    y = rms_norm(x, w, 1e-6)
+    y.backward(dy)
+    dx = big.grad[:, 2:3, :]
+    y_ref, (dx_ref,) = _grads(lambda t: rms_norm_reference(t, w, 1e-6), [x], dy)
+    torch.testing.assert_close(y, y_ref, **TOL[torch.float32])
+    torch.testing.assert_close(dx, dx_ref, **TOL[torch.float32])
+    monkeypatch.setattr(norm_act, "MAX_KERNEL_ELEMENTS", x.numel() + 1)  # < span 3*240+48
+    monkeypatch.setattr(norm_act, "lazy_jit", lambda fn: pytest.fail("kernel launched"))
+    torch.testing.assert_close(rms_norm(x.detach(), w, 1e-6), y_ref)
+
+
 def test_bad_input_is_rejected():
     x = torch.randn(4, 8)
     with pytest.raises(ValueError, match="weight must be"):
