@@ -47,9 +47,8 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from alto.executor.lora_model import MultiLoraModel, apply_checkpointing  # noqa: E402
 from alto.executor.models import random_model  # noqa: E402
-from alto.executor.profile import PROFILE_COLS, device_name, make_adapters, memory_points, time_step  # noqa: E402
+from alto.executor.profile import PROFILE_COLS, device_name, fit_memory, make_adapters, time_step  # noqa: E402
 from alto.models import LORA_TARGETS, get_model  # noqa: E402
-from alto.policy.memory import MemoryModel  # noqa: E402
 from benchmarks.results_csv import append_results  # noqa: E402
 
 BENCH_COLS = ["setup", "model", "impl", "n_adapters", "batch_per_adapter", "seq_len", "mean_rank",
@@ -126,14 +125,13 @@ class Bench:
             return None
         set_ckpt(mlm, False)
         mlm.use_impl("fused")
-        pts = memory_points(mlm, L, rank, mlm.model.config.vocab_size)
         hbm = torch.cuda.get_device_properties(0).total_memory
-        mm = MemoryModel.fit(pts, hbm)
+        mm, pts = fit_memory(mlm, L, rank, vocab=mlm.model.config.vocab_size)
         print(f"memory {model_name}: {mm} from {pts}", flush=True)
         return {"gpu": self.v["gpu"], "model": model_name, "k0_bytes": f"{mm.k0_bytes:.6g}",
                 "k1_bytes_per_token": f"{mm.k1_bytes_per_token:.6g}", "hbm_bytes": hbm,
                 "source": f"measured: {self.v['gpu']} {self.v['date']} bench_executor L={L} rank={rank} "
-                          f"fused peak-reserved fit of {len(pts)} points"}
+                          f"fused peak-reserved fit of {len(pts)} points, adapter states taken out"}
 
 
 def torch_profile(mlm: MultiLoraModel, n: int, b: int, L: int, ranks: list[int], path: str) -> None:

@@ -45,6 +45,7 @@ from pathlib import Path
 import numpy as np
 
 from alto.models import MODELS
+from alto.policy.memory import adapter_state_bytes as adapter_state_bytes_of
 
 KERNELS = ("fused", "loop", "lorafusion", "single")
 #  fused: ALTO fused multi-LoRA kernels (base GEMM once + constant launches)
@@ -171,7 +172,7 @@ def adapter_state_bytes(model: str, rank: int) -> float:
 
     Not part of memory()'s k0 (which is per the base model only); add n * this for n adapters.
     """
-    return 16.0 * MODELS[model].lora_params(rank)
+    return adapter_state_bytes_of(MODELS[model].lora_params(rank))
 
 
 # ---------------------------------------------------------------- the model

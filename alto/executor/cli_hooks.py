@@ -68,7 +68,7 @@ def profile_main(args: argparse.Namespace) -> int:
     from alto.executor.config import Config, MemoryCfg, RunCfg, parse_model, validate_files
     from alto.executor.lora_model import MultiLoraModel
     from alto.executor.models import load_backbone
-    from alto.executor.profile import PROFILE_COLS, device_name, memory_points, profile_rows
+    from alto.executor.profile import PROFILE_COLS, device_name, fit_memory, profile_rows
     from sim.cost_model import append_rows
 
     mc = parse_model({"path": args.model, "dtype": args.dtype, "device": args.device,
@@ -92,15 +92,12 @@ def profile_main(args: argparse.Namespace) -> int:
     append_rows(out, table)
     print(f"appended {len(table)} rows to {out}")
     if args.memory and dev.type == "cuda":
-        from alto.policy.memory import MemoryModel
-
-        pts = memory_points(mlm, args.seq_len, max(ranks), vocab)
         hbm = torch.cuda.get_device_properties(dev).total_memory
-        mm = MemoryModel.fit(pts, hbm)
+        mm, pts = fit_memory(mlm, args.seq_len, max(ranks), vocab=vocab)
         mout = Path(args.memory_out) if args.memory_out else out.with_name("memory_" + out.name)
         append_rows(mout, [{"gpu": device_name(dev), "model": name, "k0_bytes": f"{mm.k0_bytes:.6g}",
                             "k1_bytes_per_token": f"{mm.k1_bytes_per_token:.6g}", "hbm_bytes": hbm,
                             "source": f"measured: {device_name(dev)} {dt.date.today()} alto-profile "
-                                      f"rank {max(ranks)} points {pts}"}])
+                                      f"rank {max(ranks)} points {pts}, adapter states taken out"}])
         print(f"appended memory row to {mout}: {mm}")
     return 0

@@ -31,6 +31,7 @@ from torch.utils.checkpoint import checkpoint
 
 from alto.executor.fused_layers import lora_saves, recompute_cheap_activations, set_fused_ops
 from alto.executor.head_loss import head_cross_entropy
+from alto.policy.memory import adapter_state_bytes
 from alto.policy.types import JobConfig
 
 # alto short names -> HF module names inside a decoder layer
@@ -301,7 +302,7 @@ class MultiLoraModel:
     def adapter_state_bytes(self, rank: int) -> int:
         """Device bytes of one adapter of this rank while it trains: fp32 A and B on every
         target module, their gradients and AdamW's two moments (16 bytes per parameter)."""
-        return 16 * rank * sum(d_in + d_out for d_in, d_out in self.shapes.values())
+        return adapter_state_bytes(rank * sum(d_in + d_out for d_in, d_out in self.shapes.values()))
 
     def new_adapter(self, job: JobConfig, seed: int, weight_decay: float = 0.0) -> Adapter:
         return Adapter(job, self.shapes, self.device, seed, weight_decay)

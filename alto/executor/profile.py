@@ -100,13 +100,17 @@ def memory_points(mlm: MultiLoraModel, L: int, rank: int, vocab: int,
     return pts
 
 
-def fit_memory(mlm: MultiLoraModel, L: int, rank: int, budget_gb: float | None, margin_frac: float,
-               vocab: int = 256):
-    """MemoryModel fitted on this device; budget defaults to the GPU's total memory."""
-    from alto.policy.memory import MemoryModel
+def fit_memory(mlm: MultiLoraModel, L: int, rank: int, budget_gb: float | None = None,
+               margin_frac: float = 0.1, vocab: int = 256):
+    """(MemoryModel, profile points) on this device: M(B) of the base and the activations,
+    fitted on the profiled peaks minus the profiled adapters' own states (admission and the
+    simulator add those per adapter). The budget defaults to the GPU's total memory."""
+    from alto.policy.memory import MemoryModel, without_adapter_states
 
     budget = budget_gb * 1e9 if budget_gb else torch.cuda.get_device_properties(mlm.device).total_memory
-    return MemoryModel.fit(memory_points(mlm, L, rank, vocab), budget, margin_frac)
+    pts = memory_points(mlm, L, rank, vocab)
+    fit = MemoryModel.fit(without_adapter_states(pts, mlm.adapter_state_bytes(rank)), budget, margin_frac)
+    return fit, pts
 
 
 def device_name(dev: torch.device) -> str:

@@ -68,7 +68,7 @@ def run_config(cfg: Config, out: str | Path, hooks: Hooks | None = None, log=sys
             if device.type == "cuda":
                 from alto.executor.profile import fit_memory
 
-                mem = fit_memory(mlm, task.max_seq_len, max(task.ranks), cfg.memory.budget_gb,
+                mem, _ = fit_memory(mlm, task.max_seq_len, max(task.ranks), cfg.memory.budget_gb,
                                  cfg.memory.margin_frac, vocab=getattr(tok, "vocab_size", 256))
                 print(f"[{task.name}] memory model: {mem}", file=log)
                 mem_fits = mem.fits

@@ -27,6 +27,21 @@ import numpy as np
 
 from alto.policy.types import JobConfig
 
+ADAPTER_STATE_BYTES_PER_PARAM = 16  # fp32 weight + its gradient + AdamW's two moments
+
+
+def adapter_state_bytes(lora_params: int) -> float:
+    """Resident bytes of one training adapter with `lora_params` LoRA parameters (weights,
+    gradients, AdamW moments). The simulator and the executor add n of these to M(B)."""
+    return float(ADAPTER_STATE_BYTES_PER_PARAM * lora_params)
+
+
+def without_adapter_states(points: Iterable[tuple[int, int, int, float]],
+                           per_adapter_bytes: float) -> list[tuple[int, int, int, float]]:
+    """Profile points (n, b, L, peak) minus the n adapters' own states, so that a fit of them
+    describes the base and the activations only (what M(B) models; callers add adapters)."""
+    return [(n, b, L, peak - n * per_adapter_bytes) for n, b, L, peak in points]
+
 
 class MemoryModel:
     """M(B) = k0_bytes + k1_bytes_per_token * B * L, with a budget and a safety margin.

@@ -82,3 +82,20 @@ def test_fit_rejects_negative_slope():
 def test_constructor_validates(args):
     with pytest.raises(ValueError):
         MemoryModel(*args)
+
+
+def test_adapter_states_taken_out_of_profile_points():
+    """16 bytes per LoRA parameter; a profile point of n adapters loses n of them."""
+    from alto.policy.memory import adapter_state_bytes, without_adapter_states
+
+    assert adapter_state_bytes(1000) == 16_000.0
+    pts = [(1, 2, 8, 5_000.0), (4, 2, 8, 9_000.0)]
+    assert without_adapter_states(pts, 100.0) == [(1, 2, 8, 4_900.0), (4, 2, 8, 8_600.0)]
+
+
+def test_fits_adds_extra_bytes():
+    from alto.policy.memory import MemoryModel
+
+    mm = MemoryModel(k0_bytes=100.0, k1_bytes_per_token=1.0, budget_bytes=1000.0, margin_frac=0.1)
+    assert mm.fits(10, 10) and mm.predict(10, 10, extra_bytes=50.0) == 250.0
+    assert mm.fits(10, 10, extra_bytes=700.0) and not mm.fits(10, 10, extra_bytes=701.0)
