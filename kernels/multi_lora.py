@@ -39,7 +39,6 @@ from .reference import fused_multi_lora_reference
 __all__ = ["fused_multi_lora", "TUNE"]
 
 _DTYPES = (torch.float32, torch.float16, torch.bfloat16)
-MAX_KERNEL_ELEMENTS = 2**31 - 1  # largest T x width the int32 row offsets of the kernels reach
 
 from .launch import TUNE, _cfg, _empty, _expand, _shrink, _split_k, _wgrad, choose_path  # noqa: E402,F401
 from .launch_fused import shrink_expand, wgrad_pair  # noqa: E402
@@ -159,11 +158,8 @@ def fused_multi_lora(
     elif not isinstance(layout, MultiLoraLayout):
         raise ValueError("layout must be a MultiLoraLayout from kernels.make_layout")
     _validate(x, weight, lora_a, lora_b, layout)
-    if x.device.type != "cuda" and not (x.device.type == "cpu" and mlt.interpret_mode()):
-        return fused_multi_lora_reference(x, weight, lora_a, lora_b, layout)
-    if x.shape[0] * max(x.stride(0), weight.shape[0], x.shape[1]) > MAX_KERNEL_ELEMENTS:
-        # the kernels index rows in int32: past 2^31 elements the reference is used (correct,
-        # slow); e.g. > 149,796 tokens through a 14,336-wide layer in one call
+    # rows of x and of y / dY (d_out wide) are indexed in int32 (mlt.MAX_KERNEL_ELEMENTS)
+    if not mlt.kernels_take(x, x.shape[0] * max(x.stride(0), weight.shape[0], x.shape[1])):
         return fused_multi_lora_reference(x, weight, lora_a, lora_b, layout)
     if x.device.type == "cuda" and x.device.index != torch.cuda.current_device():
         # Triton compiles and launches on the current device: make it x's (cuda:N, N != current)

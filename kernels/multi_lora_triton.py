@@ -199,6 +199,21 @@ def interpret_mode() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "on", "yes")
 
 
+# The kernels (multi-LoRA and norm/SwiGLU) index in int32, as measured on the H200. A call
+# reaching 2^31 elements or more (e.g. > 149,796 tokens through a 14,336-wide layer) takes the
+# pure-torch path instead: correct, only slower; micro-steps keep executor steps far below.
+MAX_KERNEL_ELEMENTS = 2**31 - 1
+
+
+def kernels_take(t, span: int) -> bool:
+    """Whether the Triton kernels (not the pure-torch fallback) run a call on tensor ``t``
+    whose indexing reaches ``span`` elements: CUDA, or CPU under TRITON_INTERPRET, and a span
+    that int32 offsets can address."""
+    if span > MAX_KERNEL_ELEMENTS:
+        return False
+    return t.device.type == "cuda" or (t.device.type == "cpu" and interpret_mode())
+
+
 def lazy_jit(fn, **jit_kw):
     """``triton.jit(fn, **jit_kw)`` for the current TRITON_INTERPRET setting, decorated once per
     (fn, setting): triton.jit decides at decoration time between an interpreter function and a

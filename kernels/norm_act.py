@@ -27,7 +27,7 @@ import triton
 import triton.language as tl
 
 from .launch import _empty
-from .multi_lora_triton import interpret_mode, lazy_jit
+from .multi_lora_triton import kernels_take, lazy_jit
 
 __all__ = ["rms_norm", "silu_mul", "rms_norm_reference", "silu_mul_reference"]
 
@@ -97,18 +97,6 @@ def rms_norm_reference(x: torch.Tensor, weight: torch.Tensor, eps: float) -> tor
 def silu_mul_reference(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
     """HF's SwiGLU: act_fn(gate_proj(x)) * up_proj(x) with act_fn = SiLU."""
     return torch.nn.functional.silu(gate) * up
-
-
-# The kernels index in int32 (as measured on the H200). Tensors of 2^31 elements or more
-# (e.g. > 149,796 tokens of Llama-3.1-8B's 14,336-wide MLP in one step) take the eager path:
-# correct, only slower; micro-steps (run.micro_step_tokens) keep steps far below that.
-MAX_KERNEL_ELEMENTS = 2**31 - 1
-
-
-def _use_triton(t: torch.Tensor) -> bool:
-    if t.numel() > MAX_KERNEL_ELEMENTS:
-        return False
-    return t.device.type == "cuda" or (t.device.type == "cpu" and interpret_mode())
 
 
 def _row_block(d: int, device: torch.device) -> tuple[int, int, int]:
@@ -191,7 +179,7 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     if x2.stride(1) != 1:
         x2 = x2.contiguous()
     span = (x2.shape[0] - 1) * x2.stride(0) + d if x2.shape[0] else 0  # elements the kernel reaches
-    if span > MAX_KERNEL_ELEMENTS or not _use_triton(x2):
+    if not kernels_take(x2, max(span, x2.numel())):
         return rms_norm_reference(x, weight.detach(), eps)
     return _RmsNorm.apply(x2, weight, eps).view(x.shape)
 
@@ -201,6 +189,6 @@ def silu_mul(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
     if gate.shape != up.shape or gate.dtype != up.dtype or gate.device != up.device:
         raise ValueError(f"gate {tuple(gate.shape)} {gate.dtype} {gate.device} and up "
                          f"{tuple(up.shape)} {up.dtype} {up.device} must match")
-    if not _use_triton(gate):
+    if not kernels_take(gate, gate.numel()):
         return silu_mul_reference(gate, up)
     return _SiluMul.apply(gate, up)

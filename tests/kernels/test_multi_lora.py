@@ -114,9 +114,7 @@ def test_cpu_without_interpreter_uses_reference(monkeypatch):
 
 def test_past_int32_row_offsets_uses_reference(monkeypatch):
     """T x width beyond the kernels' int32 indexing falls back to the reference (same result)."""
-    from kernels import multi_lora as ml
-
-    monkeypatch.setattr(ml, "MAX_KERNEL_ELEMENTS", 64)
+    monkeypatch.setattr(mlt, "MAX_KERNEL_ELEMENTS", 64)
     calls = []
     monkeypatch.setattr(mlt, "get_kernels", lambda: calls.append(1))
     tensors, seg, ranks, scaling = make_case(3, "zero", seed=4, **SMALL)

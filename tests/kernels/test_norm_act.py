@@ -14,6 +14,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from kernels import multi_lora_triton as mlt
 from kernels.norm_act import rms_norm, rms_norm_reference, silu_mul, silu_mul_reference
 
 GPU = pytest.param("cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(
@@ -86,7 +87,7 @@ def test_tensors_past_int32_indexing_take_the_eager_path(monkeypatch):
     """The kernels index in int32: larger tensors fall back to HF's eager ops (same result)."""
     from kernels import norm_act
 
-    monkeypatch.setattr(norm_act, "MAX_KERNEL_ELEMENTS", 100)
+    monkeypatch.setattr(mlt, "MAX_KERNEL_ELEMENTS", 100)
     monkeypatch.setattr(norm_act, "lazy_jit", lambda fn: pytest.fail("kernel launched"))
     x, w = torch.randn(16, 64), torch.rand(64) + 0.5
     torch.testing.assert_close(rms_norm(x, w, 1e-6), rms_norm_reference(x, w, 1e-6))
@@ -109,7 +110,7 @@ def test_strided_rows_are_read_in_place_and_bounded(monkeypatch):
     y_ref, (dx_ref,) = _grads(lambda t: rms_norm_reference(t, w, 1e-6), [x], dy)
     torch.testing.assert_close(y, y_ref, **TOL[torch.float32])
     torch.testing.assert_close(dx, dx_ref, **TOL[torch.float32])
-    monkeypatch.setattr(norm_act, "MAX_KERNEL_ELEMENTS", x.numel() + 1)  # < span 3*240+48
+    monkeypatch.setattr(mlt, "MAX_KERNEL_ELEMENTS", x.numel() + 1)  # < span 3*240+48
     monkeypatch.setattr(norm_act, "lazy_jit", lambda fn: pytest.fail("kernel launched"))
     torch.testing.assert_close(rms_norm(x.detach(), w, 1e-6), y_ref)
 
