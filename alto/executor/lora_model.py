@@ -285,6 +285,9 @@ class MultiLoraModel:
         if not self.shapes:
             raise ValueError("no LoRA target modules found in the model")
         self.target_names = sorted(wanted)
+        # LoRA parameters per unit of rank (sum of d_in + d_out over the targets): admission
+        # asks adapter_state_bytes for every candidate set, so it is summed once here
+        self._params_per_rank = sum(d_in + d_out for d_in, d_out in self.shapes.values())
         self.checkpointed_layers = apply_checkpointing(model, gradient_checkpointing)
         self.use_impl(impl)
 
@@ -302,7 +305,7 @@ class MultiLoraModel:
     def adapter_state_bytes(self, rank: int) -> int:
         """Device bytes of one adapter of this rank while it trains: fp32 A and B on every
         target module, their gradients and AdamW's two moments (16 bytes per parameter)."""
-        return adapter_state_bytes(rank * sum(d_in + d_out for d_in, d_out in self.shapes.values()))
+        return adapter_state_bytes(rank * self._params_per_rank)
 
     def new_adapter(self, job: JobConfig, seed: int, weight_decay: float = 0.0) -> Adapter:
         return Adapter(job, self.shapes, self.device, seed, weight_decay)
