@@ -17,7 +17,10 @@ Variants (all compute the same function; the frozen base weight never gets a gra
 
 Shapes are Llama-3.1-8B projections (d_in -> d_out); ranks drawn from {16, 32, 64}; tokens split
 over adapters by a multinomial draw (seeded). Timing: triton.testing.do_bench (CUDA events,
-L2 flushed between runs), median and p20/p80. Launches: CUDA kernels + memsets seen by
+L2 flushed between runs), median and p20/p80: host launch cost included, so small layers are
+host-bound. gpu_ms: the same fwd+bwd step captured in a CUDA graph and replayed
+(triton.testing.do_bench_cudagraph, median), the GPU time alone, as in a training step that is
+graph-captured or whose host runs ahead of the GPU. Launches: CUDA kernels + memsets seen by
 torch.profiler in one fwd+bwd step. FLOPs: base 4·T·d_in·d_out (fwd + dX), LoRA
 6·Σ_i n_i·r_i·(d_in + d_out). lora_bytes: bytes the LoRA part adds in the fused design (see
 docs/kernels.md), lora_floor_ms = lora_bytes / measured copy bandwidth.
@@ -26,7 +29,6 @@ docs/kernels.md), lora_floor_ms = lora_bytes / measured copy bandwidth.
 from __future__ import annotations
 
 import argparse
-import csv
 import datetime as dt
 import json
 import os
@@ -39,6 +41,7 @@ import triton.testing
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import kernels  # noqa: E402
+from benchmarks.results_csv import append_results  # noqa: E402
 from kernels import multi_lora as ml  # noqa: E402
 
 SHAPES = {
@@ -65,6 +68,8 @@ COLUMNS = [
     "lora_floor_ms",
     "launches",
     "ratio_vs_base",
+    "gpu_ms",
+    "gpu_ratio_vs_base",
 ]
 BF16 = torch.bfloat16
 DEFAULT_TUNE = {k: ml.TUNE[k] for k in ("path", "fuse_add", "wgrad_pair")}
@@ -150,6 +155,13 @@ def step_fn(variant: str, inp: dict):
     raise ValueError(variant)
 
 
+def graph_ms(fn) -> float:
+    """Median ms of fn replayed from a CUDA graph: GPU time without the host's launch cost."""
+    fn()
+    torch.cuda.synchronize()
+    return triton.testing.do_bench_cudagraph(fn, rep=50, return_mode="median")
+
+
 def count_launches(fn) -> int:
     from torch.profiler import ProfilerActivity, profile
 
@@ -169,6 +181,71 @@ def lora_model(d_in, d_out, t, seg, ranks, block_r) -> tuple[float, float]:
     return flops, float(act + wts + s_bufs)
 
 
+def bench_case(shape: str, t: int, n: int, args, meta: dict, bw: float) -> None:
+    """Check, time and record (CSV rows) every variant of one (shape, T, N) case."""
+    d_in, d_out = SHAPES[shape]
+    slow_t = {int(v) for v in args.slow_variants_tokens.split(",")}
+    graph_vars = set(args.graph_variants.split(","))
+    inp = make_inputs(d_in, d_out, t, n)
+    lay = kernels.make_layout(inp["seg"], inp["ranks"], inp["scaling"], device="cuda")
+    lflops, lbytes = lora_model(d_in, d_out, t, inp["seg"], inp["ranks"], lay.block_r)
+    bflops = 4.0 * t * d_in * d_out
+    base_ms = base_gpu = None
+    res = {}
+    with torch.no_grad():  # check before timing: fused vs eager loop, same dtype
+        yf = kernels.fused_multi_lora(inp["x"], inp["w"], inp["a"], inp["b"], layout=lay)
+        yl = kernels.fused_multi_lora_reference(inp["x"], inp["w"], inp["a"], inp["b"], lay)
+        err = float((yf.float() - yl.float()).norm() / yl.float().norm())
+        del yf, yl
+    if not err < 2e-2:
+        print(f"WARNING {shape} T={t} N={n}: fused vs loop rel err {err:.2e}")
+    for var in args.variants.split(","):
+        if var in ("loop", "separate") and t not in slow_t:
+            continue
+        try:
+            fn = step_fn(var, inp)
+            fn()  # compile / warm caches
+            med, p20, p80 = triton.testing.do_bench(
+                fn, warmup=25, rep=args.rep, quantiles=[0.5, 0.2, 0.8]
+            )
+            launches = count_launches(fn)
+            gpu = graph_ms(fn) if var in graph_vars else float("nan")
+        except Exception as exc:  # noqa: BLE001 - log, keep the other rows
+            print(f"ERROR {shape} T={t} N={n} {var}: {exc!r}"[:400], flush=True)
+            ml.TUNE.update(DEFAULT_TUNE)
+            continue
+        ml.TUNE.update(DEFAULT_TUNE)
+        base_ms = med if var == "base" else base_ms
+        base_gpu = gpu if var == "base" else base_gpu
+        flops = bflops + (0.0 if var == "base" else lflops)
+        res[var] = med
+        append_results(args.out, COLUMNS, [dict(
+            meta, shape=shape, T=t, N=n,
+            ranks=f"16/32/64 mean {np.mean(inp['ranks']):.1f}", variant=var,
+            median_ms=f"{med:.4f}", p20_ms=f"{p20:.4f}", p80_ms=f"{p80:.4f}",
+            tflops=f"{flops / (med * 1e-3) / 1e12:.1f}",
+            lora_bytes=int(0 if var == "base" else lbytes),
+            lora_floor_ms=f"{(0 if var == 'base' else lbytes / bw * 1e3):.4f}",
+            launches=launches,
+            ratio_vs_base=f"{med / base_ms:.3f}" if base_ms else "",
+            gpu_ms="" if gpu != gpu else f"{gpu:.4f}",
+            gpu_ratio_vs_base=f"{gpu / base_gpu:.3f}" if gpu == gpu and base_gpu else "",
+        )])  # fmt: skip
+        res[var + "_gpu"] = gpu
+    del inp
+    torch.cuda.empty_cache()
+    r = res
+    print(
+        f"{shape:>11} T={t:>5} N={n:>2} "
+        + " ".join(f"{k}={v:.3f}" for k, v in r.items())
+        + (f"  fused/base={r['fused'] / r['base']:.3f}" if "fused" in r and "base" in r else "")
+        + (f" gpu {r['fused_gpu'] / r['base_gpu']:.3f}" if "fused_gpu" in r and "base_gpu" in r else "")
+        + (f" loop/fused={r['loop'] / r['fused']:.2f}" if "loop" in r and "fused" in r else "")
+        + f" err={err:.1e}",
+        flush=True,
+    )
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--out", default="benchmarks/results/multi_lora.csv")
@@ -183,6 +260,11 @@ def main() -> None:
     )
     p.add_argument("--quick", action="store_true")
     p.add_argument("--rep", type=int, default=100, help="do_bench rep (ms)")
+    p.add_argument(
+        "--graph-variants",
+        default="base,fused,fused_one,fused_split,fused_pair,fused_kadd",
+        help="variants also timed GPU-only, from a CUDA graph (gpu_ms)",
+    )
     args = p.parse_args()
     if args.quick:
         args.shapes, args.tokens, args.adapters = "4096x4096", "4096", "8"
@@ -195,88 +277,10 @@ def main() -> None:
         torch=torch.__version__,
         triton=triton.__version__,
     )
-    slow_t = {int(v) for v in args.slow_variants_tokens.split(",")}
-    new_file = not os.path.exists(args.out)
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    summary = []
-    with open(args.out, "a", newline="") as fh:
-        wr = csv.DictWriter(fh, fieldnames=COLUMNS)
-        if new_file:
-            wr.writeheader()
-        for shape in args.shapes.split(","):
-            d_in, d_out = SHAPES[shape]
-            for t in (int(v) for v in args.tokens.split(",")):
-                for n in (int(v) for v in args.adapters.split(",")):
-                    inp = make_inputs(d_in, d_out, t, n)
-                    lay = kernels.make_layout(
-                        inp["seg"], inp["ranks"], inp["scaling"], device="cuda"
-                    )
-                    lflops, lbytes = lora_model(
-                        d_in, d_out, t, inp["seg"], inp["ranks"], lay.block_r
-                    )
-                    bflops = 4.0 * t * d_in * d_out
-                    base_ms, res = None, {}
-                    with torch.no_grad():  # check before timing: fused vs eager loop, same dtype
-                        yf = kernels.fused_multi_lora(
-                            inp["x"], inp["w"], inp["a"], inp["b"], layout=lay
-                        )
-                        yl = kernels.fused_multi_lora_reference(
-                            inp["x"], inp["w"], inp["a"], inp["b"], lay
-                        )
-                        err = float((yf.float() - yl.float()).norm() / yl.float().norm())
-                        del yf, yl
-                    if not err < 2e-2:
-                        print(f"WARNING {shape} T={t} N={n}: fused vs loop rel err {err:.2e}")
-                    for var in args.variants.split(","):
-                        if var in ("loop", "separate") and t not in slow_t:
-                            continue
-                        try:
-                            fn = step_fn(var, inp)
-                            fn()  # compile / warm caches
-                            med, p20, p80 = triton.testing.do_bench(
-                                fn, warmup=25, rep=args.rep, quantiles=[0.5, 0.2, 0.8]
-                            )
-                            launches = count_launches(fn)
-                        except Exception as exc:  # noqa: BLE001 - log, keep the other rows
-                            print(f"ERROR {shape} T={t} N={n} {var}: {exc!r}"[:400], flush=True)
-                            ml.TUNE.update(DEFAULT_TUNE)
-                            continue
-                        ml.TUNE.update(DEFAULT_TUNE)
-                        base_ms = med if var == "base" else base_ms
-                        flops = bflops + (0.0 if var == "base" else lflops)
-                        res[var] = med
-                        wr.writerow(
-                            dict(
-                                meta,
-                                shape=shape,
-                                T=t,
-                                N=n,
-                                ranks=f"16/32/64 mean {np.mean(inp['ranks']):.1f}",
-                                variant=var,
-                                median_ms=f"{med:.4f}",
-                                p20_ms=f"{p20:.4f}",
-                                p80_ms=f"{p80:.4f}",
-                                tflops=f"{flops / (med * 1e-3) / 1e12:.1f}",
-                                lora_bytes=int(0 if var == "base" else lbytes),
-                                lora_floor_ms=f"{(0 if var == 'base' else lbytes / bw * 1e3):.4f}",
-                                launches=launches,
-                                ratio_vs_base=f"{med / base_ms:.3f}" if base_ms else "",
-                            )
-                        )
-                        fh.flush()
-                    summary.append((shape, t, n, res, lbytes / bw * 1e3))
-                    del inp
-                    torch.cuda.empty_cache()
-                    r = res
-                    print(
-                        f"{shape:>11} T={t:>5} N={n:>2} "
-                        + " ".join(f"{k}={v:.3f}" for k, v in r.items())
-                        + (f"  fused/base={r['fused'] / r['base']:.3f}" if "fused" in r else "")
-                        + (f" loop/fused={r['loop'] / r['fused']:.2f}" if "loop" in r else "")
-                        + f" err={err:.1e}",
-                        flush=True,
-                    )
-
+    for shape in args.shapes.split(","):
+        for t in (int(v) for v in args.tokens.split(",")):
+            for n in (int(v) for v in args.adapters.split(",")):
+                bench_case(shape, t, n, args, meta, bw)
 
 if __name__ == "__main__":
     main()

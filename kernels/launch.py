@@ -26,10 +26,20 @@ TUNE: dict = {
     "wgrad_pair": False,  # fused path: dA+dB in one launch (auto turns it on for small layers)
     "fuse_add": "addmm",  # "addmm" (delta + cuBLAS epilogue) or "kernel" (expand-and-add)
     "split_k": None,  # shrink split over K; None = fill ~2 waves of SMs
+    "se_split": None,  # shrink_expand: programs per row tile sharing its columns; None = heuristic
     "wgrad_chunk": None,  # tokens per weight-gradient program; None = heuristic
     # upcast: give tl.dot fp32 operands (the interpreter's bf16 dot is broken, see multi_lora_triton)
-    "gpu": dict(bm=64, bk=64, bn=128, bt=64, warps=4, stages=3, bm_fused=None, bn_fused=128, upcast=False),
-    "interp": dict(bm=32, bk=32, bn=64, bt=32, warps=4, stages=1, bm_fused=32, bn_fused=32, upcast=True),
+    # Per-kernel overrides, from the H200 sweeps of 2026-11-29 (benchmarks/sweep_lora_tiles.py,
+    # rows in benchmarks/results/lora_tiles.csv): wg_stages, the weight-gradient kernels'
+    # pipeline depth (2 beat 3 on every shape, 3-10 %); se_fwd_* / se_bwd_*, the forward and
+    # backward shrink_expand (their operands are laid out differently: the forward reads A_i
+    # along k, the backward B_i along r), each 5-15 % faster than the shared bk / stages.
+    "gpu": dict(bm=64, bk=64, bn=128, bt=64, warps=4, stages=3, wg_stages=2, bm_fused=None,
+                bn_fused=128, se_fwd_bk=64, se_fwd_stages=4, se_bwd_bk=128, se_bwd_stages=3,
+                upcast=False),  # fmt: skip
+    "interp": dict(bm=32, bk=32, bn=64, bt=32, warps=4, stages=1, wg_stages=1, bm_fused=32,
+                   bn_fused=32, se_fwd_bk=32, se_fwd_stages=1, se_bwd_bk=32, se_bwd_stages=1,
+                   upcast=True),  # fmt: skip
     "poison": False,  # tests: fill every internally allocated output with NaN first
 }
 
@@ -85,7 +95,7 @@ def _cfg(device: torch.device) -> dict:
 def _plan_key(cfg: dict, *extra) -> tuple:
     """Cache key of a launch plan on a layout: everything in TUNE/cfg that shapes it, plus the
     call's own sizes (so a TUNE change made by a test or benchmark is never served stale)."""
-    return (*extra, tuple(cfg.values()), TUNE["split_k"], TUNE["wgrad_chunk"],
+    return (*extra, tuple(cfg.values()), TUNE["split_k"], TUNE["se_split"], TUNE["wgrad_chunk"],
             torch.are_deterministic_algorithms_enabled())
 
 
@@ -110,7 +120,9 @@ def _wgrad_chunk(layout: MultiLoraLayout, n_cols: int, cfg: dict, device: torch.
         return int(TUNE["wgrad_chunk"])
     n_blocks = -(-n_cols // cfg["bn"])
     want_chunks = max(1, -(-2 * _n_sms(device) // n_blocks))
-    chunk = max(layout.total_tokens // want_chunks, 4 * cfg["bt"])
+    # at least 16 token steps per program: shorter chunks cost more in fp32 atomics than they
+    # gain in parallelism (dB of 4096->1024 at T = 8192: 256-token chunks 28 us, 1024 10 us)
+    chunk = max(layout.total_tokens // want_chunks, 16 * cfg["bt"])
     return -(-chunk // cfg["bt"]) * cfg["bt"]
 
 
@@ -177,7 +189,7 @@ def _wgrad(p, q, like, transpose_out: bool, layout, scale: bool, cfg) -> torch.T
         ), dict(
             BLOCK_T=cfg["bt"], BLOCK_R=layout.block_r, BLOCK_N=cfg["bn"],
             ATOMIC=atomic, APPLY_SCALE=scale, IEEE=q.dtype == torch.float32, UPCAST=cfg["upcast"],
-            num_warps=cfg["warps"], num_stages=cfg["stages"],
+            num_warps=cfg["warps"], num_stages=cfg["wg_stages"],
         ))
     return out if out.dtype == like.dtype else out.to(like.dtype)
 

@@ -11,7 +11,7 @@ import torch
 
 from . import multi_lora_triton as mlt
 from .fast_launch import launch
-from .launch import _empty, _n_sms, _plan_key, _wgrad, _wgrad_plan
+from .launch import TUNE, _empty, _n_sms, _plan_key, _wgrad, _wgrad_plan
 from .layout import MultiLoraLayout
 
 # If the one-launch wgrad_pair kernel ever fails to build on a Triton version (it selects
@@ -35,6 +35,27 @@ def _pick_bm(layout: MultiLoraLayout, cfg: dict, device: torch.device) -> int:
     return 16
 
 
+def _se_plan(layout: MultiLoraLayout, k: int, n_out: int, cfg: dict, device: torch.device):
+    """(rows per program, tile table, column splits, columns per split) of a shrink_expand.
+
+    Column splits (TUNE["se_split"], None = this rule): 2 programs per row tile when the tiles
+    alone give under 2 waves of SMs, unless the shrink's K is over twice the expand's width
+    (then recomputing the shrink costs more than the extra parallelism gains). Measured on the
+    H200 (lora_tiles.csv, round 2): 4096² T = 8192 forward 114 -> 92 us; the exception,
+    the 4096->14336 backward (K = 14336, 4096 columns), 249 -> 328 us with a split.
+    """
+    bm = _pick_bm(layout, cfg, device)
+    tiles = layout.tiles(bm, device)
+    bn = cfg["bn_fused"]
+    split = TUNE["se_split"]
+    if split is None:
+        few = tiles.shape[0] < 2 * _n_sms(device) and k <= 2 * n_out
+        split = 2 if few and device.type == "cuda" else 1
+    split = max(1, min(int(split), -(-n_out // bn)))
+    n_per = -(-n_out // (split * bn)) * bn  # whole column blocks per split
+    return bm, tiles, (-(-n_out // n_per) if n_out else 1), n_per
+
+
 def shrink_expand(x, w, w_strides, v, v_strides, y, n_out: int, layout, scale_s: bool,
                   scale_y: bool, add: bool, cfg: dict) -> torch.Tensor:  # fmt: skip
     """S = c1·x_i W_iᵀ (returned, [T, block_r], x.dtype) and y (+)= c2·S V_iᵀ in place.
@@ -43,21 +64,22 @@ def shrink_expand(x, w, w_strides, v, v_strides, y, n_out: int, layout, scale_s:
     ``y`` may be None with n_out = 0 (shrink only).
     """
     dev, (t, k) = x.device, x.shape
-    bm, tiles = layout.memo(_plan_key(cfg, "shrink_expand", dev),
-                            lambda: ((b := _pick_bm(layout, cfg, dev)), layout.tiles(b, dev)))
+    bm, tiles, split, n_per = layout.memo(_plan_key(cfg, "shrink_expand", k, n_out, dev),
+                                          lambda: _se_plan(layout, k, n_out, cfg, dev))
+    step = "se_bwd_" if scale_s else "se_fwd_"  # only the backward scales S (dS = s_i dY B_i)
     s = _empty((t, layout.block_r), dev, x.dtype)
     if tiles.shape[0] == 0:
         return s
     yy = s if y is None else y
-    launch(mlt.get_kernels().shrink_expand, (tiles.shape[0],), (
+    launch(mlt.get_kernels().shrink_expand, (tiles.shape[0], split), (
         x, w, v, s, yy, tiles, layout.ranks_tensor(dev), layout.scaling_tensor(dev),
-        k, n_out, x.stride(0), x.stride(1), *w_strides, *v_strides,
+        k, n_out, n_per, x.stride(0), x.stride(1), *w_strides, *v_strides,
         s.stride(0), s.stride(1), yy.stride(0), yy.stride(1),
     ), dict(
-        BLOCK_M=bm, BLOCK_R=layout.block_r, BLOCK_K=cfg["bk"], BLOCK_N=cfg["bn_fused"],
+        BLOCK_M=bm, BLOCK_R=layout.block_r, BLOCK_K=cfg[step + "bk"], BLOCK_N=cfg["bn_fused"],
         SCALE_S=scale_s, SCALE_Y=scale_y, ADD=add,
         IEEE=x.dtype == torch.float32, UPCAST=cfg["upcast"],
-        num_warps=cfg["warps"], num_stages=cfg["stages"],
+        num_warps=cfg["warps"], num_stages=cfg[step + "stages"],
     ))  # fmt: skip
     return s
 
@@ -112,5 +134,5 @@ def _launch_pair(chunks, nb1, nb2, ds, x, s, dy, ga, gb, layout, cfg, need_a, ne
     ), dict(
         BLOCK_T=cfg["bt"], BLOCK_R=layout.block_r, BLOCK_N=cfg["bn"],
         ATOMIC=atomic, IEEE=dy.dtype == torch.float32, UPCAST=cfg["upcast"],
-        num_warps=cfg["warps"], num_stages=cfg["stages"],
+        num_warps=cfg["warps"], num_stages=cfg["wg_stages"],
     ))  # fmt: skip

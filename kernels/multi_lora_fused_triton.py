@@ -11,6 +11,9 @@
   backward: X = dY, W_i = B_iᵀ (strides), S = dS, V_i = A_iᵀ,  c1 = s_i, c2 = 1,   Y = dX delta
   This replaces shrink + expand (2 launches -> 1, no split-K atomics, S never re-read from memory
   by the expand). With N_OUT = 0 it is a plain shrink (backward when x needs no gradient).
+  Grid axis 1 splits the output columns into chunks of N_PER_SPLIT: each program of a row tile
+  recomputes the (cheap, L2-resident) shrink and streams only its chunk of the expand, so a
+  small T still gives enough programs to fill the SMs; only chunk 0 stores S.
 * ``wgrad_pair`` (one launch): the dA and dB reductions of ``wgrad`` side by side; program
   columns [0, NB1) do pair 1 (dA_i = dS_iᵀ X_i), columns [NB1, NB1 + NB2) do pair 2
   (dB_i = s_i · dY_iᵀ S_i, written through swapped strides).
@@ -26,7 +29,7 @@ import triton.language as tl
 
 def _shrink_expand_kernel(
     X, W, V, S, Y, TILES, RANKS, SCALES,
-    K, N_OUT,
+    K, N_OUT, N_PER_SPLIT,
     stride_xm, stride_xk, stride_wa, stride_wr, stride_wk,
     stride_va, stride_vn, stride_vr, stride_sm, stride_sr, stride_ym, stride_yn,
     BLOCK_M: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_N: tl.constexpr,
@@ -34,6 +37,7 @@ def _shrink_expand_kernel(
     IEEE: tl.constexpr, UPCAST: tl.constexpr,
 ):  # fmt: skip
     pid = tl.program_id(0)
+    pid_n = tl.program_id(1)
     adapter = tl.load(TILES + pid * 3)
     row0 = tl.load(TILES + pid * 3 + 1)
     row_end = tl.load(TILES + pid * 3 + 2)
@@ -66,17 +70,20 @@ def _shrink_expand_kernel(
     acc = tl.where(r_mask[None, :], acc, 0.0)  # exact zeros in padded ranks (even if x has inf)
     s_dtype = S.dtype.element_ty
     s_val = acc.to(s_dtype)
+    s_end = tl.where(pid_n == 0, row_end, row0)  # only column chunk 0 stores S
     tl.store(S + rows64[:, None] * stride_sm + offs_r[None, :] * stride_sr, s_val,
-             mask=m_mask[:, None] & (offs_r[None, :] < BLOCK_R))  # fmt: skip
+             mask=(offs_m < s_end)[:, None] & (offs_r[None, :] < BLOCK_R))  # fmt: skip
     y_dtype = Y.dtype.element_ty
     s_op = s_val.to(y_dtype)  # the expand consumes exactly what backward will re-read
     if UPCAST:
         s_op = s_op.to(tl.float32)
     v_ptrs = V + adapter.to(tl.int64) * stride_va + offs_r[:, None] * stride_vr
     y_ptrs = Y + rows64[:, None] * stride_ym
-    for n0 in range(0, N_OUT, BLOCK_N):
+    n_lo = pid_n * N_PER_SPLIT
+    n_hi = tl.minimum(n_lo + N_PER_SPLIT, N_OUT)
+    for n0 in range(n_lo, n_hi, BLOCK_N):
         nn = n0 + offs_n
-        n_mask = nn < N_OUT
+        n_mask = nn < n_hi
         v = tl.load(v_ptrs + nn[None, :] * stride_vn, mask=r_mask[:, None] & n_mask[None, :], other=0.0)
         v = v.to(y_dtype)
         if UPCAST:

@@ -105,3 +105,23 @@ def test_choose_path_rule_and_overrides():
     assert launch.choose_path(16384, 14336, 4096) == ("fused", False)
     launch.TUNE.update(path="split", wgrad_pair=True)
     assert launch.choose_path(8192, 4096, 1024) == ("split", True)
+
+
+def test_shrink_expand_column_split_rule(monkeypatch):
+    """Two programs per row tile only when the tiles give under 2 waves and K <= 2 * n_out."""
+    from kernels import launch_fused as lf
+    from kernels.launch import TUNE
+
+    monkeypatch.setattr(lf, "_n_sms", lambda device: 132)
+    cfg = dict(bm_fused=64, bn_fused=128)
+    dev = torch.device("cuda")
+    lay = MultiLoraLayout((8192,), (16,), (2.0,))
+    monkeypatch.setattr(lay, "tiles", lambda bm, d: torch.empty(128, 3))
+    assert lf._se_plan(lay, 4096, 4096, cfg, dev)[2:] == (2, 2048)  # 128 tiles < 264
+    assert lf._se_plan(lay, 14336, 4096, cfg, dev)[2:] == (1, 4096)  # K > 2 n_out
+    assert lf._se_plan(lay, 2000, 1000, cfg, dev)[2:] == (2, 512)  # whole 128-column blocks
+    assert lf._se_plan(lay, 4096, 0, cfg, dev)[2:] == (1, 0)  # shrink only
+    monkeypatch.setattr(lay, "tiles", lambda bm, d: torch.empty(300, 3))
+    assert lf._se_plan(lay, 4096, 4096, cfg, dev)[2:] == (1, 4096)  # >= 2 waves already
+    monkeypatch.setitem(TUNE, "se_split", 3)
+    assert lf._se_plan(lay, 4096, 4096, cfg, dev)[2:] == (3, 1408)

@@ -53,8 +53,11 @@ def test_matches_reference(n, spread, dtype, path):
         dict(path="fused", wgrad_chunk=32, fuse_add="kernel"),
         dict(path="fused", wgrad_pair=True),  # ... + dA/dB in one launch
         dict(path="fused", wgrad_pair=True, wgrad_chunk=32),
+        dict(path="fused", se_split=3),  # expand columns shared by 3 programs per row tile
+        dict(path="fused", se_split=2, fuse_add="kernel"),
     ],
-    ids=["atomics", "kadd", "atomics-kadd", "fused", "fused-atomics-kadd", "pair", "pair-atomics"],
+    ids=["atomics", "kadd", "atomics-kadd", "fused", "fused-atomics-kadd", "pair", "pair-atomics",
+         "col-split", "col-split-kadd"],  # fmt: skip
 )
 def test_launch_variants(tune):
     dtype = torch.bfloat16 if "fuse_add" in tune else torch.float32

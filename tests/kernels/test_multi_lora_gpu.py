@@ -38,8 +38,9 @@ def test_small_odd_shapes(n, spread, dtype):
         dict(fuse_add="kernel"),
         dict(path="fused"),
         dict(path="fused", wgrad_pair=True, wgrad_chunk=256),
+        dict(path="fused", se_split=4),
     ],
-    ids=["default", "atomics", "kadd", "fused", "pair-atomics"],
+    ids=["default", "atomics", "kadd", "fused", "pair-atomics", "col-split"],
 )
 @pytest.mark.parametrize("shape", [(4096, 4096), (4096, 1024), (14336, 4096)])
 def test_full_size_bf16(tune, shape):

@@ -1,0 +1,144 @@
+"""Tile sweep of each multi-LoRA kernel on its own, GPU-only time (CUDA-graph replay).
+
+Run on the GPU machine:  python3 benchmarks/sweep_lora_tiles.py [--budget-s 300]
+
+For every tile configuration the four kernels of the fused path (forward shrink_expand,
+backward shrink_expand, the dA and dB weight-gradient reductions) are timed separately at
+Llama-3.1-8B shapes, N = 32 adapters, ranks from {16, 32, 64}. Each time is compared with the
+bytes the kernel must move (its floor; `bytes` column) to give achieved GB/s. Rows are appended
+to benchmarks/results/lora_tiles.csv. Configurations are visited outer-most (each compiles once,
+shapes do not recompile: they are runtime ints), and the sweep stops cleanly at --budget-s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import itertools
+import json
+import os
+import sys
+import time
+
+import torch
+import triton
+import triton.testing
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from bench_multi_lora import SHAPES, make_inputs  # noqa: E402
+
+import kernels  # noqa: E402
+from benchmarks.results_csv import append_results  # noqa: E402
+from kernels import launch  # noqa: E402
+from kernels.launch_fused import shrink_expand  # noqa: E402
+
+CASES = [(s, t) for s in SHAPES for t in (8192, 16384)] + [("4096x4096", 4096)]
+COLUMNS = ["date", "gpu", "triton", "kernel", "shape", "T", "N", "cfg", "us", "bytes", "gbps"]
+# One change at a time from the defaults (TUNE["gpu"]), then a few combinations; about 16
+# compiles per family keeps the sweep inside one device call.
+_SE_ONE = [dict(), dict(bm_fused=32), dict(bm_fused=64), dict(bm_fused=128, warps=8),
+           dict(bk=128), dict(bk=256), dict(bn_fused=64), dict(bn_fused=256), dict(warps=8),
+           dict(stages=2), dict(stages=4)]  # fmt: skip
+_SE_MIX = [dict(bk=128, warps=8), dict(bk=128, stages=4), dict(bk=128, bn_fused=256, warps=8),
+           dict(bk=128, bn_fused=256, warps=8, stages=4), dict(bm_fused=32, bk=128, warps=8)]  # fmt: skip
+SE_CFGS = _SE_ONE + _SE_MIX
+_WG_ONE = [dict(), dict(bt=32), dict(bt=128), dict(bn=64), dict(bn=256), dict(warps=8),
+           dict(stages=2), dict(stages=4), dict(chunk=1024), dict(chunk=4096)]  # fmt: skip
+_WG_MIX = [dict(bt=128, warps=8), dict(bn=256, warps=8), dict(bt=128, bn=256, warps=8),
+           dict(bt=128, bn=64), dict(bt=128, warps=8, stages=4), dict(bn=256, warps=8, chunk=1024)]  # fmt: skip
+WG_CFGS = _WG_ONE + _WG_MIX
+# Round 2 (after round 1 set wg_stages=2 and the 1024-token chunk floor): the expand's columns
+# split over `split` programs per row tile (TUNE["se_split"]), with larger row tiles.
+# Both rounds ran with one bk / stages for both shrink_expand directions (the code of that time);
+# the sweep now writes them to se_fwd_* and se_bwd_*, which reproduces those runs.
+SE_CFGS_2 = [dict(split=sp, **o) for o in (dict(), dict(bm_fused=128, warps=8), dict(bk=128),
+                                            dict(stages=4), dict(bm_fused=128, bk=128, warps=8))
+             for sp in (1, 2, 4, 8)]  # fmt: skip
+WG_CFGS_2 = [dict(), dict(bn=256, warps=8), dict(bt=32), dict(bn=256, warps=8, chunk=2048)]
+
+
+def kernel_fns(inp: dict, cfg: dict) -> dict:
+    """name -> (zero-arg launch, bytes its floor moves) for one case and one cfg."""
+    x, a, b, dy = (inp[k].detach() for k in ("x", "a", "b", "dy"))
+    lay = kernels.make_layout(inp["seg"], inp["ranks"], inp["scaling"], device="cuda")
+    t, d_in = x.shape
+    d_out = b.shape[1]
+    a_str, b_str = a.stride(), b.stride()
+    bt_str = (b.stride(0), b.stride(2), b.stride(1))
+    at_str = (a.stride(0), a.stride(2), a.stride(1))
+    y = torch.empty(t, d_out, device="cuda", dtype=x.dtype)
+    dx = torch.empty_like(x)
+    s = shrink_expand(x, a, a_str, b, b_str, y, d_out, lay, False, True, False, cfg)
+    ds = shrink_expand(dy, b, bt_str, a, at_str, dx, d_in, lay, True, False, False, cfg)
+    r2 = 2 * t * lay.block_r
+    return {
+        "se_fwd": (lambda: shrink_expand(x, a, a_str, b, b_str, y, d_out, lay, False, True,
+                                         False, cfg), 2 * t * (d_in + d_out) + r2),
+        "se_bwd": (lambda: shrink_expand(dy, b, bt_str, a, at_str, dx, d_in, lay, True, False,
+                                         False, cfg), 2 * t * (d_in + d_out) + r2),
+        "wg_dA": (lambda: launch._wgrad(ds, x, a, False, lay, False, cfg), 2 * t * d_in + r2),
+        "wg_dB": (lambda: launch._wgrad(s, dy, b, True, lay, True, cfg), 2 * t * d_out + r2),
+    }  # fmt: skip
+
+
+def gpu_us(fn) -> float:
+    fn()
+    torch.cuda.synchronize()
+    return triton.testing.do_bench_cudagraph(fn, rep=20, return_mode="median") * 1e3
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--out", default="benchmarks/results/lora_tiles.csv")
+    p.add_argument("--budget-s", type=float, default=300.0)
+    p.add_argument("--kernels", default="se,wg")
+    p.add_argument("--round", type=int, default=2, help="1: tile sizes; 2: column splits")
+    args = p.parse_args()
+    t0 = time.time()
+    meta = dict(date=dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%MZ"),
+                gpu=torch.cuda.get_device_name(), triton=triton.__version__)  # fmt: skip
+    inputs = {c: make_inputs(*SHAPES[c[0]], c[1], 32) for c in CASES}
+    base = dict(launch.TUNE["gpu"])
+    # alternate the families, so a budget cut leaves both partly swept
+    se_cfgs, wg_cfgs = (SE_CFGS, WG_CFGS) if args.round == 1 else (SE_CFGS_2, WG_CFGS_2)
+    plan = [(fam, dict(c)) for se, wg in itertools.zip_longest(se_cfgs, wg_cfgs)
+            for fam, c in (("se", se), ("wg", wg)) if c is not None]  # fmt: skip
+    plan = [p_ for p_ in plan if p_[0] in args.kernels.split(",")]
+    best: dict = {}
+    for i, (fam, over) in enumerate(plan):
+        if time.time() - t0 > args.budget_s:
+            print(f"budget reached after {i} of {len(plan)} configurations", flush=True)
+            break
+        tag = json.dumps(over)
+        launch.TUNE["wgrad_chunk"] = over.pop("chunk", None)
+        launch.TUNE["se_split"] = over.pop("split", 1)  # 1: the kernel as it was before splits
+        if fam == "se":  # the sweep's bk / stages apply to both shrink_expand directions
+            for key in ("bk", "stages"):
+                if key in over:
+                    over[f"se_fwd_{key}"] = over[f"se_bwd_{key}"] = over.pop(key)
+        cfg = dict(base, **over)
+        for case, inp in inputs.items():
+            try:
+                rows = []
+                for name, (fn, nbytes) in kernel_fns(inp, cfg).items():
+                    if not name.startswith(fam):
+                        continue
+                    us = gpu_us(fn)
+                    rows.append(dict(meta, kernel=name, shape=case[0], T=case[1], N=32, cfg=tag,
+                                     us=f"{us:.1f}", bytes=nbytes, gbps=f"{nbytes / us / 1e3:.0f}"))  # fmt: skip
+                    key = (name, *case)
+                    if key not in best or us < best[key][0]:
+                        best[key] = (us, tag, nbytes / us / 1e3)
+                append_results(args.out, COLUMNS, rows)
+            except Exception as exc:  # noqa: BLE001 - a config may not fit; keep going
+                print(f"ERROR {tag} {case}: {exc!r}"[:300], flush=True)
+        print(f"[{time.time() - t0:5.0f}s] {fam} {tag} done", flush=True)
+    launch.TUNE["wgrad_chunk"] = launch.TUNE["se_split"] = None
+    print("== best per kernel and case (us, GB/s, cfg)")
+    for key in sorted(best):
+        us, tag, gbps = best[key]
+        print(f"  {key[0]:>6} {key[1]:>11} T={key[2]:>5}: {us:8.1f} us {gbps:6.0f} GB/s  {tag}")
+
+
+if __name__ == "__main__":
+    main()
