@@ -159,6 +159,12 @@ class MultiLoraLayout:
         """Device int32 [n_chunks, 3] chunk table (see :meth:`chunk_array`)."""
         return self._cached(("chunks", chunk), lambda: _pinned(self.chunk_array(chunk)), device)
 
+    def row_adapters(self, device: torch.device) -> torch.Tensor:
+        """Device int32 [T]: the adapter owning each row (zero-token adapters own none)."""
+        build = lambda: _pinned(np.repeat(np.arange(self.num_adapters, dtype=np.int32),  # noqa: E731
+                                          self.seg_lens))  # fmt: skip
+        return self._cached(("row_adapters",), build, device)
+
     def ranks_tensor(self, device: torch.device) -> torch.Tensor:
         """Device int32 [N] ranks."""
         return self._cached(("ranks",), lambda: _pinned(np.asarray(self.ranks)), device)
