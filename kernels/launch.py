@@ -23,7 +23,7 @@ from .layout import MultiLoraLayout
 # Launch parameters; tests and the benchmark override entries (None = heuristic).
 TUNE: dict = {
     "path": "auto",  # "auto" (choose_path), "split" (shrink/expand/wgrad) or "fused" (shrink_expand + wgrad)
-    "wgrad_pair": False,  # fused path: dA+dB in one launch (auto turns it on for small layers)
+    "wgrad_pair": False,  # fused path: dA+dB in one launch (never chosen by auto)
     "fuse_add": "addmm",  # "addmm" (delta + cuBLAS epilogue) or "kernel" (expand-and-add)
     "split_k": None,  # shrink split over K; None = fill ~2 waves of SMs
     "se_split": None,  # shrink_expand: programs per row tile sharing its columns; None = heuristic
@@ -49,16 +49,15 @@ _SM_COUNT: dict[int, int] = {}
 def auto_path(t: int, d_in: int, d_out: int) -> tuple[str, bool]:
     """(path, wgrad_pair) the "auto" rule picks for a layer d_in -> d_out over t tokens.
 
-    Rule from the H200 runs of benchmarks/bench_multi_lora.py (Llama-3.1-8B shapes, T 4k–16k,
-    N 8–64; docs/kernels.md §3b): layers smaller than 4096x4096 (GQA k/v) are host-bound, so the
-    fewest launches win (fused + wgrad_pair: 4 Triton launches); at 4096x4096 the fused path's
-    single-launch forward wins; the MLP shapes are GPU-bound and the split path's lighter
-    kernels win until T = 16384, where both tie and the fused path saves the S round trip.
+    Rule from the GPU-only (CUDA-graph) times of benchmarks/bench_multi_lora.py on the H200,
+    2026-11-29 (Llama-3.1-8B shapes, T 4k–16k, N 8–64; docs/kernels.md §3c): the fused path
+    (shrink_expand) wins or ties from T = 8192 on, and on layers smaller than 4096x4096 at every
+    T; below T = 8192 the split path wins on the larger layers (4096², T = 4096: 0.58 vs
+    0.67 ms). wgrad_pair saves one launch of host time but is 10–30 % slower on the GPU, so the
+    rule never picks it: a training step is GPU-bound once its host runs ahead (or is captured
+    in a CUDA graph), which is where these layers' time matters.
     """
-    size = d_in * d_out
-    if size < 4096 * 4096:
-        return "fused", True
-    if size == 4096 * 4096 or t >= 16384:
+    if t >= 8192 or d_in * d_out < 4096 * 4096:
         return "fused", False
     return "split", False
 

@@ -15,6 +15,7 @@ def test_tile_table_worked_example():
     assert lay.offsets == (0, 5, 5, 8) and lay.total_tokens == 8
     assert lay.r_max == 8 and lay.block_r == 16
     np.testing.assert_array_equal(lay.tile_array(4), [[0, 0, 5], [0, 4, 5], [2, 5, 8]])
+    np.testing.assert_array_equal(lay.row_adapters(torch.device("cpu")), [0, 0, 0, 0, 0, 2, 2, 2])
     np.testing.assert_array_equal(
         lay.chunk_array(2), [[0, 0, 2], [0, 2, 4], [0, 4, 5], [2, 5, 7], [2, 7, 8]]
     )
@@ -99,9 +100,10 @@ def test_choose_path_rule_and_overrides():
     from kernels import launch
 
     assert launch.TUNE["path"] == "auto"
-    assert launch.choose_path(8192, 4096, 1024) == ("fused", True)  # GQA k/v: fewest launches
-    assert launch.choose_path(4096, 4096, 4096) == ("fused", False)
-    assert launch.choose_path(8192, 4096, 14336) == ("split", False)
+    assert launch.choose_path(4096, 4096, 1024) == ("fused", False)  # GQA k/v: fused at any T
+    assert launch.choose_path(4096, 4096, 4096) == ("split", False)  # T < 8192: split
+    assert launch.choose_path(8191, 4096, 14336) == ("split", False)
+    assert launch.choose_path(8192, 4096, 4096) == ("fused", False)
     assert launch.choose_path(16384, 14336, 4096) == ("fused", False)
     launch.TUNE.update(path="split", wgrad_pair=True)
     assert launch.choose_path(8192, 4096, 1024) == ("split", True)
