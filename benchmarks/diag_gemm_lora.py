@@ -56,6 +56,7 @@ def _gemm_lora_kernel(
     stride_sm, stride_sr, stride_va, stride_vn, stride_vr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_R: tl.constexpr,
     GROUP_M: tl.constexpr, LORA: tl.constexpr, SCALE: tl.constexpr, EVEN_K: tl.constexpr,
+    B_ROWS: tl.constexpr,
     IEEE: tl.constexpr, UPCAST: tl.constexpr,
 ):  # fmt: skip
     pid = tl.program_id(0)
@@ -77,7 +78,10 @@ def _gemm_lora_kernel(
     safe_m = tl.max_contiguous(tl.multiple_of(offs_m % M, BLOCK_M), BLOCK_M).to(tl.int64)
     safe_n = tl.max_contiguous(tl.multiple_of(offs_n % N, BLOCK_N), BLOCK_N).to(tl.int64)
     a_ptrs = A + safe_m[:, None] * stride_am + offs_k[None, :] * stride_ak
-    b_ptrs = B + offs_k[:, None] * stride_bk + safe_n[None, :] * stride_bn
+    if B_ROWS:  # B = Wᵀ, k-contiguous: load W's [BN, BK] rows as stored and transpose
+        b_ptrs = B + safe_n[:, None] * stride_bn + offs_k[None, :] * stride_bk
+    else:
+        b_ptrs = B + offs_k[:, None] * stride_bk + safe_n[None, :] * stride_bn
     acc = tl.full((BLOCK_M, BLOCK_N), 0.0, tl.float32)
     for k0 in range(0, K, BLOCK_K):
         if EVEN_K:
@@ -86,7 +90,12 @@ def _gemm_lora_kernel(
         else:
             k_in = k0 + offs_k < K
             a = tl.load(a_ptrs, mask=k_in[None, :], other=0.0)
-            b = tl.load(b_ptrs, mask=k_in[:, None], other=0.0)
+            if B_ROWS:
+                b = tl.load(b_ptrs, mask=k_in[None, :], other=0.0)
+            else:
+                b = tl.load(b_ptrs, mask=k_in[:, None], other=0.0)
+        if B_ROWS:
+            b = tl.trans(b)
         if UPCAST:
             a, b = a.to(tl.float32), b.to(tl.float32)
         if IEEE:
@@ -148,6 +157,7 @@ def gemm_lora(a, b, b_strides, out, layout=None, s=None, v=None, v_strides=None,
         a.stride(0), a.stride(1), *b_strides, out.stride(0), out.stride(1), *sv, **dict(
         BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, BLOCK_R=block_r, GROUP_M=cfg.get("gm_group", 8),
         LORA=lora, SCALE=scale, EVEN_K=k % bk == 0,
+        B_ROWS=bool(cfg.get("gm_rows", True)) and b_strides[0] == 1,
         IEEE=a.dtype == torch.float32, UPCAST=cfg.get("upcast", False),
         num_warps=cfg.get("gm_warps", 8), num_stages=cfg.get("gm_stages", 3),
     ))  # fmt: skip

@@ -55,6 +55,12 @@ SE_CFGS_2 = [dict(split=sp, **o) for o in (dict(), dict(bm_fused=128, warps=8), 
                                             dict(stages=4), dict(bm_fused=128, bk=128, warps=8))
              for sp in (1, 2, 4, 8)]  # fmt: skip
 WG_CFGS_2 = [dict(), dict(bn=256, warps=8), dict(bt=32), dict(bn=256, warps=8, chunk=2048)]
+# Round 3: the adapter operands loaded along their contiguous axis (se_rows, default) or as
+# before, with the shipped defaults (split=None: the column-split rule).
+SE_CFGS_3 = [dict(split=None), dict(split=None, se_rows=False), dict(split=None, stages=3),
+             dict(split=None, bk=128), dict(split=None, bm_fused=128, warps=8)]  # fmt: skip
+WG_CFGS_3 = [dict()]
+ROUNDS = {1: (SE_CFGS, WG_CFGS), 2: (SE_CFGS_2, WG_CFGS_2), 3: (SE_CFGS_3, WG_CFGS_3)}
 
 
 def kernel_fns(inp: dict, cfg: dict) -> dict:
@@ -92,7 +98,8 @@ def main() -> None:
     p.add_argument("--out", default="benchmarks/results/lora_tiles.csv")
     p.add_argument("--budget-s", type=float, default=300.0)
     p.add_argument("--kernels", default="se,wg")
-    p.add_argument("--round", type=int, default=2, help="1: tile sizes; 2: column splits")
+    p.add_argument("--round", type=int, default=3,
+                   help="1: tile sizes; 2: column splits; 3: operand orientation")  # fmt: skip
     args = p.parse_args()
     t0 = time.time()
     meta = dict(date=dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%MZ"),
@@ -100,7 +107,7 @@ def main() -> None:
     inputs = {c: make_inputs(*SHAPES[c[0]], c[1], 32) for c in CASES}
     base = dict(launch.TUNE["gpu"])
     # alternate the families, so a budget cut leaves both partly swept
-    se_cfgs, wg_cfgs = (SE_CFGS, WG_CFGS) if args.round == 1 else (SE_CFGS_2, WG_CFGS_2)
+    se_cfgs, wg_cfgs = ROUNDS[args.round]
     plan = [(fam, dict(c)) for se, wg in itertools.zip_longest(se_cfgs, wg_cfgs)
             for fam, c in (("se", se), ("wg", wg)) if c is not None]  # fmt: skip
     plan = [p_ for p_ in plan if p_[0] in args.kernels.split(",")]

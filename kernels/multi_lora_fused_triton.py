@@ -34,7 +34,7 @@ def _shrink_expand_kernel(
     stride_va, stride_vn, stride_vr, stride_sm, stride_sr, stride_ym, stride_yn,
     BLOCK_M: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_N: tl.constexpr,
     SCALE_S: tl.constexpr, SCALE_Y: tl.constexpr, ADD: tl.constexpr,
-    IEEE: tl.constexpr, UPCAST: tl.constexpr,
+    W_ROWS: tl.constexpr, V_ROWS: tl.constexpr, IEEE: tl.constexpr, UPCAST: tl.constexpr,
 ):  # fmt: skip
     pid = tl.program_id(0)
     pid_n = tl.program_id(1)
@@ -51,13 +51,18 @@ def _shrink_expand_kernel(
     r_mask = offs_r < rank
     rows64 = offs_m.to(tl.int64)
     x_ptrs = X + rows64[:, None] * stride_xm
-    w_ptrs = W + adapter.to(tl.int64) * stride_wa + offs_r[None, :] * stride_wr
+    w_base = W + adapter.to(tl.int64) * stride_wa
     acc = tl.full((BLOCK_M, BLOCK_R), 0.0, tl.float32)
     for k0 in range(0, K, BLOCK_K):
         kk = k0 + offs_k
         k_mask = kk < K
         x = tl.load(x_ptrs + kk[None, :] * stride_xk, mask=m_mask[:, None] & k_mask[None, :], other=0.0)
-        w = tl.load(w_ptrs + kk[:, None] * stride_wk, mask=r_mask[None, :] & k_mask[:, None], other=0.0)
+        if W_ROWS:  # W_i stored k-contiguous: load [R, BK] as stored, transpose for the dot
+            w = tl.trans(tl.load(w_base + offs_r[:, None] * stride_wr + kk[None, :] * stride_wk,
+                                 mask=r_mask[:, None] & k_mask[None, :], other=0.0))  # fmt: skip
+        else:
+            w = tl.load(w_base + offs_r[None, :] * stride_wr + kk[:, None] * stride_wk,
+                        mask=r_mask[None, :] & k_mask[:, None], other=0.0)  # fmt: skip
         w = w.to(x.dtype)
         if UPCAST:
             x, w = x.to(tl.float32), w.to(tl.float32)
@@ -77,14 +82,19 @@ def _shrink_expand_kernel(
     s_op = s_val.to(y_dtype)  # the expand consumes exactly what backward will re-read
     if UPCAST:
         s_op = s_op.to(tl.float32)
-    v_ptrs = V + adapter.to(tl.int64) * stride_va + offs_r[:, None] * stride_vr
+    v_base = V + adapter.to(tl.int64) * stride_va
     y_ptrs = Y + rows64[:, None] * stride_ym
     n_lo = pid_n * N_PER_SPLIT
     n_hi = tl.minimum(n_lo + N_PER_SPLIT, N_OUT)
     for n0 in range(n_lo, n_hi, BLOCK_N):
         nn = n0 + offs_n
         n_mask = nn < n_hi
-        v = tl.load(v_ptrs + nn[None, :] * stride_vn, mask=r_mask[:, None] & n_mask[None, :], other=0.0)
+        if V_ROWS:  # V_i stored r-contiguous: load [BN, R] as stored, transpose for the dot
+            v = tl.trans(tl.load(v_base + nn[:, None] * stride_vn + offs_r[None, :] * stride_vr,
+                                 mask=n_mask[:, None] & r_mask[None, :], other=0.0))  # fmt: skip
+        else:
+            v = tl.load(v_base + offs_r[:, None] * stride_vr + nn[None, :] * stride_vn,
+                        mask=r_mask[:, None] & n_mask[None, :], other=0.0)  # fmt: skip
         v = v.to(y_dtype)
         if UPCAST:
             v = v.to(tl.float32)
