@@ -35,22 +35,23 @@ def _pick_bm(layout: MultiLoraLayout, cfg: dict, device: torch.device) -> int:
     return 16
 
 
-def _se_plan(layout: MultiLoraLayout, k: int, n_out: int, cfg: dict, device: torch.device):
+def _se_plan(layout: MultiLoraLayout, n_out: int, backward: bool, cfg: dict,
+             device: torch.device):  # fmt: skip
     """(rows per program, tile table, column splits, columns per split) of a shrink_expand.
 
-    Column splits (TUNE["se_split"], None = this rule): 2 programs per row tile when the tiles
-    alone give under 2 waves of SMs, unless the shrink's K is over twice the expand's width
-    (then recomputing the shrink costs more than the extra parallelism gains). Measured on the
-    H200 (lora_tiles.csv, round 2): 4096² T = 8192 forward 114 -> 92 us; the exception,
-    the 4096->14336 backward (K = 14336, 4096 columns), 249 -> 328 us with a split.
+    Column splits (TUNE["se_split"], None = this rule): in the forward, 2 programs per row tile
+    when the tiles alone give under 2 waves of SMs; in the backward, none. Measured on the H200
+    (lora_tiles.csv, rounds 2 and 3, N = 32): the split sped up the forward at every
+    under-filled case (4096² T = 8192: 114 -> 92 us; 4096->14336: 316 -> 224 us) but slowed the
+    backward at 4096² (T = 8192: 101 -> 116 us; T = 4096: 90 -> 147 us) and 4096->14336.
     """
     bm = _pick_bm(layout, cfg, device)
     tiles = layout.tiles(bm, device)
     bn = cfg["bn_fused"]
     split = TUNE["se_split"]
     if split is None:
-        few = tiles.shape[0] < 2 * _n_sms(device) and k <= 2 * n_out
-        split = 2 if few and device.type == "cuda" else 1
+        few = tiles.shape[0] < 2 * _n_sms(device)
+        split = 2 if few and not backward and device.type == "cuda" else 1
     split = max(1, min(int(split), -(-n_out // bn)))
     n_per = -(-n_out // (split * bn)) * bn  # whole column blocks per split
     return bm, tiles, (-(-n_out // n_per) if n_out else 1), n_per
@@ -64,9 +65,10 @@ def shrink_expand(x, w, w_strides, v, v_strides, y, n_out: int, layout, scale_s:
     ``y`` may be None with n_out = 0 (shrink only).
     """
     dev, (t, k) = x.device, x.shape
-    bm, tiles, split, n_per = layout.memo(_plan_key(cfg, "shrink_expand", k, n_out, dev),
-                                          lambda: _se_plan(layout, k, n_out, cfg, dev))
-    step = "se_bwd_" if scale_s else "se_fwd_"  # only the backward scales S (dS = s_i dY B_i)
+    backward = scale_s  # only the backward scales S (dS = s_i dY B_i)
+    bm, tiles, split, n_per = layout.memo(_plan_key(cfg, "shrink_expand", n_out, backward, dev),
+                                          lambda: _se_plan(layout, n_out, backward, cfg, dev))
+    step = "se_bwd_" if backward else "se_fwd_"
     s = _empty((t, layout.block_r), dev, x.dtype)
     if tiles.shape[0] == 0:
         return s

@@ -110,7 +110,7 @@ def test_choose_path_rule_and_overrides():
 
 
 def test_shrink_expand_column_split_rule(monkeypatch):
-    """Two programs per row tile only when the tiles give under 2 waves and K <= 2 * n_out."""
+    """Forward: two programs per row tile when the tiles give under 2 waves; backward: one."""
     from kernels import launch_fused as lf
     from kernels.launch import TUNE
 
@@ -119,11 +119,11 @@ def test_shrink_expand_column_split_rule(monkeypatch):
     dev = torch.device("cuda")
     lay = MultiLoraLayout((8192,), (16,), (2.0,))
     monkeypatch.setattr(lay, "tiles", lambda bm, d: torch.empty(128, 3))
-    assert lf._se_plan(lay, 4096, 4096, cfg, dev)[2:] == (2, 2048)  # 128 tiles < 264
-    assert lf._se_plan(lay, 14336, 4096, cfg, dev)[2:] == (1, 4096)  # K > 2 n_out
-    assert lf._se_plan(lay, 2000, 1000, cfg, dev)[2:] == (2, 512)  # whole 128-column blocks
-    assert lf._se_plan(lay, 4096, 0, cfg, dev)[2:] == (1, 0)  # shrink only
+    assert lf._se_plan(lay, 4096, False, cfg, dev)[2:] == (2, 2048)  # 128 tiles < 264
+    assert lf._se_plan(lay, 4096, True, cfg, dev)[2:] == (1, 4096)  # backward: never
+    assert lf._se_plan(lay, 1000, False, cfg, dev)[2:] == (2, 512)  # whole 128-column blocks
+    assert lf._se_plan(lay, 0, False, cfg, dev)[2:] == (1, 0)  # shrink only
     monkeypatch.setattr(lay, "tiles", lambda bm, d: torch.empty(300, 3))
-    assert lf._se_plan(lay, 4096, 4096, cfg, dev)[2:] == (1, 4096)  # >= 2 waves already
+    assert lf._se_plan(lay, 4096, False, cfg, dev)[2:] == (1, 4096)  # >= 2 waves already
     monkeypatch.setitem(TUNE, "se_split", 3)
-    assert lf._se_plan(lay, 4096, 4096, cfg, dev)[2:] == (3, 1408)
+    assert lf._se_plan(lay, 4096, True, cfg, dev)[2:] == (3, 1408)  # forced, either direction
