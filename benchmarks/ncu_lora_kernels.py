@@ -1,0 +1,53 @@
+"""Launch each fused-path kernel once at one shape, for Nsight Compute to profile (H200).
+
+Run on the GPU machine, e.g.:
+    ncu --clock-control none -k regex:"shrink_expand|wgrad" --launch-skip 2 --launch-count 3 \\
+        --section SpeedOfLight --section MemoryWorkloadAnalysis --section Occupancy \\
+        --section LaunchStats --section WarpStateStats \\
+        python3 benchmarks/ncu_lora_kernels.py --shape 4096x4096 --tokens 8192
+
+Launch order: shrink_expand forward and backward once each to build S and dS (the two launches
+to skip), then shrink_expand forward, shrink_expand backward and the dA reduction: the three
+kernels ncu reports, with the shipped tile settings. ``--split``: then also the split path's
+forward shrink and expand (regex "shrink_kernel|expand_kernel", skip 0, count 2).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from bench_multi_lora import SHAPES, make_inputs  # noqa: E402
+from sweep_lora_tiles import kernel_fns  # noqa: E402
+
+import kernels  # noqa: E402
+from kernels import launch  # noqa: E402
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--shape", default="4096x4096", choices=list(SHAPES))
+    p.add_argument("--tokens", type=int, default=8192)
+    p.add_argument("--adapters", type=int, default=32)
+    p.add_argument("--split", action="store_true", help="also the split path's shrink, expand")
+    args = p.parse_args()
+    inp = make_inputs(*SHAPES[args.shape], args.tokens, args.adapters)
+    cfg = launch.TUNE["gpu"]
+    fns = kernel_fns(inp, cfg)
+    for name in ("se_fwd", "se_bwd", "wg_dA"):
+        fns[name][0]()
+    if args.split:
+        x, a, b = (inp[k].detach() for k in ("x", "a", "b"))
+        lay = kernels.make_layout(inp["seg"], inp["ranks"], inp["scaling"], device="cuda")
+        s = launch._shrink(x, a, a.stride(), lay, False, cfg)
+        y = torch.empty(x.shape[0], b.shape[1], device="cuda", dtype=x.dtype)
+        launch._expand(s, b, b.stride(), y, lay, True, False, cfg)
+    torch.cuda.synchronize()
+
+
+if __name__ == "__main__":
+    main()
