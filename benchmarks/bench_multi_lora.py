@@ -12,6 +12,7 @@ Variants (all compute the same function; the frozen base weight never gets a gra
   fused_pair path="fused" + wgrad_pair (dA and dB in one launch)
   fused_split path="split" explicitly
   fused_kadd defaults + TUNE fuse_add="kernel" (paper's fused expand-and-add in the kernel)
+  fused_split_c512 / _c2048  path="split" with 512 / 2048 output columns per expand program
   loop       eager PyTorch: shared base GEMM + per-adapter loop (kernels.reference)
   separate   N separate jobs: each adapter runs its own base GEMM + LoRA on its own tokens
 
@@ -73,13 +74,19 @@ COLUMNS = [
 ]
 BF16 = torch.bfloat16
 DEFAULT_TUNE = {k: ml.TUNE[k] for k in ("path", "fuse_add", "wgrad_pair")}
+DEFAULT_TUNE["gpu"] = dict(ml.TUNE["gpu"])  # variants may override tile settings
 FUSED_VARIANTS = {  # TUNE overrides of each fused_multi_lora variant
     "fused": dict(DEFAULT_TUNE),  # the defaults as shipped
     "fused_split": dict(DEFAULT_TUNE, path="split", wgrad_pair=False),
     "fused_one": dict(DEFAULT_TUNE, path="fused", wgrad_pair=False),
     "fused_pair": dict(DEFAULT_TUNE, path="fused", wgrad_pair=True),
     "fused_kadd": dict(DEFAULT_TUNE, fuse_add="kernel"),
-}
+    # split path whose expand programs cover 512 / 2048 columns each, V loads pipelined
+    "fused_split_c512": dict(DEFAULT_TUNE, path="split", wgrad_pair=False,
+                             gpu=dict(DEFAULT_TUNE["gpu"], ex_cols=512, ex_stages=3)),
+    "fused_split_c2048": dict(DEFAULT_TUNE, path="split", wgrad_pair=False,
+                              gpu=dict(DEFAULT_TUNE["gpu"], ex_cols=2048, ex_stages=3)),
+}  # fmt: skip
 
 
 def ceilings() -> dict:

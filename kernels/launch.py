@@ -34,12 +34,14 @@ TUNE: dict = {
     # pipeline depth (2 beat 3 on every shape, 3-10 %); se_fwd_* / se_bwd_*, the forward and
     # backward shrink_expand (their operands are laid out differently: the forward reads A_i
     # along k, the backward B_i along r), each 5-15 % faster than the shared bk / stages.
+    # ex_cols / ex_stages: output columns per program of the split path's expand and its
+    # pipeline depth (ex_cols = bn, stages 1 is the one-block-per-program kernel of 2026-11-28).
     "gpu": dict(bm=64, bk=64, bn=128, bt=64, warps=4, stages=3, wg_stages=2, bm_fused=None,
                 bn_fused=128, se_fwd_bk=64, se_fwd_stages=4, se_bwd_bk=128, se_bwd_stages=3,
-                upcast=False),  # fmt: skip
+                ex_cols=128, ex_stages=1, upcast=False),  # fmt: skip
     "interp": dict(bm=32, bk=32, bn=64, bt=32, warps=4, stages=1, wg_stages=1, bm_fused=32,
                    bn_fused=32, se_fwd_bk=32, se_fwd_stages=1, se_bwd_bk=32, se_bwd_stages=1,
-                   upcast=True),  # fmt: skip
+                   ex_cols=64, ex_stages=1, upcast=True),  # fmt: skip
     "poison": False,  # tests: fill every internally allocated output with NaN first
 }
 
@@ -153,19 +155,23 @@ def _shrink(x, w, w_strides, layout, scale: bool, cfg) -> torch.Tensor:
 
 
 def _expand(s, v, v_strides, out, layout, scale: bool, add: bool, cfg) -> None:
-    """out[T, n] (+)= c_i * S_i @ V_iᵀ in place; v_strides = (adapter, n, rank) strides of V."""
+    """out[T, n] (+)= c_i * S_i @ V_iᵀ in place; v_strides = (adapter, n, rank) strides of V.
+
+    Each program covers cfg["ex_cols"] output columns (whole BLOCK_N blocks) of one row tile.
+    """
     dev, n_out = out.device, out.shape[1]
     tiles = layout.tiles(cfg["bm"], dev)
     if tiles.shape[0] == 0:
         return
-    grid = (tiles.shape[0], -(-n_out // cfg["bn"]))
+    n_per = max(cfg["bn"], cfg["ex_cols"] // cfg["bn"] * cfg["bn"])
+    grid = (tiles.shape[0], -(-n_out // n_per))
     launch(mlt.get_kernels().expand, grid, (
         s, v, out, tiles, layout.ranks_tensor(dev), layout.scaling_tensor(dev),
-        n_out, s.stride(0), s.stride(1), *v_strides, out.stride(0), out.stride(1),
+        n_out, n_per, s.stride(0), s.stride(1), *v_strides, out.stride(0), out.stride(1),
     ), dict(
         BLOCK_M=cfg["bm"], BLOCK_N=cfg["bn"], BLOCK_R=layout.block_r,
         ADD=add, APPLY_SCALE=scale, IEEE=out.dtype == torch.float32, UPCAST=cfg["upcast"],
-        num_warps=cfg["warps"], num_stages=1,
+        num_warps=cfg["warps"], num_stages=cfg["ex_stages"],
     ))
 
 

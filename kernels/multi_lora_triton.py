@@ -9,11 +9,13 @@ token axis, rank r_i, scale s_i, rank axis padded to BLOCK_R (mask ``r < r_i``).
   backward dS = dY @ B_i · s_i (W_i = lora_b[i]ᵀ by strides, c_i = s_i)
   Split-K over the long K axis (d_in or d_out) keeps the chip busy when T/BLOCK_M is small;
   the partial sums then meet through fp32 atomics in OUT (OUT is tiny: T x BLOCK_R fp32).
-* ``expand``  Y[t, n] (+)= c_i * sum_r S[t, r] * V_i[n, r]            (grid: tiles x n-blocks)
+* ``expand``  Y[t, n] (+)= c_i * sum_r S[t, r] * V_i[n, r]     (grid: tiles x column chunks)
   forward  y  (+)= s_i · S @ B_iᵀ   (V_i = lora_b[i],        c_i = s_i)
   backward dX (+)= dS @ A_i         (V_i = lora_a[i]ᵀ by strides, c_i = 1)
   ``ADD`` loads Y and adds (fused expand-and-add); otherwise it stores the LoRA delta, which the
   caller hands to cuBLAS as the ``C`` of ``addmm`` (the base GEMM then adds it in its epilogue).
+  Each program loads its S tile once and loops over N_PER_PROG columns in BLOCK_N steps, so the
+  table lookups and the S load are paid once per chunk and the V loads are pipelined.
 * ``wgrad``   OUT_i[r, n] (+)= c_i * sum_{t in chunk} P[t, r] * Q[t, n]  (grid: chunks x n-blocks)
   dA_i = dS_iᵀ X_i            (P = dS, Q = x,  c_i = 1,   OUT = grad lora_a [N, r_max, d_in])
   dB_i = s_i · dY_iᵀ S_i      (P = S,  Q = dY, c_i = s_i, OUT = grad lora_b [N, d_out, r_max]
@@ -91,14 +93,14 @@ def _shrink_kernel(
 
 def _expand_kernel(
     S, V, Y, TILES, RANKS, SCALES,
-    N_OUT,
+    N_OUT, N_PER_PROG,
     stride_sm, stride_sr,
     stride_va, stride_vn, stride_vr,
     stride_ym, stride_yn,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr,
     ADD: tl.constexpr, APPLY_SCALE: tl.constexpr, IEEE: tl.constexpr,
     UPCAST: tl.constexpr,
-):
+):  # fmt: skip
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
     adapter = tl.load(TILES + pid_m * 3)
@@ -106,35 +108,39 @@ def _expand_kernel(
     row_end = tl.load(TILES + pid_m * 3 + 2)
     rank = tl.load(RANKS + adapter)
     offs_m = row0 + tl.arange(0, BLOCK_M)
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_r = tl.arange(0, BLOCK_R)
     m_mask = offs_m < row_end
-    n_mask = offs_n < N_OUT
     r_mask = offs_r < rank
     s = tl.load(
         S + offs_m.to(tl.int64)[:, None] * stride_sm + offs_r[None, :] * stride_sr,
         mask=m_mask[:, None] & r_mask[None, :], other=0.0,
-    )  # [BLOCK_M, BLOCK_R]
-    v = tl.load(
-        V + adapter.to(tl.int64) * stride_va + offs_n[None, :] * stride_vn + offs_r[:, None] * stride_vr,
-        mask=r_mask[:, None] & n_mask[None, :], other=0.0,
-    )  # [BLOCK_R, BLOCK_N]
+    )  # [BLOCK_M, BLOCK_R], loaded once for all of this program's column blocks
     y_dtype = Y.dtype.element_ty
     s = s.to(y_dtype)
-    v = v.to(y_dtype)
     if UPCAST:
-        s, v = s.to(tl.float32), v.to(tl.float32)
-    if IEEE:
-        acc = tl.dot(s, v, input_precision="ieee")
-    else:
-        acc = tl.dot(s, v)
-    if APPLY_SCALE:
-        acc = acc * tl.load(SCALES + adapter)
-    y_ptrs = Y + offs_m.to(tl.int64)[:, None] * stride_ym + offs_n[None, :] * stride_yn
-    y_mask = m_mask[:, None] & n_mask[None, :]
-    if ADD:
-        acc += tl.load(y_ptrs, mask=y_mask, other=0.0).to(tl.float32)
-    tl.store(y_ptrs, acc.to(y_dtype), mask=y_mask)
+        s = s.to(tl.float32)
+    v_base = V + adapter.to(tl.int64) * stride_va + offs_r[:, None] * stride_vr
+    y_rows = Y + offs_m.to(tl.int64)[:, None] * stride_ym
+    n_lo = pid_n * N_PER_PROG
+    n_hi = tl.minimum(n_lo + N_PER_PROG, N_OUT)
+    for n0 in range(n_lo, n_hi, BLOCK_N):
+        offs_n = n0 + tl.arange(0, BLOCK_N)
+        n_mask = offs_n < n_hi
+        v = tl.load(v_base + offs_n[None, :] * stride_vn, mask=r_mask[:, None] & n_mask[None, :],
+                    other=0.0).to(y_dtype)  # fmt: skip
+        if UPCAST:
+            v = v.to(tl.float32)
+        if IEEE:
+            acc = tl.dot(s, v, input_precision="ieee")
+        else:
+            acc = tl.dot(s, v)
+        if APPLY_SCALE:
+            acc = acc * tl.load(SCALES + adapter)
+        y_ptrs = y_rows + offs_n[None, :] * stride_yn
+        y_mask = m_mask[:, None] & n_mask[None, :]
+        if ADD:
+            acc += tl.load(y_ptrs, mask=y_mask, other=0.0).to(tl.float32)
+        tl.store(y_ptrs, acc.to(y_dtype), mask=y_mask)
 
 
 def _wgrad_kernel(

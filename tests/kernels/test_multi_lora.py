@@ -66,6 +66,15 @@ def test_launch_variants(tune):
     run_and_compare(tensors, seg, ranks, scaling, dtype)
 
 
+@pytest.mark.parametrize("ex_cols", [128, 1000])  # 2 column blocks per program; all columns
+def test_split_expand_column_chunks(ex_cols):
+    """The split path's expand with several column blocks per program (ex_cols > bn)."""
+    ml.TUNE.update(path="split")
+    ml.TUNE["interp"]["ex_cols"] = ex_cols
+    tensors, seg, ranks, scaling = make_case(5, "zipf", dtype=torch.float32, seed=11, **SMALL)
+    run_and_compare(tensors, seg, ranks, scaling, torch.float32)
+
+
 def test_rank_128_mixed():
     """The full rank pool {8,16,64,128} (block_r = 128), two tiles per segment at most."""
     tensors, seg, ranks, scaling = make_case(

@@ -39,8 +39,9 @@ def test_small_odd_shapes(n, spread, dtype):
         dict(path="fused"),
         dict(path="fused", wgrad_pair=True, wgrad_chunk=256),
         dict(path="fused", se_split=4),
+        dict(path="split", gpu=dict(ml.TUNE["gpu"], ex_cols=512, ex_stages=3)),
     ],
-    ids=["default", "atomics", "kadd", "fused", "pair-atomics", "col-split"],
+    ids=["default", "atomics", "kadd", "fused", "pair-atomics", "col-split", "split-chunked"],
 )
 @pytest.mark.parametrize("shape", [(4096, 4096), (4096, 1024), (14336, 4096)])
 def test_full_size_bf16(tune, shape):
