@@ -216,12 +216,17 @@ def bench_case(shape: str, t: int, n: int, args, meta: dict, bw: float) -> None:
                 fn, warmup=25, rep=args.rep, quantiles=[0.5, 0.2, 0.8]
             )
             launches = count_launches(fn)
-            gpu = graph_ms(fn) if var in graph_vars else float("nan")
         except Exception as exc:  # noqa: BLE001 - log, keep the other rows
             print(f"ERROR {shape} T={t} N={n} {var}: {exc!r}"[:400], flush=True)
-            ml.TUNE.update(DEFAULT_TUNE)
+            ml.TUNE.update(DEFAULT_TUNE, gpu=dict(DEFAULT_TUNE["gpu"]))
             continue
-        ml.TUNE.update(DEFAULT_TUNE)
+        gpu = float("nan")
+        if var in graph_vars:
+            try:
+                gpu = graph_ms(fn)
+            except Exception as exc:  # noqa: BLE001 - keep the eager timing of this row
+                print(f"ERROR (graph) {shape} T={t} N={n} {var}: {exc!r}"[:400], flush=True)
+        ml.TUNE.update(DEFAULT_TUNE, gpu=dict(DEFAULT_TUNE["gpu"]))
         base_ms = med if var == "base" else base_ms
         base_gpu = gpu if var == "base" else base_gpu
         flops = bflops + (0.0 if var == "base" else lflops)
@@ -269,7 +274,8 @@ def main() -> None:
     p.add_argument("--rep", type=int, default=100, help="do_bench rep (ms)")
     p.add_argument(
         "--graph-variants",
-        default="base,fused,fused_one,fused_split,fused_pair,fused_kadd",
+        default="base,fused,fused_one,fused_split,fused_pair,fused_kadd,fused_split_c512,"
+        "fused_split_c2048",
         help="variants also timed GPU-only, from a CUDA graph (gpu_ms)",
     )
     args = p.parse_args()

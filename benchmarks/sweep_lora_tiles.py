@@ -49,8 +49,8 @@ _WG_MIX = [dict(bt=128, warps=8), dict(bn=256, warps=8), dict(bt=128, bn=256, wa
 WG_CFGS = _WG_ONE + _WG_MIX
 # Round 2 (after round 1 set wg_stages=2 and the 1024-token chunk floor): the expand's columns
 # split over `split` programs per row tile (TUNE["se_split"]), with larger row tiles.
-# Both rounds ran with one bk / stages for both shrink_expand directions (the code of that time);
-# the sweep now writes them to se_fwd_* and se_bwd_*, which reproduces those runs.
+# Both rounds ran with one bk / stages for both shrink_expand directions and (round 1) for the
+# weight gradients too: ROUND_BASE below restores those settings under each round's overrides.
 SE_CFGS_2 = [dict(split=sp, **o) for o in (dict(), dict(bm_fused=128, warps=8), dict(bk=128),
                                             dict(stages=4), dict(bm_fused=128, bk=128, warps=8))
              for sp in (1, 2, 4, 8)]  # fmt: skip
@@ -61,6 +61,9 @@ SE_CFGS_3 = [dict(split=None), dict(split=None, se_rows=False), dict(split=None,
              dict(split=None, bk=128), dict(split=None, bm_fused=128, warps=8)]  # fmt: skip
 WG_CFGS_3 = [dict()]
 ROUNDS = {1: (SE_CFGS, WG_CFGS), 2: (SE_CFGS_2, WG_CFGS_2), 3: (SE_CFGS_3, WG_CFGS_3)}
+# TUNE["gpu"] settings each round started from (round 3: the shipped ones)
+_SE_SHARED = dict(se_fwd_bk=64, se_fwd_stages=3, se_bwd_bk=64, se_bwd_stages=3)
+ROUND_BASE = {1: dict(_SE_SHARED, wg_stages=3), 2: dict(_SE_SHARED, wg_stages=2), 3: {}}
 
 
 def kernel_fns(inp: dict, cfg: dict) -> dict:
@@ -105,7 +108,7 @@ def main() -> None:
     meta = dict(date=dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%MZ"),
                 gpu=torch.cuda.get_device_name(), triton=triton.__version__)  # fmt: skip
     inputs = {c: make_inputs(*SHAPES[c[0]], c[1], 32) for c in CASES}
-    base = dict(launch.TUNE["gpu"])
+    base = dict(launch.TUNE["gpu"], **ROUND_BASE[args.round])
     # alternate the families, so a budget cut leaves both partly swept
     se_cfgs, wg_cfgs = ROUNDS[args.round]
     plan = [(fam, dict(c)) for se, wg in itertools.zip_longest(se_cfgs, wg_cfgs)
@@ -123,6 +126,8 @@ def main() -> None:
             for key in ("bk", "stages"):
                 if key in over:
                     over[f"se_fwd_{key}"] = over[f"se_bwd_{key}"] = over.pop(key)
+        elif "stages" in over:  # the weight-gradient kernels read wg_stages
+            over["wg_stages"] = over.pop("stages")
         cfg = dict(base, **over)
         for case, inp in inputs.items():
             try:

@@ -29,7 +29,7 @@ CASES = (
 )
 
 
-@pytest.mark.parametrize("path", ["auto", "split"])  # auto = fused + wgrad_pair at these sizes
+@pytest.mark.parametrize("path", ["auto", "split"])  # auto = fused at these (small) sizes
 @pytest.mark.parametrize(
     "n,spread,dtype", CASES, ids=[f"{n}-{s}-{str(d)[6:]}" for n, s, d in CASES]
 )
@@ -66,12 +66,14 @@ def test_launch_variants(tune):
     run_and_compare(tensors, seg, ranks, scaling, dtype)
 
 
-@pytest.mark.parametrize("ex_cols", [128, 1000])  # 2 column blocks per program; all columns
+@pytest.mark.parametrize("ex_cols", [128, 1000])  # 2 blocks per program; one program per tile
 def test_split_expand_column_chunks(ex_cols):
-    """The split path's expand with several column blocks per program (ex_cols > bn)."""
+    """The split path's expand with several 64-column blocks per program (interpreter bn = 64):
+    d_out = 300 gives programs of [0, 128), [128, 256), [256, 300) with ex_cols = 128, and the
+    backward's d_in = 200 gives [0, 128), [128, 200)."""
     ml.TUNE.update(path="split")
     ml.TUNE["interp"]["ex_cols"] = ex_cols
-    tensors, seg, ranks, scaling = make_case(5, "zipf", dtype=torch.float32, seed=11, **SMALL)
+    tensors, seg, ranks, scaling = make_case(5, "zipf", 61, 200, 300, dtype=torch.float32, seed=11)
     run_and_compare(tensors, seg, ranks, scaling, torch.float32)
 
 
