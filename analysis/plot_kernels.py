@@ -8,8 +8,9 @@ One panel per layer shape: fwd+bwd time of each variant relative to the base GEM
 host's launch cost included (do_bench); bottom row: GPU time alone, the step replayed from a
 CUDA graph (gpu_ratio_vs_base; runs from 2026-11-29 on, base and fused variants only). The
 latest row per (gpu, shape, T, N, variant) is used; the dotted line is the 1.2x target.
-"auto" (thick) is the row of the path the shipped rule picks for that shape and T
-(kernels.launch.auto_path: fused_split, fused_one or fused_pair).
+"auto" (thick) is the latest row of the path the shipped rule picks for that shape and T
+(kernels.launch.auto_path: fused_split, fused_one or fused_pair), or of "fused" from runs
+where the shipped default was that rule.
 """
 
 from __future__ import annotations
@@ -29,9 +30,15 @@ RULE_VARIANT = {("split", False): "fused_split", ("fused", False): "fused_one", 
 STYLES = {8: "-", 32: "--", 64: ":"}
 
 
+# From this run on, the variant "fused" (the shipped default) is the current auto rule's path
+# with the current tile settings; earlier "fused" rows measured older defaults.
+AUTO_RULE_SINCE = "2026-11-29T02:46Z"
+
+
 def load(path: str) -> pd.DataFrame:
     """Latest row of each (gpu, shape, T, N, variant); ratio_vs_base is within that row's run.
-    Adds variant "auto": a copy of the row of the path kernels.launch.auto_path picks."""
+    Adds variant "auto": the latest row of the path kernels.launch.auto_path picks, or of the
+    shipped default ("fused") once it is that rule (AUTO_RULE_SINCE)."""
     from kernels.launch import auto_path
 
     df = pd.read_csv(path).sort_values("date")
@@ -40,8 +47,10 @@ def load(path: str) -> pd.DataFrame:
     for _, r in df.drop_duplicates(["gpu", "shape", "T", "N"]).iterrows():
         d_in, d_out = (int(v) for v in r["shape"].split("x"))
         var = RULE_VARIANT[auto_path(int(r["T"]), d_in, d_out)]
-        hit = df[(df["gpu"] == r["gpu"]) & (df["shape"] == r["shape"]) & (df["T"] == r["T"])
-                 & (df["N"] == r["N"]) & (df["variant"] == var)]
+        same = ((df["gpu"] == r["gpu"]) & (df["shape"] == r["shape"]) & (df["T"] == r["T"])
+                & (df["N"] == r["N"]))  # fmt: skip
+        hit = df[same & ((df["variant"] == var)
+                         | ((df["variant"] == "fused") & (df["date"] >= AUTO_RULE_SINCE)))]  # fmt: skip
         if not hit.empty:
             picks.append(hit.iloc[-1].copy())
             picks[-1]["variant"] = "auto"
