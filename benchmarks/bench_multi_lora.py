@@ -162,11 +162,13 @@ def step_fn(variant: str, inp: dict):
     raise ValueError(variant)
 
 
-def graph_ms(fn) -> float:
-    """Median ms of fn replayed from a CUDA graph: GPU time without the host's launch cost."""
+def graph_ms(fn, rep: int = 50) -> float:
+    """Median ms of fn replayed from a CUDA graph (about ``rep`` ms of replays): GPU time
+    without the host's launch cost. fn runs once first, outside the capture (compiles kernels,
+    builds layout tables)."""
     fn()
     torch.cuda.synchronize()
-    return triton.testing.do_bench_cudagraph(fn, rep=50, return_mode="median")
+    return triton.testing.do_bench_cudagraph(fn, rep=rep, return_mode="median")
 
 
 def count_launches(fn) -> int:
@@ -216,17 +218,17 @@ def bench_case(shape: str, t: int, n: int, args, meta: dict, bw: float) -> None:
                 fn, warmup=25, rep=args.rep, quantiles=[0.5, 0.2, 0.8]
             )
             launches = count_launches(fn)
+            gpu = float("nan")
+            if var in graph_vars:
+                try:
+                    gpu = graph_ms(fn)
+                except Exception as exc:  # noqa: BLE001 - keep the eager timing of this row
+                    print(f"ERROR (graph) {shape} T={t} N={n} {var}: {exc!r}"[:400], flush=True)
         except Exception as exc:  # noqa: BLE001 - log, keep the other rows
             print(f"ERROR {shape} T={t} N={n} {var}: {exc!r}"[:400], flush=True)
-            ml.TUNE.update(DEFAULT_TUNE, gpu=dict(DEFAULT_TUNE["gpu"]))
             continue
-        gpu = float("nan")
-        if var in graph_vars:
-            try:
-                gpu = graph_ms(fn)
-            except Exception as exc:  # noqa: BLE001 - keep the eager timing of this row
-                print(f"ERROR (graph) {shape} T={t} N={n} {var}: {exc!r}"[:400], flush=True)
-        ml.TUNE.update(DEFAULT_TUNE, gpu=dict(DEFAULT_TUNE["gpu"]))
+        finally:  # the variant's fn set its TUNE; the next one starts from the defaults
+            ml.TUNE.update(DEFAULT_TUNE, gpu=dict(DEFAULT_TUNE["gpu"]))
         base_ms = med if var == "base" else base_ms
         base_gpu = gpu if var == "base" else base_gpu
         flops = bflops + (0.0 if var == "base" else lflops)

@@ -30,10 +30,9 @@ import sys
 import torch
 import triton
 import triton.language as tl
-import triton.testing
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from bench_multi_lora import SHAPES, make_inputs  # noqa: E402
+from bench_multi_lora import SHAPES, graph_ms, make_inputs  # noqa: E402
 
 import kernels  # noqa: E402
 from benchmarks.results_csv import append_results  # noqa: E402
@@ -165,9 +164,7 @@ def gemm_lora(a, b, b_strides, out, layout=None, s=None, v=None, v_strides=None,
 
 
 def gpu_us(fn) -> float:
-    fn()
-    torch.cuda.synchronize()
-    return triton.testing.do_bench_cudagraph(fn, rep=30, return_mode="median") * 1e3
+    return graph_ms(fn, rep=30) * 1e3
 
 
 def run_case(shape: str, t: int, meta: dict, out_csv: str, cfgs: list) -> None:

@@ -21,10 +21,9 @@ import sys
 
 import torch
 import triton
-import triton.testing
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from bench_multi_lora import SHAPES, make_inputs  # noqa: E402
+from bench_multi_lora import SHAPES, graph_ms, make_inputs  # noqa: E402
 
 import kernels  # noqa: E402
 from benchmarks.results_csv import append_results  # noqa: E402
@@ -89,9 +88,7 @@ def main() -> None:
         fns = backward_fns(make_inputs(*SHAPES[shape], int(t), 32))
         rows = []
         for name, fn in fns.items():
-            fn()
-            torch.cuda.synchronize()
-            us = triton.testing.do_bench_cudagraph(fn, rep=50, return_mode="median") * 1e3
+            us = graph_ms(fn) * 1e3
             rows.append(dict(meta, shape=shape, T=int(t), N=32, variant=name, us=f"{us:.1f}"))
             print(f"{shape:>11} T={t:>5} {name:>8}: {us:8.1f} us", flush=True)
         append_results(args.out, COLUMNS, rows)

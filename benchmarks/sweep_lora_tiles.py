@@ -22,10 +22,9 @@ import time
 
 import torch
 import triton
-import triton.testing
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from bench_multi_lora import SHAPES, make_inputs  # noqa: E402
+from bench_multi_lora import SHAPES, graph_ms, make_inputs  # noqa: E402
 
 import kernels  # noqa: E402
 from benchmarks.results_csv import append_results  # noqa: E402
@@ -91,9 +90,7 @@ def kernel_fns(inp: dict, cfg: dict) -> dict:
 
 
 def gpu_us(fn) -> float:
-    fn()
-    torch.cuda.synchronize()
-    return triton.testing.do_bench_cudagraph(fn, rep=20, return_mode="median") * 1e3
+    return graph_ms(fn, rep=20) * 1e3
 
 
 def main() -> None:

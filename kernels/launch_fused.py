@@ -81,8 +81,8 @@ def shrink_expand(x, w, w_strides, v, v_strides, y, n_out: int, layout, scale_s:
         BLOCK_M=bm, BLOCK_R=layout.block_r, BLOCK_K=cfg[step + "bk"], BLOCK_N=cfg["bn_fused"],
         SCALE_S=scale_s, SCALE_Y=scale_y, ADD=add,
         # load each adapter operand along its contiguous axis (see _shrink_expand_kernel)
-        W_ROWS=bool(cfg.get("se_rows", True)) and w_strides[2] == 1,
-        V_ROWS=bool(cfg.get("se_rows", True)) and v_strides[2] == 1,
+        W_ROWS=cfg["se_rows"] and w_strides[2] == 1,
+        V_ROWS=cfg["se_rows"] and v_strides[2] == 1,
         IEEE=x.dtype == torch.float32, UPCAST=cfg["upcast"],
         num_warps=cfg["warps"], num_stages=cfg[step + "stages"],
     ))  # fmt: skip

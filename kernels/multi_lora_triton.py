@@ -121,6 +121,8 @@ def _expand_kernel(
         s = s.to(tl.float32)
     v_base = V + adapter.to(tl.int64) * stride_va + offs_r[:, None] * stride_vr
     y_rows = Y + offs_m.to(tl.int64)[:, None] * stride_ym
+    if APPLY_SCALE:
+        scale = tl.load(SCALES + adapter)
     n_lo = pid_n * N_PER_PROG
     n_hi = tl.minimum(n_lo + N_PER_PROG, N_OUT)
     for n0 in range(n_lo, n_hi, BLOCK_N):
@@ -135,7 +137,7 @@ def _expand_kernel(
         else:
             acc = tl.dot(s, v)
         if APPLY_SCALE:
-            acc = acc * tl.load(SCALES + adapter)
+            acc = acc * scale
         y_ptrs = y_rows + offs_n[None, :] * stride_yn
         y_mask = m_mask[:, None] & n_mask[None, :]
         if ADD:
