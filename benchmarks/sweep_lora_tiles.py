@@ -59,10 +59,18 @@ WG_CFGS_2 = [dict(), dict(bn=256, warps=8), dict(bt=32), dict(bn=256, warps=8, c
 SE_CFGS_3 = [dict(split=None), dict(split=None, se_rows=False), dict(split=None, stages=3),
              dict(split=None, bk=128), dict(split=None, bm_fused=128, warps=8)]  # fmt: skip
 WG_CFGS_3 = [dict()]
-ROUNDS = {1: (SE_CFGS, WG_CFGS), 2: (SE_CFGS_2, WG_CFGS_2), 3: (SE_CFGS_3, WG_CFGS_3)}
+# Round 4: shrink_expand reading x and storing y through TMA descriptors (se_tma), which moves
+# those bytes without the L1/TEX path ncu found saturated (docs/kernels.md §4), alone and with
+# the tile settings the register / shared-memory savings might now afford.
+SE_CFGS_4 = [dict(split=None), dict(split=None, se_tma=True), dict(split=None, se_tma=True, warps=8),
+             dict(split=None, se_tma=True, bm_fused=128, warps=8), dict(split=None, se_tma=True, stages=3),
+             dict(split=None, se_tma=True, bk=128), dict(split=2, se_tma=True),
+             dict(split=1, se_tma=True)]  # fmt: skip
+ROUNDS = {1: (SE_CFGS, WG_CFGS), 2: (SE_CFGS_2, WG_CFGS_2), 3: (SE_CFGS_3, WG_CFGS_3),
+          4: (SE_CFGS_4, [])}
 # TUNE["gpu"] settings each round started from (round 3: the shipped ones)
 _SE_SHARED = dict(se_fwd_bk=64, se_fwd_stages=3, se_bwd_bk=64, se_bwd_stages=3)
-ROUND_BASE = {1: dict(_SE_SHARED, wg_stages=3), 2: dict(_SE_SHARED, wg_stages=2), 3: {}}
+ROUND_BASE = {1: dict(_SE_SHARED, wg_stages=3), 2: dict(_SE_SHARED, wg_stages=2), 3: {}, 4: {}}
 
 
 def kernel_fns(inp: dict, cfg: dict) -> dict:
@@ -99,7 +107,7 @@ def main() -> None:
     p.add_argument("--budget-s", type=float, default=300.0)
     p.add_argument("--kernels", default="se,wg")
     p.add_argument("--round", type=int, default=3,
-                   help="1: tile sizes; 2: column splits; 3: operand orientation")  # fmt: skip
+                   help="1: tile sizes; 2: column splits; 3: operand orientation; 4: TMA")  # fmt: skip
     args = p.parse_args()
     t0 = time.time()
     meta = dict(date=dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%MZ"),

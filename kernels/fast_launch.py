@@ -27,6 +27,7 @@ empty). The interpreter (TRITON_INTERPRET=1) always uses Triton's path.
 from __future__ import annotations
 
 import torch
+from triton.tools.tensor_descriptor import TensorDescriptor
 
 from . import multi_lora_triton as mlt
 
@@ -45,12 +46,15 @@ def _arg_key(a) -> object:
         return (a == 1, a % 16 == 0, _INT32[0] <= a <= _INT32[1])
     if isinstance(a, torch.Tensor):
         return (a.dtype, a.data_ptr() % 16 == 0)
+    if t is TensorDescriptor:  # Triton specialises on the element type and the box
+        return (a.base.dtype, tuple(a.block_shape))
     return t
 
 
 def _as_launch_arg(a):
     """Tensors go to the launcher as raw device addresses: Triton's launcher then skips its
-    per-pointer data_ptr() call and cuPointerGetAttribute check (it takes ints as-is)."""
+    per-pointer data_ptr() call and cuPointerGetAttribute check (it takes ints as-is).
+    TMA descriptors pass as they are (the launcher encodes them)."""
     return a.data_ptr() if isinstance(a, torch.Tensor) else a
 
 
@@ -95,7 +99,7 @@ def launch(jit_fn, grid: tuple, args: tuple, meta: dict) -> None:
     """Launch ``jit_fn[grid](*args, **meta)``; ``args`` must list every runtime argument in the
     kernel's order and ``meta`` its constexprs plus num_warps / num_stages (all of them, so that
     positional order == signature order)."""
-    dev = args[0].device
+    dev = (args[0].base if type(args[0]) is TensorDescriptor else args[0]).device
     if dev.type != "cuda" or not ENABLED or DISABLED or mlt.interpret_mode():
         jit_fn[grid](*args, **meta)
         return

@@ -8,6 +8,7 @@ from __future__ import annotations
 import warnings
 
 import torch
+from triton.tools.tensor_descriptor import TensorDescriptor
 
 from . import multi_lora_triton as mlt
 from .fast_launch import launch
@@ -73,20 +74,43 @@ def shrink_expand(x, w, w_strides, v, v_strides, y, n_out: int, layout, scale_s:
     if tiles.shape[0] == 0:
         return s
     yy = s if y is None else y
+    bk, bn = cfg[step + "bk"], cfg["bn_fused"]
+    x_tma = cfg["se_tma"] and _tma_ok(x)
+    y_tma = cfg["se_tma"] and y is not None and _tma_ok(y)
     launch(mlt.get_kernels().shrink_expand, (tiles.shape[0], split), (
-        x, w, v, s, yy, tiles, layout.ranks_tensor(dev), layout.scaling_tensor(dev),
+        TensorDescriptor.from_tensor(x, [bm, bk]) if x_tma else x, w, v, s, yy,
+        TensorDescriptor.from_tensor(y, [bm, bn]) if y_tma else None,
+        tiles, layout.ranks_tensor(dev), layout.scaling_tensor(dev),
         k, n_out, n_per, x.stride(0), x.stride(1), *w_strides, *v_strides,
         s.stride(0), s.stride(1), yy.stride(0), yy.stride(1),
     ), dict(
-        BLOCK_M=bm, BLOCK_R=layout.block_r, BLOCK_K=cfg[step + "bk"], BLOCK_N=cfg["bn_fused"],
+        BLOCK_M=bm, BLOCK_R=layout.block_r, BLOCK_K=bk, BLOCK_N=bn,
         SCALE_S=scale_s, SCALE_Y=scale_y, ADD=add,
         # load each adapter operand along its contiguous axis (see _shrink_expand_kernel)
         W_ROWS=cfg["se_rows"] and w_strides[2] == 1,
         V_ROWS=cfg["se_rows"] and v_strides[2] == 1,
-        IEEE=x.dtype == torch.float32, UPCAST=cfg["upcast"],
+        IEEE=x.dtype == torch.float32, UPCAST=cfg["upcast"], X_TMA=x_tma, Y_TMA=y_tma,
         num_warps=cfg["warps"], num_stages=cfg[step + "stages"],
     ))  # fmt: skip
     return s
+
+
+def _tma_ok(t: torch.Tensor) -> bool:
+    """Whether a 2-D tensor can back a TMA descriptor: a Hopper-class GPU (or the interpreter),
+    rows contiguous, base and row stride 16-byte aligned."""
+    if t.device.type == "cuda" and not mlt.interpret_mode() and _sm_major(t.device) < 9:
+        return False
+    return t.stride(1) == 1 and t.stride(0) * t.element_size() % 16 == 0 and t.data_ptr() % 16 == 0
+
+
+def _sm_major(device: torch.device) -> int:
+    idx = device.index if device.index is not None else torch.cuda.current_device()
+    if idx not in _SM_MAJOR:
+        _SM_MAJOR[idx] = torch.cuda.get_device_capability(idx)[0]
+    return _SM_MAJOR[idx]
+
+
+_SM_MAJOR: dict[int, int] = {}
 
 
 def wgrad_pair(ds, x, s, dy, lora_a, lora_b, layout, cfg, need_a: bool, need_b: bool):

@@ -28,13 +28,14 @@ import triton.language as tl
 
 
 def _shrink_expand_kernel(
-    X, W, V, S, Y, TILES, RANKS, SCALES,
+    X, W, V, S, Y, Y_DESC, TILES, RANKS, SCALES,
     K, N_OUT, N_PER_SPLIT,
     stride_xm, stride_xk, stride_wa, stride_wr, stride_wk,
     stride_va, stride_vn, stride_vr, stride_sm, stride_sr, stride_ym, stride_yn,
     BLOCK_M: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_N: tl.constexpr,
     SCALE_S: tl.constexpr, SCALE_Y: tl.constexpr, ADD: tl.constexpr,
     W_ROWS: tl.constexpr, V_ROWS: tl.constexpr, IEEE: tl.constexpr, UPCAST: tl.constexpr,
+    X_TMA: tl.constexpr, Y_TMA: tl.constexpr,
 ):  # fmt: skip
     pid = tl.program_id(0)
     pid_n = tl.program_id(1)
@@ -50,13 +51,16 @@ def _shrink_expand_kernel(
     m_mask = offs_m < row_end
     r_mask = offs_r < rank
     rows64 = offs_m.to(tl.int64)
-    x_ptrs = X + rows64[:, None] * stride_xm
     w_base = W + adapter.to(tl.int64) * stride_wa
     acc = tl.full((BLOCK_M, BLOCK_R), 0.0, tl.float32)
     for k0 in range(0, K, BLOCK_K):
         kk = k0 + offs_k
         k_mask = kk < K
-        x = tl.load(x_ptrs + kk[None, :] * stride_xk, mask=m_mask[:, None] & k_mask[None, :], other=0.0)
+        if X_TMA:  # a whole BLOCK_M box: rows past row_end (the next segment's) are never stored
+            x = X.load([row0, k0])
+        else:
+            x = tl.load(X + rows64[:, None] * stride_xm + kk[None, :] * stride_xk,
+                        mask=m_mask[:, None] & k_mask[None, :], other=0.0)  # fmt: skip
         if W_ROWS:  # W_i stored k-contiguous: load [R, BK] as stored, transpose for the dot
             w = tl.trans(tl.load(w_base + offs_r[:, None] * stride_wr + kk[None, :] * stride_wk,
                                  mask=r_mask[:, None] & k_mask[None, :], other=0.0))  # fmt: skip
@@ -84,6 +88,10 @@ def _shrink_expand_kernel(
         s_op = s_op.to(tl.float32)
     v_base = V + adapter.to(tl.int64) * stride_va
     y_ptrs = Y + rows64[:, None] * stride_ym
+    if Y_TMA:  # a TMA box may only be stored where all BLOCK_M rows are this segment's
+        box = row_end - row0 == BLOCK_M
+    else:
+        box = False
     n_lo = pid_n * N_PER_SPLIT
     n_hi = tl.minimum(n_lo + N_PER_SPLIT, N_OUT)
     for n0 in range(n_lo, n_hi, BLOCK_N):
@@ -104,10 +112,15 @@ def _shrink_expand_kernel(
             out = tl.dot(s_op, v)
         if SCALE_Y:
             out = out * scale
-        y_mask = m_mask[:, None] & n_mask[None, :]
-        if ADD:
-            out += tl.load(y_ptrs + nn[None, :] * stride_yn, mask=y_mask, other=0.0).to(tl.float32)
-        tl.store(y_ptrs + nn[None, :] * stride_yn, out.to(y_dtype), mask=y_mask)
+        if box:  # N_PER_SPLIT is whole blocks, so a box never crosses n_hi; past N_OUT TMA clips
+            if ADD:
+                out += Y_DESC.load([row0, n0]).to(tl.float32)
+            Y_DESC.store([row0, n0], out.to(y_dtype))
+        else:
+            y_mask = m_mask[:, None] & n_mask[None, :]
+            if ADD:
+                out += tl.load(y_ptrs + nn[None, :] * stride_yn, mask=y_mask, other=0.0).to(tl.float32)
+            tl.store(y_ptrs + nn[None, :] * stride_yn, out.to(y_dtype), mask=y_mask)
 
 
 def _wgrad_pair_kernel(

@@ -66,6 +66,27 @@ def test_launch_variants(tune):
     run_and_compare(tensors, seg, ranks, scaling, dtype)
 
 
+@pytest.mark.parametrize("spread", ["zipf", "zero", "single"])
+@pytest.mark.parametrize("tune", [dict(), dict(se_split=2), dict(fuse_add="kernel")],
+                         ids=["tma", "tma-col-split", "tma-kadd"])  # fmt: skip
+def test_tma_shrink_expand(spread, tune, monkeypatch):
+    """shrink_expand with x read and y stored through TMA descriptors (se_tma): whole-box stores
+    only on full row tiles, masked stores on a segment's last one, zero fill past T and past
+    d_in = 104 (not a multiple of the 32-wide K step); 168 columns in 2 splits of 96 / 72."""
+    from kernels import launch_fused
+
+    made = []
+    real = launch_fused.TensorDescriptor.from_tensor
+    monkeypatch.setattr(launch_fused.TensorDescriptor, "from_tensor",
+                        lambda t, box: made.append(tuple(box)) or real(t, box))  # fmt: skip
+    ml.TUNE.update(path="fused", **tune)
+    ml.TUNE["interp"]["se_tma"] = True
+    tensors, seg, ranks, scaling = make_case(5, spread, 133, 104, 168, dtype=BF16, seed=3)
+    run_and_compare(tensors, seg, ranks, scaling, BF16)
+    # forward: x and y boxes; backward: dY and dX boxes (bm = bk = bn = 32 under the interpreter)
+    assert made == [(32, 32)] * 4
+
+
 @pytest.mark.parametrize("ex_cols", [128, 1000])  # 2 blocks per program; one program per tile
 def test_split_expand_column_chunks(ex_cols):
     """The split path's expand with several 64-column blocks per program (interpreter bn = 64):

@@ -40,8 +40,11 @@ def test_small_odd_shapes(n, spread, dtype):
         dict(path="fused", wgrad_pair=True, wgrad_chunk=256),
         dict(path="fused", se_split=4),
         dict(path="split", gpu=dict(ml.TUNE["gpu"], ex_cols=512, ex_stages=3)),
+        dict(path="fused", gpu=dict(ml.TUNE["gpu"], se_tma=True)),
+        dict(path="fused", se_split=4, fuse_add="kernel", gpu=dict(ml.TUNE["gpu"], se_tma=True)),
     ],
-    ids=["default", "atomics", "kadd", "fused", "pair-atomics", "col-split", "split-chunked"],
+    ids=["default", "atomics", "kadd", "fused", "pair-atomics", "col-split", "split-chunked",
+         "tma", "tma-split-kadd"],  # fmt: skip
 )
 @pytest.mark.parametrize("shape", [(4096, 4096), (4096, 1024), (14336, 4096)])
 def test_full_size_bf16(tune, shape):
@@ -51,6 +54,17 @@ def test_full_size_bf16(tune, shape):
         32, "zipf", 4096, d_in, d_out, dtype=BF16, device="cuda", seed=1
     )
     run_and_compare(tensors, seg, ranks, scaling, BF16)
+
+
+@pytest.mark.parametrize("spread", SPREADS)
+@pytest.mark.parametrize("dtype", [FP32, BF16], ids=["fp32", "bf16"])
+def test_tma_small_shapes(spread, dtype):
+    """The TMA shrink_expand at T = 133, d_in = 520 (not a multiple of the K step), d_out = 1032."""
+    ml.TUNE["path"] = "fused"
+    ml.TUNE["gpu"]["se_tma"] = True
+    tensors, seg, ranks, scaling = make_case(32, spread, 133, 520, 1032, dtype=dtype,
+                                             device="cuda", seed=5)  # fmt: skip
+    run_and_compare(tensors, seg, ranks, scaling, dtype)
 
 
 def _kernel_launches(n: int) -> int:
