@@ -88,10 +88,8 @@ def _shrink_expand_kernel(
         s_op = s_op.to(tl.float32)
     v_base = V + adapter.to(tl.int64) * stride_va
     y_ptrs = Y + rows64[:, None] * stride_ym
-    if Y_TMA:  # a TMA box may only be stored where all BLOCK_M rows are this segment's
-        box = row_end - row0 == BLOCK_M
-    else:
-        box = False
+    # a TMA box may only be stored where all BLOCK_M rows are this segment's
+    box = (row_end - row0 == BLOCK_M) & Y_TMA
     n_lo = pid_n * N_PER_SPLIT
     n_hi = tl.minimum(n_lo + N_PER_SPLIT, N_OUT)
     for n0 in range(n_lo, n_hi, BLOCK_N):
@@ -113,9 +111,10 @@ def _shrink_expand_kernel(
         if SCALE_Y:
             out = out * scale
         if box:  # N_PER_SPLIT is whole blocks, so a box never crosses n_hi; past N_OUT TMA clips
-            if ADD:
-                out += Y_DESC.load([row0, n0]).to(tl.float32)
-            Y_DESC.store([row0, n0], out.to(y_dtype))
+            if Y_TMA:  # (Y_DESC is None otherwise: this keeps it out of the compiled code)
+                if ADD:
+                    out += Y_DESC.load([row0, n0]).to(tl.float32)
+                Y_DESC.store([row0, n0], out.to(y_dtype))
         else:
             y_mask = m_mask[:, None] & n_mask[None, :]
             if ADD:
