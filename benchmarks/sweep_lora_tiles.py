@@ -62,10 +62,10 @@ WG_CFGS_3 = [dict()]
 # Round 4: shrink_expand reading x and storing y through TMA descriptors (se_tma), which moves
 # those bytes without the L1/TEX path ncu found saturated (docs/kernels.md §4), alone and with
 # the tile settings the register / shared-memory savings might now afford.
-SE_CFGS_4 = [dict(split=None), dict(split=None, se_tma=True), dict(split=None, se_tma=True, warps=8),
-             dict(split=None, se_tma=True, bm_fused=128, warps=8), dict(split=None, se_tma=True, stages=3),
-             dict(split=None, se_tma=True, bk=128), dict(split=2, se_tma=True),
-             dict(split=1, se_tma=True)]  # fmt: skip
+SE_CFGS_4 = [dict(split=None), dict(split=None, se_tma="y"), dict(split=None, se_tma="x"),
+             dict(split=None, se_tma="xy"), dict(split=None, stages=6), dict(split=None, stages=8),
+             dict(split=None, bk=128, stages=4), dict(split=None, se_tma="y", bm_fused=64),
+             dict(split=None, bm_fused=64)]  # fmt: skip
 ROUNDS = {1: (SE_CFGS, WG_CFGS), 2: (SE_CFGS_2, WG_CFGS_2), 3: (SE_CFGS_3, WG_CFGS_3),
           4: (SE_CFGS_4, [])}
 # TUNE["gpu"] settings each round started from (round 3: the shipped ones)

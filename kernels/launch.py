@@ -37,12 +37,13 @@ TUNE: dict = {
     # ex_cols / ex_stages: output columns per program of the split path's expand and its
     # pipeline depth (ex_cols = bn, stages 1 is the one-block-per-program kernel of 2026-11-28).
     # se_rows: shrink_expand loads a k- or r-contiguous adapter operand along that axis.
+    # se_tma: shrink_expand reads x ("x") and / or stores y ("y") through TMA descriptors.
     "gpu": dict(bm=64, bk=64, bn=128, bt=64, warps=4, stages=3, wg_stages=2, bm_fused=None,
                 bn_fused=128, se_fwd_bk=64, se_fwd_stages=4, se_bwd_bk=128, se_bwd_stages=3,
-                se_rows=True, ex_cols=128, ex_stages=1, se_tma=False, upcast=False),  # fmt: skip
+                se_rows=True, ex_cols=128, ex_stages=1, se_tma="", upcast=False),  # fmt: skip
     "interp": dict(bm=32, bk=32, bn=64, bt=32, warps=4, stages=1, wg_stages=1, bm_fused=32,
                    bn_fused=32, se_fwd_bk=32, se_fwd_stages=1, se_bwd_bk=32, se_bwd_stages=1,
-                   se_rows=True, ex_cols=64, ex_stages=1, se_tma=False, upcast=True),  # fmt: skip
+                   se_rows=True, ex_cols=64, ex_stages=1, se_tma="", upcast=True),  # fmt: skip
     "poison": False,  # tests: fill every internally allocated output with NaN first
 }
 

@@ -75,8 +75,8 @@ def shrink_expand(x, w, w_strides, v, v_strides, y, n_out: int, layout, scale_s:
         return s
     yy = s if y is None else y
     bk, bn = cfg[step + "bk"], cfg["bn_fused"]
-    x_tma = cfg["se_tma"] and _tma_ok(x)
-    y_tma = cfg["se_tma"] and y is not None and _tma_ok(y)
+    x_tma = "x" in cfg["se_tma"] and _tma_ok(x)
+    y_tma = "y" in cfg["se_tma"] and y is not None and _tma_ok(y)
     launch(mlt.get_kernels().shrink_expand, (tiles.shape[0], split), (
         TensorDescriptor.from_tensor(x, [bm, bk]) if x_tma else x, w, v, s, yy,
         TensorDescriptor.from_tensor(y, [bm, bn]) if y_tma else None,

@@ -80,7 +80,7 @@ def test_tma_shrink_expand(spread, tune, monkeypatch):
     monkeypatch.setattr(launch_fused.TensorDescriptor, "from_tensor",
                         lambda t, box: made.append(tuple(box)) or real(t, box))  # fmt: skip
     ml.TUNE.update(path="fused", **tune)
-    ml.TUNE["interp"]["se_tma"] = True
+    ml.TUNE["interp"]["se_tma"] = "xy"
     tensors, seg, ranks, scaling = make_case(5, spread, 133, 104, 168, dtype=BF16, seed=3)
     run_and_compare(tensors, seg, ranks, scaling, BF16)
     # forward: x and y boxes; backward: dY and dX boxes (bm = bk = bn = 32 under the interpreter)

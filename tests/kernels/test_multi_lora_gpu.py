@@ -40,8 +40,8 @@ def test_small_odd_shapes(n, spread, dtype):
         dict(path="fused", wgrad_pair=True, wgrad_chunk=256),
         dict(path="fused", se_split=4),
         dict(path="split", gpu=dict(ml.TUNE["gpu"], ex_cols=512, ex_stages=3)),
-        dict(path="fused", gpu=dict(ml.TUNE["gpu"], se_tma=True)),
-        dict(path="fused", se_split=4, fuse_add="kernel", gpu=dict(ml.TUNE["gpu"], se_tma=True)),
+        dict(path="fused", gpu=dict(ml.TUNE["gpu"], se_tma="xy")),
+        dict(path="fused", se_split=4, fuse_add="kernel", gpu=dict(ml.TUNE["gpu"], se_tma="xy")),
     ],
     ids=["default", "atomics", "kadd", "fused", "pair-atomics", "col-split", "split-chunked",
          "tma", "tma-split-kadd"],  # fmt: skip
@@ -61,7 +61,7 @@ def test_full_size_bf16(tune, shape):
 def test_tma_small_shapes(spread, dtype):
     """The TMA shrink_expand at T = 133, d_in = 520 (not a multiple of the K step), d_out = 1032."""
     ml.TUNE["path"] = "fused"
-    ml.TUNE["gpu"]["se_tma"] = True
+    ml.TUNE["gpu"]["se_tma"] = "xy"
     tensors, seg, ranks, scaling = make_case(32, spread, 133, 520, 1032, dtype=dtype,
                                              device="cuda", seed=5)  # fmt: skip
     run_and_compare(tensors, seg, ranks, scaling, dtype)
