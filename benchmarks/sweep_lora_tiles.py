@@ -66,11 +66,18 @@ SE_CFGS_4 = [dict(split=None), dict(split=None, se_tma="y"), dict(split=None, se
              dict(split=None, se_tma="xy"), dict(split=None, stages=6), dict(split=None, stages=8),
              dict(split=None, bk=128, stages=4), dict(split=None, se_tma="y", bm_fused=64),
              dict(split=None, bm_fused=64)]  # fmt: skip
-ROUNDS = {1: (SE_CFGS, WG_CFGS), 2: (SE_CFGS_2, WG_CFGS_2), 3: (SE_CFGS_3, WG_CFGS_3),
-          4: (SE_CFGS_4, [])}
+# Round 5: the backward with dX written by the dA kernel (TUNE dx_in_wgrad): that kernel
+# (wg_dAdX) and the split-K shrink of dY (sh_dY) it follows, whose tiles are the shared bm / bk.
+WG_CFGS_5 = [dict(), dict(bn=64), dict(bt=32), dict(warps=8), dict(bn=64, bt=32),
+             dict(stages=3), dict(chunk=2048), dict(bn=64, warps=8)]  # fmt: skip
+SH_CFGS_5 = [dict(), dict(bk=128), dict(bm=32), dict(bm=128, warps=8), dict(stages=4)]
+ROUNDS = {1: dict(se=SE_CFGS, wg=WG_CFGS), 2: dict(se=SE_CFGS_2, wg=WG_CFGS_2),
+          3: dict(se=SE_CFGS_3, wg=WG_CFGS_3), 4: dict(se=SE_CFGS_4),
+          5: dict(wg=WG_CFGS_5, sh=SH_CFGS_5)}
 # TUNE["gpu"] settings each round started from (round 3: the shipped ones)
 _SE_SHARED = dict(se_fwd_bk=64, se_fwd_stages=3, se_bwd_bk=64, se_bwd_stages=3)
-ROUND_BASE = {1: dict(_SE_SHARED, wg_stages=3), 2: dict(_SE_SHARED, wg_stages=2), 3: {}, 4: {}}
+ROUND_BASE = {1: dict(_SE_SHARED, wg_stages=3), 2: dict(_SE_SHARED, wg_stages=2), 3: {}, 4: {},
+              5: {}}
 
 
 def kernel_fns(inp: dict, cfg: dict) -> dict:
@@ -94,6 +101,9 @@ def kernel_fns(inp: dict, cfg: dict) -> dict:
                                          False, cfg), 2 * t * (d_in + d_out) + r2),
         "wg_dA": (lambda: launch._wgrad(ds, x, a, False, lay, False, cfg), 2 * t * d_in + r2),
         "wg_dB": (lambda: launch._wgrad(s, dy, b, True, lay, True, cfg), 2 * t * d_out + r2),
+        "wg_dAdX": (lambda: launch._wgrad(ds, x, a, False, lay, False, cfg,
+                                          expand=(a, a_str, dx, False)), 4 * t * d_in + r2),
+        "sh_dY": (lambda: launch._shrink(dy, b, bt_str, lay, True, cfg), 2 * t * d_out + 2 * r2),
     }  # fmt: skip
 
 
@@ -105,9 +115,10 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--out", default="benchmarks/results/lora_tiles.csv")
     p.add_argument("--budget-s", type=float, default=300.0)
-    p.add_argument("--kernels", default="se,wg")
+    p.add_argument("--kernels", default="se,wg,sh")
     p.add_argument("--round", type=int, default=3,
-                   help="1: tile sizes; 2: column splits; 3: operand orientation; 4: TMA")  # fmt: skip
+                   help="1: tile sizes; 2: column splits; 3: operand orientation; 4: TMA; "
+                   "5: dX in the dA kernel")  # fmt: skip
     args = p.parse_args()
     t0 = time.time()
     meta = dict(date=dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%MZ"),
@@ -115,9 +126,9 @@ def main() -> None:
     inputs = {c: make_inputs(*SHAPES[c[0]], c[1], 32) for c in CASES}
     base = dict(launch.TUNE["gpu"], **ROUND_BASE[args.round])
     # alternate the families, so a budget cut leaves both partly swept
-    se_cfgs, wg_cfgs = ROUNDS[args.round]
-    plan = [(fam, dict(c)) for se, wg in itertools.zip_longest(se_cfgs, wg_cfgs)
-            for fam, c in (("se", se), ("wg", wg)) if c is not None]  # fmt: skip
+    fams = ROUNDS[args.round]
+    plan = [(fam, dict(c)) for cs in itertools.zip_longest(*fams.values())
+            for fam, c in zip(fams, cs, strict=True) if c is not None]  # fmt: skip
     plan = [p_ for p_ in plan if p_[0] in args.kernels.split(",")]
     best: dict = {}
     for i, (fam, over) in enumerate(plan):
@@ -131,7 +142,7 @@ def main() -> None:
             for key in ("bk", "stages"):
                 if key in over:
                     over[f"se_fwd_{key}"] = over[f"se_bwd_{key}"] = over.pop(key)
-        elif "stages" in over:  # the weight-gradient kernels read wg_stages
+        elif "stages" in over and fam == "wg":  # the weight-gradient kernels read wg_stages
             over["wg_stages"] = over.pop("stages")
         cfg = dict(base, **over)
         for case, inp in inputs.items():

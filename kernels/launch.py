@@ -28,6 +28,9 @@ TUNE: dict = {
     "split_k": None,  # shrink split over K; None = fill ~2 waves of SMs
     "se_split": None,  # shrink_expand: programs per row tile sharing its columns; None = heuristic
     "wgrad_chunk": None,  # tokens per weight-gradient program; None = heuristic
+    # backward: dX delta written by the dA weight-gradient kernel (after a split-K shrink of dY)
+    # instead of by an expand / shrink_expand; None = the auto rule (dx_in_wgrad)
+    "dx_in_wgrad": False,
     # upcast: give tl.dot fp32 operands (the interpreter's bf16 dot is broken, see multi_lora_triton)
     # Per-kernel overrides, from the H200 sweeps of 2026-11-29 (benchmarks/sweep_lora_tiles.py,
     # rows in benchmarks/results/lora_tiles.csv): wg_stages, the weight-gradient kernels'
@@ -177,27 +180,31 @@ def _expand(s, v, v_strides, out, layout, scale: bool, add: bool, cfg) -> None:
     ))
 
 
-def _wgrad(p, q, like, transpose_out: bool, layout, scale: bool, cfg) -> torch.Tensor:
+def _wgrad(p, q, like, transpose_out: bool, layout, scale: bool, cfg,
+           expand: tuple | None = None) -> torch.Tensor:  # fmt: skip
     """Per-adapter sum over the segment's tokens of p[t, r] q[t, n] -> grad shaped like ``like``.
 
     ``like`` is lora_a [N, r_max, n] (transpose_out False) or lora_b [N, n, r_max] (True).
+    ``expand = (v, v_strides, y, add)`` also writes y[T, n] (+)= p_i @ V_i in the same launch,
+    v_strides = (adapter, rank, n) strides of V (the backward's dX delta: p = dS, V_i = A_i).
     """
     dev, n_cols = q.device, q.shape[1]
     chunks, atomic, needs_zero = layout.memo(_plan_key(cfg, "wgrad", n_cols, dev),
                                              lambda: _wgrad_plan(layout, n_cols, cfg, dev))
     buf_dtype = torch.float32 if atomic else like.dtype
     out = (torch.zeros if needs_zero else _empty)(like.shape, device=dev, dtype=buf_dtype)
+    v, v_strides, y, add = expand if expand is not None else (p, (0, 0, 0), p, False)
     if chunks.shape[0] > 0:
         s_a, s_r, s_n = (out.stride(0), out.stride(2), out.stride(1)) if transpose_out else out.stride()
         grid = (chunks.shape[0], -(-n_cols // cfg["bn"]))
         launch(mlt.get_kernels().wgrad, grid, (
-            p, q, out, chunks, layout.ranks_tensor(dev), layout.scaling_tensor(dev),
+            p, q, out, chunks, layout.ranks_tensor(dev), layout.scaling_tensor(dev), v, y,
             n_cols, layout.r_max, p.stride(0), p.stride(1), q.stride(0), q.stride(1), s_a, s_r, s_n,
+            *v_strides, y.stride(0), y.stride(1),
         ), dict(
             BLOCK_T=cfg["bt"], BLOCK_R=layout.block_r, BLOCK_N=cfg["bn"],
             ATOMIC=atomic, APPLY_SCALE=scale, IEEE=q.dtype == torch.float32, UPCAST=cfg["upcast"],
+            EXPAND=expand is not None, ADD=add,
             num_warps=cfg["warps"], num_stages=cfg["wg_stages"],
         ))
     return out if out.dtype == like.dtype else out.to(like.dtype)
-
-

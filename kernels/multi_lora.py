@@ -77,7 +77,13 @@ class _FusedMultiLora(torch.autograd.Function):
         a_str = (lora_a.stride(0), lora_a.stride(2), lora_a.stride(1))  # V_i[n, r] = A_i[r, n]
         if need_x:
             dx = dy @ weight if kadd else _empty(x.shape, x.device, x.dtype)
-        if ctx.path == "split":
+        if need_x and need_a and TUNE["dx_in_wgrad"]:
+            # dS by the split-K shrink; dX delta written by the dA kernel as it streams dS and x
+            ds = _shrink(dy, lora_b, b_str, layout, True, cfg)
+            a_rn = (lora_a.stride(0), lora_a.stride(1), lora_a.stride(2))  # V_i[r, n] = A_i[r, n]
+            da = _wgrad(ds, x, lora_a, False, layout, False, cfg, expand=(lora_a, a_rn, dx, kadd))
+            db = _wgrad(s, dy, lora_b, True, layout, True, cfg) if need_b else None
+        elif ctx.path == "split":
             if need_x or need_a:
                 ds = _shrink(dy, lora_b, b_str, layout, True, cfg)  # dS_i = s_i dY_i B_i
             if need_x:

@@ -17,6 +17,9 @@ token axis, rank r_i, scale s_i, rank axis padded to BLOCK_R (mask ``r < r_i``).
   Each program loads its S tile once and loops over N_PER_PROG columns in BLOCK_N steps, so the
   table lookups and the S load are paid once per chunk and the V loads are pipelined.
 * ``wgrad``   OUT_i[r, n] (+)= c_i * sum_{t in chunk} P[t, r] * Q[t, n]  (grid: chunks x n-blocks)
+  With ``EXPAND`` it also writes Y[t, n] (+)= sum_r P[t, r] * V_i[r, n] for its rows and columns,
+  reusing the P tiles it loads anyway: the backward's dX delta (P = dS, V_i = A_i) rides along
+  with dA, so dX needs no expand kernel of its own (TUNE["dx_in_wgrad"]).
   dA_i = dS_iᵀ X_i            (P = dS, Q = x,  c_i = 1,   OUT = grad lora_a [N, r_max, d_in])
   dB_i = s_i · dY_iᵀ S_i      (P = S,  Q = dY, c_i = s_i, OUT = grad lora_b [N, d_out, r_max]
                                written through swapped strides)
@@ -146,15 +149,16 @@ def _expand_kernel(
 
 
 def _wgrad_kernel(
-    P, Q, OUT, CHUNKS, RANKS, SCALES,
+    P, Q, OUT, CHUNKS, RANKS, SCALES, V, Y,
     N_COLS, R_OUT,
     stride_pm, stride_pr,
     stride_qm, stride_qn,
     stride_oa, stride_or, stride_on,
+    stride_va, stride_vr, stride_vn, stride_ym, stride_yn,
     BLOCK_T: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_N: tl.constexpr,
     ATOMIC: tl.constexpr, APPLY_SCALE: tl.constexpr, IEEE: tl.constexpr,
-    UPCAST: tl.constexpr,
-):
+    UPCAST: tl.constexpr, EXPAND: tl.constexpr, ADD: tl.constexpr,
+):  # fmt: skip
     pid_c = tl.program_id(0)
     pid_n = tl.program_id(1)
     adapter = tl.load(CHUNKS + pid_c * 3)
@@ -167,17 +171,20 @@ def _wgrad_kernel(
     r_mask = offs_r < rank
     n_mask = offs_n < N_COLS
     acc = tl.full((BLOCK_R, BLOCK_N), 0.0, tl.float32)
+    if EXPAND:  # this column block of V_i, loaded once for all of the chunk's rows
+        v = tl.load(V + adapter.to(tl.int64) * stride_va + offs_r[:, None] * stride_vr
+                    + offs_n[None, :] * stride_vn, mask=r_mask[:, None] & n_mask[None, :],
+                    other=0.0).to(Y.dtype.element_ty)  # fmt: skip
+        if UPCAST:
+            v = v.to(tl.float32)
     for t0 in range(row0, row_end, BLOCK_T):
         tt = t0 + offs_t
         t_mask = tt < row_end
-        p = tl.load(
-            P + tt.to(tl.int64)[:, None] * stride_pm + offs_r[None, :] * stride_pr,
-            mask=t_mask[:, None] & r_mask[None, :], other=0.0,
-        )  # [BLOCK_T, BLOCK_R]
-        q = tl.load(
-            Q + tt.to(tl.int64)[:, None] * stride_qm + offs_n[None, :] * stride_qn,
-            mask=t_mask[:, None] & n_mask[None, :], other=0.0,
-        )  # [BLOCK_T, BLOCK_N]
+        tt64 = tt.to(tl.int64)
+        p = tl.load(P + tt64[:, None] * stride_pm + offs_r[None, :] * stride_pr,
+                    mask=t_mask[:, None] & r_mask[None, :], other=0.0)  # [BLOCK_T, BLOCK_R]
+        q = tl.load(Q + tt64[:, None] * stride_qm + offs_n[None, :] * stride_qn,
+                    mask=t_mask[:, None] & n_mask[None, :], other=0.0)  # [BLOCK_T, BLOCK_N]
         p = p.to(q.dtype)
         if UPCAST:
             p, q = p.to(tl.float32), q.to(tl.float32)
@@ -185,6 +192,16 @@ def _wgrad_kernel(
             acc += tl.dot(tl.trans(p), q, input_precision="ieee")
         else:
             acc += tl.dot(tl.trans(p), q)
+        if EXPAND:  # Y[rows, block] (+)= P V_i: the chunks and column blocks tile Y exactly once
+            if IEEE:
+                e = tl.dot(p, v, input_precision="ieee")
+            else:
+                e = tl.dot(p, v)
+            y_ptrs = Y + tt64[:, None] * stride_ym + offs_n[None, :] * stride_yn
+            y_mask = t_mask[:, None] & n_mask[None, :]
+            if ADD:
+                e += tl.load(y_ptrs, mask=y_mask, other=0.0).to(tl.float32)
+            tl.store(y_ptrs, e.to(Y.dtype.element_ty), mask=y_mask)
     if APPLY_SCALE:
         acc = acc * tl.load(SCALES + adapter)
     # rank rows >= r_i must be EXACTLY zero even if Q holds inf/nan (0 * inf = nan)

@@ -55,15 +55,26 @@ def test_matches_reference(n, spread, dtype, path):
         dict(path="fused", wgrad_pair=True, wgrad_chunk=32),
         dict(path="fused", se_split=3),  # expand columns shared by 3 programs per row tile
         dict(path="fused", se_split=2, fuse_add="kernel"),
+        dict(dx_in_wgrad=True),  # dX delta written by the dA kernel
+        dict(dx_in_wgrad=True, wgrad_chunk=32, fuse_add="kernel"),  # ... token-split, added
     ],
     ids=["atomics", "kadd", "atomics-kadd", "fused", "fused-atomics-kadd", "pair", "pair-atomics",
-         "col-split", "col-split-kadd"],  # fmt: skip
+         "col-split", "col-split-kadd", "dx-wgrad", "dx-wgrad-atomics-kadd"],  # fmt: skip
 )
 def test_launch_variants(tune):
     dtype = torch.bfloat16 if "fuse_add" in tune else torch.float32
     ml.TUNE.update(tune)
     tensors, seg, ranks, scaling = make_case(5, "zipf", dtype=dtype, seed=7, **SMALL)
     run_and_compare(tensors, seg, ranks, scaling, dtype)
+
+
+@pytest.mark.parametrize("spread", SPREADS)
+def test_dx_in_wgrad_spreads(spread):
+    """dX written by the dA kernel covers every row exactly once (NaN-poisoned buffers): zero-token
+    adapters own no chunks, single-token segments one-row chunks."""
+    ml.TUNE.update(dx_in_wgrad=True, wgrad_chunk=32)
+    tensors, seg, ranks, scaling = make_case(3, spread, dtype=BF16, seed=2, **SMALL)
+    run_and_compare(tensors, seg, ranks, scaling, BF16)
 
 
 @pytest.mark.parametrize("spread", ["zipf", "zero", "single"])

@@ -42,9 +42,11 @@ def test_small_odd_shapes(n, spread, dtype):
         dict(path="split", gpu=dict(ml.TUNE["gpu"], ex_cols=512, ex_stages=3)),
         dict(path="fused", gpu=dict(ml.TUNE["gpu"], se_tma="xy")),
         dict(path="fused", se_split=4, fuse_add="kernel", gpu=dict(ml.TUNE["gpu"], se_tma="xy")),
+        dict(dx_in_wgrad=True),
+        dict(dx_in_wgrad=True, fuse_add="kernel", wgrad_chunk=256),
     ],
     ids=["default", "atomics", "kadd", "fused", "pair-atomics", "col-split", "split-chunked",
-         "tma", "tma-split-kadd"],  # fmt: skip
+         "tma", "tma-split-kadd", "dx-wgrad", "dx-wgrad-kadd"],  # fmt: skip
 )
 @pytest.mark.parametrize("shape", [(4096, 4096), (4096, 1024), (14336, 4096)])
 def test_full_size_bf16(tune, shape):
