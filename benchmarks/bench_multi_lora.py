@@ -13,9 +13,10 @@ Variants (all compute the same function; the frozen base weight never gets a gra
   fused_split path="split" explicitly
   fused_kadd defaults + TUNE fuse_add="kernel" (paper's fused expand-and-add in the kernel)
   fused_split_c512 / _c2048  path="split" with 512 / 2048 output columns per expand program
-  fused_dxw / fused_one_dxw / fused_split_dxw  TUNE dx_in_wgrad: the backward's dX delta written
-             by the dA weight-gradient kernel after a split-K shrink of dY (default / fused /
-             split forward)
+  fused_stream  TUNE path="stream": shrink + row-streaming expand; backward shrink of dY, dA
+             and the dX delta in one weight-gradient launch, dB
+  (rows of 2026-11-29 03:4xZ named fused_dxw / fused_one_dxw / fused_split_dxw: that backward
+  under the option that became the stream path, with the auto / fused / split forward)
   fused_tma_x / fused_bm64  shrink_expand reading x through TMA / with 64-row tiles at every T
   loop       eager PyTorch: shared base GEMM + per-adapter loop (kernels.reference)
   separate   N separate jobs: each adapter runs its own base GEMM + LoRA on its own tokens
@@ -77,7 +78,7 @@ COLUMNS = [
     "gpu_ratio_vs_base",
 ]
 BF16 = torch.bfloat16
-DEFAULT_TUNE = {k: ml.TUNE[k] for k in ("path", "fuse_add", "wgrad_pair", "dx_in_wgrad")}
+DEFAULT_TUNE = {k: ml.TUNE[k] for k in ("path", "fuse_add", "wgrad_pair")}
 DEFAULT_TUNE["gpu"] = dict(ml.TUNE["gpu"])  # variants may override tile settings
 FUSED_VARIANTS = {  # TUNE overrides of each fused_multi_lora variant
     "fused": dict(DEFAULT_TUNE),  # the defaults as shipped
@@ -90,10 +91,7 @@ FUSED_VARIANTS = {  # TUNE overrides of each fused_multi_lora variant
                              gpu=dict(DEFAULT_TUNE["gpu"], ex_cols=512, ex_stages=3)),
     "fused_split_c2048": dict(DEFAULT_TUNE, path="split", wgrad_pair=False,
                               gpu=dict(DEFAULT_TUNE["gpu"], ex_cols=2048, ex_stages=3)),
-    # backward: split-K shrink of dY, then dX written by the dA kernel (no expand kernel)
-    "fused_dxw": dict(DEFAULT_TUNE, dx_in_wgrad=True),
-    "fused_one_dxw": dict(DEFAULT_TUNE, path="fused", dx_in_wgrad=True),
-    "fused_split_dxw": dict(DEFAULT_TUNE, path="split", dx_in_wgrad=True),
+    "fused_stream": dict(DEFAULT_TUNE, path="stream"),
     # shrink_expand reading x through TMA; 64-row tiles at every T
     "fused_tma_x": dict(DEFAULT_TUNE, gpu=dict(DEFAULT_TUNE["gpu"], se_tma="x")),
     "fused_bm64": dict(DEFAULT_TUNE, gpu=dict(DEFAULT_TUNE["gpu"], bm_fused=64)),

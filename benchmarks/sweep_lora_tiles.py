@@ -66,11 +66,12 @@ SE_CFGS_4 = [dict(split=None), dict(split=None, se_tma="y"), dict(split=None, se
              dict(split=None, se_tma="xy"), dict(split=None, stages=6), dict(split=None, stages=8),
              dict(split=None, bk=128, stages=4), dict(split=None, se_tma="y", bm_fused=64),
              dict(split=None, bm_fused=64)]  # fmt: skip
-# Round 5: the backward with dX written by the dA kernel (TUNE dx_in_wgrad): that kernel
-# (wg_dAdX) and the split-K shrink of dY (sh_dY) it follows, whose tiles are the shared bm / bk.
-WG_CFGS_5 = [dict(), dict(bn=64), dict(bt=32), dict(warps=8), dict(bn=64, bt=32),
-             dict(stages=3), dict(chunk=2048), dict(bn=64, warps=8)]  # fmt: skip
-SH_CFGS_5 = [dict(), dict(bk=128), dict(bm=32), dict(bm=128, warps=8), dict(stages=4)]
+# Round 5: the stream path's kernels: the weight-gradient kernel that also writes dX (wg_dAdX),
+# the row-streaming expand of the forward (wg_expand), and the split-K shrink (sh_dY, sh_x).
+WG_CFGS_5 = [dict(), dict(warps=8), dict(bt=128), dict(bt=128, warps=8), dict(chunk=2048),
+             dict(bn=256, warps=8), dict(stages=3), dict(bt=32)]  # fmt: skip
+SH_CFGS_5 = [dict(), dict(sh_bm=64, sh_warps=4), dict(sh_bm=256, sh_warps=8), dict(stages=4),
+             dict(bk=128)]  # fmt: skip
 ROUNDS = {1: dict(se=SE_CFGS, wg=WG_CFGS), 2: dict(se=SE_CFGS_2, wg=WG_CFGS_2),
           3: dict(se=SE_CFGS_3, wg=WG_CFGS_3), 4: dict(se=SE_CFGS_4),
           5: dict(wg=WG_CFGS_5, sh=SH_CFGS_5)}
@@ -94,6 +95,7 @@ def kernel_fns(inp: dict, cfg: dict) -> dict:
     s = shrink_expand(x, a, a_str, b, b_str, y, d_out, lay, False, True, False, cfg)
     ds = shrink_expand(dy, b, bt_str, a, at_str, dx, d_in, lay, True, False, False, cfg)
     r2 = 2 * t * lay.block_r
+    s32, b_rn = s.float(), (b.stride(0), b.stride(2), b.stride(1))  # the stream path's S, V_i = B_iᵀ
     return {
         "se_fwd": (lambda: shrink_expand(x, a, a_str, b, b_str, y, d_out, lay, False, True,
                                          False, cfg), 2 * t * (d_in + d_out) + r2),
@@ -103,7 +105,10 @@ def kernel_fns(inp: dict, cfg: dict) -> dict:
         "wg_dB": (lambda: launch._wgrad(s, dy, b, True, lay, True, cfg), 2 * t * d_out + r2),
         "wg_dAdX": (lambda: launch._wgrad(ds, x, a, False, lay, False, cfg,
                                           expand=(a, a_str, dx, False)), 4 * t * d_in + r2),
+        "wg_expand": (lambda: launch._stream_expand(s32, b, b_rn, y, False, lay, cfg),
+                      2 * t * d_out + 2 * r2),
         "sh_dY": (lambda: launch._shrink(dy, b, bt_str, lay, True, cfg), 2 * t * d_out + 2 * r2),
+        "sh_x": (lambda: launch._shrink(x, a, a_str, lay, True, cfg), 2 * t * d_in + 2 * r2),
     }  # fmt: skip
 
 

@@ -22,15 +22,14 @@ from .layout import MultiLoraLayout
 
 # Launch parameters; tests and the benchmark override entries (None = heuristic).
 TUNE: dict = {
-    "path": "auto",  # "auto" (choose_path), "split" (shrink/expand/wgrad) or "fused" (shrink_expand + wgrad)
+    # "auto" (choose_path), "split" (shrink/expand/wgrad), "fused" (shrink_expand + wgrad) or
+    # "stream" (shrink + row-streaming expand; bwd: shrink + wgrad-with-dX + wgrad)
+    "path": "auto",
     "wgrad_pair": False,  # fused path: dA+dB in one launch (never chosen by auto)
     "fuse_add": "addmm",  # "addmm" (delta + cuBLAS epilogue) or "kernel" (expand-and-add)
     "split_k": None,  # shrink split over K; None = fill ~2 waves of SMs
     "se_split": None,  # shrink_expand: programs per row tile sharing its columns; None = heuristic
     "wgrad_chunk": None,  # tokens per weight-gradient program; None = heuristic
-    # backward: dX delta written by the dA weight-gradient kernel (after a split-K shrink of dY)
-    # instead of by an expand / shrink_expand; None = the auto rule (dx_in_wgrad)
-    "dx_in_wgrad": False,
     # upcast: give tl.dot fp32 operands (the interpreter's bf16 dot is broken, see multi_lora_triton)
     # Per-kernel overrides, from the H200 sweeps of 2026-11-29 (benchmarks/sweep_lora_tiles.py,
     # rows in benchmarks/results/lora_tiles.csv): wg_stages, the weight-gradient kernels'
@@ -41,12 +40,16 @@ TUNE: dict = {
     # pipeline depth (ex_cols = bn, stages 1 is the one-block-per-program kernel of 2026-11-28).
     # se_rows: shrink_expand loads a k- or r-contiguous adapter operand along that axis.
     # se_tma: shrink_expand reads x ("x") and / or stores y ("y") through TMA descriptors.
+    # sh_bm / sh_warps: the split-K shrink's row tile and warps (round 5: 128 rows, 8 warps
+    # beat 64 / 4 by 25-32 % at T >= 8192 on the 4096-deep shapes).
     "gpu": dict(bm=64, bk=64, bn=128, bt=64, warps=4, stages=3, wg_stages=2, bm_fused=None,
                 bn_fused=128, se_fwd_bk=64, se_fwd_stages=4, se_bwd_bk=128, se_bwd_stages=3,
-                se_rows=True, ex_cols=128, ex_stages=1, se_tma="", upcast=False),  # fmt: skip
+                se_rows=True, ex_cols=128, ex_stages=1, se_tma="", sh_bm=128, sh_warps=8,
+                upcast=False),  # fmt: skip
     "interp": dict(bm=32, bk=32, bn=64, bt=32, warps=4, stages=1, wg_stages=1, bm_fused=32,
                    bn_fused=32, se_fwd_bk=32, se_fwd_stages=1, se_bwd_bk=32, se_bwd_stages=1,
-                   se_rows=True, ex_cols=64, ex_stages=1, se_tma="", upcast=True),  # fmt: skip
+                   se_rows=True, ex_cols=64, ex_stages=1, se_tma="", sh_bm=32, sh_warps=4,
+                   upcast=True),  # fmt: skip
     "poison": False,  # tests: fill every internally allocated output with NaN first
 }
 
@@ -143,7 +146,7 @@ def _shrink(x, w, w_strides, layout, scale: bool, cfg) -> torch.Tensor:
     """OUT[T, block_r] fp32 = c_i * x_i @ W_iᵀ; w_strides = (adapter, rank, k) strides of W."""
     dev, (t, k) = x.device, x.shape
     tiles, split, k_per = layout.memo(_plan_key(cfg, "shrink", k, dev), lambda: (
-        (tl := layout.tiles(cfg["bm"], dev)), *_split_k(tl.shape[0], k, cfg, dev)))
+        (tl := layout.tiles(cfg["sh_bm"], dev)), *_split_k(tl.shape[0], k, cfg, dev)))
     alloc = torch.zeros if split > 1 else _empty
     out = alloc((t, layout.block_r), device=dev, dtype=torch.float32)
     if tiles.shape[0] == 0:
@@ -152,9 +155,9 @@ def _shrink(x, w, w_strides, layout, scale: bool, cfg) -> torch.Tensor:
         x, w, out, tiles, layout.ranks_tensor(dev), layout.scaling_tensor(dev),
         k, k_per, x.stride(0), x.stride(1), *w_strides, out.stride(0), out.stride(1),
     ), dict(
-        BLOCK_M=cfg["bm"], BLOCK_R=layout.block_r, BLOCK_K=cfg["bk"],
+        BLOCK_M=cfg["sh_bm"], BLOCK_R=layout.block_r, BLOCK_K=cfg["bk"],
         ATOMIC=split > 1, APPLY_SCALE=scale, IEEE=x.dtype == torch.float32, UPCAST=cfg["upcast"],
-        num_warps=cfg["warps"], num_stages=cfg["stages"],
+        num_warps=cfg["sh_warps"], num_stages=cfg["stages"],
     ))
     return out
 
@@ -193,18 +196,39 @@ def _wgrad(p, q, like, transpose_out: bool, layout, scale: bool, cfg,
                                              lambda: _wgrad_plan(layout, n_cols, cfg, dev))
     buf_dtype = torch.float32 if atomic else like.dtype
     out = (torch.zeros if needs_zero else _empty)(like.shape, device=dev, dtype=buf_dtype)
-    v, v_strides, y, add = expand if expand is not None else (p, (0, 0, 0), p, False)
-    if chunks.shape[0] > 0:
-        s_a, s_r, s_n = (out.stride(0), out.stride(2), out.stride(1)) if transpose_out else out.stride()
-        grid = (chunks.shape[0], -(-n_cols // cfg["bn"]))
-        launch(mlt.get_kernels().wgrad, grid, (
-            p, q, out, chunks, layout.ranks_tensor(dev), layout.scaling_tensor(dev), v, y,
-            n_cols, layout.r_max, p.stride(0), p.stride(1), q.stride(0), q.stride(1), s_a, s_r, s_n,
-            *v_strides, y.stride(0), y.stride(1),
-        ), dict(
-            BLOCK_T=cfg["bt"], BLOCK_R=layout.block_r, BLOCK_N=cfg["bn"],
-            ATOMIC=atomic, APPLY_SCALE=scale, IEEE=q.dtype == torch.float32, UPCAST=cfg["upcast"],
-            EXPAND=expand is not None, ADD=add,
-            num_warps=cfg["warps"], num_stages=cfg["wg_stages"],
-        ))
+    s_a, s_r, s_n = (out.stride(0), out.stride(2), out.stride(1)) if transpose_out else out.stride()
+    _row_stream(p, q, out, (s_a, s_r, s_n), chunks, atomic, scale, expand, layout, cfg)
     return out if out.dtype == like.dtype else out.to(like.dtype)
+
+
+def _stream_expand(p, v, v_strides, y, add: bool, layout, cfg) -> None:
+    """y[T, n] (+)= p_i @ V_i in place, by the weight-gradient kernel with its reduction off:
+    programs own (token chunk, column block), load V_i's block once and stream the chunk's rows.
+    v_strides = (adapter, rank, n) strides of V."""
+    dev, n_cols = y.device, y.shape[1]
+    chunks, _, _ = layout.memo(_plan_key(cfg, "wgrad", n_cols, dev),
+                               lambda: _wgrad_plan(layout, n_cols, cfg, dev))
+    _row_stream(p, None, None, (0, 0, 0), chunks, False, False, (v, v_strides, y, add), layout, cfg)
+
+
+def _row_stream(p, q, out, out_strides, chunks, atomic, scale, expand, layout, cfg) -> None:
+    """Launch the weight-gradient kernel (reduction into ``out`` unless q is None, expand into
+    y if ``expand``) over (token chunks) x (column blocks of q or y)."""
+    if chunks.shape[0] == 0:
+        return
+    dev = p.device
+    v, v_strides, y, add = expand if expand is not None else (p, (0, 0, 0), p, False)
+    reduce = q is not None
+    q, out = (q, out) if reduce else (y, y)  # (dummies are never dereferenced)
+    n_cols = q.shape[1]
+    grid = (chunks.shape[0], -(-n_cols // cfg["bn"]))
+    launch(mlt.get_kernels().wgrad, grid, (
+        p, q, out, chunks, layout.ranks_tensor(dev), layout.scaling_tensor(dev), v, y,
+        n_cols, layout.r_max, p.stride(0), p.stride(1), q.stride(0), q.stride(1), *out_strides,
+        *v_strides, y.stride(0), y.stride(1),
+    ), dict(
+        BLOCK_T=cfg["bt"], BLOCK_R=layout.block_r, BLOCK_N=cfg["bn"],
+        ATOMIC=atomic, APPLY_SCALE=scale, IEEE=q.dtype == torch.float32, UPCAST=cfg["upcast"],
+        EXPAND=expand is not None, ADD=add, REDUCE=reduce,
+        num_warps=cfg["warps"], num_stages=cfg["wg_stages"],
+    ))  # fmt: skip

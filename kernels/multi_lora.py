@@ -15,6 +15,9 @@ backward = shrink of dY (dS = s_i dY_i B_i) + expand into dX (dS_i A_i) + one cu
            + wgrad x2 (dA_i = dS_iᵀ X_i, dB_i = s_i dY_iᵀ S_i)  [+ memsets / casts for atomics].
 TUNE["path"] = "fused" uses shrink_expand (shrink and expand in ONE launch) instead: fwd 1
 Triton launch, bwd 3 (see kernels/launch_fused.py).
+TUNE["path"] = "stream": forward = shrink (S scaled by s_i) + a row-streaming expand (programs
+own a token chunk x column block and load B_i's block once); backward = shrink of dY + ONE
+weight-gradient launch that computes dA and writes the dX delta from the same dS tiles + dB.
 By default the kernels write the LoRA delta and the base GEMM adds it in cuBLAS's epilogue
 (``delta.addmm_(x, W.T)``, beta=1); ``TUNE["fuse_add"] = "kernel"`` instead runs the GEMM first
 and fuses the add into the expand's store (the paper's expand-and-add).
@@ -40,7 +43,17 @@ __all__ = ["fused_multi_lora", "TUNE"]
 
 _DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
-from .launch import TUNE, _cfg, _empty, _expand, _shrink, _split_k, _wgrad, choose_path  # noqa: E402,F401
+from .launch import (  # noqa: E402,F401
+    TUNE,
+    _cfg,
+    _empty,
+    _expand,
+    _shrink,
+    _split_k,
+    _stream_expand,
+    _wgrad,
+    choose_path,
+)
 from .launch_fused import shrink_expand, wgrad_pair  # noqa: E402
 
 
@@ -56,6 +69,10 @@ class _FusedMultiLora(torch.autograd.Function):
         if path == "split":
             s = _shrink(x, lora_a, a_str, layout, False, cfg)  # [T, block_r] fp32
             _expand(s, lora_b, b_str, y, layout, True, kadd, cfg)
+        elif path == "stream":  # S carries s_i here (the expand kernel has no scale)
+            s = _shrink(x, lora_a, a_str, layout, True, cfg)  # [T, block_r] fp32, s_i x_i A_iᵀ
+            b_rn = (lora_b.stride(0), lora_b.stride(2), lora_b.stride(1))  # V_i[r, n] = B_i[n, r]
+            _stream_expand(s, lora_b, b_rn, y, kadd, layout, cfg)
         else:
             s = shrink_expand(x, lora_a, a_str, lora_b, b_str, y, y.shape[1], layout,
                               False, True, kadd, cfg)  # fmt: skip
@@ -77,12 +94,19 @@ class _FusedMultiLora(torch.autograd.Function):
         a_str = (lora_a.stride(0), lora_a.stride(2), lora_a.stride(1))  # V_i[n, r] = A_i[r, n]
         if need_x:
             dx = dy @ weight if kadd else _empty(x.shape, x.device, x.dtype)
-        if need_x and need_a and TUNE["dx_in_wgrad"]:
-            # dS by the split-K shrink; dX delta written by the dA kernel as it streams dS and x
-            ds = _shrink(dy, lora_b, b_str, layout, True, cfg)
-            a_rn = (lora_a.stride(0), lora_a.stride(1), lora_a.stride(2))  # V_i[r, n] = A_i[r, n]
-            da = _wgrad(ds, x, lora_a, False, layout, False, cfg, expand=(lora_a, a_rn, dx, kadd))
-            db = _wgrad(s, dy, lora_b, True, layout, True, cfg) if need_b else None
+        if ctx.path == "stream":
+            # dS by the split-K shrink; the dX delta written by the dA kernel as it streams dS
+            # (or, with lora_a frozen, by the same kernel as an expand only)
+            if need_x or need_a:
+                ds = _shrink(dy, lora_b, b_str, layout, True, cfg)  # dS_i = s_i dY_i B_i
+            a_rn = lora_a.stride()  # V_i[r, n] = A_i[r, n]
+            dx_job = (lora_a, a_rn, dx, kadd) if need_x else None
+            if need_a:
+                da = _wgrad(ds, x, lora_a, False, layout, False, cfg, expand=dx_job)
+            elif need_x:
+                _stream_expand(ds, *dx_job, layout, cfg)
+            if need_b:  # S = s_i x_i A_iᵀ already carries the scale
+                db = _wgrad(s, dy, lora_b, True, layout, False, cfg)
         elif ctx.path == "split":
             if need_x or need_a:
                 ds = _shrink(dy, lora_b, b_str, layout, True, cfg)  # dS_i = s_i dY_i B_i

@@ -18,8 +18,9 @@ token axis, rank r_i, scale s_i, rank axis padded to BLOCK_R (mask ``r < r_i``).
   table lookups and the S load are paid once per chunk and the V loads are pipelined.
 * ``wgrad``   OUT_i[r, n] (+)= c_i * sum_{t in chunk} P[t, r] * Q[t, n]  (grid: chunks x n-blocks)
   With ``EXPAND`` it also writes Y[t, n] (+)= sum_r P[t, r] * V_i[r, n] for its rows and columns,
-  reusing the P tiles it loads anyway: the backward's dX delta (P = dS, V_i = A_i) rides along
-  with dA, so dX needs no expand kernel of its own (TUNE["dx_in_wgrad"]).
+  reusing the P tiles it loads anyway, V_i's column block loaded once per program: the "stream"
+  path's backward writes the dX delta (P = dS, V_i = A_i) alongside dA. With ``REDUCE`` off it
+  is only that row-streaming expand (the stream path's forward: P = s_i·S, V_i = B_iᵀ).
   dA_i = dS_iᵀ X_i            (P = dS, Q = x,  c_i = 1,   OUT = grad lora_a [N, r_max, d_in])
   dB_i = s_i · dY_iᵀ S_i      (P = S,  Q = dY, c_i = s_i, OUT = grad lora_b [N, d_out, r_max]
                                written through swapped strides)
@@ -157,7 +158,7 @@ def _wgrad_kernel(
     stride_va, stride_vr, stride_vn, stride_ym, stride_yn,
     BLOCK_T: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_N: tl.constexpr,
     ATOMIC: tl.constexpr, APPLY_SCALE: tl.constexpr, IEEE: tl.constexpr,
-    UPCAST: tl.constexpr, EXPAND: tl.constexpr, ADD: tl.constexpr,
+    UPCAST: tl.constexpr, EXPAND: tl.constexpr, ADD: tl.constexpr, REDUCE: tl.constexpr,
 ):  # fmt: skip
     pid_c = tl.program_id(0)
     pid_n = tl.program_id(1)
@@ -183,15 +184,20 @@ def _wgrad_kernel(
         tt64 = tt.to(tl.int64)
         p = tl.load(P + tt64[:, None] * stride_pm + offs_r[None, :] * stride_pr,
                     mask=t_mask[:, None] & r_mask[None, :], other=0.0)  # [BLOCK_T, BLOCK_R]
-        q = tl.load(Q + tt64[:, None] * stride_qm + offs_n[None, :] * stride_qn,
-                    mask=t_mask[:, None] & n_mask[None, :], other=0.0)  # [BLOCK_T, BLOCK_N]
-        p = p.to(q.dtype)
-        if UPCAST:
-            p, q = p.to(tl.float32), q.to(tl.float32)
-        if IEEE:
-            acc += tl.dot(tl.trans(p), q, input_precision="ieee")
+        if REDUCE:
+            q = tl.load(Q + tt64[:, None] * stride_qm + offs_n[None, :] * stride_qn,
+                        mask=t_mask[:, None] & n_mask[None, :], other=0.0)  # [BLOCK_T, BLOCK_N]
+            p = p.to(q.dtype)
+            if UPCAST:
+                p, q = p.to(tl.float32), q.to(tl.float32)
+            if IEEE:
+                acc += tl.dot(tl.trans(p), q, input_precision="ieee")
+            else:
+                acc += tl.dot(tl.trans(p), q)
         else:
-            acc += tl.dot(tl.trans(p), q)
+            p = p.to(Y.dtype.element_ty)
+            if UPCAST:
+                p = p.to(tl.float32)
         if EXPAND:  # Y[rows, block] (+)= P V_i: the chunks and column blocks tile Y exactly once
             if IEEE:
                 e = tl.dot(p, v, input_precision="ieee")
@@ -202,17 +208,18 @@ def _wgrad_kernel(
             if ADD:
                 e += tl.load(y_ptrs, mask=y_mask, other=0.0).to(tl.float32)
             tl.store(y_ptrs, e.to(Y.dtype.element_ty), mask=y_mask)
-    if APPLY_SCALE:
-        acc = acc * tl.load(SCALES + adapter)
-    # rank rows >= r_i must be EXACTLY zero even if Q holds inf/nan (0 * inf = nan)
-    acc = tl.where(r_mask[:, None], acc, 0.0)
-    o_ptrs = (OUT + adapter.to(tl.int64) * stride_oa + offs_r[:, None] * stride_or
-              + offs_n[None, :] * stride_on)
-    o_mask = (offs_r[:, None] < R_OUT) & n_mask[None, :]
-    if ATOMIC:
-        tl.atomic_add(o_ptrs, acc, mask=o_mask)
-    else:
-        tl.store(o_ptrs, acc.to(OUT.dtype.element_ty), mask=o_mask)
+    if REDUCE:
+        if APPLY_SCALE:
+            acc = acc * tl.load(SCALES + adapter)
+        # rank rows >= r_i must be EXACTLY zero even if Q holds inf/nan (0 * inf = nan)
+        acc = tl.where(r_mask[:, None], acc, 0.0)
+        o_ptrs = (OUT + adapter.to(tl.int64) * stride_oa + offs_r[:, None] * stride_or
+                  + offs_n[None, :] * stride_on)  # fmt: skip
+        o_mask = (offs_r[:, None] < R_OUT) & n_mask[None, :]
+        if ATOMIC:
+            tl.atomic_add(o_ptrs, acc, mask=o_mask)
+        else:
+            tl.store(o_ptrs, acc.to(OUT.dtype.element_ty), mask=o_mask)
 
 
 _JITTED: dict[tuple, object] = {}

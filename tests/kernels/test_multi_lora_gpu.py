@@ -20,10 +20,12 @@ pytestmark = [
 FP32, BF16 = torch.float32, torch.bfloat16
 
 
+@pytest.mark.parametrize("path", ["auto", "stream"])
 @pytest.mark.parametrize("n", [1, 3, 32])
 @pytest.mark.parametrize("spread", SPREADS)
 @pytest.mark.parametrize("dtype", [FP32, BF16], ids=["fp32", "bf16"])
-def test_small_odd_shapes(n, spread, dtype):
+def test_small_odd_shapes(n, spread, dtype, path):
+    ml.TUNE["path"] = path
     tensors, seg, ranks, scaling = make_case(
         n, spread, 133, 2049, 1023, dtype=dtype, device="cuda", seed=n
     )
@@ -42,11 +44,11 @@ def test_small_odd_shapes(n, spread, dtype):
         dict(path="split", gpu=dict(ml.TUNE["gpu"], ex_cols=512, ex_stages=3)),
         dict(path="fused", gpu=dict(ml.TUNE["gpu"], se_tma="xy")),
         dict(path="fused", se_split=4, fuse_add="kernel", gpu=dict(ml.TUNE["gpu"], se_tma="xy")),
-        dict(dx_in_wgrad=True),
-        dict(dx_in_wgrad=True, fuse_add="kernel", wgrad_chunk=256),
+        dict(path="stream"),
+        dict(path="stream", fuse_add="kernel", wgrad_chunk=256),
     ],
     ids=["default", "atomics", "kadd", "fused", "pair-atomics", "col-split", "split-chunked",
-         "tma", "tma-split-kadd", "dx-wgrad", "dx-wgrad-kadd"],  # fmt: skip
+         "tma", "tma-split-kadd", "stream", "stream-kadd-atomics"],  # fmt: skip
 )
 @pytest.mark.parametrize("shape", [(4096, 4096), (4096, 1024), (14336, 4096)])
 def test_full_size_bf16(tune, shape):
