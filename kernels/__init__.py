@@ -8,8 +8,8 @@ Public API (stable; the executor relies on it):
 * :func:`fused_multi_lora_reference`: the pure-torch per-adapter loop with the same semantics.
 * :func:`make_layout` (seg_lens, ranks, scaling, device=None) -> :class:`MultiLoraLayout`:
   build once per batch layout, pass to every layer (``layout=`` or in place of seg_lens).
-* :data:`TUNE`: launch settings; ``TUNE["path"]`` = "auto" (default: per layer shape and T,
-  see :func:`kernels.launch.choose_path`), "split" or "fused".
+* :data:`TUNE`: launch settings; ``TUNE["path"]`` = "auto" (default: per T, see
+  :func:`kernels.launch.choose_path`), "split", "fused" or "stream".
 """
 
 from .launch import TUNE

@@ -1,8 +1,8 @@
 """Launch helpers of the multi-LoRA kernels: tuning table, grid heuristics, buffer allocation.
 
-Two kernel paths compute the same thing (see kernels/multi_lora_triton.py for notation);
-``TUNE["path"] = "auto"`` (default) picks one per call from the layer's shape and T
-(:func:`choose_path`, rule measured on the H200, docs/kernels.md):
+Three kernel paths compute the same thing (see kernels/multi_lora_triton.py for notation);
+``TUNE["path"] = "auto"`` (default) picks one per call from T (:func:`choose_path`, rule
+measured on the H200, docs/kernels.md):
 
 * ``"split"``: separate ``shrink``
   (split-K with fp32 atomics when T/BLOCK_M is small), ``expand`` and two ``wgrad`` launches.
@@ -10,6 +10,9 @@ Two kernel paths compute the same thing (see kernels/multi_lora_triton.py for no
 * ``"fused"``: ``shrink_expand`` (1 launch: shrink kept in registers, stored once, expand
   streamed over the output columns) + two ``wgrad`` launches (or one ``wgrad_pair`` launch with
   ``TUNE["wgrad_pair"]``). Per layer: fwd 1, bwd 3 (2). Fewer launches = less host time.
+* ``"stream"``: the split path's ``shrink``, then the weight-gradient kernel streams token rows:
+  as the forward's expand (one B_i column block per program, loaded once) and, in the
+  backward, as dA with the dX delta written from the same dS tiles. Per layer: fwd 2, bwd 3.
 """
 
 from __future__ import annotations
@@ -59,17 +62,16 @@ _SM_COUNT: dict[int, int] = {}
 def auto_path(t: int, d_in: int, d_out: int) -> tuple[str, bool]:
     """(path, wgrad_pair) the "auto" rule picks for a layer d_in -> d_out over t tokens.
 
-    Rule from the GPU-only (CUDA-graph) times of benchmarks/bench_multi_lora.py on the H200,
-    2026-11-29 (Llama-3.1-8B shapes, T 4k–16k, N 8–64; docs/kernels.md §3c): the fused path
-    (shrink_expand) wins or ties from T = 8192 on, and on layers smaller than 4096x4096 at every
-    T; below T = 8192 the split path wins on the larger layers (4096², T = 4096: 0.58 vs
-    0.67 ms). wgrad_pair saves one launch of host time but is 10–30 % slower on the GPU, so the
-    rule never picks it: a training step is GPU-bound once its host runs ahead (or is captured
-    in a CUDA graph), which is where these layers' time matters.
+    Rule from the GPU-only (CUDA-graph) step times of benchmarks/bench_multi_lora.py on the H200
+    (Llama-3.1-8B shapes, N = 32; docs/kernels.md §3c). 2026-11-29 03:5xZ: below T = 8192 the
+    stream path is the fastest or within noise on every shape (4096->1024, T = 4096: 0.208 ms
+    against 0.237 fused and 0.222 split; 4096², T = 4096: 0.545 against 0.558 split); from
+    T = 8192 on, the three paths are within ±2 % and the fused path (fewest launches, so also
+    the least host time) is kept. T = 2048 follows the T < 8192 side of the rule; its rows are
+    in the final run of docs/kernels.md §3c. wgrad_pair saves one launch of host time but is
+    10-30 % slower on the GPU, so the rule never picks it.
     """
-    if t >= 8192 or d_in * d_out < 4096 * 4096:
-        return "fused", False
-    return "split", False
+    return ("stream" if t < 8192 else "fused"), False
 
 
 def choose_path(t: int, d_in: int, d_out: int) -> tuple[str, bool]:

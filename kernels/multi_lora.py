@@ -8,8 +8,8 @@ Shapes: x [T, d_in]; weight [d_out, d_in] (frozen, nn.Linear layout); lora_a [N,
 lora_b [N, d_out, r_max] (PEFT lora_A / lora_B weights stacked); y [T, d_out], dtype of x.
 
 Execution (CUDA, or CPU with TRITON_INTERPRET=1): a constant number of launches per layer,
-independent of N (kernels/launch.py). By default the path is chosen per call from the layer's
-shape and T (launch.choose_path). The "split" path:
+independent of N (kernels/launch.py). By default the path is chosen per call from T
+(launch.choose_path: "stream" below 8192 tokens, "fused" from there). The "split" path:
 forward  = shrink (Triton) + expand (Triton) + one cuBLAS GEMM over all T tokens;
 backward = shrink of dY (dS = s_i dY_i B_i) + expand into dX (dS_i A_i) + one cuBLAS GEMM for dX
            + wgrad x2 (dA_i = dS_iᵀ X_i, dB_i = s_i dY_iᵀ S_i)  [+ memsets / casts for atomics].

@@ -100,10 +100,11 @@ def test_choose_path_rule_and_overrides():
     from kernels import launch
 
     assert launch.TUNE["path"] == "auto"
-    assert launch.choose_path(4096, 4096, 1024) == ("fused", False)  # GQA k/v: fused at any T
-    assert launch.choose_path(4096, 4096, 4096) == ("split", False)  # T < 8192: split
-    assert launch.choose_path(8191, 4096, 14336) == ("split", False)
-    assert launch.choose_path(8192, 4096, 4096) == ("fused", False)
+    assert launch.choose_path(4096, 4096, 1024) == ("stream", False)  # T < 8192: stream
+    assert launch.choose_path(2048, 4096, 4096) == ("stream", False)
+    assert launch.choose_path(8191, 4096, 14336) == ("stream", False)
+    assert launch.choose_path(8192, 4096, 4096) == ("fused", False)  # T >= 8192: fused
+    assert launch.choose_path(8192, 4096, 1024) == ("fused", False)
     assert launch.choose_path(16384, 14336, 4096) == ("fused", False)
     launch.TUNE.update(path="split", wgrad_pair=True)
     assert launch.choose_path(8192, 4096, 1024) == ("split", True)

@@ -29,7 +29,7 @@ CASES = (
 )
 
 
-@pytest.mark.parametrize("path", ["auto", "split"])  # auto = fused at these (small) sizes
+@pytest.mark.parametrize("path", ["fused", "split", "stream"])  # auto = stream at these sizes
 @pytest.mark.parametrize(
     "n,spread,dtype", CASES, ids=[f"{n}-{s}-{str(d)[6:]}" for n, s, d in CASES]
 )

@@ -20,7 +20,7 @@ pytestmark = [
 FP32, BF16 = torch.float32, torch.bfloat16
 
 
-@pytest.mark.parametrize("path", ["auto", "stream"])
+@pytest.mark.parametrize("path", ["fused", "split", "stream"])
 @pytest.mark.parametrize("n", [1, 3, 32])
 @pytest.mark.parametrize("spread", SPREADS)
 @pytest.mark.parametrize("dtype", [FP32, BF16], ids=["fp32", "bf16"])
@@ -36,8 +36,8 @@ def test_small_odd_shapes(n, spread, dtype, path):
     "tune",
     [
         dict(),
-        dict(split_k=4, wgrad_chunk=256),
-        dict(fuse_add="kernel"),
+        dict(path="split", split_k=4, wgrad_chunk=256),
+        dict(path="split", fuse_add="kernel"),
         dict(path="fused"),
         dict(path="fused", wgrad_pair=True, wgrad_chunk=256),
         dict(path="fused", se_split=4),
@@ -94,8 +94,10 @@ def _kernel_launches(n: int) -> int:
     return sum(1 for e in prof.events() if e.device_type.name == "CUDA")
 
 
-def test_launches_bounded_independent_of_n():
+@pytest.mark.parametrize("path", ["fused", "split", "stream"])
+def test_launches_bounded_independent_of_n(path):
     """Same bound for N = 1 and 64; counts may differ by a memset/cast (split-K / atomics chosen)."""
+    ml.TUNE["path"] = path
     counts = {n: _kernel_launches(n) for n in (1, 8, 64)}
     print("CUDA kernel launches per fwd+bwd:", counts)
     assert max(counts.values()) <= 16, counts
@@ -111,7 +113,8 @@ def test_wgrad_pair_built():
     assert launch_fused.PAIR_FAILED == []
 
 
-@pytest.mark.parametrize("tune", [dict(), dict(path="fused", wgrad_pair=True)], ids=["split", "fused"])
+@pytest.mark.parametrize("tune", [dict(path="split"), dict(path="fused", wgrad_pair=True),
+                                  dict(path="stream")], ids=["split", "fused", "stream"])  # fmt: skip
 def test_fast_launch_path_is_used_and_correct(tune):
     """Second call of the same shapes goes through kernels.fast_launch (no Triton re-binding),
     into NaN-poisoned buffers, and still matches the fp64 oracle; the fast path never fell back."""
