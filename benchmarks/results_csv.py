@@ -25,7 +25,9 @@ def append_results(path: str | os.PathLike, columns: Sequence[str], rows: Iterab
     """Append rows to the CSV at path, writing the header first if the file is new (its folder
     is created). extrasaction: "raise" (a key outside columns is an error) or "ignore".
 
-    Appended lines keep the file's own line ending (a new file gets the csv module's "\r\n").
+    Appended lines keep the file's own line ending; a new file gets "\n", as the files in
+    benchmarks/results/ have (so rows written into a fresh file on the GPU machine can be
+    concatenated onto them).
     If the file's header lacks some of ``columns`` (a script gained a column), the file is
     rewritten once with the new header, earlier rows keeping their values and leaving the new
     columns empty. A header with a column that ``columns`` lacks, or a row longer than its
@@ -36,7 +38,7 @@ def append_results(path: str | os.PathLike, columns: Sequence[str], rows: Iterab
     columns = list(columns)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     new = not os.path.exists(path) or os.path.getsize(path) == 0
-    end = "\r\n" if new else _line_ending(path)
+    end = "\n" if new else _line_ending(path)
     if not new:
         with open(path, newline="") as f:
             old = next(csv.reader(f), [])

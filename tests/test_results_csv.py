@@ -19,7 +19,7 @@ def test_new_file_then_append(tmp_path):
     append_results(path, ["a", "b"], [dict(a=1, b=2)])
     append_results(path, ["a", "b"], [dict(a=3, b=4)])
     assert read(path) == [["a", "b"], ["1", "2"], ["3", "4"]]
-    assert path.read_bytes() == b"a,b\r\n1,2\r\n3,4\r\n"
+    assert path.read_bytes() == b"a,b\n1,2\n3,4\n"
 
 
 def test_gained_column_rewrites_header_and_keeps_rows(tmp_path):
