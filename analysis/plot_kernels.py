@@ -9,8 +9,8 @@ host's launch cost included (do_bench); bottom row: GPU time alone, the step rep
 CUDA graph (gpu_ratio_vs_base; runs from 2026-11-29 on, base and fused variants only). The
 latest row per (gpu, shape, T, N, variant) is used; the dotted line is the 1.2x target.
 "auto" (thick) is the latest row of the path the shipped rule picks for that shape and T
-(kernels.launch.auto_path: fused_split, fused_one or fused_pair), or of "fused" from runs
-where the shipped default was that rule.
+(kernels.launch.auto_path: fused_split, fused_one, fused_pair or fused_stream), or of "fused"
+from runs where the shipped default was that rule.
 """
 
 from __future__ import annotations
@@ -26,13 +26,14 @@ import pandas as pd  # noqa: E402
 
 COLORS = {"auto": "k", "fused_split": "C0", "fused_one": "C9", "fused_pair": "C4", "loop": "C3",
           "separate": "C1"}
-RULE_VARIANT = {("split", False): "fused_split", ("fused", False): "fused_one", ("fused", True): "fused_pair"}
+RULE_VARIANT = {("split", False): "fused_split", ("fused", False): "fused_one",
+                ("fused", True): "fused_pair", ("stream", False): "fused_stream"}
 STYLES = {8: "-", 32: "--", 64: ":"}
 
 
 # From this run on, the variant "fused" (the shipped default) is the current auto rule's path
 # with the current tile settings; earlier "fused" rows measured older defaults.
-AUTO_RULE_SINCE = "2026-11-29T02:46Z"
+AUTO_RULE_SINCE = "2026-11-29T03:59Z"
 
 
 def load(path: str) -> pd.DataFrame:
