@@ -82,6 +82,13 @@ def choose_path(t: int, d_in: int, d_out: int) -> tuple[str, bool]:
     return TUNE["path"], bool(TUNE["wgrad_pair"])
 
 
+def dot_precision(dtype: torch.dtype) -> str:
+    """tl.dot's input_precision for operands of this dtype: "ieee" for fp32 (exact fp32 products,
+    which the fp32 tests' 2e-5 tolerance needs), else "tf32", the default, which names only how
+    fp32 operands would be rounded and leaves a 16-bit dot as it is."""
+    return "ieee" if dtype == torch.float32 else "tf32"
+
+
 def _empty(shape, device, dtype) -> torch.Tensor:
     """torch.empty, or NaN-filled when TUNE["poison"] (so unwritten elements show up in tests)."""
     if TUNE["poison"]:
@@ -158,7 +165,7 @@ def _shrink(x, w, w_strides, layout, scale: bool, cfg) -> torch.Tensor:
         k, k_per, x.stride(0), x.stride(1), *w_strides, out.stride(0), out.stride(1),
     ), dict(
         BLOCK_M=cfg["sh_bm"], BLOCK_R=layout.block_r, BLOCK_K=cfg["bk"],
-        ATOMIC=split > 1, APPLY_SCALE=scale, IEEE=x.dtype == torch.float32, UPCAST=cfg["upcast"],
+        ATOMIC=split > 1, APPLY_SCALE=scale, DOT_PRECISION=dot_precision(x.dtype), UPCAST=cfg["upcast"],
         num_warps=cfg["sh_warps"], num_stages=cfg["stages"],
     ))
     return out
@@ -180,7 +187,7 @@ def _expand(s, v, v_strides, out, layout, scale: bool, add: bool, cfg) -> None:
         n_out, n_per, s.stride(0), s.stride(1), *v_strides, out.stride(0), out.stride(1),
     ), dict(
         BLOCK_M=cfg["bm"], BLOCK_N=cfg["bn"], BLOCK_R=layout.block_r,
-        ADD=add, APPLY_SCALE=scale, IEEE=out.dtype == torch.float32, UPCAST=cfg["upcast"],
+        ADD=add, APPLY_SCALE=scale, DOT_PRECISION=dot_precision(out.dtype), UPCAST=cfg["upcast"],
         num_warps=cfg["warps"], num_stages=cfg["ex_stages"],
     ))
 
@@ -230,7 +237,7 @@ def _row_stream(p, q, out, out_strides, chunks, atomic, scale, expand, layout, c
         *v_strides, y.stride(0), y.stride(1),
     ), dict(
         BLOCK_T=cfg["bt"], BLOCK_R=layout.block_r, BLOCK_N=cfg["bn"],
-        ATOMIC=atomic, APPLY_SCALE=scale, IEEE=q.dtype == torch.float32, UPCAST=cfg["upcast"],
+        ATOMIC=atomic, APPLY_SCALE=scale, DOT_PRECISION=dot_precision(q.dtype), UPCAST=cfg["upcast"],
         EXPAND=expand is not None, ADD=add, REDUCE=reduce,
         num_warps=cfg["warps"], num_stages=cfg["wg_stages"],
     ))  # fmt: skip

@@ -12,7 +12,7 @@ from triton.tools.tensor_descriptor import TensorDescriptor
 
 from . import multi_lora_triton as mlt
 from .fast_launch import launch
-from .launch import TUNE, _empty, _n_sms, _plan_key, _wgrad, _wgrad_plan
+from .launch import TUNE, _empty, _n_sms, _plan_key, _wgrad, _wgrad_plan, dot_precision
 from .layout import MultiLoraLayout
 
 # If the one-launch wgrad_pair kernel ever fails to build on a Triton version (it selects
@@ -89,7 +89,7 @@ def shrink_expand(x, w, w_strides, v, v_strides, y, n_out: int, layout, scale_s:
         # load each adapter operand along its contiguous axis (see _shrink_expand_kernel)
         W_ROWS=cfg["se_rows"] and w_strides[2] == 1,
         V_ROWS=cfg["se_rows"] and v_strides[2] == 1,
-        IEEE=x.dtype == torch.float32, UPCAST=cfg["upcast"], X_TMA=x_tma, Y_TMA=y_tma,
+        DOT_PRECISION=dot_precision(x.dtype), UPCAST=cfg["upcast"], X_TMA=x_tma, Y_TMA=y_tma,
         num_warps=cfg["warps"], num_stages=cfg[step + "stages"],
     ))  # fmt: skip
     return s
@@ -162,6 +162,6 @@ def _launch_pair(chunks, nb1, nb2, ds, x, s, dy, ga, gb, layout, cfg, need_a, ne
         gb.stride(0), gb.stride(2), gb.stride(1),
     ), dict(
         BLOCK_T=cfg["bt"], BLOCK_R=layout.block_r, BLOCK_N=cfg["bn"],
-        ATOMIC=atomic, IEEE=dy.dtype == torch.float32, UPCAST=cfg["upcast"],
+        ATOMIC=atomic, DOT_PRECISION=dot_precision(dy.dtype), UPCAST=cfg["upcast"],
         num_warps=cfg["warps"], num_stages=cfg["wg_stages"],
     ))  # fmt: skip

@@ -34,7 +34,7 @@ def _shrink_expand_kernel(
     stride_va, stride_vn, stride_vr, stride_sm, stride_sr, stride_ym, stride_yn,
     BLOCK_M: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_N: tl.constexpr,
     SCALE_S: tl.constexpr, SCALE_Y: tl.constexpr, ADD: tl.constexpr,
-    W_ROWS: tl.constexpr, V_ROWS: tl.constexpr, IEEE: tl.constexpr, UPCAST: tl.constexpr,
+    W_ROWS: tl.constexpr, V_ROWS: tl.constexpr, DOT_PRECISION: tl.constexpr, UPCAST: tl.constexpr,
     X_TMA: tl.constexpr, Y_TMA: tl.constexpr,
 ):  # fmt: skip
     pid = tl.program_id(0)
@@ -70,10 +70,7 @@ def _shrink_expand_kernel(
         w = w.to(x.dtype)
         if UPCAST:
             x, w = x.to(tl.float32), w.to(tl.float32)
-        if IEEE:
-            acc += tl.dot(x, w, input_precision="ieee")
-        else:
-            acc += tl.dot(x, w)
+        acc += tl.dot(x, w, input_precision=DOT_PRECISION)
     if SCALE_S:
         acc = acc * scale
     acc = tl.where(r_mask[None, :], acc, 0.0)  # exact zeros in padded ranks (even if x has inf)
@@ -104,10 +101,7 @@ def _shrink_expand_kernel(
         v = v.to(y_dtype)
         if UPCAST:
             v = v.to(tl.float32)
-        if IEEE:
-            out = tl.dot(s_op, v, input_precision="ieee")
-        else:
-            out = tl.dot(s_op, v)
+        out = tl.dot(s_op, v, input_precision=DOT_PRECISION)
         if SCALE_Y:
             out = out * scale
         if box:  # N_PER_SPLIT is whole blocks, so a box never crosses n_hi; past N_OUT TMA clips
@@ -128,7 +122,7 @@ def _wgrad_pair_kernel(
     s_p1m, s_p1r, s_q1m, s_q1n, s_o1a, s_o1r, s_o1n,
     s_p2m, s_p2r, s_q2m, s_q2n, s_o2a, s_o2r, s_o2n,
     BLOCK_T: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_N: tl.constexpr,
-    ATOMIC: tl.constexpr, IEEE: tl.constexpr, UPCAST: tl.constexpr,
+    ATOMIC: tl.constexpr, DOT_PRECISION: tl.constexpr, UPCAST: tl.constexpr,
 ):  # fmt: skip
     pid_c = tl.program_id(0)
     pid_n = tl.program_id(1)
@@ -162,10 +156,7 @@ def _wgrad_pair_kernel(
         p = p.to(q.dtype)
         if UPCAST:
             p, q = p.to(tl.float32), q.to(tl.float32)
-        if IEEE:
-            acc += tl.dot(tl.trans(p), q, input_precision="ieee")
-        else:
-            acc += tl.dot(tl.trans(p), q)
+        acc += tl.dot(tl.trans(p), q, input_precision=DOT_PRECISION)
     acc = tl.where(r_mask[:, None], acc * c, 0.0)  # padded rank rows exactly 0
     o_ptrs = O + adapter.to(tl.int64) * s_oa + offs_r[:, None] * s_or + offs_n[None, :] * s_on
     o_mask = (offs_r[:, None] < R_OUT) & n_mask[None, :]

@@ -54,7 +54,7 @@ def _shrink_kernel(
     stride_wa, stride_wr, stride_wk,
     stride_om, stride_or,
     BLOCK_M: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr,
-    ATOMIC: tl.constexpr, APPLY_SCALE: tl.constexpr, IEEE: tl.constexpr,
+    ATOMIC: tl.constexpr, APPLY_SCALE: tl.constexpr, DOT_PRECISION: tl.constexpr,
     UPCAST: tl.constexpr,
 ):
     pid_m = tl.program_id(0)
@@ -81,10 +81,7 @@ def _shrink_kernel(
         w = w.to(x.dtype)
         if UPCAST:
             x, w = x.to(tl.float32), w.to(tl.float32)
-        if IEEE:
-            acc += tl.dot(x, w, input_precision="ieee")
-        else:
-            acc += tl.dot(x, w)
+        acc += tl.dot(x, w, input_precision=DOT_PRECISION)
     if APPLY_SCALE:
         acc = acc * tl.load(SCALES + adapter)
     o_ptrs = OUT + offs_m.to(tl.int64)[:, None] * stride_om + offs_r[None, :] * stride_or
@@ -102,7 +99,7 @@ def _expand_kernel(
     stride_va, stride_vn, stride_vr,
     stride_ym, stride_yn,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr,
-    ADD: tl.constexpr, APPLY_SCALE: tl.constexpr, IEEE: tl.constexpr,
+    ADD: tl.constexpr, APPLY_SCALE: tl.constexpr, DOT_PRECISION: tl.constexpr,
     UPCAST: tl.constexpr,
 ):  # fmt: skip
     pid_m = tl.program_id(0)
@@ -136,10 +133,7 @@ def _expand_kernel(
                     other=0.0).to(y_dtype)  # fmt: skip
         if UPCAST:
             v = v.to(tl.float32)
-        if IEEE:
-            acc = tl.dot(s, v, input_precision="ieee")
-        else:
-            acc = tl.dot(s, v)
+        acc = tl.dot(s, v, input_precision=DOT_PRECISION)
         if APPLY_SCALE:
             acc = acc * scale
         y_ptrs = y_rows + offs_n[None, :] * stride_yn
@@ -157,7 +151,7 @@ def _wgrad_kernel(
     stride_oa, stride_or, stride_on,
     stride_va, stride_vr, stride_vn, stride_ym, stride_yn,
     BLOCK_T: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_N: tl.constexpr,
-    ATOMIC: tl.constexpr, APPLY_SCALE: tl.constexpr, IEEE: tl.constexpr,
+    ATOMIC: tl.constexpr, APPLY_SCALE: tl.constexpr, DOT_PRECISION: tl.constexpr,
     UPCAST: tl.constexpr, EXPAND: tl.constexpr, ADD: tl.constexpr, REDUCE: tl.constexpr,
 ):  # fmt: skip
     pid_c = tl.program_id(0)
@@ -190,19 +184,13 @@ def _wgrad_kernel(
             p = p.to(q.dtype)
             if UPCAST:
                 p, q = p.to(tl.float32), q.to(tl.float32)
-            if IEEE:
-                acc += tl.dot(tl.trans(p), q, input_precision="ieee")
-            else:
-                acc += tl.dot(tl.trans(p), q)
+            acc += tl.dot(tl.trans(p), q, input_precision=DOT_PRECISION)
         else:
             p = p.to(Y.dtype.element_ty)
             if UPCAST:
                 p = p.to(tl.float32)
         if EXPAND:  # Y[rows, block] (+)= P V_i: the chunks and column blocks tile Y exactly once
-            if IEEE:
-                e = tl.dot(p, v, input_precision="ieee")
-            else:
-                e = tl.dot(p, v)
+            e = tl.dot(p, v, input_precision=DOT_PRECISION)
             y_ptrs = Y + tt64[:, None] * stride_ym + offs_n[None, :] * stride_yn
             y_mask = t_mask[:, None] & n_mask[None, :]
             if ADD:

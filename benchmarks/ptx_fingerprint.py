@@ -1,0 +1,117 @@
+"""PTX of every multi-LoRA kernel configuration the launchers use, compiled for sm_90 on the CPU.
+
+Run (any machine with Triton; no GPU needed):
+    python3 benchmarks/ptx_fingerprint.py --out before.json        # then edit the kernels
+    python3 benchmarks/ptx_fingerprint.py --out after.json --compare before.json
+
+Device time is scarce, so a kernel refactor that should not change the generated code is
+checked here instead: identical PTX (source-line records stripped) for every configuration
+means the GPU runs the same code. To check against the H200's compiler, put its Triton first on
+the path, e.g. `pip install --no-deps --target /tmp/t36 triton==3.6.0` and
+`PYTHONPATH=/tmp/t36:. python3 benchmarks/ptx_fingerprint.py ...`. The configurations
+(bf16 and fp32; shrink with split-K atomics; expand; the weight-gradient kernel plain, with
+the dX expand and expand-only; shrink_expand forward and backward; wgrad_pair) use the
+shipped H200 tile sizes; a kernel whose signature changes makes this script fail loudly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import sys
+
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import kernels.multi_lora_fused_triton as fused  # noqa: E402
+import kernels.multi_lora_triton as split  # noqa: E402
+
+
+def ptx(fn_py, ptrs: dict, consts: dict, ones: list, aligned: list, warps=4, stages=2) -> str:
+    """PTX of fn_py for sm_90: pointer args typed by ``ptrs``, every other runtime arg i32,
+    ``ones`` specialised to 1 and ``aligned`` marked 16-divisible (as Triton's launcher would)."""
+    fn = triton.jit(fn_py)
+    sig = {n: "i32" for n in fn.arg_names} | ptrs
+    consts = consts | {k: 1 for k in ones}
+    sig |= {k: "constexpr" for k in consts}
+    idx = fn.arg_names.index
+    src = ASTSource(fn, sig, constexprs={(idx(k),): v for k, v in consts.items()},
+                    attrs={(idx(k),): [["tt.divisibility", 16]] for k in aligned})  # fmt: skip
+    k = triton.compile(src, target=GPUTarget("cuda", 90, 32),
+                       options=dict(num_warps=warps, num_stages=stages))  # fmt: skip
+    code = "\n".join(ln for ln in k.asm["ptx"].splitlines()
+                     if not ln.strip().startswith((".loc", ".file", "//")))  # fmt: skip
+    return re.sub(r"\.section\s+\.debug.*", "", code, flags=re.S)
+
+
+def configurations() -> dict[str, str]:
+    out = {}
+    for dt in ("bf16", "fp32"):
+        prec = dict(DOT_PRECISION="ieee" if dt == "fp32" else "tf32", UPCAST=False)
+        tab = dict(RANKS="*i32", SCALES="*fp32")
+        out[f"shrink_{dt}"] = ptx(split._shrink_kernel,
+            dict(X=f"*{dt}", W=f"*{dt}", OUT="*fp32", TILES="*i32", **tab),
+            dict(BLOCK_M=128, BLOCK_R=64, BLOCK_K=64, ATOMIC=True, APPLY_SCALE=True, **prec),
+            ["stride_xk", "stride_wk", "stride_or"],
+            ["X", "W", "OUT", "TILES", "K", "K_PER_SPLIT", "stride_xm", "stride_wa", "stride_wr",
+             "stride_om"], warps=8, stages=3)  # fmt: skip
+        out[f"expand_{dt}"] = ptx(split._expand_kernel,
+            dict(S="*fp32", V=f"*{dt}", Y=f"*{dt}", TILES="*i32", **tab),
+            dict(BLOCK_M=64, BLOCK_N=128, BLOCK_R=64, ADD=False, APPLY_SCALE=True, **prec),
+            ["stride_sr", "stride_vr", "stride_yn"],
+            ["S", "V", "Y", "TILES", "N_OUT", "N_PER_PROG", "stride_sm", "stride_va", "stride_vn",
+             "stride_ym"], stages=1)  # fmt: skip
+        for tag, (expand, reduce) in dict(plain=(False, True), dadx=(True, True),
+                                          stream=(True, False)).items():  # fmt: skip
+            out[f"wgrad_{tag}_{dt}"] = ptx(split._wgrad_kernel,
+                dict(P="*fp32", Q=f"*{dt}", OUT="*fp32", CHUNKS="*i32", V=f"*{dt}", Y=f"*{dt}", **tab),
+                dict(BLOCK_T=64, BLOCK_R=64, BLOCK_N=128, ATOMIC=True, APPLY_SCALE=False,
+                     EXPAND=expand, ADD=False, REDUCE=reduce, **prec),
+                ["stride_pr", "stride_qn", "stride_on", "stride_vn", "stride_yn"],
+                ["P", "Q", "OUT", "CHUNKS", "V", "Y", "N_COLS", "R_OUT", "stride_pm", "stride_qm",
+                 "stride_oa", "stride_or", "stride_va", "stride_vr", "stride_ym"])  # fmt: skip
+        for tag, rows in dict(fwd=True, bwd=False).items():
+            out[f"shrink_expand_{tag}_{dt}"] = ptx(fused._shrink_expand_kernel,
+                dict(X=f"*{dt}", W=f"*{dt}", V=f"*{dt}", S=f"*{dt}", Y=f"*{dt}", TILES="*i32", **tab),
+                dict(BLOCK_M=64, BLOCK_R=64, BLOCK_K=64, BLOCK_N=128, SCALE_S=not rows,
+                     SCALE_Y=rows, ADD=False, W_ROWS=rows, V_ROWS=rows, X_TMA=False, Y_TMA=False,
+                     Y_DESC=None, **prec),
+                ["stride_xk", "stride_sr", "stride_yn"]
+                + (["stride_wk", "stride_vr"] if rows else ["stride_wr", "stride_vn"]),
+                ["X", "W", "V", "S", "Y", "TILES", "K", "N_OUT", "N_PER_SPLIT", "stride_xm",
+                 "stride_wa", "stride_va", "stride_sm", "stride_ym"], stages=4)  # fmt: skip
+        out[f"wgrad_pair_{dt}"] = ptx(fused._wgrad_pair_kernel,
+            dict(P1=f"*{dt}", Q1=f"*{dt}", O1="*fp32", P2=f"*{dt}", Q2=f"*{dt}", O2="*fp32",
+                 CHUNKS="*i32", **tab),
+            dict(BLOCK_T=64, BLOCK_R=64, BLOCK_N=128, ATOMIC=True, **prec),
+            ["s_p1r", "s_q1n", "s_p2r", "s_q2n"],
+            ["P1", "Q1", "O1", "P2", "Q2", "O2", "CHUNKS", "s_p1m", "s_q1m", "s_p2m", "s_q2m"])  # fmt: skip
+    return out
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--out", required=True, help="JSON file: configuration -> PTX")
+    p.add_argument("--compare", help="an earlier --out file: report which configurations differ")
+    args = p.parse_args()
+    now = configurations()
+    with open(args.out, "w") as f:
+        json.dump(dict(triton=triton.__version__, ptx=now), f)
+    print(f"Triton {triton.__version__}: {len(now)} configurations -> {args.out}")
+    if args.compare:
+        with open(args.compare) as f:
+            old = json.load(f)
+        if old["triton"] != triton.__version__:
+            print(f"note: {args.compare} was made with Triton {old['triton']}")
+        diff = [k for k in now if old["ptx"].get(k) != now[k]]
+        for k in now:
+            print(f"  {k:28s} {'DIFFERENT' if k in diff else 'identical'}")
+        sys.exit(1 if diff else 0)
+
+
+if __name__ == "__main__":
+    main()
