@@ -84,7 +84,7 @@ def _measure(counted: dict, label: str) -> list[dict]:
         torch.autograd.grad(torch.nn.functional.linear(x, w), (x,), dy)
 
     rows = []
-    for path, pair in (("split", False), ("fused", False), ("fused", True)):
+    for path, pair in (("split", False), ("fused", False), ("fused", True), ("stream", False)):
         kernels.TUNE.update(path=path, wgrad_pair=pair)
         counted["n"] = 0
         fused()
