@@ -99,6 +99,22 @@ def test_tma_shrink_expand(spread, tune, monkeypatch):
     assert made == [(32, 32)] * 4
 
 
+def test_tma_only_where_rows_are_16_byte_aligned(monkeypatch):
+    """d_in = 100 bf16 (200-byte rows) cannot back a TMA descriptor: x and dX take the pointer
+    path while y and dY (168 columns, 336-byte rows) still use TMA; results unchanged."""
+    from kernels import launch_fused
+
+    made = []
+    real = launch_fused.TensorDescriptor.from_tensor
+    monkeypatch.setattr(launch_fused.TensorDescriptor, "from_tensor",
+                        lambda t, box: made.append(t.shape[1]) or real(t, box))  # fmt: skip
+    ml.TUNE.update(path="fused")
+    ml.TUNE["interp"]["se_tma"] = "xy"
+    tensors, seg, ranks, scaling = make_case(3, "zipf", 77, 100, 168, dtype=BF16, seed=4)
+    run_and_compare(tensors, seg, ranks, scaling, BF16)
+    assert made == [168, 168]  # forward y, backward dY
+
+
 @pytest.mark.parametrize("ex_cols", [128, 1000])  # 2 blocks per program; one program per tile
 def test_split_expand_column_chunks(ex_cols):
     """The split path's expand with several 64-column blocks per program (interpreter bn = 64):
