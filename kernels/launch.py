@@ -56,7 +56,7 @@ TUNE: dict = {
     "poison": False,  # tests: fill every internally allocated output with NaN first
 }
 
-_SM_COUNT: dict[int, int] = {}
+_PROPS: dict[int, object] = {}
 
 
 def auto_path(t: int, d_in: int, d_out: int) -> tuple[str, bool]:
@@ -96,13 +96,16 @@ def _empty(shape, device, dtype) -> torch.Tensor:
     return torch.empty(shape, device=device, dtype=dtype)
 
 
-def _n_sms(device: torch.device) -> int:
-    if device.type != "cuda":
-        return 4
+def _cuda_props(device: torch.device):
+    """torch.cuda.get_device_properties of a CUDA device, cached (it is on every launch's path)."""
     idx = device.index if device.index is not None else torch.cuda.current_device()
-    if idx not in _SM_COUNT:
-        _SM_COUNT[idx] = torch.cuda.get_device_properties(idx).multi_processor_count
-    return _SM_COUNT[idx]
+    if idx not in _PROPS:
+        _PROPS[idx] = torch.cuda.get_device_properties(idx)
+    return _PROPS[idx]
+
+
+def _n_sms(device: torch.device) -> int:
+    return _cuda_props(device).multi_processor_count if device.type == "cuda" else 4
 
 
 def _cfg(device: torch.device) -> dict:
@@ -145,10 +148,15 @@ def _wgrad_chunk(layout: MultiLoraLayout, n_cols: int, cfg: dict, device: torch.
 
 
 def _wgrad_plan(layout: MultiLoraLayout, n_cols: int, cfg: dict, device: torch.device):
-    """(chunk table, atomic, needs_zero) of a weight-gradient launch over n_cols columns."""
-    chunk = _wgrad_chunk(layout, n_cols, cfg, device)
-    atomic = layout.max_chunks_per_adapter(chunk) > 1
-    return layout.chunks(chunk, device), atomic, atomic or 0 in layout.seg_lens
+    """(chunk table, atomic, needs_zero) of a weight-gradient launch over n_cols columns,
+    built once per layout (memoised on it under the current tile settings)."""
+
+    def build():
+        chunk = _wgrad_chunk(layout, n_cols, cfg, device)
+        atomic = layout.max_chunks_per_adapter(chunk) > 1
+        return layout.chunks(chunk, device), atomic, atomic or 0 in layout.seg_lens
+
+    return layout.memo(_plan_key(cfg, "wgrad", n_cols, device), build)
 
 
 def _shrink(x, w, w_strides, layout, scale: bool, cfg) -> torch.Tensor:
@@ -201,8 +209,7 @@ def _wgrad(p, q, like, transpose_out: bool, layout, scale: bool, cfg,
     v_strides = (adapter, rank, n) strides of V (the backward's dX delta: p = dS, V_i = A_i).
     """
     dev, n_cols = q.device, q.shape[1]
-    chunks, atomic, needs_zero = layout.memo(_plan_key(cfg, "wgrad", n_cols, dev),
-                                             lambda: _wgrad_plan(layout, n_cols, cfg, dev))
+    chunks, atomic, needs_zero = _wgrad_plan(layout, n_cols, cfg, dev)
     buf_dtype = torch.float32 if atomic else like.dtype
     out = (torch.zeros if needs_zero else _empty)(like.shape, device=dev, dtype=buf_dtype)
     s_a, s_r, s_n = (out.stride(0), out.stride(2), out.stride(1)) if transpose_out else out.stride()
@@ -215,8 +222,7 @@ def _stream_expand(p, v, v_strides, y, add: bool, layout, cfg) -> None:
     programs own (token chunk, column block), load V_i's block once and stream the chunk's rows.
     v_strides = (adapter, rank, n) strides of V."""
     dev, n_cols = y.device, y.shape[1]
-    chunks, _, _ = layout.memo(_plan_key(cfg, "wgrad", n_cols, dev),
-                               lambda: _wgrad_plan(layout, n_cols, cfg, dev))
+    chunks = _wgrad_plan(layout, n_cols, cfg, dev)[0]
     _row_stream(p, None, None, (0, 0, 0), chunks, False, False, (v, v_strides, y, add), layout, cfg)
 
 

@@ -12,7 +12,7 @@ from triton.tools.tensor_descriptor import TensorDescriptor
 
 from . import multi_lora_triton as mlt
 from .fast_launch import launch
-from .launch import TUNE, _empty, _n_sms, _plan_key, _wgrad, _wgrad_plan, dot_precision
+from .launch import TUNE, _cuda_props, _empty, _n_sms, _plan_key, _wgrad, _wgrad_plan, dot_precision
 from .layout import MultiLoraLayout
 
 # If the one-launch wgrad_pair kernel ever fails to build on a Triton version (it selects
@@ -98,19 +98,10 @@ def shrink_expand(x, w, w_strides, v, v_strides, y, n_out: int, layout, scale_s:
 def _tma_ok(t: torch.Tensor) -> bool:
     """Whether a 2-D tensor can back a TMA descriptor: a Hopper-class GPU (or the interpreter),
     rows contiguous, base and row stride 16-byte aligned."""
-    if t.device.type == "cuda" and not mlt.interpret_mode() and _sm_major(t.device) < 9:
+    if t.device.type == "cuda" and not mlt.interpret_mode() and _cuda_props(t.device).major < 9:
         return False
     return t.stride(1) == 1 and t.stride(0) * t.element_size() % 16 == 0 and t.data_ptr() % 16 == 0
 
-
-def _sm_major(device: torch.device) -> int:
-    idx = device.index if device.index is not None else torch.cuda.current_device()
-    if idx not in _SM_MAJOR:
-        _SM_MAJOR[idx] = torch.cuda.get_device_capability(idx)[0]
-    return _SM_MAJOR[idx]
-
-
-_SM_MAJOR: dict[int, int] = {}
 
 
 def wgrad_pair(ds, x, s, dy, lora_a, lora_b, layout, cfg, need_a: bool, need_b: bool):
@@ -124,8 +115,7 @@ def wgrad_pair(ds, x, s, dy, lora_a, lora_b, layout, cfg, need_a: bool, need_b: 
     d_in, d_out = lora_a.shape[2], lora_b.shape[1]
     n1, n2 = (d_in if need_a else 0), (d_out if need_b else 0)
     nb1, nb2 = -(-n1 // cfg["bn"]), -(-n2 // cfg["bn"])
-    chunks, atomic, needs_zero = layout.memo(_plan_key(cfg, "wgrad", n1 + n2, dev),
-                                             lambda: _wgrad_plan(layout, n1 + n2, cfg, dev))
+    chunks, atomic, needs_zero = _wgrad_plan(layout, n1 + n2, cfg, dev)
     size_a, size_b = n * r_max * n1, n * r_max * n2
     buf_dtype = torch.float32 if atomic else lora_a.dtype
     flat = (torch.zeros if needs_zero else _empty)((size_a + size_b,), device=dev, dtype=buf_dtype)
