@@ -63,12 +63,12 @@ def auto_path(t: int, d_in: int, d_out: int) -> tuple[str, bool]:
     """(path, wgrad_pair) the "auto" rule picks for a layer d_in -> d_out over t tokens.
 
     Rule from the GPU-only (CUDA-graph) step times of benchmarks/bench_multi_lora.py on the H200
-    (Llama-3.1-8B shapes, N = 32; docs/kernels.md §3c). 2026-11-29 03:5xZ: below T = 8192 the
+    (Llama-3.1-8B shapes, N = 32; docs/kernels.md §3d). 2026-11-29 03:51Z: below T = 8192 the
     stream path is the fastest or within noise on every shape (4096->1024, T = 4096: 0.208 ms
     against 0.237 fused and 0.222 split; 4096², T = 4096: 0.545 against 0.558 split); from
     T = 8192 on, the three paths are within ±2 % and the fused path (fewest launches, so also
     the least host time) is kept. T = 2048 follows the T < 8192 side of the rule; its rows are
-    in the final run of docs/kernels.md §3c. wgrad_pair saves one launch of host time but is
+    in the final run of docs/kernels.md §3d (03:59Z). wgrad_pair saves one launch of host time but is
     10-30 % slower on the GPU, so the rule never picks it.
     """
     return ("stream" if t < 8192 else "fused"), False
