@@ -18,6 +18,9 @@ Variants (all compute the same function; the frozen base weight never gets a gra
   (rows of 2026-11-29 03:4xZ named fused_dxw / fused_one_dxw / fused_split_dxw: that backward
   under the option that became the stream path, with the auto / fused / split forward)
   fused_tma_x / fused_bm64  shrink_expand reading x through TMA / with 64-row tiles at every T
+  fused_gemm TUNE path="gemm": the base GEMM in Triton (TMA) with the LoRA expand in each output
+             tile, forward y and backward dX (no cuBLAS); _p1 persistent grid, _n128 128-column
+             tiles with 4 stages
   loop       eager PyTorch: shared base GEMM + per-adapter loop (kernels.reference)
   separate   N separate jobs: each adapter runs its own base GEMM + LoRA on its own tokens
 
@@ -92,6 +95,10 @@ FUSED_VARIANTS = {  # TUNE overrides of each fused_multi_lora variant
     "fused_split_c2048": dict(DEFAULT_TUNE, path="split", wgrad_pair=False,
                               gpu=dict(DEFAULT_TUNE["gpu"], ex_cols=2048, ex_stages=3)),
     "fused_stream": dict(DEFAULT_TUNE, path="stream"),
+    "fused_gemm": dict(DEFAULT_TUNE, path="gemm"),
+    "fused_gemm_p1": dict(DEFAULT_TUNE, path="gemm", gpu=dict(DEFAULT_TUNE["gpu"], gm_persist=1)),
+    "fused_gemm_n128": dict(DEFAULT_TUNE, path="gemm",
+                            gpu=dict(DEFAULT_TUNE["gpu"], gm_bn=128, gm_stages=4)),
     # shrink_expand reading x through TMA; 64-row tiles at every T
     "fused_tma_x": dict(DEFAULT_TUNE, gpu=dict(DEFAULT_TUNE["gpu"], se_tma="x")),
     "fused_bm64": dict(DEFAULT_TUNE, gpu=dict(DEFAULT_TUNE["gpu"], bm_fused=64)),

@@ -48,11 +48,13 @@ TUNE: dict = {
     "gpu": dict(bm=64, bk=64, bn=128, bt=64, warps=4, stages=3, wg_stages=2, bm_fused=None,
                 bn_fused=128, se_fwd_bk=64, se_fwd_stages=4, se_bwd_bk=128, se_bwd_stages=3,
                 se_rows=True, ex_cols=128, ex_stages=1, se_tma="", sh_bm=128, sh_warps=8,
-                upcast=False),  # fmt: skip
+                gm_bm=128, gm_bn=256, gm_bk=64, gm_warps=8, gm_stages=3, gm_group=8,
+                gm_persist=0, upcast=False),  # fmt: skip
     "interp": dict(bm=32, bk=32, bn=64, bt=32, warps=4, stages=1, wg_stages=1, bm_fused=32,
                    bn_fused=32, se_fwd_bk=32, se_fwd_stages=1, se_bwd_bk=32, se_bwd_stages=1,
                    se_rows=True, ex_cols=64, ex_stages=1, se_tma="", sh_bm=32, sh_warps=4,
-                   upcast=True),  # fmt: skip
+                   gm_bm=32, gm_bn=32, gm_bk=32, gm_warps=4, gm_stages=1, gm_group=2,
+                   gm_persist=0, upcast=True),  # fmt: skip
     "poison": False,  # tests: fill every internally allocated output with NaN first
 }
 

@@ -55,6 +55,7 @@ from .launch import (  # noqa: E402,F401
     choose_path,
 )
 from .launch_fused import shrink_expand, wgrad_pair  # noqa: E402
+from .launch_gemm import gemm_lora, gemm_ok  # noqa: E402
 
 
 class _FusedMultiLora(torch.autograd.Function):
@@ -63,21 +64,27 @@ class _FusedMultiLora(torch.autograd.Function):
         cfg, kadd = _cfg(x.device), TUNE["fuse_add"] == "kernel"
         a_str = (lora_a.stride(0), lora_a.stride(1), lora_a.stride(2))  # W_i[r, k] = A_i[r, k]
         b_str = (lora_b.stride(0), lora_b.stride(1), lora_b.stride(2))  # V_i[n, r] = B_i[n, r]
-        # kadd: base GEMM first, kernel adds into y; else kernel writes delta, cuBLAS adds x Wᵀ
-        y = x @ weight.t() if kadd else _empty((x.shape[0], weight.shape[0]), x.device, x.dtype)
         path, pair = choose_path(x.shape[0], x.shape[1], weight.shape[0])
-        if path == "split":
-            s = _shrink(x, lora_a, a_str, layout, False, cfg)  # [T, block_r] fp32
-            _expand(s, lora_b, b_str, y, layout, True, kadd, cfg)
-        elif path == "stream":  # S carries s_i here (the expand kernel has no scale)
+        if path == "gemm" and not gemm_ok(x, weight):
+            path = "stream"  # (see gemm_ok: TMA-able rows, a Hopper-class GPU, 16-bit on CUDA)
+        if path in ("stream", "gemm"):  # S carries s_i here (their expands have no scale)
             s = _shrink(x, lora_a, a_str, layout, True, cfg)  # [T, block_r] fp32, s_i x_i A_iᵀ
             b_rn = (lora_b.stride(0), lora_b.stride(2), lora_b.stride(1))  # V_i[r, n] = B_i[n, r]
-            _stream_expand(s, lora_b, b_rn, y, kadd, layout, cfg)
+        if path == "gemm":  # the Triton base GEMM adds S B_iᵀ itself: no delta, no cuBLAS
+            y = gemm_lora(x, weight, True, layout, s, lora_b, b_rn, cfg)
         else:
-            s = shrink_expand(x, lora_a, a_str, lora_b, b_str, y, y.shape[1], layout,
-                              False, True, kadd, cfg)  # fmt: skip
-        if not kadd:
-            y.addmm_(x, weight.t())  # cuBLAS: y = 1 * delta + x @ W.T (epilogue add)
+            # kadd: base GEMM first, kernel adds into y; else kernel writes delta, cuBLAS adds
+            y = x @ weight.t() if kadd else _empty((x.shape[0], weight.shape[0]), x.device, x.dtype)
+            if path == "split":
+                s = _shrink(x, lora_a, a_str, layout, False, cfg)  # [T, block_r] fp32
+                _expand(s, lora_b, b_str, y, layout, True, kadd, cfg)
+            elif path == "stream":
+                _stream_expand(s, lora_b, b_rn, y, kadd, layout, cfg)
+            else:
+                s = shrink_expand(x, lora_a, a_str, lora_b, b_str, y, y.shape[1], layout,
+                                  False, True, kadd, cfg)  # fmt: skip
+            if not kadd:
+                y.addmm_(x, weight.t())  # cuBLAS: y = 1 * delta + x @ W.T (epilogue add)
         ctx.save_for_backward(x, weight, lora_a, lora_b, s)
         ctx.layout, ctx.path, ctx.pair = layout, path, pair  # backward reads S as written here
         return y
@@ -92,6 +99,15 @@ class _FusedMultiLora(torch.autograd.Function):
         dx = da = db = ds = None
         b_str = (lora_b.stride(0), lora_b.stride(2), lora_b.stride(1))  # W_i[r, k] = B_i[k, r]
         a_str = (lora_a.stride(0), lora_a.stride(2), lora_a.stride(1))  # V_i[n, r] = A_i[r, n]
+        if ctx.path == "gemm":  # dX = dY W + dS_i A_i in one Triton GEMM
+            if need_x or need_a:
+                ds = _shrink(dy, lora_b, b_str, layout, True, cfg)  # dS_i = s_i dY_i B_i
+            if need_x:
+                dx = gemm_lora(dy, weight, False, layout, ds, lora_a, lora_a.stride(), cfg)
+            da = _wgrad(ds, x, lora_a, False, layout, False, cfg) if need_a else None
+            # S = s_i x_i A_iᵀ already carries the scale
+            db = _wgrad(s, dy, lora_b, True, layout, False, cfg) if need_b else None
+            return dx, None, da, db, None
         if need_x:
             dx = dy @ weight if kadd else _empty(x.shape, x.device, x.dtype)
         if ctx.path == "stream":

@@ -251,6 +251,7 @@ def get_kernels() -> SimpleNamespace:
     mode = interpret_mode()
     ns = _KERNELS.get(mode)
     if ns is None:
+        from . import gemm_lora_triton as g
         from . import multi_lora_fused_triton as f
 
         ns = _KERNELS[mode] = SimpleNamespace(
@@ -258,6 +259,7 @@ def get_kernels() -> SimpleNamespace:
             expand=lazy_jit(_expand_kernel),
             wgrad=lazy_jit(_wgrad_kernel),
             shrink_expand=lazy_jit(f._shrink_expand_kernel),
+            gemm_lora=lazy_jit(g._gemm_lora_kernel),
             wgrad_pair=lazy_jit(f._wgrad_pair_kernel, do_not_specialize=f.WGRAD_PAIR_NO_SPECIALIZE),
         )
     return ns

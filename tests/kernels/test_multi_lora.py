@@ -29,7 +29,7 @@ CASES = (
 )
 
 
-@pytest.mark.parametrize("path", ["fused", "split", "stream"])  # auto = stream at these sizes
+@pytest.mark.parametrize("path", ["fused", "split", "stream", "gemm"])  # auto = stream here
 @pytest.mark.parametrize(
     "n,spread,dtype", CASES, ids=[f"{n}-{s}-{str(d)[6:]}" for n, s, d in CASES]
 )
@@ -76,6 +76,32 @@ def test_stream_path_spreads(spread):
     ml.TUNE.update(path="stream", wgrad_chunk=32)
     tensors, seg, ranks, scaling = make_case(3, spread, dtype=BF16, seed=2, **SMALL)
     run_and_compare(tensors, seg, ranks, scaling, BF16)
+
+
+@pytest.mark.parametrize("spread", SPREADS)
+@pytest.mark.parametrize("persist", [0, 1], ids=["tile-per-program", "persistent"])
+def test_gemm_path_spreads(spread, persist):
+    """The gemm path (Triton base GEMM with the LoRA term per output tile) at every spread: row
+    tiles holding several adapters (zipf, single-token segments), adapters with no rows, T = 133
+    not a multiple of the 32-row tile (TMA zero fill and clipped stores); with one program per
+    tile and with a persistent grid of 4 programs walking all 5 x 3 tiles (the interpreter
+    reports 4 SMs)."""
+    ml.TUNE.update(path="gemm", wgrad_chunk=32)
+    ml.TUNE["interp"]["gm_persist"] = persist
+    tensors, seg, ranks, scaling = make_case(3, spread, dtype=BF16, seed=2, **SMALL)
+    run_and_compare(tensors, seg, ranks, scaling, BF16)
+
+
+def test_gemm_path_needs_aligned_rows(monkeypatch):
+    """d_in = 100 bf16 (200-byte rows) cannot back TMA descriptors: the call takes the stream
+    path instead (no gemm_lora launch) and still matches the reference."""
+    ml.TUNE["path"] = "gemm"
+    ks = mlt.get_kernels()
+    counted = {k: _Counter(v) for k, v in vars(ks).items()}
+    monkeypatch.setattr(mlt, "get_kernels", lambda: type(ks)(**counted))
+    tensors, seg, ranks, scaling = make_case(3, "zipf", 133, 100, 80, dtype=BF16, seed=3)
+    run_and_compare(tensors, seg, ranks, scaling, BF16)
+    assert counted["gemm_lora"].n == 0 and counted["wgrad"].n == 3  # stream: expand, dA+dX, dB
 
 
 @pytest.mark.parametrize("spread", ["zipf", "zero", "single"])
@@ -155,7 +181,7 @@ def test_layout_reuse_forms_agree():
 
 
 @pytest.mark.parametrize("frozen", ["x", "lora_a", "lora_b"])
-@pytest.mark.parametrize("path", ["fused", "split", "stream"])
+@pytest.mark.parametrize("path", ["fused", "split", "stream", "gemm"])
 def test_partial_gradients(path, frozen):
     """One input without requires_grad: the others' gradients still match the reference (the
     stream path then writes dX with the expand-only kernel, or dA without a dX job)."""
@@ -228,10 +254,11 @@ LAUNCHES = {  # Triton launches per fwd / total, by construction, whatever N is
     "pair": ({"shrink_expand": 1}, {"shrink_expand": 2, "wgrad_pair": 1}),
     "split": ({"shrink": 1, "expand": 1}, {"shrink": 2, "expand": 2, "wgrad": 2}),
     "stream": ({"shrink": 1, "wgrad": 1}, {"shrink": 2, "wgrad": 3}),  # wgrad: expand, dA+dX, dB
+    "gemm": ({"shrink": 1, "gemm_lora": 1}, {"shrink": 2, "gemm_lora": 2, "wgrad": 2}),
 }
 
 
-@pytest.mark.parametrize("path", ["fused", "pair", "split", "stream"])
+@pytest.mark.parametrize("path", ["fused", "pair", "split", "stream", "gemm"])
 @pytest.mark.parametrize("n", [1, 32])
 def test_triton_launches_constant_in_n(n, path, monkeypatch):
     ml.TUNE["path"] = "fused" if path == "pair" else path

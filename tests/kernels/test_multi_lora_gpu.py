@@ -46,9 +46,12 @@ def test_small_odd_shapes(n, spread, dtype, path):
         dict(path="fused", se_split=4, fuse_add="kernel", gpu=dict(ml.TUNE["gpu"], se_tma="xy")),
         dict(path="stream"),
         dict(path="stream", fuse_add="kernel", wgrad_chunk=256),
+        dict(path="gemm"),
+        dict(path="gemm", wgrad_chunk=256, gpu=dict(ml.TUNE["gpu"], gm_persist=1)),
     ],
     ids=["default", "atomics", "kadd", "fused", "pair-atomics", "col-split", "split-chunked",
-         "tma", "tma-split-kadd", "stream", "stream-kadd-atomics"],  # fmt: skip
+         "tma", "tma-split-kadd", "stream", "stream-kadd-atomics", "gemm",
+         "gemm-persistent-atomics"],  # fmt: skip
 )
 @pytest.mark.parametrize("shape", [(4096, 4096), (4096, 1024), (14336, 4096)])
 def test_full_size_bf16(tune, shape):
@@ -69,6 +72,19 @@ def test_tma_small_shapes(spread, dtype):
     tensors, seg, ranks, scaling = make_case(32, spread, 133, 520, 1032, dtype=dtype,
                                              device="cuda", seed=5)  # fmt: skip
     run_and_compare(tensors, seg, ranks, scaling, dtype)
+
+
+@pytest.mark.parametrize("spread", SPREADS)
+@pytest.mark.parametrize("persist", [0, 1], ids=["tile-per-program", "persistent"])
+def test_gemm_small_shapes(spread, persist):
+    """The gemm path (Triton base GEMM + LoRA per output tile, TMA) at T = 133 (a partial row
+    tile), d_in = 520 (not a multiple of the 64-wide K step: zero fill), d_out = 1032 (a partial
+    column tile); persistent: min(tiles, SMs) programs walking the tiles."""
+    ml.TUNE["path"] = "gemm"
+    ml.TUNE["gpu"]["gm_persist"] = persist
+    tensors, seg, ranks, scaling = make_case(32, spread, 133, 520, 1032, dtype=BF16,
+                                             device="cuda", seed=5)  # fmt: skip
+    run_and_compare(tensors, seg, ranks, scaling, BF16)
 
 
 def _kernel_launches(n: int) -> int:
@@ -94,7 +110,7 @@ def _kernel_launches(n: int) -> int:
     return sum(1 for e in prof.events() if e.device_type.name == "CUDA")
 
 
-@pytest.mark.parametrize("path", ["fused", "split", "stream"])
+@pytest.mark.parametrize("path", ["fused", "split", "stream", "gemm"])
 def test_launches_bounded_independent_of_n(path):
     """Same bound for N = 1 and 64; counts may differ by a memset/cast (split-K / atomics chosen)."""
     ml.TUNE["path"] = path
@@ -114,7 +130,8 @@ def test_wgrad_pair_built():
 
 
 @pytest.mark.parametrize("tune", [dict(path="split"), dict(path="fused", wgrad_pair=True),
-                                  dict(path="stream")], ids=["split", "fused", "stream"])  # fmt: skip
+                                  dict(path="stream"), dict(path="gemm")],
+                         ids=["split", "fused", "stream", "gemm"])  # fmt: skip
 def test_fast_launch_path_is_used_and_correct(tune):
     """Second call of the same shapes goes through kernels.fast_launch (no Triton re-binding),
     into NaN-poisoned buffers, and still matches the fp64 oracle; the fast path never fell back."""

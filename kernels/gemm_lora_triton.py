@@ -1,0 +1,88 @@
+"""The base GEMM in Triton with the multi-LoRA expand folded in ("gemm" path; notation as in
+multi_lora_triton).
+
+One launch computes, for every row m (token) and column n::
+
+    C[m, n] = sum_k A[m, k] B[k, n]  +  sum_r S[m, r] V_a[r, n]        a = adapter owning row m
+
+forward : A = x  [T, d_in], B = Wᵀ (W [d_out, d_in] read k-major), S = s_i x A_iᵀ (fp32, the
+          scale already applied by the shrink), V_a = B_aᵀ                       -> C = y
+backward: A = dY [T, d_out], B = W [d_out, d_in],   S = dS = s_i dY B_i (fp32), V_a = A_a
+                                                                                    -> C = dX
+So the LoRA delta never makes a round trip through memory: no delta store, no C re-read by a
+cuBLAS epilogue. The LoRA term costs one [BLOCK_M, BLOCK_R] x [BLOCK_R, BLOCK_N] dot per
+adapter whose rows the output tile holds (one or two for segments longer than a tile), after
+the K loop: r / K more tensor work (64 / 4096 = 1.6 %) plus S and V tile loads.
+
+A, B and C go through TMA tensor descriptors (Hopper): the K loop's loads are bulk async copies
+that the software pipeline keeps ``num_stages`` deep, and a partial row / column / K tile is
+zero-filled on load and clipped on store, so the K loop needs no masks. S and V are loaded with
+masks: S rows of other adapters and rank columns >= r_a read as 0.
+
+Programs walk output tiles ``tile = pid, pid + GRID, ...`` (GRID = the number of tiles: one
+tile each; fewer: persistent), in GROUP_M-row-tile groups so that neighbouring programs share
+B's column blocks in L2. Core builtins only (see multi_lora_triton: the kernel is jit-decorated
+lazily per TRITON_INTERPRET mode).
+"""
+
+from __future__ import annotations
+
+import triton.language as tl
+
+
+def _gemm_lora_kernel(
+    A_DESC, B_DESC, C_DESC, S, V, ROW_AD, RANKS,
+    M, N, K, GRID,
+    stride_sm, stride_sr, stride_va, stride_vr, stride_vn,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_R: tl.constexpr,
+    GROUP_M: tl.constexpr, B_KMAJOR: tl.constexpr, LORA: tl.constexpr, V_ROWS: tl.constexpr,
+    DOT_PRECISION: tl.constexpr, UPCAST: tl.constexpr,
+):  # fmt: skip
+    pid = tl.program_id(0)
+    tiles_m = (M + BLOCK_M - 1) // BLOCK_M
+    tiles_n = (N + BLOCK_N - 1) // BLOCK_N
+    per_group = GROUP_M * tiles_n
+    offs_r = tl.arange(0, BLOCK_R)
+    for tile in range(pid, tiles_m * tiles_n, GRID):
+        first_m = (tile // per_group) * GROUP_M
+        group_m = tl.minimum(tiles_m - first_m, GROUP_M)
+        pid_m = first_m + (tile % per_group) % group_m
+        pid_n = (tile % per_group) // group_m
+        off_m = pid_m * BLOCK_M
+        off_n = pid_n * BLOCK_N
+        acc = tl.full((BLOCK_M, BLOCK_N), 0.0, tl.float32)
+        for k0 in range(0, K, BLOCK_K):
+            a = A_DESC.load([off_m, k0])
+            if B_KMAJOR:  # W [N, K] as stored; the transpose is a smem view for the MMA
+                b = tl.trans(B_DESC.load([off_n, k0]))
+            else:
+                b = B_DESC.load([k0, off_n])
+            if UPCAST:
+                a, b = a.to(tl.float32), b.to(tl.float32)
+            acc = tl.dot(a, b, acc, input_precision=DOT_PRECISION)
+        if LORA:
+            offs_m = off_m + tl.arange(0, BLOCK_M)
+            offs_n = off_n + tl.arange(0, BLOCK_N)
+            m_in = offs_m < M
+            n_in = offs_n < N
+            row_ad = tl.load(ROW_AD + offs_m, mask=m_in, other=-1)
+            # rows are grouped by adapter (non-decreasing), so the tile's adapters are a range
+            first = tl.load(ROW_AD + off_m)
+            last = tl.load(ROW_AD + tl.minimum(off_m + BLOCK_M, M) - 1)
+            s_ptrs = S + offs_m.to(tl.int64)[:, None] * stride_sm + offs_r[None, :] * stride_sr
+            for ad in range(first, last + 1):
+                r_in = offs_r < tl.load(RANKS + ad)
+                s = tl.load(s_ptrs, mask=(row_ad == ad)[:, None] & r_in[None, :], other=0.0)
+                v_base = V + ad * stride_va  # (adapter tables are small: i32 is safe)
+                if V_ROWS:  # V_a stored r-contiguous (B_a [n, r]): load as stored, transpose
+                    v = tl.trans(tl.load(v_base + offs_n[:, None] * stride_vn
+                                         + offs_r[None, :] * stride_vr,
+                                         mask=n_in[:, None] & r_in[None, :], other=0.0))  # fmt: skip
+                else:
+                    v = tl.load(v_base + offs_r[:, None] * stride_vr + offs_n[None, :] * stride_vn,
+                                mask=r_in[:, None] & n_in[None, :], other=0.0)  # fmt: skip
+                s = s.to(v.dtype)  # the MMA's operand type (S is fp32)
+                if UPCAST:
+                    s, v = s.to(tl.float32), v.to(tl.float32)
+                acc = tl.dot(s, v, acc, input_precision=DOT_PRECISION)
+        C_DESC.store([off_m, off_n], acc.to(C_DESC.dtype))
