@@ -54,7 +54,7 @@ def run_case(shape: str, t: int, meta: dict, out_csv: str, cfgs: list) -> None:
     """Check and time cuBLAS and every Triton configuration at one (shape, T), N = 32."""
     d_in, d_out = SHAPES[shape]
     inp = make_inputs(d_in, d_out, t, 32)
-    x, w, a, b, dy = (inp[k].detach() for k in ("x", "w", "a", "b", "dy"))
+    x, w, a, b, dy = (inp[k].detach() for k in ("x", "w", "a", "b", "dy"))  # contiguous
     lay = kernels.make_layout(inp["seg"], inp["ranks"], inp["scaling"], device="cuda")
     r = lay.block_r
     s = torch.zeros(t, r, device="cuda", dtype=torch.float32)  # as the shrink writes them
@@ -82,13 +82,11 @@ def run_case(shape: str, t: int, meta: dict, out_csv: str, cfgs: list) -> None:
         for direction in ("fwd", "bwd"):
             if direction == "fwd":
                 call = lambda lora, full=full: gemm_lora(  # noqa: E731
-                    x, w, True, *((lay, s, b, (b.stride(0), b.stride(2), b.stride(1))) if lora
-                                  else (None, None, None, None)), full)  # fmt: skip
+                    x, w, True, *((lay, s, b) if lora else (None, None, None)), full)
                 ref = y_ref
             else:
                 call = lambda lora, full=full: gemm_lora(  # noqa: E731
-                    dy, w, False, *((lay, ds, a, a.stride()) if lora
-                                    else (None, None, None, None)), full)  # fmt: skip
+                    dy, w, False, *((lay, ds, a) if lora else (None, None, None)), full)
                 ref = dx_ref
             for lora in (False, True):
                 try:

@@ -14,10 +14,14 @@ cuBLAS epilogue. The LoRA term costs one [BLOCK_M, BLOCK_R] x [BLOCK_R, BLOCK_N]
 adapter whose rows the output tile holds (one or two for segments longer than a tile), after
 the K loop: r / K more tensor work (64 / 4096 = 1.6 %) plus S and V tile loads.
 
-A, B and C go through TMA tensor descriptors (Hopper): the K loop's loads are bulk async copies
-that the software pipeline keeps ``num_stages`` deep, and a partial row / column / K tile is
-zero-filled on load and clipped on store, so the K loop needs no masks. S and V are loaded with
-masks: S rows of other adapters and rank columns >= r_a read as 0.
+Every operand goes through a TMA tensor descriptor (Hopper): the K loop's loads are bulk async
+copies that the software pipeline keeps ``num_stages`` deep, and a partial row / column / K tile
+is zero-filled on load and clipped on store, so the K loop needs no masks. S is [T, BLOCK_R]
+fp32; V is the adapters' weight viewed 2-D, ``V_ROWS_PER_AD`` rows per adapter: the forward's
+B [N·d_out, r_max] (box [BLOCK_N, BLOCK_R], transposed in smem), the backward's A
+[N·r_max, d_in] (box [BLOCK_R, BLOCK_N]). A box may run into the next adapter's rows (past
+d_out, or past r_max when BLOCK_R > r_max); those rows land in clipped output columns or in
+rank rows the mask zeroes.
 
 Programs walk output tiles ``tile = pid, pid + GRID, ...`` (GRID = the number of tiles: one
 tile each; fewer: persistent), in GROUP_M-row-tile groups so that neighbouring programs share
@@ -31,11 +35,10 @@ import triton.language as tl
 
 
 def _gemm_lora_kernel(
-    A_DESC, B_DESC, C_DESC, S, V, ROW_AD, RANKS,
-    M, N, K, GRID,
-    stride_sm, stride_sr, stride_va, stride_vr, stride_vn,
+    A_DESC, B_DESC, C_DESC, S_DESC, V_DESC, ROW_AD, RANKS,
+    M, N, K, GRID, V_ROWS_PER_AD,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_R: tl.constexpr,
-    GROUP_M: tl.constexpr, B_KMAJOR: tl.constexpr, LORA: tl.constexpr, V_ROWS: tl.constexpr,
+    GROUP_M: tl.constexpr, B_KMAJOR: tl.constexpr, LORA: tl.constexpr,
     DOT_PRECISION: tl.constexpr, UPCAST: tl.constexpr,
 ):  # fmt: skip
     pid = tl.program_id(0)
@@ -61,26 +64,25 @@ def _gemm_lora_kernel(
                 a, b = a.to(tl.float32), b.to(tl.float32)
             acc = tl.dot(a, b, acc, input_precision=DOT_PRECISION)
         if LORA:
+            # S and V come through TMA too: tensors of pointers for a [BLOCK_R, BLOCK_N] tile
+            # cost two registers per element, and with the 128-register accumulator live the
+            # pointer version spilled (ptxas: 255 registers, 900 B of spills, 2026-11-29).
             offs_m = off_m + tl.arange(0, BLOCK_M)
-            offs_n = off_n + tl.arange(0, BLOCK_N)
-            m_in = offs_m < M
-            n_in = offs_n < N
-            row_ad = tl.load(ROW_AD + offs_m, mask=m_in, other=-1)
+            row_ad = tl.load(ROW_AD + offs_m, mask=offs_m < M, other=-1)
             # rows are grouped by adapter (non-decreasing), so the tile's adapters are a range
             first = tl.load(ROW_AD + off_m)
             last = tl.load(ROW_AD + tl.minimum(off_m + BLOCK_M, M) - 1)
-            s_ptrs = S + offs_m.to(tl.int64)[:, None] * stride_sm + offs_r[None, :] * stride_sr
+            s_all = S_DESC.load([off_m, 0])  # [BLOCK_M, BLOCK_R] fp32, the tile's rows
             for ad in range(first, last + 1):
                 r_in = offs_r < tl.load(RANKS + ad)
-                s = tl.load(s_ptrs, mask=(row_ad == ad)[:, None] & r_in[None, :], other=0.0)
-                v_base = V + ad * stride_va  # (adapter tables are small: i32 is safe)
-                if V_ROWS:  # V_a stored r-contiguous (B_a [n, r]): load as stored, transpose
-                    v = tl.trans(tl.load(v_base + offs_n[:, None] * stride_vn
-                                         + offs_r[None, :] * stride_vr,
-                                         mask=n_in[:, None] & r_in[None, :], other=0.0))  # fmt: skip
-                else:
-                    v = tl.load(v_base + offs_r[:, None] * stride_vr + offs_n[None, :] * stride_vn,
-                                mask=r_in[:, None] & n_in[None, :], other=0.0)  # fmt: skip
+                # rows of other adapters and rank columns >= r_a contribute exactly 0, and V's
+                # rank padding (any values, even NaN) is never multiplied in
+                s = tl.where((row_ad == ad)[:, None] & r_in[None, :], s_all, 0.0)
+                if B_KMAJOR:  # V_a = B_aᵀ: rows [a·d_out + off_n, +BLOCK_N) of B viewed 2-D
+                    v = tl.trans(V_DESC.load([ad * V_ROWS_PER_AD + off_n, 0]))
+                else:  # V_a = A_a: rows [a·r_max, +BLOCK_R) of A viewed 2-D
+                    v = V_DESC.load([ad * V_ROWS_PER_AD, off_n])
+                v = tl.where(r_in[:, None], v, 0.0)
                 s = s.to(v.dtype)  # the MMA's operand type (S is fp32)
                 if UPCAST:
                     s, v = s.to(tl.float32), v.to(tl.float32)

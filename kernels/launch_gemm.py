@@ -17,25 +17,31 @@ from .launch_fused import _tma_ok
 from .layout import MultiLoraLayout
 
 
-def gemm_ok(x: torch.Tensor, weight: torch.Tensor) -> bool:
-    """Whether the gemm path can run x [T, d_in] @ weight [d_out, d_in]ᵀ: every operand and both
-    outputs (y [T, d_out], dX [T, d_in], contiguous) can back TMA descriptors (a Hopper-class GPU
-    or the interpreter, rows 16-byte aligned), and on CUDA a 16-bit dtype."""
+def gemm_ok(x: torch.Tensor, weight: torch.Tensor, lora_a: torch.Tensor, lora_b: torch.Tensor,
+            layout: MultiLoraLayout) -> bool:  # fmt: skip
+    """Whether the gemm path can run this layer: every operand can back a TMA descriptor (a
+    Hopper-class GPU or the interpreter; contiguous, rows 16-byte aligned: d_in, d_out and r_max
+    multiples of 8 in bf16), on CUDA a 16-bit dtype (an exact fp32 dot is not an MMA), and
+    ranks up to 64 (block_r 128 needs 64 KB more shared memory for the S and V tiles than the
+    128 x 256 tile's pipeline leaves: 295 KB at 2 stages, compiled for sm_90 on 2026-11-29)."""
     if x.device.type == "cuda" and x.element_size() > 2:
-        return False  # fp32 would leave the tensor cores (an exact fp32 dot is not an MMA)
-    row_bytes = x.element_size()
-    return (_tma_ok(x) and _tma_ok(weight) and weight.shape[0] * row_bytes % 16 == 0
-            and x.shape[1] * row_bytes % 16 == 0)  # fmt: skip
+        return False
+    if layout.block_r > 64:
+        return False
+    if not (lora_a.is_contiguous() and lora_b.is_contiguous()):
+        return False  # the kernel views them 2-D
+    return all(_tma_ok(t) for t in (x, weight, lora_a.flatten(0, 1), lora_b.flatten(0, 1))) and (
+        weight.shape[0] * x.element_size() % 16 == 0)  # y's rows (dX's are x's)
 
 
 def gemm_lora(a: torch.Tensor, w: torch.Tensor, w_kmajor: bool, layout: MultiLoraLayout | None,
-              s: torch.Tensor | None, v: torch.Tensor | None, v_strides: tuple | None,
-              cfg: dict) -> torch.Tensor:  # fmt: skip
+              s: torch.Tensor | None, v: torch.Tensor | None, cfg: dict) -> torch.Tensor:
     """C = a @ B (+ the LoRA term when ``layout`` is given), a new [M, N] tensor of a's dtype.
 
     a [M, K]; w is the base weight: B = wᵀ when ``w_kmajor`` (w [N, K], the forward) else B = w
-    (w [K, N], the backward's dY W). s [M, block_r] (fp32, scale applied); v with
-    v_strides = (adapter, rank, n) strides of V_a[r, n].
+    (w [K, N], the backward's dY W). s [M, block_r] fp32 (scale applied); v the adapters'
+    weight, contiguous: lora_b [N_ad, N, r_max] in the forward (V_a = B_aᵀ), lora_a
+    [N_ad, r_max, N] in the backward (V_a = A_a).
     """
     m, k = a.shape
     n = w.shape[0] if w_kmajor else w.shape[1]
@@ -46,23 +52,25 @@ def gemm_lora(a: torch.Tensor, w: torch.Tensor, w_kmajor: bool, layout: MultiLor
     # TMA boxes: keep a box row at 128 bytes (64 bf16, 32 fp32 elements) along K
     bm, bn = cfg["gm_bm"], cfg["gm_bn"]
     bk = cfg["gm_bk"] * 2 // a.element_size()
-    lora = layout is not None
-    if lora:
+    desc = TensorDescriptor.from_tensor
+    if layout is not None:
+        block_r = layout.block_r
         row_ad, ranks = layout.row_adapters(dev), layout.ranks_tensor(dev)
-        s_str, block_r = (s.stride(0), s.stride(1)), layout.block_r
+        s_desc = desc(s, [bm, block_r])
+        v2 = v.flatten(0, 1)  # [N_ad * N, r_max] (forward) or [N_ad * r_max, N] (backward)
+        v_desc = desc(v2, [bn, block_r] if w_kmajor else [block_r, bn])
+        rows_per_ad = v.shape[1]
     else:  # dummies, never read (LORA is a constexpr)
-        row_ad = ranks = s = v = a
-        s_str, v_strides, block_r = (0, 0), (0, 0, 0), 16
+        block_r, row_ad, ranks, rows_per_ad = 16, a, a, 0
+        s_desc = v_desc = None
     tiles = -(-m // bm) * -(-n // bn)
     grid = min(tiles, cfg["gm_persist"] * _n_sms(dev)) if cfg["gm_persist"] else tiles
     launch(mlt.get_kernels().gemm_lora, (grid,), (
-        TensorDescriptor.from_tensor(a, [bm, bk]),
-        TensorDescriptor.from_tensor(w, [bn, bk] if w_kmajor else [bk, bn]),
-        TensorDescriptor.from_tensor(out, [bm, bn]),
-        s, v, row_ad, ranks, m, n, k, grid, *s_str, *v_strides,
+        desc(a, [bm, bk]), desc(w, [bn, bk] if w_kmajor else [bk, bn]), desc(out, [bm, bn]),
+        s_desc, v_desc, row_ad, ranks, m, n, k, grid, rows_per_ad,
     ), dict(
         BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, BLOCK_R=block_r, GROUP_M=cfg["gm_group"],
-        B_KMAJOR=w_kmajor, LORA=lora, V_ROWS=lora and v_strides[1] == 1,
+        B_KMAJOR=w_kmajor, LORA=layout is not None,
         DOT_PRECISION=dot_precision(dtype), UPCAST=cfg["upcast"],
         num_warps=cfg["gm_warps"], num_stages=cfg["gm_stages"],
     ))  # fmt: skip

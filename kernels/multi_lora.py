@@ -65,13 +65,13 @@ class _FusedMultiLora(torch.autograd.Function):
         a_str = (lora_a.stride(0), lora_a.stride(1), lora_a.stride(2))  # W_i[r, k] = A_i[r, k]
         b_str = (lora_b.stride(0), lora_b.stride(1), lora_b.stride(2))  # V_i[n, r] = B_i[n, r]
         path, pair = choose_path(x.shape[0], x.shape[1], weight.shape[0])
-        if path == "gemm" and not gemm_ok(x, weight):
-            path = "stream"  # (see gemm_ok: TMA-able rows, a Hopper-class GPU, 16-bit on CUDA)
+        if path == "gemm" and not gemm_ok(x, weight, lora_a, lora_b, layout):
+            path = "stream"  # (gemm_ok: TMA-able rows, Hopper, 16-bit on CUDA, ranks <= 64)
         if path in ("stream", "gemm"):  # S carries s_i here (their expands have no scale)
             s = _shrink(x, lora_a, a_str, layout, True, cfg)  # [T, block_r] fp32, s_i x_i A_iᵀ
             b_rn = (lora_b.stride(0), lora_b.stride(2), lora_b.stride(1))  # V_i[r, n] = B_i[n, r]
         if path == "gemm":  # the Triton base GEMM adds S B_iᵀ itself: no delta, no cuBLAS
-            y = gemm_lora(x, weight, True, layout, s, lora_b, b_rn, cfg)
+            y = gemm_lora(x, weight, True, layout, s, lora_b, cfg)
         else:
             # kadd: base GEMM first, kernel adds into y; else kernel writes delta, cuBLAS adds
             y = x @ weight.t() if kadd else _empty((x.shape[0], weight.shape[0]), x.device, x.dtype)
@@ -103,7 +103,7 @@ class _FusedMultiLora(torch.autograd.Function):
             if need_x or need_a:
                 ds = _shrink(dy, lora_b, b_str, layout, True, cfg)  # dS_i = s_i dY_i B_i
             if need_x:
-                dx = gemm_lora(dy, weight, False, layout, ds, lora_a, lora_a.stride(), cfg)
+                dx = gemm_lora(dy, weight, False, layout, ds, lora_a, cfg)
             da = _wgrad(ds, x, lora_a, False, layout, False, cfg) if need_a else None
             # S = s_i x_i A_iᵀ already carries the scale
             db = _wgrad(s, dy, lora_b, True, layout, False, cfg) if need_b else None

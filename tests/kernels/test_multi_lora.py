@@ -80,7 +80,7 @@ def test_stream_path_spreads(spread):
 
 @pytest.mark.parametrize("spread", SPREADS)
 @pytest.mark.parametrize("persist", [0, 1], ids=["tile-per-program", "persistent"])
-def test_gemm_path_spreads(spread, persist):
+def test_gemm_path_spreads(spread, persist, monkeypatch):
     """The gemm path (Triton base GEMM with the LoRA term per output tile) at every spread: row
     tiles holding several adapters (zipf, single-token segments), adapters with no rows, T = 133
     not a multiple of the 32-row tile (TMA zero fill and clipped stores); with one program per
@@ -88,18 +88,30 @@ def test_gemm_path_spreads(spread, persist):
     reports 4 SMs)."""
     ml.TUNE.update(path="gemm", wgrad_chunk=32)
     ml.TUNE["interp"]["gm_persist"] = persist
-    tensors, seg, ranks, scaling = make_case(3, spread, dtype=BF16, seed=2, **SMALL)
+    counted = _count_launches(monkeypatch)
+    tensors, seg, ranks, scaling = make_case(3, spread, rank_pool=(8, 16, 64), dtype=BF16,
+                                             seed=2, **SMALL)  # fmt: skip
     run_and_compare(tensors, seg, ranks, scaling, BF16)
+    assert counted["gemm_lora"].n == 2  # y and dX (not a fallback to another path)
+
+
+def test_gemm_path_needs_ranks_up_to_64(monkeypatch):
+    """A rank-128 adapter (block_r 128) takes the stream path: the S and V tiles would not fit
+    next to the GEMM's pipeline in shared memory."""
+    ml.TUNE["path"] = "gemm"
+    counted = _count_launches(monkeypatch)
+    tensors, seg, ranks, scaling = make_case(3, "zipf", ranks=[8, 128, 16], seed=2, **SMALL)
+    run_and_compare(tensors, seg, ranks, scaling, FP32)
+    assert counted["gemm_lora"].n == 0 and counted["wgrad"].n == 3
 
 
 def test_gemm_path_needs_aligned_rows(monkeypatch):
     """d_in = 100 bf16 (200-byte rows) cannot back TMA descriptors: the call takes the stream
     path instead (no gemm_lora launch) and still matches the reference."""
     ml.TUNE["path"] = "gemm"
-    ks = mlt.get_kernels()
-    counted = {k: _Counter(v) for k, v in vars(ks).items()}
-    monkeypatch.setattr(mlt, "get_kernels", lambda: type(ks)(**counted))
-    tensors, seg, ranks, scaling = make_case(3, "zipf", 133, 100, 80, dtype=BF16, seed=3)
+    counted = _count_launches(monkeypatch)
+    tensors, seg, ranks, scaling = make_case(3, "zipf", 133, 100, 80, rank_pool=(8, 16, 64),
+                                             dtype=BF16, seed=3)  # fmt: skip
     run_and_compare(tensors, seg, ranks, scaling, BF16)
     assert counted["gemm_lora"].n == 0 and counted["wgrad"].n == 3  # stream: expand, dA+dX, dB
 
@@ -186,7 +198,8 @@ def test_partial_gradients(path, frozen):
     """One input without requires_grad: the others' gradients still match the reference (the
     stream path then writes dX with the expand-only kernel, or dA without a dX job)."""
     ml.TUNE["path"] = path
-    tensors, seg, ranks, scaling = make_case(3, "zipf", seed=6, **SMALL)
+    pool = (8, 16, 64)  # (the gemm path takes ranks up to 64)
+    tensors, seg, ranks, scaling = make_case(3, "zipf", rank_pool=pool, seed=6, **SMALL)
     names = ["x", "lora_a", "lora_b"]
     got, ref = [], []
     for fn in (kernels.fused_multi_lora, kernels.fused_multi_lora_reference):
@@ -249,6 +262,14 @@ class _Counter:
         return launch
 
 
+def _count_launches(monkeypatch) -> dict:
+    """Wrap every kernel in a launch counter (kernel name -> _Counter) for this test."""
+    ks = mlt.get_kernels()
+    counted = {k: _Counter(v) for k, v in vars(ks).items()}
+    monkeypatch.setattr(mlt, "get_kernels", lambda: type(ks)(**counted))
+    return counted
+
+
 LAUNCHES = {  # Triton launches per fwd / total, by construction, whatever N is
     "fused": ({"shrink_expand": 1}, {"shrink_expand": 2, "wgrad": 2}),
     "pair": ({"shrink_expand": 1}, {"shrink_expand": 2, "wgrad_pair": 1}),
@@ -263,9 +284,7 @@ LAUNCHES = {  # Triton launches per fwd / total, by construction, whatever N is
 def test_triton_launches_constant_in_n(n, path, monkeypatch):
     ml.TUNE["path"] = "fused" if path == "pair" else path
     ml.TUNE["wgrad_pair"] = path == "pair"
-    ks = mlt.get_kernels()
-    counted = {k: _Counter(v) for k, v in vars(ks).items()}
-    monkeypatch.setattr(mlt, "get_kernels", lambda: type(ks)(**counted))
+    counted = _count_launches(monkeypatch)
     tensors, seg, ranks, scaling = make_case(n, "uniform", 64, 32, 32, rank_pool=(8, 16), seed=n)
     x = tensors["x"].requires_grad_()
     a = tensors["lora_a"].requires_grad_()

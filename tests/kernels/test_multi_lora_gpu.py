@@ -46,12 +46,9 @@ def test_small_odd_shapes(n, spread, dtype, path):
         dict(path="fused", se_split=4, fuse_add="kernel", gpu=dict(ml.TUNE["gpu"], se_tma="xy")),
         dict(path="stream"),
         dict(path="stream", fuse_add="kernel", wgrad_chunk=256),
-        dict(path="gemm"),
-        dict(path="gemm", wgrad_chunk=256, gpu=dict(ml.TUNE["gpu"], gm_persist=1)),
     ],
     ids=["default", "atomics", "kadd", "fused", "pair-atomics", "col-split", "split-chunked",
-         "tma", "tma-split-kadd", "stream", "stream-kadd-atomics", "gemm",
-         "gemm-persistent-atomics"],  # fmt: skip
+         "tma", "tma-split-kadd", "stream", "stream-kadd-atomics"],  # fmt: skip
 )
 @pytest.mark.parametrize("shape", [(4096, 4096), (4096, 1024), (14336, 4096)])
 def test_full_size_bf16(tune, shape):
@@ -82,9 +79,29 @@ def test_gemm_small_shapes(spread, persist):
     column tile); persistent: min(tiles, SMs) programs walking the tiles."""
     ml.TUNE["path"] = "gemm"
     ml.TUNE["gpu"]["gm_persist"] = persist
-    tensors, seg, ranks, scaling = make_case(32, spread, 133, 520, 1032, dtype=BF16,
-                                             device="cuda", seed=5)  # fmt: skip
+    tensors, seg, ranks, scaling = make_case(32, spread, 133, 520, 1032, rank_pool=(8, 16, 64),
+                                             dtype=BF16, device="cuda", seed=5)  # fmt: skip
+    _assert_gemm_taken(tensors, seg, ranks, scaling)
     run_and_compare(tensors, seg, ranks, scaling, BF16)
+
+
+@pytest.mark.parametrize("tune", [dict(), dict(wgrad_chunk=256, gpu=dict(gm_persist=1))],
+                         ids=["gemm", "gemm-persistent-atomics"])  # fmt: skip
+@pytest.mark.parametrize("shape", [(4096, 4096), (4096, 1024), (14336, 4096)])
+def test_gemm_full_size(tune, shape):
+    ml.TUNE.update(tune, path="gemm", gpu=dict(ml.TUNE["gpu"], **tune.get("gpu", {})))
+    tensors, seg, ranks, scaling = make_case(32, "zipf", 4096, *shape, rank_pool=(16, 32, 64),
+                                             dtype=BF16, device="cuda", seed=1)  # fmt: skip
+    _assert_gemm_taken(tensors, seg, ranks, scaling)
+    run_and_compare(tensors, seg, ranks, scaling, BF16)
+
+
+def _assert_gemm_taken(tensors, seg, ranks, scaling) -> None:
+    """These inputs run the gemm path (no silent fallback to the stream path)."""
+    from kernels.launch_gemm import gemm_ok
+
+    lay = kernels.make_layout(seg, ranks, scaling)
+    assert gemm_ok(tensors["x"], tensors["weight"], tensors["lora_a"], tensors["lora_b"], lay)
 
 
 def _kernel_launches(n: int) -> int:
@@ -139,7 +156,8 @@ def test_fast_launch_path_is_used_and_correct(tune):
 
     ml.TUNE.update(tune)
     fast_launch.clear_cache()
-    tensors, seg, ranks, scaling = make_case(32, "zipf", 1024, 512, 256, dtype=BF16, device="cuda")
+    tensors, seg, ranks, scaling = make_case(32, "zipf", 1024, 512, 256, rank_pool=(16, 32, 64),
+                                             dtype=BF16, device="cuda")  # fmt: skip
     s0 = dict(fast_launch.STATS)
     run_and_compare(tensors, seg, ranks, scaling, BF16)  # compiles, fills the handle cache
     first = fast_launch.STATS["triton"] - s0["triton"]
