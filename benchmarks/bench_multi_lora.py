@@ -19,8 +19,9 @@ Variants (all compute the same function; the frozen base weight never gets a gra
   under the option that became the stream path, with the auto / fused / split forward)
   fused_tma_x / fused_bm64  shrink_expand reading x through TMA / with 64-row tiles at every T
   fused_gemm TUNE path="gemm": the base GEMM in Triton (TMA) with the LoRA expand in each output
-             tile, forward y and backward dX (no cuBLAS); _p1 persistent grid, _n128 128-column
-             tiles with 4 stages
+             tile, forward y and backward dX (no cuBLAS), shipped tiles (rows before 2026-11-29
+             05:00Z: one tile per program; since: a persistent grid of one program per SM);
+             _p1 / _p0 persistent / one tile per program, _n128 128-column tiles, 4 stages
   loop       eager PyTorch: shared base GEMM + per-adapter loop (kernels.reference)
   separate   N separate jobs: each adapter runs its own base GEMM + LoRA on its own tokens
 
@@ -97,6 +98,7 @@ FUSED_VARIANTS = {  # TUNE overrides of each fused_multi_lora variant
     "fused_stream": dict(DEFAULT_TUNE, path="stream"),
     "fused_gemm": dict(DEFAULT_TUNE, path="gemm"),
     "fused_gemm_p1": dict(DEFAULT_TUNE, path="gemm", gpu=dict(DEFAULT_TUNE["gpu"], gm_persist=1)),
+    "fused_gemm_p0": dict(DEFAULT_TUNE, path="gemm", gpu=dict(DEFAULT_TUNE["gpu"], gm_persist=0)),
     "fused_gemm_n128": dict(DEFAULT_TUNE, path="gemm",
                             gpu=dict(DEFAULT_TUNE["gpu"], gm_bn=128, gm_stages=4)),
     # shrink_expand reading x through TMA; 64-row tiles at every T

@@ -49,7 +49,7 @@ TUNE: dict = {
                 bn_fused=128, se_fwd_bk=64, se_fwd_stages=4, se_bwd_bk=128, se_bwd_stages=3,
                 se_rows=True, ex_cols=128, ex_stages=1, se_tma="", sh_bm=128, sh_warps=8,
                 gm_bm=128, gm_bn=256, gm_bk=64, gm_warps=8, gm_stages=3, gm_group=8,
-                gm_persist=0, upcast=False),  # fmt: skip
+                gm_persist=1, upcast=False),  # fmt: skip
     "interp": dict(bm=32, bk=32, bn=64, bt=32, warps=4, stages=1, wg_stages=1, bm_fused=32,
                    bn_fused=32, se_fwd_bk=32, se_fwd_stages=1, se_bwd_bk=32, se_bwd_stages=1,
                    se_rows=True, ex_cols=64, ex_stages=1, se_tma="", sh_bm=32, sh_warps=4,

@@ -68,6 +68,16 @@ def test_launch_variants(tune):
     run_and_compare(tensors, seg, ranks, scaling, dtype)
 
 
+@pytest.mark.parametrize("path", ["fused", "split", "stream", "gemm"])
+@pytest.mark.parametrize("spread", ["zipf", "single"])
+def test_fp16(path, spread):
+    """fp16 operands (accepted by the API like bf16) on every path, tolerance 5e-3."""
+    ml.TUNE["path"] = path
+    tensors, seg, ranks, scaling = make_case(3, spread, rank_pool=(8, 16, 64),
+                                             dtype=torch.float16, seed=4, **SMALL)  # fmt: skip
+    run_and_compare(tensors, seg, ranks, scaling, torch.float16)
+
+
 @pytest.mark.parametrize("spread", SPREADS)
 def test_stream_path_spreads(spread):
     """The stream path's expands (y, and dX by the dA kernel) cover every row exactly once

@@ -60,6 +60,17 @@ def test_full_size_bf16(tune, shape):
     run_and_compare(tensors, seg, ranks, scaling, BF16)
 
 
+@pytest.mark.parametrize("path", ["fused", "split", "stream", "gemm"])
+@pytest.mark.parametrize("shape", [(133, 2049, 1023), (4096, 4096, 1024)])
+def test_fp16(path, shape):
+    """fp16 on every path: odd sizes (the gemm path falls back to stream there: unaligned
+    rows) and a full k/v-projection size (gemm path taken: ranks <= 64, aligned rows)."""
+    ml.TUNE["path"] = path
+    tensors, seg, ranks, scaling = make_case(32, "zipf", *shape, rank_pool=(16, 32, 64),
+                                             dtype=torch.float16, device="cuda", seed=2)  # fmt: skip
+    run_and_compare(tensors, seg, ranks, scaling, torch.float16)
+
+
 @pytest.mark.parametrize("spread", SPREADS)
 @pytest.mark.parametrize("dtype", [FP32, BF16], ids=["fp32", "bf16"])
 def test_tma_small_shapes(spread, dtype):
