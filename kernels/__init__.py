@@ -9,7 +9,8 @@ Public API (stable; the executor relies on it):
 * :func:`make_layout` (seg_lens, ranks, scaling, device=None) -> :class:`MultiLoraLayout`:
   build once per batch layout, pass to every layer (``layout=`` or in place of seg_lens).
 * :data:`TUNE`: launch settings; ``TUNE["path"]`` = "auto" (default: per T, see
-  :func:`kernels.launch.choose_path`), "split", "fused" or "stream".
+  :func:`kernels.launch.choose_path`), "split", "fused", "stream" or "gemm" (opt-in: the base
+  GEMM in Triton with the LoRA expand folded in, kernels/launch_gemm.py).
 """
 
 from .launch import TUNE

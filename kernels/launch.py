@@ -13,6 +13,9 @@ measured on the H200, docs/kernels.md):
 * ``"stream"``: the split path's ``shrink``, then the weight-gradient kernel streams token rows:
   as the forward's expand (one B_i column block per program, loaded once) and, in the
   backward, as dA with the dX delta written from the same dS tiles. Per layer: fwd 2, bwd 3.
+* ``"gemm"`` (opt-in; kernels/launch_gemm.py): the stream path's shrinks and weight-gradient
+  reductions, with the base GEMM itself in Triton carrying the LoRA expand (y and dX, no
+  cuBLAS). Per layer: fwd 2, bwd 4. Falls back to "stream" where TMA cannot run it.
 """
 
 from __future__ import annotations
@@ -26,7 +29,8 @@ from .layout import MultiLoraLayout
 # Launch parameters; tests and the benchmark override entries (None = heuristic).
 TUNE: dict = {
     # "auto" (choose_path), "split" (shrink/expand/wgrad), "fused" (shrink_expand + wgrad) or
-    # "stream" (shrink + row-streaming expand; bwd: shrink + wgrad-with-dX + wgrad)
+    # "stream" (shrink + row-streaming expand; bwd: shrink + wgrad-with-dX + wgrad) or "gemm"
+    # (shrink + Triton base GEMM with the expand in its epilogue; bwd the same for dX + 2 wgrad)
     "path": "auto",
     "wgrad_pair": False,  # fused path: dA+dB in one launch (never chosen by auto)
     "fuse_add": "addmm",  # "addmm" (delta + cuBLAS epilogue) or "kernel" (expand-and-add)
@@ -45,6 +49,10 @@ TUNE: dict = {
     # se_tma: shrink_expand reads x ("x") and / or stores y ("y") through TMA descriptors.
     # sh_bm / sh_warps: the split-K shrink's row tile and warps (round 5: 128 rows, 8 warps
     # beat 64 / 4 by 25-32 % at T >= 8192 on the 4096-deep shapes).
+    # gm_*: the gemm path's Triton GEMM (tile rows / columns / K step, warps, stages, GROUP_M
+    # row tiles per L2 group, gm_persist programs per SM or 0 = one per tile); from
+    # benchmarks/diag_gemm_lora.py (2026-11-29, gemm_lora.csv): 128 x 256 x 64, 8 warps,
+    # 3 stages is at cuBLAS speed, 128 x 128 and 256 x 128 were 5-15 % slower.
     "gpu": dict(bm=64, bk=64, bn=128, bt=64, warps=4, stages=3, wg_stages=2, bm_fused=None,
                 bn_fused=128, se_fwd_bk=64, se_fwd_stages=4, se_bwd_bk=128, se_bwd_stages=3,
                 se_rows=True, ex_cols=128, ex_stages=1, se_tma="", sh_bm=128, sh_warps=8,

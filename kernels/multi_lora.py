@@ -18,6 +18,9 @@ Triton launch, bwd 3 (see kernels/launch_fused.py).
 TUNE["path"] = "stream": forward = shrink (S scaled by s_i) + a row-streaming expand (programs
 own a token chunk x column block and load B_i's block once); backward = shrink of dY + ONE
 weight-gradient launch that computes dA and writes the dX delta from the same dS tiles + dB.
+TUNE["path"] = "gemm" (opt-in): the stream path's shrinks and reductions, but the base GEMM
+runs in Triton (kernels/launch_gemm.py) and adds S_i B_iᵀ (forward) / dS_i A_i (backward) to
+each output tile itself: no delta buffer, no cuBLAS; the stream path where TMA cannot run it.
 By default the kernels write the LoRA delta and the base GEMM adds it in cuBLAS's epilogue
 (``delta.addmm_(x, W.T)``, beta=1); ``TUNE["fuse_add"] = "kernel"`` instead runs the GEMM first
 and fuses the add into the expand's store (the paper's expand-and-add).
