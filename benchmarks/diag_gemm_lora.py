@@ -15,7 +15,8 @@ S and V through pointers (that kernel spilled); rows whose cfg holds gm_flatten 
 gm_flatten = tl.range(flatten=True) over the tiles; gm_diag 1 = V's rank mask off, 2 = the
 first adapter of each tile only, 3 = one pre-masked bf16 S tile straight from TMA into the MMA
 (no register pass), 4 = two such S tiles per output tile. Modes 1-4 compute a different
-function (their rel_err is large) and only time what the epilogue's parts cost.
+function (their rel_err is large) and only time what the epilogue's parts cost. Rows of
+05:01Z timed a reverted variant that loaded S and the first adapter's V before the K loop.
 """
 
 from __future__ import annotations
