@@ -20,6 +20,7 @@ import csv
 import datetime as dt
 import io
 import os
+import shutil
 import subprocess
 import sys
 
@@ -50,7 +51,8 @@ def run_step(path: str, shape: str, t: int, n: int) -> None:
 
 def profile(path: str, args) -> list[dict]:
     """Run this script's step under ncu; per-kernel rows in launch order."""
-    cmd = ["ncu", "--cache-control", "none", "--clock-control", "none", "--print-units", "base", "--nvtx",
+    ncu = shutil.which("ncu") or "/usr/local/cuda/bin/ncu"
+    cmd = [ncu, "--cache-control", "none", "--clock-control", "none", "--print-units", "base", "--nvtx",
            "--nvtx-include", "step/", "--metrics", "gpu__time_duration.sum", "--csv",
            "--page", "raw", sys.executable, os.path.abspath(__file__), "--app", path,
            "--shape", args.shape, "--tokens", str(args.tokens), "--adapters", str(args.adapters)]  # fmt: skip
@@ -61,7 +63,7 @@ def profile(path: str, args) -> list[dict]:
     rows = list(csv.DictReader(io.StringIO(out[start:])))
     rows = [r for r in rows if r.get("ID", "").isdigit()]  # (the units row has no ID)
     return [dict(order=i, kernel=r["Kernel Name"][:80],
-                 us=f"{float(r['gpu__time_duration.sum']) / 1e3:.1f}")  # ns -> us
+                 us=f"{float(r['gpu__time_duration.sum'].replace(',', '')) / 1e3:.1f}")  # ns -> us
             for i, r in enumerate(rows)]  # fmt: skip
 
 
