@@ -4,8 +4,8 @@ Run on the GPU machine (ncu on the PATH):
     python3 benchmarks/ncu_step.py --paths stream,fused,gemm --shape 4096x4096 --tokens 8192
 
 For each path this script re-runs itself under ``ncu --cache-control none --clock-control none
---nvtx --nvtx-include step/ --metrics gpu__time_duration.sum``: two warm-up steps, then one
-step inside an NVTX range "step", whose kernels ncu times one by one, in order, with the
+--nvtx --nvtx-include step --metrics gpu__time_duration.sum``: two warm-up steps, then one
+step inside an NVTX start/end range "step", whose kernels ncu times one by one, in order, with the
 caches as the preceding kernels left them (no flush). Rows (one per kernel, in launch order)
 go to benchmarks/results/ncu_step.csv. The sum of a path's kernels, set against the step's
 CUDA-graph replay time (bench_multi_lora.py), says how much of the step is kernels and how
@@ -43,17 +43,19 @@ def run_step(path: str, shape: str, t: int, n: int) -> None:
     for _ in range(2):
         fn()
     torch.cuda.synchronize()
-    torch.cuda.nvtx.range_push("step")
+    # a start/end range (process-wide): the backward's kernels are launched from autograd's
+    # device thread, which a push/pop range of this thread would not cover
+    rng = torch.cuda.nvtx.range_start("step")
     fn()
     torch.cuda.synchronize()
-    torch.cuda.nvtx.range_pop()
+    torch.cuda.nvtx.range_end(rng)
 
 
 def profile(path: str, args) -> list[dict]:
     """Run this script's step under ncu; per-kernel rows in launch order."""
     ncu = shutil.which("ncu") or "/usr/local/cuda/bin/ncu"
     cmd = [ncu, "--cache-control", "none", "--clock-control", "none", "--print-units", "base", "--nvtx",
-           "--nvtx-include", "step/", "--metrics", "gpu__time_duration.sum", "--csv",
+           "--nvtx-include", "step", "--metrics", "gpu__time_duration.sum", "--csv",
            "--page", "raw", sys.executable, os.path.abspath(__file__), "--app", path,
            "--shape", args.shape, "--tokens", str(args.tokens), "--adapters", str(args.adapters)]  # fmt: skip
     out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
