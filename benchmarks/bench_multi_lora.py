@@ -18,6 +18,8 @@ Variants (all compute the same function; the frozen base weight never gets a gra
   (rows of 2026-11-29 03:4xZ named fused_dxw / fused_one_dxw / fused_split_dxw: that backward
   under the option that became the stream path, with the auto / fused / split forward)
   fused_tma_x / fused_bm64  shrink_expand reading x through TMA / with 64-row tiles at every T
+  fused_stream_s32 / fused_gemm_s32  those paths with S and dS kept in fp32 (TUNE narrow_s
+             False; the default until 2026-11-29 05:2xZ)
   fused_gemm TUNE path="gemm": the base GEMM in Triton (TMA) with the LoRA expand in each output
              tile, forward y and backward dX (no cuBLAS), shipped tiles (rows before 2026-11-29
              05:00Z: one tile per program; since: a persistent grid of one program per SM);
@@ -82,7 +84,7 @@ COLUMNS = [
     "gpu_ratio_vs_base",
 ]
 BF16 = torch.bfloat16
-DEFAULT_TUNE = {k: ml.TUNE[k] for k in ("path", "fuse_add", "wgrad_pair")}
+DEFAULT_TUNE = {k: ml.TUNE[k] for k in ("path", "fuse_add", "wgrad_pair", "narrow_s")}
 DEFAULT_TUNE["gpu"] = dict(ml.TUNE["gpu"])  # variants may override tile settings
 FUSED_VARIANTS = {  # TUNE overrides of each fused_multi_lora variant
     "fused": dict(DEFAULT_TUNE),  # the defaults as shipped
@@ -96,6 +98,8 @@ FUSED_VARIANTS = {  # TUNE overrides of each fused_multi_lora variant
     "fused_split_c2048": dict(DEFAULT_TUNE, path="split", wgrad_pair=False,
                               gpu=dict(DEFAULT_TUNE["gpu"], ex_cols=2048, ex_stages=3)),
     "fused_stream": dict(DEFAULT_TUNE, path="stream"),
+    "fused_stream_s32": dict(DEFAULT_TUNE, path="stream", narrow_s=False),
+    "fused_gemm_s32": dict(DEFAULT_TUNE, path="gemm", narrow_s=False),
     "fused_gemm": dict(DEFAULT_TUNE, path="gemm"),
     "fused_gemm_p1": dict(DEFAULT_TUNE, path="gemm", gpu=dict(DEFAULT_TUNE["gpu"], gm_persist=1)),
     "fused_gemm_p0": dict(DEFAULT_TUNE, path="gemm", gpu=dict(DEFAULT_TUNE["gpu"], gm_persist=0)),

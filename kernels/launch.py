@@ -35,6 +35,7 @@ TUNE: dict = {
     "wgrad_pair": False,  # fused path: dA+dB in one launch (never chosen by auto)
     "fuse_add": "addmm",  # "addmm" (delta + cuBLAS epilogue) or "kernel" (expand-and-add)
     "split_k": None,  # shrink split over K; None = fill ~2 waves of SMs
+    "narrow_s": True,  # stream / gemm paths: S and dS cast to x.dtype after the fp32 shrink
     "se_split": None,  # shrink_expand: programs per row tile sharing its columns; None = heuristic
     "wgrad_chunk": None,  # tokens per weight-gradient program; None = heuristic
     # upcast: give tl.dot fp32 operands (the interpreter's bf16 dot is broken, see multi_lora_triton)

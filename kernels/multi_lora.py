@@ -61,6 +61,14 @@ from .launch_fused import shrink_expand, wgrad_pair  # noqa: E402
 from .launch_gemm import gemm_lora, gemm_ok  # noqa: E402
 
 
+def _narrow(s: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """The split-K shrink's fp32 S (or dS) in the activations' dtype when TUNE["narrow_s"]:
+    the weight-gradient kernels re-read it once per column block, and in fp32 that doubled
+    their P traffic (ncu in the real step, 4096², T = 8192: dB 47.8 µs from fp32 S against
+    31.6 from the fused path's bf16 S). The fused path caches S in x.dtype too."""
+    return s.to(dtype) if TUNE["narrow_s"] and dtype != s.dtype else s
+
+
 class _FusedMultiLora(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, lora_a, lora_b, layout):
@@ -71,7 +79,7 @@ class _FusedMultiLora(torch.autograd.Function):
         if path == "gemm" and not gemm_ok(x, weight, lora_a, lora_b, layout):
             path = "stream"  # (gemm_ok: TMA-able rows, Hopper, 16-bit on CUDA, ranks <= 64)
         if path in ("stream", "gemm"):  # S carries s_i here (their expands have no scale)
-            s = _shrink(x, lora_a, a_str, layout, True, cfg)  # [T, block_r] fp32, s_i x_i A_iᵀ
+            s = _narrow(_shrink(x, lora_a, a_str, layout, True, cfg), x.dtype)  # s_i x_i A_iᵀ
             b_rn = (lora_b.stride(0), lora_b.stride(2), lora_b.stride(1))  # V_i[r, n] = B_i[n, r]
         if path == "gemm":  # the Triton base GEMM adds S B_iᵀ itself: no delta, no cuBLAS
             y = gemm_lora(x, weight, True, layout, s, lora_b, cfg)
@@ -103,8 +111,8 @@ class _FusedMultiLora(torch.autograd.Function):
         b_str = (lora_b.stride(0), lora_b.stride(2), lora_b.stride(1))  # W_i[r, k] = B_i[k, r]
         a_str = (lora_a.stride(0), lora_a.stride(2), lora_a.stride(1))  # V_i[n, r] = A_i[r, n]
         if ctx.path == "gemm":  # dX = dY W + dS_i A_i in one Triton GEMM
-            if need_x or need_a:
-                ds = _shrink(dy, lora_b, b_str, layout, True, cfg)  # dS_i = s_i dY_i B_i
+            if need_x or need_a:  # dS_i = s_i dY_i B_i
+                ds = _narrow(_shrink(dy, lora_b, b_str, layout, True, cfg), dy.dtype)
             if need_x:
                 dx = gemm_lora(dy, weight, False, layout, ds, lora_a, cfg)
             da = _wgrad(ds, x, lora_a, False, layout, False, cfg) if need_a else None
@@ -116,8 +124,8 @@ class _FusedMultiLora(torch.autograd.Function):
         if ctx.path == "stream":
             # dS by the split-K shrink; the dX delta written by the dA kernel as it streams dS
             # (or, with lora_a frozen, by the same kernel as an expand only)
-            if need_x or need_a:
-                ds = _shrink(dy, lora_b, b_str, layout, True, cfg)  # dS_i = s_i dY_i B_i
+            if need_x or need_a:  # dS_i = s_i dY_i B_i
+                ds = _narrow(_shrink(dy, lora_b, b_str, layout, True, cfg), dy.dtype)
             a_rn = lora_a.stride()  # V_i[r, n] = A_i[r, n]
             dx_job = (lora_a, a_rn, dx, kadd) if need_x else None
             if need_a:
