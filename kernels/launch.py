@@ -74,15 +74,16 @@ def auto_path(t: int, d_in: int, d_out: int) -> tuple[str, bool]:
     """(path, wgrad_pair) the "auto" rule picks for a layer d_in -> d_out over t tokens.
 
     Rule from the GPU-only (CUDA-graph) step times of benchmarks/bench_multi_lora.py on the H200
-    (Llama-3.1-8B shapes, N = 32; docs/kernels.md §3d). 2026-11-29 03:51Z: below T = 8192 the
-    stream path is the fastest or within noise on every shape (4096->1024, T = 4096: 0.208 ms
-    against 0.237 fused and 0.222 split; 4096², T = 4096: 0.545 against 0.558 split); from
-    T = 8192 on, the three paths are within ±2 % and the fused path (fewest launches, so also
-    the least host time) is kept. T = 2048 follows the T < 8192 side of the rule; its rows are
-    in the final run of docs/kernels.md §3d (03:59Z). wgrad_pair saves one launch of host time but is
-    10-30 % slower on the GPU, so the rule never picks it.
+    (Llama-3.1-8B shapes, N = 32; docs/kernels.md §3d, §3e): the stream path at every T.
+    Below T = 8192 it was the fastest or within noise on every shape since 2026-11-29 03:51Z.
+    From T = 8192 on it tied the fused path until its S and dS were narrowed to the
+    activations' dtype (TUNE["narrow_s"]); then (run 05:2xZ) it beat the fused path on 7 of
+    the 8 cases of T = 8192 / 16384 by 1.6-4.9 % and tied the eighth (4096², T = 16384:
+    2.083 against 2.081 ms). The gemm path was 1-3 % faster still on the 4096-deep
+    projections at T = 16384 but slower with 64 adapters (§3e), so the rule does not pick it.
+    wgrad_pair saves one launch of host time but is 10-30 % slower on the GPU: never picked.
     """
-    return ("stream" if t < 8192 else "fused"), False
+    return "stream", False
 
 
 def choose_path(t: int, d_in: int, d_out: int) -> tuple[str, bool]:

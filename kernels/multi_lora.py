@@ -9,7 +9,7 @@ lora_b [N, d_out, r_max] (PEFT lora_A / lora_B weights stacked); y [T, d_out], d
 
 Execution (CUDA, or CPU with TRITON_INTERPRET=1): a constant number of launches per layer,
 independent of N (kernels/launch.py). By default the path is chosen per call from T
-(launch.choose_path: "stream" below 8192 tokens, "fused" from there). The "split" path:
+(launch.choose_path: the "stream" path, measured fastest on the H200). The "split" path:
 forward  = shrink (Triton) + expand (Triton) + one cuBLAS GEMM over all T tokens;
 backward = shrink of dY (dS = s_i dY_i B_i) + expand into dX (dS_i A_i) + one cuBLAS GEMM for dX
            + wgrad x2 (dA_i = dS_iᵀ X_i, dB_i = s_i dY_iᵀ S_i)  [+ memsets / casts for atomics].
@@ -29,7 +29,7 @@ CPU without the interpreter falls back to :func:`kernels.reference.fused_multi_l
 Gradients: x, lora_a, lora_b. Rank columns >= r_i get exactly zero gradient. ``weight`` never
 gets a gradient, even with ``requires_grad=True`` (it is treated as the frozen base).
 The intermediate S = x @ A_iᵀ is cached from the forward pass (T x block_r; x.dtype on the
-fused path, fp32 on the split path).
+fused, stream and gemm paths, fp32 on the split path).
 """
 
 from __future__ import annotations

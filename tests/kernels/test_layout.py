@@ -100,12 +100,9 @@ def test_choose_path_rule_and_overrides():
     from kernels import launch
 
     assert launch.TUNE["path"] == "auto"
-    assert launch.choose_path(4096, 4096, 1024) == ("stream", False)  # T < 8192: stream
-    assert launch.choose_path(2048, 4096, 4096) == ("stream", False)
-    assert launch.choose_path(8191, 4096, 14336) == ("stream", False)
-    assert launch.choose_path(8192, 4096, 4096) == ("fused", False)  # T >= 8192: fused
-    assert launch.choose_path(8192, 4096, 1024) == ("fused", False)
-    assert launch.choose_path(16384, 14336, 4096) == ("fused", False)
+    for t, d_in, d_out in ((2048, 4096, 4096), (4096, 4096, 1024), (8191, 4096, 14336),
+                           (8192, 4096, 4096), (16384, 14336, 4096), (65536, 2048, 8192)):
+        assert launch.choose_path(t, d_in, d_out) == ("stream", False)  # every T (§3e)
     launch.TUNE.update(path="split", wgrad_pair=True)
     assert launch.choose_path(8192, 4096, 1024) == ("split", True)
 
