@@ -19,7 +19,7 @@ Variants (all compute the same function; the frozen base weight never gets a gra
   under the option that became the stream path, with the auto / fused / split forward)
   fused_tma_x / fused_bm64  shrink_expand reading x through TMA / with 64-row tiles at every T
   fused_stream_s32 / fused_gemm_s32  those paths with S and dS kept in fp32 (TUNE narrow_s
-             False; the default until 2026-11-29 05:2xZ)
+             False; the default until 2026-11-29 05:10Z)
   fused_gemm TUNE path="gemm": the base GEMM in Triton (TMA) with the LoRA expand in each output
              tile, forward y and backward dX (no cuBLAS), shipped tiles (rows before 2026-11-29
              05:00Z: one tile per program; since: a persistent grid of one program per SM);

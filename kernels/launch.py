@@ -77,7 +77,7 @@ def auto_path(t: int, d_in: int, d_out: int) -> tuple[str, bool]:
     (Llama-3.1-8B shapes, N = 32; docs/kernels.md §3d, §3e): the stream path at every T.
     Below T = 8192 it was the fastest or within noise on every shape since 2026-11-29 03:51Z.
     From T = 8192 on it tied the fused path until its S and dS were narrowed to the
-    activations' dtype (TUNE["narrow_s"]); then (run 05:2xZ) it beat the fused path on 7 of
+    activations' dtype (TUNE["narrow_s"]); then (run 05:11Z) it beat the fused path on 7 of
     the 8 cases of T = 8192 / 16384 by 1.6-4.9 % and tied the eighth (4096², T = 16384:
     2.083 against 2.081 ms). The gemm path was 1-3 % faster still on the 4096-deep
     projections at T = 16384 but slower with 64 adapters (§3e), so the rule does not pick it.
