@@ -8,9 +8,9 @@ One panel per layer shape: fwd+bwd time of each variant relative to the base GEM
 host's launch cost included (do_bench); bottom row: GPU time alone, the step replayed from a
 CUDA graph (gpu_ratio_vs_base; runs from 2026-11-29 on, base and fused variants only). The
 latest row per (gpu, shape, T, N, variant) is used; the dotted line is the 1.2x target.
-"auto" (thick) is the latest row of the path the shipped rule picks for that shape and T
-(kernels.launch.auto_path: fused_split, fused_one, fused_pair or fused_stream), or of "fused"
-from runs where the shipped default was that rule.
+"auto" (thick) is the latest row that measured the shipped code: the path
+kernels.launch.auto_path picks (fused_stream, S narrowed) or the default "fused" from runs
+where it was that path (drawn only where such rows exist: N = 32 since 2026-11-29 05:10Z).
 """
 
 from __future__ import annotations
@@ -31,15 +31,26 @@ RULE_VARIANT = {("split", False): "fused_split", ("fused", False): "fused_one",
 STYLES = {8: "-", 32: "--", 64: ":"}
 
 
-# From this run on, the variant "fused" (the shipped default) is the current auto rule's path
-# with the current tile settings; earlier "fused" rows measured older defaults.
-AUTO_RULE_SINCE = "2026-11-29T03:59Z"
+# Rows that measured today's shipped code (the stream path with S narrowed to x.dtype at
+# every T, docs/kernels.md §3e): the rule's own variant from NARROW_S_SINCE on, and the
+# shipped default "fused" from SHIPPED_SINCE on; in between, "fused" was already the stream
+# path below 8,192 tokens (and still the fused path from there). Earlier rows measured older
+# defaults and are not drawn as "auto".
+NARROW_S_SINCE = "2026-11-29T05:10Z"
+SHIPPED_SINCE = "2026-11-29T05:12Z"
+
+
+def _is_current(variant: str, date: str, t: int, rule_variant: str) -> bool:
+    if date < NARROW_S_SINCE:
+        return False
+    if variant == rule_variant:
+        return True
+    return variant == "fused" and (date >= SHIPPED_SINCE or t < 8192)
 
 
 def load(path: str) -> pd.DataFrame:
     """Latest row of each (gpu, shape, T, N, variant); ratio_vs_base is within that row's run.
-    Adds variant "auto": the latest row of the path kernels.launch.auto_path picks, or of the
-    shipped default ("fused") once it is that rule (AUTO_RULE_SINCE)."""
+    Adds variant "auto": the latest row that measured today's shipped code (_is_current)."""
     from kernels.launch import auto_path
 
     df = pd.read_csv(path).sort_values("date")
@@ -50,8 +61,9 @@ def load(path: str) -> pd.DataFrame:
         var = RULE_VARIANT[auto_path(int(r["T"]), d_in, d_out)]
         same = ((df["gpu"] == r["gpu"]) & (df["shape"] == r["shape"]) & (df["T"] == r["T"])
                 & (df["N"] == r["N"]))  # fmt: skip
-        hit = df[same & ((df["variant"] == var)
-                         | ((df["variant"] == "fused") & (df["date"] >= AUTO_RULE_SINCE)))]  # fmt: skip
+        current = df.apply(lambda q, var=var: _is_current(q["variant"], q["date"], int(q["T"]), var),
+                           axis=1)  # fmt: skip
+        hit = df[same & current]
         if not hit.empty:
             picks.append(hit.iloc[-1].copy())
             picks[-1]["variant"] = "auto"
