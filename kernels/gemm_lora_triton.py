@@ -5,10 +5,10 @@ One launch computes, for every row m (token) and column n::
 
     C[m, n] = sum_k A[m, k] B[k, n]  +  sum_r S[m, r] V_a[r, n]        a = adapter owning row m
 
-forward : A = x  [T, d_in], B = Wᵀ (W [d_out, d_in] read k-major), S = s_i x A_iᵀ (fp32, the
+forward : A = x  [T, d_in], B = Wᵀ (W [d_out, d_in] read k-major), S = s_i x A_iᵀ (the
           scale already applied by the shrink), V_a = B_aᵀ                       -> C = y
-backward: A = dY [T, d_out], B = W [d_out, d_in],   S = dS = s_i dY B_i (fp32), V_a = A_a
-                                                                                    -> C = dX
+backward: A = dY [T, d_out], B = W [d_out, d_in],   S = dS = s_i dY B_i, V_a = A_a  -> C = dX
+S is in the activations' dtype (TUNE["narrow_s"], the default) or fp32.
 So the LoRA delta never makes a round trip through memory: no delta store, no C re-read by a
 cuBLAS epilogue. The LoRA term costs one [BLOCK_M, BLOCK_R] x [BLOCK_R, BLOCK_N] dot per
 adapter whose rows the output tile holds (one or two for segments longer than a tile), after
@@ -16,8 +16,8 @@ the K loop: r / K more tensor work (64 / 4096 = 1.6 %) plus S and V tile loads.
 
 Every operand goes through a TMA tensor descriptor (Hopper): the K loop's loads are bulk async
 copies that the software pipeline keeps ``num_stages`` deep, and a partial row / column / K tile
-is zero-filled on load and clipped on store, so the K loop needs no masks. S is [T, BLOCK_R]
-fp32; V is the adapters' weight viewed 2-D, ``V_ROWS_PER_AD`` rows per adapter: the forward's
+is zero-filled on load and clipped on store, so the K loop needs no masks. S is [T, BLOCK_R];
+V is the adapters' weight viewed 2-D, ``V_ROWS_PER_AD`` rows per adapter: the forward's
 B [N·d_out, r_max] (box [BLOCK_N, BLOCK_R], transposed in smem), the backward's A
 [N·r_max, d_in] (box [BLOCK_R, BLOCK_N]). A box may run into the next adapter's rows (past
 d_out, or past r_max when BLOCK_R > r_max); those rows land in clipped output columns or in

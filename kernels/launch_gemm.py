@@ -39,8 +39,8 @@ def gemm_lora(a: torch.Tensor, w: torch.Tensor, w_kmajor: bool, layout: MultiLor
     """C = a @ B (+ the LoRA term when ``layout`` is given), a new [M, N] tensor of a's dtype.
 
     a [M, K]; w is the base weight: B = wᵀ when ``w_kmajor`` (w [N, K], the forward) else B = w
-    (w [K, N], the backward's dY W). s [M, block_r] fp32 (scale applied); v the adapters'
-    weight, contiguous: lora_b [N_ad, N, r_max] in the forward (V_a = B_aᵀ), lora_a
+    (w [K, N], the backward's dY W). s [M, block_r], contiguous, a's dtype or fp32 (scale
+    applied); v the adapters' weight, contiguous: lora_b [N_ad, N, r_max] in the forward (V_a = B_aᵀ), lora_a
     [N_ad, r_max, N] in the backward (V_a = A_a).
     """
     m, k = a.shape
