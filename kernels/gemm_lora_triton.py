@@ -72,7 +72,7 @@ def _gemm_lora_kernel(
             # rows are grouped by adapter (non-decreasing), so the tile's adapters are a range
             first = tl.load(ROW_AD + off_m)
             last = tl.load(ROW_AD + tl.minimum(off_m + BLOCK_M, M) - 1)
-            s_all = S_DESC.load([off_m, 0])  # [BLOCK_M, BLOCK_R] fp32, the tile's rows
+            s_all = S_DESC.load([off_m, 0])  # [BLOCK_M, BLOCK_R]: the tile's rows
             for ad in range(first, last + 1):
                 r_in = offs_r < tl.load(RANKS + ad)
                 # rows of other adapters and rank columns >= r_a contribute exactly 0, and V's
@@ -83,7 +83,7 @@ def _gemm_lora_kernel(
                 else:  # V_a = A_a: rows [a·r_max, +BLOCK_R) of A viewed 2-D
                     v = V_DESC.load([ad * V_ROWS_PER_AD, off_n])
                 v = tl.where(r_in[:, None], v, 0.0)
-                s = s.to(v.dtype)  # the MMA's operand type (S is fp32)
+                s = s.to(v.dtype)  # the MMA's operand type (S may be fp32)
                 if UPCAST:
                     s, v = s.to(tl.float32), v.to(tl.float32)
                 acc = tl.dot(s, v, acc, input_precision=DOT_PRECISION)
