@@ -10,7 +10,8 @@ means the GPU runs the same code. To check against the H200's compiler, put its 
 the path, e.g. `pip install --no-deps --target /tmp/t36 triton==3.6.0` and
 `PYTHONPATH=/tmp/t36:. python3 benchmarks/ptx_fingerprint.py ...`. The configurations
 (bf16 and fp32; shrink with split-K atomics; expand; the weight-gradient kernel plain, with
-the dX expand and expand-only; shrink_expand forward and backward; wgrad_pair) use the
+the dX expand and expand-only; shrink_expand forward and backward; wgrad_pair; the gemm path's
+GEMM forward and backward, bf16) use the
 shipped H200 tile sizes; a kernel whose signature changes makes this script fail loudly.
 """
 
@@ -27,6 +28,7 @@ from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import kernels.gemm_lora_triton as gl  # noqa: E402
 import kernels.multi_lora_fused_triton as fused  # noqa: E402
 import kernels.multi_lora_triton as split  # noqa: E402
 
@@ -90,6 +92,17 @@ def configurations() -> dict[str, str]:
             dict(BLOCK_T=64, BLOCK_R=64, BLOCK_N=128, ATOMIC=True, **prec),
             ["s_p1r", "s_q1n", "s_p2r", "s_q2n"],
             ["P1", "Q1", "O1", "P2", "Q2", "O2", "CHUNKS", "s_p1m", "s_q1m", "s_p2m", "s_q2m"])  # fmt: skip
+    for tag, kmajor in dict(fwd=True, bwd=False).items():  # the gemm path, bf16 only (on CUDA)
+        dt, bm, bn, bk, br = "bf16", 128, 256, 64, 64
+        out[f"gemm_lora_{tag}_bf16"] = ptx(gl._gemm_lora_kernel,
+            dict(A_DESC=f"tensordesc<{dt}[{bm}, {bk}]>",
+                 B_DESC=f"tensordesc<{dt}[{bn}, {bk}]>" if kmajor else f"tensordesc<{dt}[{bk}, {bn}]>",
+                 C_DESC=f"tensordesc<{dt}[{bm}, {bn}]>", S_DESC=f"tensordesc<{dt}[{bm}, {br}]>",
+                 V_DESC=f"tensordesc<{dt}[{bn}, {br}]>" if kmajor else f"tensordesc<{dt}[{br}, {bn}]>",
+                 ROW_AD="*i32", RANKS="*i32"),
+            dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, BLOCK_R=br, GROUP_M=8, B_KMAJOR=kmajor,
+                 LORA=True, DOT_PRECISION="tf32", UPCAST=False),
+            [], ["ROW_AD", "RANKS", "M", "N", "K"], warps=8, stages=3)  # fmt: skip
     return out
 
 
