@@ -11,7 +11,7 @@ the path, e.g. `pip install --no-deps --target /tmp/t36 triton==3.6.0` and
 `PYTHONPATH=/tmp/t36:. python3 benchmarks/ptx_fingerprint.py ...`. The configurations
 (bf16 and fp32; shrink with split-K atomics; expand; the weight-gradient kernel plain, with
 the dX expand and expand-only; shrink_expand forward and backward; wgrad_pair; the gemm path's
-GEMM forward and backward, bf16) use the
+GEMM forward and backward, bf16; RMSNorm and SwiGLU forward and backward) use the
 shipped H200 tile sizes; a kernel whose signature changes makes this script fail loudly.
 """
 
@@ -31,6 +31,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import kernels.gemm_lora_triton as gl  # noqa: E402
 import kernels.multi_lora_fused_triton as fused  # noqa: E402
 import kernels.multi_lora_triton as split  # noqa: E402
+import kernels.norm_act as na  # noqa: E402
 
 
 def ptx(fn_py, ptrs: dict, consts: dict, ones: list, aligned: list, warps=4, stages=2) -> str:
@@ -103,6 +104,19 @@ def configurations() -> dict[str, str]:
             dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, BLOCK_R=br, GROUP_M=8, B_KMAJOR=kmajor,
                  LORA=True, DOT_PRECISION="tf32", UPCAST=False),
             [], ["ROW_AD", "RANKS", "M", "N", "K"], warps=8, stages=3)  # fmt: skip
+    for dt in ("bf16", "fp32"):  # RMSNorm and SwiGLU (kernels/norm_act.py), H200 launch settings
+        rows = dict(BLOCK_M=1, BLOCK_D=4096)
+        out[f"rms_fwd_{dt}"] = ptx(na._rms_fwd_kernel,
+            dict(X=f"*{dt}", W=f"*{dt}", Y=f"*{dt}", RSTD="*fp32", eps="fp32"), rows, [],
+            ["X", "W", "Y", "RSTD", "D", "stride_x", "stride_y"], warps=8)  # fmt: skip
+        out[f"rms_bwd_{dt}"] = ptx(na._rms_bwd_kernel,
+            dict(DY=f"*{dt}", X=f"*{dt}", W=f"*{dt}", RSTD="*fp32", DX=f"*{dt}"), rows, [],
+            ["DY", "X", "W", "RSTD", "DX", "D", "stride_dy", "stride_x", "stride_dx"], warps=8)  # fmt: skip
+        out[f"silu_fwd_{dt}"] = ptx(na._silu_mul_fwd_kernel,
+            dict(G=f"*{dt}", U=f"*{dt}", H=f"*{dt}"), dict(BLOCK=1024), [], ["G", "U", "H"])  # fmt: skip
+        out[f"silu_bwd_{dt}"] = ptx(na._silu_mul_bwd_kernel,
+            dict(DH=f"*{dt}", G=f"*{dt}", U=f"*{dt}", DG=f"*{dt}", DU=f"*{dt}"), dict(BLOCK=1024),
+            [], ["DH", "G", "U", "DG", "DU"])  # fmt: skip
     return out
 
 
