@@ -36,8 +36,10 @@ import kernels.norm_act as na  # noqa: E402
 
 def ptx(fn_py, ptrs: dict, consts: dict, ones: list, aligned: list, warps=4, stages=2) -> str:
     """PTX of fn_py for sm_90: pointer args typed by ``ptrs``, every other runtime arg i32,
-    ``ones`` specialised to 1 and ``aligned`` marked 16-divisible (as Triton's launcher would)."""
-    fn = triton.jit(fn_py)
+    ``ones`` specialised to 1 and ``aligned`` marked 16-divisible (as Triton's launcher would).
+    Source-line records and the debug labels ($L__tmpN) that mark inlined helper calls are
+    dropped: they change with the source layout, not the code."""
+    fn = triton.jit(getattr(split, "_with_helpers", lambda f: f)(fn_py))  # (+ jit_helper callees)
     sig = {n: "i32" for n in fn.arg_names} | ptrs
     consts = consts | {k: 1 for k in ones}
     sig |= {k: "constexpr" for k in consts}
@@ -47,7 +49,7 @@ def ptx(fn_py, ptrs: dict, consts: dict, ones: list, aligned: list, warps=4, sta
     k = triton.compile(src, target=GPUTarget("cuda", 90, 32),
                        options=dict(num_warps=warps, num_stages=stages))  # fmt: skip
     code = "\n".join(ln for ln in k.asm["ptx"].splitlines()
-                     if not ln.strip().startswith((".loc", ".file", "//")))  # fmt: skip
+                     if not ln.strip().startswith((".loc", ".file", "//", "$L__tmp")))  # fmt: skip
     return re.sub(r"\.section\s+\.debug.*", "", code, flags=re.S)
 
 

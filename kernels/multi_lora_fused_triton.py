@@ -26,6 +26,8 @@ from __future__ import annotations
 
 import triton.language as tl
 
+from .multi_lora_triton import _table_row
+
 
 def _shrink_expand_kernel(
     X, W, V, S, Y, Y_DESC, TILES, RANKS, SCALES,
@@ -39,10 +41,7 @@ def _shrink_expand_kernel(
 ):  # fmt: skip
     pid = tl.program_id(0)
     pid_n = tl.program_id(1)
-    adapter = tl.load(TILES + pid * 3)
-    row0 = tl.load(TILES + pid * 3 + 1)
-    row_end = tl.load(TILES + pid * 3 + 2)
-    rank = tl.load(RANKS + adapter)
+    adapter, row0, row_end, rank = _table_row(TILES, RANKS, pid)
     scale = tl.load(SCALES + adapter)
     offs_m = row0 + tl.arange(0, BLOCK_M)
     offs_r = tl.arange(0, BLOCK_R)
@@ -126,10 +125,7 @@ def _wgrad_pair_kernel(
 ):  # fmt: skip
     pid_c = tl.program_id(0)
     pid_n = tl.program_id(1)
-    adapter = tl.load(CHUNKS + pid_c * 3)
-    row0 = tl.load(CHUNKS + pid_c * 3 + 1)
-    row_end = tl.load(CHUNKS + pid_c * 3 + 2)
-    rank = tl.load(RANKS + adapter)
+    adapter, row0, row_end, rank = _table_row(CHUNKS, RANKS, pid_c)
     first = pid_n < NB1
     c = tl.where(first, 1.0, tl.load(SCALES + adapter))
     # both branches must bind the same types: see WGRAD_PAIR_NO_SPECIALIZE

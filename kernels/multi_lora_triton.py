@@ -41,7 +41,7 @@ The kernels are plain functions decorated lazily by :func:`get_kernels`, because
 from __future__ import annotations
 
 import os
-from types import SimpleNamespace
+from types import FunctionType, SimpleNamespace
 
 import triton
 import triton.language as tl
@@ -59,10 +59,7 @@ def _shrink_kernel(
 ):
     pid_m = tl.program_id(0)
     pid_k = tl.program_id(1)
-    adapter = tl.load(TILES + pid_m * 3)
-    row0 = tl.load(TILES + pid_m * 3 + 1)
-    row_end = tl.load(TILES + pid_m * 3 + 2)
-    rank = tl.load(RANKS + adapter)
+    adapter, row0, row_end, rank = _table_row(TILES, RANKS, pid_m)
     offs_m = row0 + tl.arange(0, BLOCK_M)
     offs_r = tl.arange(0, BLOCK_R)
     offs_k = tl.arange(0, BLOCK_K)
@@ -104,10 +101,7 @@ def _expand_kernel(
 ):  # fmt: skip
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
-    adapter = tl.load(TILES + pid_m * 3)
-    row0 = tl.load(TILES + pid_m * 3 + 1)
-    row_end = tl.load(TILES + pid_m * 3 + 2)
-    rank = tl.load(RANKS + adapter)
+    adapter, row0, row_end, rank = _table_row(TILES, RANKS, pid_m)
     offs_m = row0 + tl.arange(0, BLOCK_M)
     offs_r = tl.arange(0, BLOCK_R)
     m_mask = offs_m < row_end
@@ -156,10 +150,7 @@ def _wgrad_kernel(
 ):  # fmt: skip
     pid_c = tl.program_id(0)
     pid_n = tl.program_id(1)
-    adapter = tl.load(CHUNKS + pid_c * 3)
-    row0 = tl.load(CHUNKS + pid_c * 3 + 1)
-    row_end = tl.load(CHUNKS + pid_c * 3 + 2)
-    rank = tl.load(RANKS + adapter)
+    adapter, row0, row_end, rank = _table_row(CHUNKS, RANKS, pid_c)
     offs_t = tl.arange(0, BLOCK_T)
     offs_r = tl.arange(0, BLOCK_R)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -234,15 +225,48 @@ def kernels_take(t, span: int) -> bool:
     return t.device.type == "cuda" or (t.device.type == "cpu" and interpret_mode())
 
 
+def jit_helper(fn):
+    """Mark a plain function as a device helper the kernels call (a tile-table header, a
+    row mask): :func:`lazy_jit` decorates it for the same TRITON_INTERPRET mode as the kernel
+    that calls it. A helper decorated with triton.jit at import instead would be fixed to the
+    mode of that moment (the reason the kernels themselves are decorated lazily)."""
+    fn._lazy_jit_helper = True
+    return fn
+
+
 def lazy_jit(fn, **jit_kw):
     """``triton.jit(fn, **jit_kw)`` for the current TRITON_INTERPRET setting, decorated once per
     (fn, setting): triton.jit decides at decoration time between an interpreter function and a
-    compiled one, so kernels are kept as plain functions and decorated on first use."""
+    compiled one, so kernels are kept as plain functions and decorated on first use. Global
+    names of ``fn`` bound to :func:`jit_helper` functions are rebound, in a copy of fn's
+    globals, to those helpers decorated the same way (recursively), so kernel and helpers are
+    always of one mode."""
     key = (fn, interpret_mode())
     k = _JITTED.get(key)
     if k is None:
-        k = _JITTED[key] = triton.jit(fn, **jit_kw)
+        k = _JITTED[key] = triton.jit(_with_helpers(fn), **jit_kw)
     return k
+
+
+def _with_helpers(fn):
+    """fn itself, or a copy whose globals map its helper names to their lazy_jit versions."""
+    names = [n for n in fn.__code__.co_names
+             if getattr(fn.__globals__.get(n), "_lazy_jit_helper", False)]  # fmt: skip
+    if not names:
+        return fn
+    glb = dict(fn.__globals__)
+    glb.update({n: lazy_jit(glb[n]) for n in names})
+    copy = FunctionType(fn.__code__, glb, fn.__name__, fn.__defaults__, fn.__closure__)
+    copy.__module__, copy.__qualname__, copy.__doc__ = fn.__module__, fn.__qualname__, fn.__doc__
+    return copy
+
+
+@jit_helper
+def _table_row(TABLE, RANKS, i):
+    """(adapter, first row, end row, rank) of row i of a host-built [n, 3] int32 table of
+    (adapter, row_start, row_end) (layout.tiles / layout.chunks)."""
+    adapter = tl.load(TABLE + i * 3)
+    return adapter, tl.load(TABLE + i * 3 + 1), tl.load(TABLE + i * 3 + 2), tl.load(RANKS + adapter)
 
 
 def get_kernels() -> SimpleNamespace:
