@@ -27,18 +27,26 @@ import triton
 import triton.language as tl
 
 from .launch import _empty
-from .multi_lora_triton import kernels_take, lazy_jit
+from .multi_lora_triton import jit_helper, kernels_take, lazy_jit
 
 __all__ = ["rms_norm", "silu_mul", "rms_norm_reference", "silu_mul_reference"]
 
 
-def _rms_fwd_kernel(X, W, Y, RSTD, T, D, stride_x, stride_y, eps,
-                    BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr):
+@jit_helper
+def _load_rows(X, T, D, stride_x, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr):
+    """This program's BLOCK_M rows of X [T, D] as fp32 (0 outside), with the rows, the
+    columns, the row and column masks and the [BLOCK_M, BLOCK_D] mask."""
     rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     cols = tl.arange(0, BLOCK_D)
     r_mask, c_mask = rows < T, cols < D
     mask = r_mask[:, None] & c_mask[None, :]
     x = tl.load(X + rows[:, None] * stride_x + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+    return x, rows, cols, r_mask, c_mask, mask
+
+
+def _rms_fwd_kernel(X, W, Y, RSTD, T, D, stride_x, stride_y, eps,
+                    BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr):
+    x, rows, cols, r_mask, c_mask, mask = _load_rows(X, T, D, stride_x, BLOCK_M, BLOCK_D)
     ms = tl.reduce(x * x, 1, tl.standard._sum_combine, keep_dims=True) / D
     rstd = tl.math.rsqrt(ms + eps)  # [BLOCK_M, 1]
     x_hat = (x * rstd).to(X.dtype.element_ty).to(tl.float32)  # HF rounds before the scale
@@ -50,11 +58,7 @@ def _rms_fwd_kernel(X, W, Y, RSTD, T, D, stride_x, stride_y, eps,
 
 def _rms_bwd_kernel(DY, X, W, RSTD, DX, T, D, stride_dy, stride_x, stride_dx,
                     BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr):
-    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
-    cols = tl.arange(0, BLOCK_D)
-    r_mask, c_mask = rows < T, cols < D
-    mask = r_mask[:, None] & c_mask[None, :]
-    x = tl.load(X + rows[:, None] * stride_x + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+    x, rows, cols, r_mask, c_mask, mask = _load_rows(X, T, D, stride_x, BLOCK_M, BLOCK_D)
     dy = tl.load(DY + rows[:, None] * stride_dy + cols[None, :], mask=mask, other=0.0).to(tl.float32)
     w = tl.load(W + cols, mask=c_mask, other=0.0).to(tl.float32)
     g = (dy * w[None, :]).to(X.dtype.element_ty).to(tl.float32)  # HF: dy * w in x's dtype
