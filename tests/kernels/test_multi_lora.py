@@ -260,6 +260,19 @@ def test_interpreter_is_used():
     assert type(ks.shrink).__name__ == "InterpretedFunction"
 
 
+def test_jit_helpers_follow_the_kernel_mode():
+    """A kernel's jit_helper callees are decorated in the kernel's own TRITON_INTERPRET mode,
+    in a copy of its globals: the module keeps the plain helper (so the other mode can still
+    decorate it), and the interpreted kernel sees an interpreted helper."""
+    ks = mlt.get_kernels()
+    assert getattr(mlt._table_row, "_lazy_jit_helper", False)
+    assert not hasattr(mlt._table_row, "run")  # still the plain function in the module
+    seen = ks.shrink.fn.__globals__["_table_row"]
+    assert type(seen).__name__ == "InterpretedFunction"
+    assert seen is mlt.lazy_jit(mlt._table_row)  # decorated once per mode
+    assert ks.shrink.fn.__code__ is mlt._shrink_kernel.__code__
+
+
 class _Counter:
     def __init__(self, inner):
         self.inner, self.n = inner, 0
