@@ -4,12 +4,12 @@ Run on the GPU machine:  python3 benchmarks/diag_gemm_lora.py [--tokens 4096,819
 
 At Llama-3.1-8B projection shapes, N = 32 adapters, GPU-only time (CUDA-graph replay) of
   cublas        torch.mm: y = x Wᵀ (forward) and dX = dY W (backward), the base of the issue;
-  triton        kernels.launch_gemm.gemm_lora without the LoRA term (TMA loads and stores),
+  tma           kernels.launch_gemm.gemm_lora without the LoRA term (TMA loads and stores),
                 per tile configuration of CFGS (the TUNE["gpu"] gm_* keys);
-  triton+lora   the same with the LoRA term (S and B_aᵀ / A_a per adapter of each tile).
+  tma+lora      the same with the LoRA term (S and B_aᵀ / A_a per adapter of each tile).
 Each result is checked against torch first. Rows: benchmarks/results/gemm_lora.csv (the
 variants "triton" / "triton+lora" of 2026-11-29 02:30Z were an earlier pointer-load kernel,
-docs/kernels.md §3c; rows of the TMA kernel are "tma" / "tma+lora"). Rows of 04:3xZ loaded
+docs/kernels.md §3c). Rows of 04:3xZ loaded
 S and V through pointers (that kernel spilled); rows whose cfg holds gm_flatten / gm_diag
 (04:5xZ) came from temporary kernel switches, since removed (docs/kernels.md §3e):
 gm_flatten = tl.range(flatten=True) over the tiles; gm_diag 1 = V's rank mask off, 2 = the

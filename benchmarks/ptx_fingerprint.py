@@ -39,7 +39,7 @@ def ptx(fn_py, ptrs: dict, consts: dict, ones: list, aligned: list, warps=4, sta
     ``ones`` specialised to 1 and ``aligned`` marked 16-divisible (as Triton's launcher would).
     Source-line records and the debug labels ($L__tmpN) that mark inlined helper calls are
     dropped: they change with the source layout, not the code."""
-    fn = triton.jit(getattr(split, "_with_helpers", lambda f: f)(fn_py))  # (+ jit_helper callees)
+    fn = triton.jit(split._with_helpers(fn_py))  # as lazy_jit does, its jit_helper callees too
     sig = {n: "i32" for n in fn.arg_names} | ptrs
     consts = consts | {k: 1 for k in ones}
     sig |= {k: "constexpr" for k in consts}

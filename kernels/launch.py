@@ -120,6 +120,14 @@ def _n_sms(device: torch.device) -> int:
     return _cuda_props(device).multi_processor_count if device.type == "cuda" else 4
 
 
+def _tma_ok(t: torch.Tensor) -> bool:
+    """Whether a 2-D tensor can back a TMA descriptor: a Hopper-class GPU (or the interpreter),
+    rows contiguous, base and row stride 16-byte aligned."""
+    if t.device.type == "cuda" and not mlt.interpret_mode() and _cuda_props(t.device).major < 9:
+        return False
+    return t.stride(1) == 1 and t.stride(0) * t.element_size() % 16 == 0 and t.data_ptr() % 16 == 0
+
+
 def _cfg(device: torch.device) -> dict:
     """Tile settings for this device: TUNE["interp"] under the interpreter, else TUNE["gpu"]."""
     return TUNE["interp"] if device.type != "cuda" or mlt.interpret_mode() else TUNE["gpu"]

@@ -12,7 +12,7 @@ from triton.tools.tensor_descriptor import TensorDescriptor
 
 from . import multi_lora_triton as mlt
 from .fast_launch import launch
-from .launch import TUNE, _cuda_props, _empty, _n_sms, _plan_key, _wgrad, _wgrad_plan, dot_precision
+from .launch import TUNE, _empty, _n_sms, _plan_key, _tma_ok, _wgrad, _wgrad_plan, dot_precision
 from .layout import MultiLoraLayout
 
 # If the one-launch wgrad_pair kernel ever fails to build on a Triton version (it selects
@@ -93,15 +93,6 @@ def shrink_expand(x, w, w_strides, v, v_strides, y, n_out: int, layout, scale_s:
         num_warps=cfg["warps"], num_stages=cfg[step + "stages"],
     ))  # fmt: skip
     return s
-
-
-def _tma_ok(t: torch.Tensor) -> bool:
-    """Whether a 2-D tensor can back a TMA descriptor: a Hopper-class GPU (or the interpreter),
-    rows contiguous, base and row stride 16-byte aligned."""
-    if t.device.type == "cuda" and not mlt.interpret_mode() and _cuda_props(t.device).major < 9:
-        return False
-    return t.stride(1) == 1 and t.stride(0) * t.element_size() % 16 == 0 and t.data_ptr() % 16 == 0
-
 
 
 def wgrad_pair(ds, x, s, dy, lora_a, lora_b, layout, cfg, need_a: bool, need_b: bool):

@@ -12,8 +12,7 @@ from triton.tools.tensor_descriptor import TensorDescriptor
 
 from . import multi_lora_triton as mlt
 from .fast_launch import launch
-from .launch import _empty, _n_sms, dot_precision
-from .launch_fused import _tma_ok
+from .launch import _empty, _n_sms, _tma_ok, dot_precision
 from .layout import MultiLoraLayout
 
 
@@ -40,8 +39,8 @@ def gemm_lora(a: torch.Tensor, w: torch.Tensor, w_kmajor: bool, layout: MultiLor
 
     a [M, K]; w is the base weight: B = wᵀ when ``w_kmajor`` (w [N, K], the forward) else B = w
     (w [K, N], the backward's dY W). s [M, block_r], contiguous, a's dtype or fp32 (scale
-    applied); v the adapters' weight, contiguous: lora_b [N_ad, N, r_max] in the forward (V_a = B_aᵀ), lora_a
-    [N_ad, r_max, N] in the backward (V_a = A_a).
+    applied); v the adapters' weight, contiguous: lora_b [N_ad, N, r_max] in the forward
+    (V_a = B_aᵀ), lora_a [N_ad, r_max, N] in the backward (V_a = A_a).
     """
     m, k = a.shape
     n = w.shape[0] if w_kmajor else w.shape[1]

@@ -80,7 +80,6 @@ class _FusedMultiLora(torch.autograd.Function):
             path = "stream"  # (gemm_ok: TMA-able rows, Hopper, 16-bit on CUDA, ranks <= 64)
         if path in ("stream", "gemm"):  # S carries s_i here (their expands have no scale)
             s = _narrow(_shrink(x, lora_a, a_str, layout, True, cfg), x.dtype)  # s_i x_i A_iᵀ
-            b_rn = (lora_b.stride(0), lora_b.stride(2), lora_b.stride(1))  # V_i[r, n] = B_i[n, r]
         if path == "gemm":  # the Triton base GEMM adds S B_iᵀ itself: no delta, no cuBLAS
             y = gemm_lora(x, weight, True, layout, s, lora_b, cfg)
         else:
@@ -90,6 +89,7 @@ class _FusedMultiLora(torch.autograd.Function):
                 s = _shrink(x, lora_a, a_str, layout, False, cfg)  # [T, block_r] fp32
                 _expand(s, lora_b, b_str, y, layout, True, kadd, cfg)
             elif path == "stream":
+                b_rn = (lora_b.stride(0), lora_b.stride(2), lora_b.stride(1))  # V_i[r, n] = B_i[n, r]
                 _stream_expand(s, lora_b, b_rn, y, kadd, layout, cfg)
             else:
                 s = shrink_expand(x, lora_a, a_str, lora_b, b_str, y, y.shape[1], layout,
@@ -110,27 +110,21 @@ class _FusedMultiLora(torch.autograd.Function):
         dx = da = db = ds = None
         b_str = (lora_b.stride(0), lora_b.stride(2), lora_b.stride(1))  # W_i[r, k] = B_i[k, r]
         a_str = (lora_a.stride(0), lora_a.stride(2), lora_a.stride(1))  # V_i[n, r] = A_i[r, n]
-        if ctx.path == "gemm":  # dX = dY W + dS_i A_i in one Triton GEMM
-            if need_x or need_a:  # dS_i = s_i dY_i B_i
-                ds = _narrow(_shrink(dy, lora_b, b_str, layout, True, cfg), dy.dtype)
-            if need_x:
-                dx = gemm_lora(dy, weight, False, layout, ds, lora_a, cfg)
-            da = _wgrad(ds, x, lora_a, False, layout, False, cfg) if need_a else None
-            # S = s_i x_i A_iᵀ already carries the scale
-            db = _wgrad(s, dy, lora_b, True, layout, False, cfg) if need_b else None
-            return dx, None, da, db, None
-        if need_x:
+        gemm = ctx.path == "gemm"  # dX = dY W + dS_i A_i in one Triton GEMM (no cuBLAS)
+        if need_x and not gemm:
             dx = dy @ weight if kadd else _empty(x.shape, x.device, x.dtype)
-        if ctx.path == "stream":
-            # dS by the split-K shrink; the dX delta written by the dA kernel as it streams dS
-            # (or, with lora_a frozen, by the same kernel as an expand only)
+        if ctx.path in ("stream", "gemm"):
+            # dS by the split-K shrink. Stream: the dX delta is written by the dA kernel as it
+            # streams dS (or, with lora_a frozen, by the same kernel as an expand only)
             if need_x or need_a:  # dS_i = s_i dY_i B_i
                 ds = _narrow(_shrink(dy, lora_b, b_str, layout, True, cfg), dy.dtype)
+            if need_x and gemm:
+                dx = gemm_lora(dy, weight, False, layout, ds, lora_a, cfg)
             a_rn = lora_a.stride()  # V_i[r, n] = A_i[r, n]
-            dx_job = (lora_a, a_rn, dx, kadd) if need_x else None
+            dx_job = (lora_a, a_rn, dx, kadd) if need_x and not gemm else None
             if need_a:
                 da = _wgrad(ds, x, lora_a, False, layout, False, cfg, expand=dx_job)
-            elif need_x:
+            elif dx_job:
                 _stream_expand(ds, *dx_job, layout, cfg)
             if need_b:  # S = s_i x_i A_iᵀ already carries the scale
                 db = _wgrad(s, dy, lora_b, True, layout, False, cfg)
@@ -153,7 +147,7 @@ class _FusedMultiLora(torch.autograd.Function):
             else:
                 da = _wgrad(ds, x, lora_a, False, layout, False, cfg) if need_a else None
                 db = _wgrad(s, dy, lora_b, True, layout, True, cfg) if need_b else None
-        if need_x and not kadd:
+        if need_x and not kadd and not gemm:
             dx.addmm_(dy, weight)  # cuBLAS: dX = 1 * delta + dY W
         return dx, None, da, db, None
 

@@ -270,8 +270,8 @@ def _table_row(TABLE, RANKS, i):
 
 
 def get_kernels() -> SimpleNamespace:
-    """The kernels (these three plus multi_lora_fused_triton's two), jit-decorated for the current
-    TRITON_INTERPRET setting (cached: this is on every launch's path)."""
+    """The kernels (these three, multi_lora_fused_triton's two and gemm_lora_triton's one),
+    jit-decorated for the current TRITON_INTERPRET setting (cached: on every launch's path)."""
     mode = interpret_mode()
     ns = _KERNELS.get(mode)
     if ns is None:

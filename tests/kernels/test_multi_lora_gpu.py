@@ -96,8 +96,8 @@ def test_gemm_small_shapes(spread, persist):
     run_and_compare(tensors, seg, ranks, scaling, BF16)
 
 
-@pytest.mark.parametrize("tune", [dict(), dict(wgrad_chunk=256, gpu=dict(gm_persist=1))],
-                         ids=["gemm", "gemm-persistent-atomics"])  # fmt: skip
+@pytest.mark.parametrize("tune", [dict(), dict(wgrad_chunk=256, gpu=dict(gm_persist=0))],
+                         ids=["gemm-persistent", "gemm-per-tile-atomics"])  # fmt: skip
 @pytest.mark.parametrize("shape", [(4096, 4096), (4096, 1024), (14336, 4096)])
 def test_gemm_full_size(tune, shape):
     ml.TUNE.update(tune, path="gemm", gpu=dict(ml.TUNE["gpu"], **tune.get("gpu", {})))
