@@ -4,8 +4,8 @@
 classes (``weight * bf16(x * rsqrt(mean(x²) + eps))``; RMSNORM_CLASSES) at
 :func:`kernels.norm_act.rms_norm`, and their SwiGLU MLPs (SWIGLU_MLP_CLASSES) at
 :func:`kernels.norm_act.silu_mul`. Other classes keep their own forwards. The modules, their
-parameters and state-dict names stay as they are: only the instance's ``forward`` is overridden, and ``set_fused_ops(model, False)``
-removes the override. Same math and roundings as HF's eager code (tests/executor compares the
+parameters and state-dict names stay as they are: only the instance's ``forward`` is
+overridden, and ``set_fused_ops(model, False)`` removes the override. Same math and roundings as HF's eager code (tests/executor compares the
 losses and gradients), one kernel each way instead of ~7 for a norm, and far less saved for
 backward (x and an fp32 rstd per row instead of fp32 copies of the hidden state; gate and up
 instead of gate, up and silu(gate)). That lets larger token batches train without
@@ -14,8 +14,8 @@ recomputation (docs/executor.md).
 On CPU without TRITON_INTERPRET the functions fall back to the same eager ops as HF.
 
 **Cheap activations are recomputed, not saved** (:func:`recompute_cheap_activations`, used by
-MultiLoraModel around the forward, and :func:`lora_saves` around each LoRA linear): the norm outputs (saved by the q/k/v and gate/up LoRA
-linears as their input) and silu(gate)·up (saved by down_proj) are rebuilt in backward from
+MultiLoraModel around the forward, and :func:`lora_saves` around each LoRA linear): the norm
+outputs (saved by the q/k/v and gate/up LoRA linears as their input) and silu(gate)·up (saved by down_proj) are rebuilt in backward from
 tensors the fused ops keep anyway (the norm's input; gate and up). Per token and layer of
 Llama-3.1-8B that is 2 x 8 KB + 28 KB of the ~170 KB a layer keeps, for one extra norm /
 SwiGLU forward kernel in backward (once per output, however many linears saved it). Layers
