@@ -258,6 +258,10 @@ def _with_helpers(fn):
     glb.update({n: lazy_jit(glb[n]) for n in names})
     copy = FunctionType(fn.__code__, glb, fn.__name__, fn.__defaults__, fn.__closure__)
     copy.__module__, copy.__qualname__, copy.__doc__ = fn.__module__, fn.__qualname__, fn.__doc__
+    # triton.jit reads which parameters are tl.constexpr from the annotations, which a
+    # FunctionType copy does not carry: without them every BLOCK_* is a runtime int and a
+    # string constexpr cannot be passed at all (every GPU launch failed, 2026-11-29)
+    copy.__annotations__, copy.__kwdefaults__ = dict(fn.__annotations__), fn.__kwdefaults__
     return copy
 
 
