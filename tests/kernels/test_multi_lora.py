@@ -273,6 +273,27 @@ def test_jit_helpers_follow_the_kernel_mode():
     assert ks.shrink.fn.__code__ is mlt._shrink_kernel.__code__
 
 
+def test_compiled_kernels_keep_their_constexpr_parameters(monkeypatch):
+    """Compiled (not interpreted) kernels built by lazy_jit, helpers rebound, still mark every
+    parameter annotated tl.constexpr as one. The globals copy once dropped the annotations:
+    on the GPU every launch then failed ("failed to specialize argument of type: str"), while
+    the interpreter tests passed."""
+    from kernels import gemm_lora_triton as gl
+    from kernels import multi_lora_fused_triton as mf
+    from kernels import norm_act as na
+
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    kernels_py = [mlt._shrink_kernel, mlt._expand_kernel, mlt._wgrad_kernel, gl._gemm_lora_kernel,
+                  mf._shrink_expand_kernel, mf._wgrad_pair_kernel, na._rms_fwd_kernel,
+                  na._rms_bwd_kernel, na._silu_mul_fwd_kernel, na._silu_mul_bwd_kernel]  # fmt: skip
+    for fn in kernels_py:
+        k = mlt.lazy_jit(fn)
+        assert type(k).__name__ == "JITFunction"
+        want = {n for n, a in fn.__annotations__.items() if "constexpr" in str(a)}
+        assert want, fn.__name__
+        assert {p.name for p in k.params if p.is_constexpr} == want, fn.__name__
+
+
 class _Counter:
     def __init__(self, inner):
         self.inner, self.n = inner, 0
