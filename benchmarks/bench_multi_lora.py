@@ -6,8 +6,8 @@ Run (on the GPU machine, from the repo root):
 
 Variants (all compute the same function; the frozen base weight never gets a gradient):
   base       y = x Wᵀ and dX = dY W only (the floor the LoRA part is added to)
-  fused      kernels.fused_multi_lora as shipped (TUNE defaults: "split" path, LoRA delta added
-             in the cuBLAS epilogue)
+  fused      kernels.fused_multi_lora as shipped (TUNE defaults: path "auto", which is the
+             "stream" path since 2026-11-29 05:1xZ; rows before: split / fused by T)
   fused_one  TUNE path="fused": shrink+expand in one launch (shrink_expand), two wgrad launches
   fused_pair path="fused" + wgrad_pair (dA and dB in one launch)
   fused_split path="split" explicitly
@@ -18,6 +18,8 @@ Variants (all compute the same function; the frozen base weight never gets a gra
   (rows of 2026-11-29 03:4xZ named fused_dxw / fused_one_dxw / fused_split_dxw: that backward
   under the option that became the stream path, with the auto / fused / split forward)
   fused_tma_x / fused_bm64  shrink_expand reading x through TMA / with 64-row tiles at every T
+  fused_stream_x128  the stream path with its forward expand at 128 columns / 4 warps (the
+             setting before 2026-11-29 06:1xZ; since: sx_bn 256, sx_warps 8)
   fused_stream_s32 / fused_gemm_s32  those paths with S and dS kept in fp32 (TUNE narrow_s
              False; the default until 2026-11-29 05:10Z)
   fused_gemm TUNE path="gemm": the base GEMM in Triton (TMA) with the LoRA expand in each output
@@ -99,6 +101,8 @@ FUSED_VARIANTS = {  # TUNE overrides of each fused_multi_lora variant
                               gpu=dict(DEFAULT_TUNE["gpu"], ex_cols=2048, ex_stages=3)),
     "fused_stream": dict(DEFAULT_TUNE, path="stream"),
     "fused_stream_s32": dict(DEFAULT_TUNE, path="stream", narrow_s=False),
+    "fused_stream_x128": dict(DEFAULT_TUNE, path="stream",
+                              gpu=dict(DEFAULT_TUNE["gpu"], sx_bn=128, sx_warps=4)),
     "fused_gemm_s32": dict(DEFAULT_TUNE, path="gemm", narrow_s=False),
     "fused_gemm": dict(DEFAULT_TUNE, path="gemm"),
     "fused_gemm_p1": dict(DEFAULT_TUNE, path="gemm", gpu=dict(DEFAULT_TUNE["gpu"], gm_persist=1)),
