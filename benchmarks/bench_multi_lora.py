@@ -19,7 +19,7 @@ Variants (all compute the same function; the frozen base weight never gets a gra
   under the option that became the stream path, with the auto / fused / split forward)
   fused_tma_x / fused_bm64  shrink_expand reading x through TMA / with 64-row tiles at every T
   fused_stream_x128  the stream path with its forward expand at 128 columns / 4 warps (the
-             setting before 2026-11-29 06:1xZ; since: sx_bn 256, sx_warps 8)
+             setting before 2026-11-29 05:5xZ; since: sx_bn 256, sx_warps 8)
   fused_stream_s32 / fused_gemm_s32  those paths with S and dS kept in fp32 (TUNE narrow_s
              False; the default until 2026-11-29 05:10Z)
   fused_gemm TUNE path="gemm": the base GEMM in Triton (TMA) with the LoRA expand in each output

@@ -17,9 +17,9 @@ first adapter of each tile only, 3 = one pre-masked bf16 S tile straight from TM
 (no register pass), 4 = two such S tiles per output tile. Modes 1-4 compute a different
 function (their rel_err is large) and only time what the epilogue's parts cost. Rows of
 05:01Z timed a reverted variant that loaded S and the first adapter's V before the K loop.
-Rows before 2026-11-29 06:00Z gave the kernel S as [T, r] fp32 with row and rank masks in the
-epilogue; since, S is slotted [T, 2r] in x's dtype (kernels/gemm_lora_triton.py), as the
-shipped path passes it.
+Rows of 05:5xZ timed a reverted variant with S slotted ([T, 2r] bf16, adapter i's columns at
+(i % 2)·r, zeros elsewhere: no row or rank mask on S for tiles of one or two adapters;
+docs/kernels.md §3f): +41 / +42 µs over the plain GEMM, as before.
 """
 
 from __future__ import annotations
@@ -67,19 +67,16 @@ def run_case(shape: str, t: int, meta: dict, out_csv: str, cfgs: list) -> None:
     x, w, a, b, dy = (inp[k].detach() for k in ("x", "w", "a", "b", "dy"))  # contiguous
     lay = kernels.make_layout(inp["seg"], inp["ranks"], inp["scaling"], device="cuda")
     r = lay.block_r
-    # S and dS as the shipped path hands them over: slotted [T, 2r], in x's dtype
-    s = torch.zeros(t, 2 * r, device="cuda", dtype=torch.float32)
+    s = torch.zeros(t, r, device="cuda", dtype=torch.float32)  # as the shrink writes them
     ds = torch.zeros_like(s)
     for i, (o, n) in enumerate(zip(lay.offsets[:-1], lay.seg_lens, strict=True)):
-        ri, c = lay.ranks[i], (i % 2) * r
-        s[o:o + n, c:c + ri] = lay.scaling[i] * (x[o:o + n] @ a[i, :ri].t()).float()
-        ds[o:o + n, c:c + ri] = lay.scaling[i] * (dy[o:o + n] @ b[i, :, :ri]).float()
-    s, ds = s.to(x.dtype), ds.to(x.dtype)
+        ri = lay.ranks[i]
+        s[o:o + n, :ri] = lay.scaling[i] * (x[o:o + n] @ a[i, :ri].t()).float()
+        ds[o:o + n, :ri] = lay.scaling[i] * (dy[o:o + n] @ b[i, :, :ri]).float()
     y_ref = kernels.fused_multi_lora_reference(x, w, a, b, lay).float()
     dx_ref = (dy @ w).float()
     for i, (o, n) in enumerate(zip(lay.offsets[:-1], lay.seg_lens, strict=True)):
-        ri, c = lay.ranks[i], (i % 2) * r
-        dx_ref[o:o + n] += ds[o:o + n, c:c + ri].float() @ a[i, :ri].float()
+        dx_ref[o:o + n] += ds[o:o + n, :lay.ranks[i]] @ a[i, :lay.ranks[i]].float()
     y, dx = torch.empty(t, d_out, device="cuda", dtype=x.dtype), torch.empty_like(x)
     base_flops = 2.0 * t * d_in * d_out
     rows = []

@@ -60,8 +60,7 @@ def configurations() -> dict[str, str]:
         tab = dict(RANKS="*i32", SCALES="*fp32")
         out[f"shrink_{dt}"] = ptx(split._shrink_kernel,
             dict(X=f"*{dt}", W=f"*{dt}", OUT="*fp32", TILES="*i32", **tab),
-            dict(BLOCK_M=128, BLOCK_R=64, BLOCK_K=64, ATOMIC=True, APPLY_SCALE=True, SLOT=False,
-                 **prec),
+            dict(BLOCK_M=128, BLOCK_R=64, BLOCK_K=64, ATOMIC=True, APPLY_SCALE=True, **prec),
             ["stride_xk", "stride_wk", "stride_or"],
             ["X", "W", "OUT", "TILES", "K", "K_PER_SPLIT", "stride_xm", "stride_wa", "stride_wr",
              "stride_om"], warps=8, stages=3)  # fmt: skip
@@ -76,7 +75,7 @@ def configurations() -> dict[str, str]:
             out[f"wgrad_{tag}_{dt}"] = ptx(split._wgrad_kernel,
                 dict(P="*fp32", Q=f"*{dt}", OUT="*fp32", CHUNKS="*i32", V=f"*{dt}", Y=f"*{dt}", **tab),
                 dict(BLOCK_T=64, BLOCK_R=64, BLOCK_N=128, ATOMIC=True, APPLY_SCALE=False,
-                     EXPAND=expand, ADD=False, REDUCE=reduce, P_SLOT=False, **prec),
+                     EXPAND=expand, ADD=False, REDUCE=reduce, **prec),
                 ["stride_pr", "stride_qn", "stride_on", "stride_vn", "stride_yn"],
                 ["P", "Q", "OUT", "CHUNKS", "V", "Y", "N_COLS", "R_OUT", "stride_pm", "stride_qm",
                  "stride_oa", "stride_or", "stride_va", "stride_vr", "stride_ym"])  # fmt: skip

@@ -13,16 +13,12 @@ So the LoRA delta never makes a round trip through memory: no delta store, no C 
 cuBLAS epilogue. The LoRA term costs one [BLOCK_M, BLOCK_R] x [BLOCK_R, BLOCK_N] dot per
 adapter whose rows the output tile holds (one or two for segments longer than a tile), after
 the K loop: r / K more tensor work (64 / 4096 = 1.6 %) plus S and V tile loads.
-S is [T, 2·BLOCK_R] in the shrink's *slotted* layout (multi_lora_triton): adapter a's S in
-columns [(a % 2)·BLOCK_R, +BLOCK_R), zeros past r_a and on other adapters' rows. A tile that
-holds one or two adapters (segments of >= BLOCK_M rows) loads each slot straight into the MMA
-with no row or rank mask on S; a tile of three or more masks rows by adapter.
 
 Every operand goes through a TMA tensor descriptor (Hopper): the K loop's loads are bulk async
 copies that the software pipeline keeps ``num_stages`` deep, and a partial row / column / K tile
-is zero-filled on load and clipped on store, so the K loop needs no masks. S's box is
-[BLOCK_M, BLOCK_R]; V is the adapters' weight viewed 2-D, ``V_ROWS_PER_AD`` rows per adapter:
-the forward's B [N·d_out, r_max] (box [BLOCK_N, BLOCK_R], transposed in smem), the backward's A
+is zero-filled on load and clipped on store, so the K loop needs no masks. S is [T, BLOCK_R];
+V is the adapters' weight viewed 2-D, ``V_ROWS_PER_AD`` rows per adapter: the forward's
+B [N·d_out, r_max] (box [BLOCK_N, BLOCK_R], transposed in smem), the backward's A
 [N·r_max, d_in] (box [BLOCK_R, BLOCK_N]). A box may run into the next adapter's rows (past
 d_out, or past r_max when BLOCK_R > r_max); those rows land in clipped output columns or in
 rank rows the mask zeroes.
@@ -71,23 +67,22 @@ def _gemm_lora_kernel(
             # S and V come through TMA too: tensors of pointers for a [BLOCK_R, BLOCK_N] tile
             # cost two registers per element, and with the 128-register accumulator live the
             # pointer version spilled (ptxas: 255 registers, 900 B of spills, 2026-11-29).
+            offs_m = off_m + tl.arange(0, BLOCK_M)
+            row_ad = tl.load(ROW_AD + offs_m, mask=offs_m < M, other=-1)
             # rows are grouped by adapter (non-decreasing), so the tile's adapters are a range
             first = tl.load(ROW_AD + off_m)
             last = tl.load(ROW_AD + tl.minimum(off_m + BLOCK_M, M) - 1)
+            s_all = S_DESC.load([off_m, 0])  # [BLOCK_M, BLOCK_R]: the tile's rows
             for ad in range(first, last + 1):
-                # S is slotted (multi_lora_triton): adapter ad's slot holds its rows' S, rank
-                # columns >= r_ad zeroed, and zeros on the rows of the adapters next to it
-                s = S_DESC.load([off_m, (ad % 2) * BLOCK_R])  # [BLOCK_M, BLOCK_R]
-                if last - first > 1:  # 3+ adapters: ad - 2 or ad + 2 shares the slot
-                    offs_m = off_m + tl.arange(0, BLOCK_M)
-                    row_ad = tl.load(ROW_AD + offs_m, mask=offs_m < M, other=-1)
-                    s = tl.where((row_ad == ad)[:, None], s, 0.0)
+                r_in = offs_r < tl.load(RANKS + ad)
+                # rows of other adapters and rank columns >= r_a contribute exactly 0, and V's
+                # rank padding (any values, even NaN) is never multiplied in
+                s = tl.where((row_ad == ad)[:, None] & r_in[None, :], s_all, 0.0)
                 if B_KMAJOR:  # V_a = B_aᵀ: rows [a·d_out + off_n, +BLOCK_N) of B viewed 2-D
                     v = tl.trans(V_DESC.load([ad * V_ROWS_PER_AD + off_n, 0]))
                 else:  # V_a = A_a: rows [a·r_max, +BLOCK_R) of A viewed 2-D
                     v = V_DESC.load([ad * V_ROWS_PER_AD, off_n])
-                # V's rank padding (any values, even NaN: 0 x NaN is NaN) is never multiplied in
-                v = tl.where((offs_r < tl.load(RANKS + ad))[:, None], v, 0.0)
+                v = tl.where(r_in[:, None], v, 0.0)
                 s = s.to(v.dtype)  # the MMA's operand type (S may be fp32)
                 if UPCAST:
                     s, v = s.to(tl.float32), v.to(tl.float32)

@@ -56,7 +56,8 @@ TUNE: dict = {
     # 3 stages is at cuBLAS speed, 128 x 128 and 256 x 128 were 5-15 % slower.
     # sx_bn / sx_warps: the stream path's row-streaming expand (no reduction), 256 columns and
     # 8 warps: 0.88-0.93 of 128 / 4 on 8 of the 9 shape x T cases of the 03:50Z sweep
-    # (lora_tiles.csv, kernel wg_expand; 1.02 on 4096->1024 at T = 16384).
+    # (lora_tiles.csv, kernel wg_expand; 1.02 on 4096->1024 at T = 16384). In the layer step
+    # (run 05:5xZ, N = 32, variant fused_stream_x128 = 128 / 4) within +-3 %, the step's noise.
     "gpu": dict(bm=64, bk=64, bn=128, bt=64, warps=4, stages=3, wg_stages=2, bm_fused=None,
                 bn_fused=128, se_fwd_bk=64, se_fwd_stages=4, se_bwd_bk=128, se_bwd_stages=3,
                 se_rows=True, ex_cols=128, ex_stages=1, se_tma="", sh_bm=128, sh_warps=8,
@@ -182,15 +183,13 @@ def _wgrad_plan(layout: MultiLoraLayout, n_cols: int, cfg: dict, device: torch.d
     return layout.memo(_plan_key(cfg, "wgrad", n_cols, device), build)
 
 
-def _shrink(x, w, w_strides, layout, scale: bool, cfg, slot: bool = False) -> torch.Tensor:
-    """OUT[T, block_r] fp32 = c_i * x_i @ W_iᵀ; w_strides = (adapter, rank, k) strides of W.
-    ``slot``: OUT is [T, 2·block_r], adapter i's columns at (i % 2)·block_r, zeros elsewhere
-    (the gemm path's layout, see multi_lora_triton)."""
+def _shrink(x, w, w_strides, layout, scale: bool, cfg) -> torch.Tensor:
+    """OUT[T, block_r] fp32 = c_i * x_i @ W_iᵀ; w_strides = (adapter, rank, k) strides of W."""
     dev, (t, k) = x.device, x.shape
     tiles, split, k_per = layout.memo(_plan_key(cfg, "shrink", k, dev), lambda: (
         (tl := layout.tiles(cfg["sh_bm"], dev)), *_split_k(tl.shape[0], k, cfg, dev)))
-    alloc = torch.zeros if split > 1 or slot else _empty
-    out = alloc((t, layout.block_r * (2 if slot else 1)), device=dev, dtype=torch.float32)
+    alloc = torch.zeros if split > 1 else _empty
+    out = alloc((t, layout.block_r), device=dev, dtype=torch.float32)
     if tiles.shape[0] == 0:
         return out
     launch(mlt.get_kernels().shrink, (tiles.shape[0], split), (
@@ -199,7 +198,7 @@ def _shrink(x, w, w_strides, layout, scale: bool, cfg, slot: bool = False) -> to
     ), dict(
         BLOCK_M=cfg["sh_bm"], BLOCK_R=layout.block_r, BLOCK_K=cfg["bk"],
         ATOMIC=split > 1, APPLY_SCALE=scale, DOT_PRECISION=dot_precision(x.dtype), UPCAST=cfg["upcast"],
-        SLOT=slot, num_warps=cfg["sh_warps"], num_stages=cfg["stages"],
+        num_warps=cfg["sh_warps"], num_stages=cfg["stages"],
     ))
     return out
 
@@ -226,20 +225,19 @@ def _expand(s, v, v_strides, out, layout, scale: bool, add: bool, cfg) -> None:
 
 
 def _wgrad(p, q, like, transpose_out: bool, layout, scale: bool, cfg,
-           expand: tuple | None = None, p_slot: bool = False) -> torch.Tensor:  # fmt: skip
+           expand: tuple | None = None) -> torch.Tensor:  # fmt: skip
     """Per-adapter sum over the segment's tokens of p[t, r] q[t, n] -> grad shaped like ``like``.
 
     ``like`` is lora_a [N, r_max, n] (transpose_out False) or lora_b [N, n, r_max] (True).
     ``expand = (v, v_strides, y, add)`` also writes y[T, n] (+)= p_i @ V_i in the same launch,
     v_strides = (adapter, rank, n) strides of V (the backward's dX delta: p = dS, V_i = A_i).
-    ``p_slot``: p is in the shrink's slotted layout [T, 2·block_r].
     """
     dev, n_cols = q.device, q.shape[1]
     chunks, atomic, needs_zero = _wgrad_plan(layout, n_cols, cfg, dev)
     buf_dtype = torch.float32 if atomic else like.dtype
     out = (torch.zeros if needs_zero else _empty)(like.shape, device=dev, dtype=buf_dtype)
     s_a, s_r, s_n = (out.stride(0), out.stride(2), out.stride(1)) if transpose_out else out.stride()
-    _row_stream(p, q, out, (s_a, s_r, s_n), chunks, atomic, scale, expand, layout, cfg, p_slot)
+    _row_stream(p, q, out, (s_a, s_r, s_n), chunks, atomic, scale, expand, layout, cfg)
     return out if out.dtype == like.dtype else out.to(like.dtype)
 
 
@@ -253,8 +251,7 @@ def _stream_expand(p, v, v_strides, y, add: bool, layout, cfg) -> None:
     _row_stream(p, None, None, (0, 0, 0), chunks, False, False, (v, v_strides, y, add), layout, cfg)
 
 
-def _row_stream(p, q, out, out_strides, chunks, atomic, scale, expand, layout, cfg,
-                p_slot: bool = False) -> None:  # fmt: skip
+def _row_stream(p, q, out, out_strides, chunks, atomic, scale, expand, layout, cfg) -> None:
     """Launch the weight-gradient kernel (reduction into ``out`` unless q is None, expand into
     y if ``expand``) over (token chunks) x (column blocks of q or y)."""
     if chunks.shape[0] == 0:
@@ -272,6 +269,6 @@ def _row_stream(p, q, out, out_strides, chunks, atomic, scale, expand, layout, c
     ), dict(
         BLOCK_T=cfg["bt"], BLOCK_R=layout.block_r, BLOCK_N=cfg["bn"],
         ATOMIC=atomic, APPLY_SCALE=scale, DOT_PRECISION=dot_precision(q.dtype), UPCAST=cfg["upcast"],
-        EXPAND=expand is not None, ADD=add, REDUCE=reduce, P_SLOT=p_slot,
+        EXPAND=expand is not None, ADD=add, REDUCE=reduce,
         num_warps=cfg["warps"], num_stages=cfg["wg_stages"],
     ))  # fmt: skip

@@ -1,7 +1,7 @@
 """Launcher of the "gemm" path: the base GEMM in Triton with the LoRA expand folded in.
 
 See kernels/gemm_lora_triton.py for what the kernel computes. Per layer: forward = the split-K
-shrink (S scaled by s_i, in the slotted layout) + this GEMM; backward = the shrink of dY + this GEMM for dX + the two
+shrink (S scaled by s_i) + this GEMM; backward = the shrink of dY + this GEMM for dX + the two
 weight-gradient reductions. 2 Triton launches forward, 4 backward, and no cuBLAS call.
 """
 
@@ -38,8 +38,8 @@ def gemm_lora(a: torch.Tensor, w: torch.Tensor, w_kmajor: bool, layout: MultiLor
     """C = a @ B (+ the LoRA term when ``layout`` is given), a new [M, N] tensor of a's dtype.
 
     a [M, K]; w is the base weight: B = wᵀ when ``w_kmajor`` (w [N, K], the forward) else B = w
-    (w [K, N], the backward's dY W). s [M, 2·block_r] in the shrink's slotted layout,
-    contiguous, a's dtype or fp32 (scale applied); v the adapters' weight, contiguous: lora_b [N_ad, N, r_max] in the forward
+    (w [K, N], the backward's dY W). s [M, block_r], contiguous, a's dtype or fp32 (scale
+    applied); v the adapters' weight, contiguous: lora_b [N_ad, N, r_max] in the forward
     (V_a = B_aᵀ), lora_a [N_ad, r_max, N] in the backward (V_a = A_a).
     """
     m, k = a.shape

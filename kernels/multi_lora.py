@@ -78,9 +78,8 @@ class _FusedMultiLora(torch.autograd.Function):
         path, pair = choose_path(x.shape[0], x.shape[1], weight.shape[0])
         if path == "gemm" and not gemm_ok(x, weight, lora_a, lora_b, layout):
             path = "stream"  # (gemm_ok: TMA-able rows, Hopper, 16-bit on CUDA, ranks <= 64)
-        slot = path == "gemm"  # the gemm path's S and dS are slotted ([T, 2·block_r])
         if path in ("stream", "gemm"):  # S carries s_i here (their expands have no scale)
-            s = _narrow(_shrink(x, lora_a, a_str, layout, True, cfg, slot), x.dtype)  # s_i x_i A_iᵀ
+            s = _narrow(_shrink(x, lora_a, a_str, layout, True, cfg), x.dtype)  # s_i x_i A_iᵀ
         if path == "gemm":  # the Triton base GEMM adds S B_iᵀ itself: no delta, no cuBLAS
             y = gemm_lora(x, weight, True, layout, s, lora_b, cfg)
         else:
@@ -118,17 +117,17 @@ class _FusedMultiLora(torch.autograd.Function):
             # dS by the split-K shrink. Stream: the dX delta is written by the dA kernel as it
             # streams dS (or, with lora_a frozen, by the same kernel as an expand only)
             if need_x or need_a:  # dS_i = s_i dY_i B_i
-                ds = _narrow(_shrink(dy, lora_b, b_str, layout, True, cfg, gemm), dy.dtype)
+                ds = _narrow(_shrink(dy, lora_b, b_str, layout, True, cfg), dy.dtype)
             if need_x and gemm:
                 dx = gemm_lora(dy, weight, False, layout, ds, lora_a, cfg)
             a_rn = lora_a.stride()  # V_i[r, n] = A_i[r, n]
             dx_job = (lora_a, a_rn, dx, kadd) if need_x and not gemm else None
             if need_a:
-                da = _wgrad(ds, x, lora_a, False, layout, False, cfg, expand=dx_job, p_slot=gemm)
+                da = _wgrad(ds, x, lora_a, False, layout, False, cfg, expand=dx_job)
             elif dx_job:
                 _stream_expand(ds, *dx_job, layout, cfg)
             if need_b:  # S = s_i x_i A_iᵀ already carries the scale
-                db = _wgrad(s, dy, lora_b, True, layout, False, cfg, p_slot=gemm)
+                db = _wgrad(s, dy, lora_b, True, layout, False, cfg)
         elif ctx.path == "split":
             if need_x or need_a:
                 ds = _shrink(dy, lora_b, b_str, layout, True, cfg)  # dS_i = s_i dY_i B_i

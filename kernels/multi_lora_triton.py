@@ -9,10 +9,6 @@ token axis, rank r_i, scale s_i, rank axis padded to BLOCK_R (mask ``r < r_i``).
   backward dS = dY @ B_i · s_i (W_i = lora_b[i]ᵀ by strides, c_i = s_i)
   Split-K over the long K axis (d_in or d_out) keeps the chip busy when T/BLOCK_M is small;
   the partial sums then meet through fp32 atomics in OUT (OUT is tiny: T x BLOCK_R fp32).
-  ``SLOT`` writes the *slotted* layout the gemm path reads: OUT is [T, 2·BLOCK_R], zero-filled,
-  and adapter i's rows go to columns [(i % 2)·BLOCK_R, +BLOCK_R) (rank columns >= r_i are 0).
-  A tile of rows spanning two neighbouring adapters then holds each one's S in its own slot,
-  with zeros on the other adapter's rows, so it needs no row mask.
 * ``expand``  Y[t, n] (+)= c_i * sum_r S[t, r] * V_i[n, r]     (grid: tiles x column chunks)
   forward  y  (+)= s_i · S @ B_iᵀ   (V_i = lora_b[i],        c_i = s_i)
   backward dX (+)= dS @ A_i         (V_i = lora_a[i]ᵀ by strides, c_i = 1)
@@ -28,7 +24,6 @@ token axis, rank r_i, scale s_i, rank axis padded to BLOCK_R (mask ``r < r_i``).
   dA_i = dS_iᵀ X_i            (P = dS, Q = x,  c_i = 1,   OUT = grad lora_a [N, r_max, d_in])
   dB_i = s_i · dY_iᵀ S_i      (P = S,  Q = dY, c_i = s_i, OUT = grad lora_b [N, d_out, r_max]
                                written through swapped strides)
-  ``P_SLOT``: P is in the shrink's slotted layout (the gemm path's S and dS).
   Segments longer than one chunk are split over tokens and meet through fp32 atomics; with one
   chunk per adapter (or under torch deterministic mode) it is a plain store: deterministic.
 
@@ -60,7 +55,7 @@ def _shrink_kernel(
     stride_om, stride_or,
     BLOCK_M: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr,
     ATOMIC: tl.constexpr, APPLY_SCALE: tl.constexpr, DOT_PRECISION: tl.constexpr,
-    UPCAST: tl.constexpr, SLOT: tl.constexpr,
+    UPCAST: tl.constexpr,
 ):
     pid_m = tl.program_id(0)
     pid_k = tl.program_id(1)
@@ -86,10 +81,7 @@ def _shrink_kernel(
         acc += tl.dot(x, w, input_precision=DOT_PRECISION)
     if APPLY_SCALE:
         acc = acc * tl.load(SCALES + adapter)
-    o_cols = offs_r
-    if SLOT:  # the slotted layout: adapter i's columns start at (i % 2)·BLOCK_R
-        o_cols += (adapter % 2) * BLOCK_R
-    o_ptrs = OUT + offs_m.to(tl.int64)[:, None] * stride_om + o_cols[None, :] * stride_or
+    o_ptrs = OUT + offs_m.to(tl.int64)[:, None] * stride_om + offs_r[None, :] * stride_or
     o_mask = m_mask[:, None] & (offs_r[None, :] < BLOCK_R)
     if ATOMIC:
         tl.atomic_add(o_ptrs, acc, mask=o_mask)
@@ -155,15 +147,12 @@ def _wgrad_kernel(
     BLOCK_T: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_N: tl.constexpr,
     ATOMIC: tl.constexpr, APPLY_SCALE: tl.constexpr, DOT_PRECISION: tl.constexpr,
     UPCAST: tl.constexpr, EXPAND: tl.constexpr, ADD: tl.constexpr, REDUCE: tl.constexpr,
-    P_SLOT: tl.constexpr,
 ):  # fmt: skip
     pid_c = tl.program_id(0)
     pid_n = tl.program_id(1)
     adapter, row0, row_end, rank = _table_row(CHUNKS, RANKS, pid_c)
     offs_t = tl.arange(0, BLOCK_T)
     offs_r = tl.arange(0, BLOCK_R)
-    if P_SLOT:  # P in the slotted layout: this adapter's rank columns start at (i % 2)·BLOCK_R
-        P += (adapter % 2) * BLOCK_R * stride_pr
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     r_mask = offs_r < rank
     n_mask = offs_n < N_COLS

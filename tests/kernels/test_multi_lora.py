@@ -273,30 +273,6 @@ def test_jit_helpers_follow_the_kernel_mode():
     assert ks.shrink.fn.__code__ is mlt._shrink_kernel.__code__
 
 
-@pytest.mark.parametrize("split_k", [1, 3])
-def test_slotted_shrink_layout(split_k):
-    """The gemm path's S: adapter i's rows in columns [(i % 2)·block_r, +block_r), scaled,
-    rank columns >= r_i exactly 0 (lora_a's padding is NaN) and the other slot exactly 0, with
-    and without split-K atomics; checked element by element against a hand-built tensor."""
-    from kernels.launch import _cfg, _shrink
-
-    ml.TUNE["split_k"] = split_k
-    tensors, seg, ranks, scaling = make_case(5, "zero", rank_pool=(8, 16, 64), seed=5, **SMALL)
-    x, a = tensors["x"], tensors["lora_a"]
-    lay = kernels.make_layout(seg, ranks, scaling)
-    out = _shrink(x, a, a.stride(), lay, True, _cfg(x.device), slot=True)
-    br = lay.block_r
-    want = torch.zeros(x.shape[0], 2 * br, dtype=torch.float64)
-    o = 0
-    for i, n in enumerate(seg):
-        c = (i % 2) * br
-        want[o:o + n, c:c + ranks[i]] = scaling[i] * x[o:o + n].double() @ a[i, :ranks[i]].double().T
-        o += n
-    assert out.shape == want.shape and torch.isfinite(out).all()
-    assert (out[want == 0] == 0).all()  # the other slot and rank padding: exact zeros
-    torch.testing.assert_close(out.double(), want, rtol=1e-5, atol=1e-5)
-
-
 def test_compiled_kernels_keep_their_constexpr_parameters(monkeypatch):
     """Compiled (not interpreted) kernels built by lazy_jit, helpers rebound, still mark every
     parameter annotated tl.constexpr as one. The globals copy once dropped the annotations:
