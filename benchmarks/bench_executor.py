@@ -68,6 +68,14 @@ def versions() -> dict:
             "gpu": device_name(DEV), "date": dt.date.today().isoformat()}
 
 
+def lora_path() -> str:
+    """The multi-LoRA kernels' path these rows ran (kernels.TUNE["path"]; "auto" names what
+    the auto rule picks), so that a cost row says which kernels it measured."""
+    from kernels.launch import TUNE, auto_path
+
+    return f"auto={auto_path(0, 0, 0)[0]}" if TUNE["path"] == "auto" else TUNE["path"]
+
+
 def set_ckpt(mlm: MultiLoraModel, on: bool | float) -> None:
     """Activation checkpointing off, on (every layer) or on a fraction of the layers."""
     apply_checkpointing(mlm.model, on)
@@ -115,7 +123,8 @@ class Bench:
             self.cost_rows.append({"gpu": self.v["gpu"], "model": model_name, "kernel": kern, "n_adapters": n,
                                    "tokens_per_step": tok, "mean_rank": sum(rk) / n, "step_time_s": f"{med:.6g}",
                                    "source": f"measured: {self.v['gpu']} {self.v['date']} bench_executor "
-                                             f"torch{self.v['torch']} b={b} L={L}", "date": self.v["date"]})
+                                             f"torch{self.v['torch']} b={b} L={L} lora-path {lora_path()}",
+                                   "date": self.v["date"]})
         print(f"{setup} {impl:6s} n={n:3d} b={b} L={L} ckpt={float(ckpt):g} micro={micro}: {med * 1e3:8.1f} ms  "
               f"{tok / med:10,.0f} tok/s  peak {row['peak_mem_gb']} GB", flush=True)
         return row
