@@ -40,6 +40,12 @@ def ptx(fn_py, ptrs: dict, consts: dict, ones: list, aligned: list, warps=4, sta
     Source-line records and the debug labels ($L__tmpN) that mark inlined helper calls are
     dropped: they change with the source layout, not the code."""
     fn = triton.jit(split._with_helpers(fn_py))  # as lazy_jit does, its jit_helper callees too
+    # the launchers pass these as constexprs only if the jitted kernel marks them so (a copy
+    # that lost the annotations compiled here but failed every launch on the GPU, 2026-11-29)
+    marked = {p.name for p in fn.params if p.is_constexpr}
+    if marked != {k for k, v in consts.items() if v is not None}:  # (None: an absent pointer)
+        raise SystemExit(f"{fn_py.__name__}: constexpr parameters {sorted(marked)}, "
+                         f"configured {sorted(consts)}")
     sig = {n: "i32" for n in fn.arg_names} | ptrs
     consts = consts | {k: 1 for k in ones}
     sig |= {k: "constexpr" for k in consts}
