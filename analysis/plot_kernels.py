@@ -9,8 +9,8 @@ host's launch cost included (do_bench); bottom row: GPU time alone, the step rep
 CUDA graph (gpu_ratio_vs_base; runs from 2026-11-29 on, base and fused variants only). The
 latest row per (gpu, shape, T, N, variant) is used; the dotted line is the 1.2x target.
 "auto" (thick) is the latest row that measured the shipped code: the path
-kernels.launch.auto_path picks (fused_stream, S narrowed) or the default "fused" from runs
-where it was that path (drawn only where such rows exist: N = 32 since 2026-11-29 05:10Z).
+kernels.launch.auto_path picks (fused_stream) or the default "fused" from runs of the shipped
+code (since 2026-11-29 05:54Z: N = 8, 32 and 64 at T = 4,096 to 16,384).
 """
 
 from __future__ import annotations
@@ -32,20 +32,15 @@ STYLES = {8: "-", 32: "--", 64: ":"}
 
 
 # Rows that measured today's shipped code (the stream path with S narrowed to x.dtype at
-# every T, docs/kernels.md §3e): the rule's own variant from NARROW_S_SINCE on, and the
-# shipped default "fused" from SHIPPED_SINCE on; in between, "fused" was already the stream
-# path below 8,192 tokens (and still the fused path from there). Earlier rows measured older
-# defaults and are not drawn as "auto".
-NARROW_S_SINCE = "2026-11-29T05:10Z"
-SHIPPED_SINCE = "2026-11-29T05:12Z"
+# every T, its forward expand at 256 columns / 8 warps; docs/kernels.md §3e-§3f): the rule's
+# own variant or the shipped default "fused", from SHIPPED_SINCE on. Earlier rows measured
+# older defaults (the fused path from T = 8,192 until 05:12Z, the 128-column expand until
+# 05:54Z) and are not drawn as "auto".
+SHIPPED_SINCE = "2026-11-29T05:54Z"
 
 
-def _is_current(variant: str, date: str, t: int, rule_variant: str) -> bool:
-    if date < NARROW_S_SINCE:
-        return False
-    if variant == rule_variant:
-        return True
-    return variant == "fused" and (date >= SHIPPED_SINCE or t < 8192)
+def _is_current(variant: str, date: str, rule_variant: str) -> bool:
+    return date >= SHIPPED_SINCE and variant in (rule_variant, "fused")
 
 
 def load(path: str) -> pd.DataFrame:
@@ -61,8 +56,7 @@ def load(path: str) -> pd.DataFrame:
         var = RULE_VARIANT[auto_path(int(r["T"]), d_in, d_out)]
         same = ((df["gpu"] == r["gpu"]) & (df["shape"] == r["shape"]) & (df["T"] == r["T"])
                 & (df["N"] == r["N"]))  # fmt: skip
-        current = df.apply(lambda q, var=var: _is_current(q["variant"], q["date"], int(q["T"]), var),
-                           axis=1)  # fmt: skip
+        current = df.apply(lambda q, var=var: _is_current(q["variant"], q["date"], var), axis=1)
         hit = df[same & current]
         if not hit.empty:
             picks.append(hit.iloc[-1].copy())
