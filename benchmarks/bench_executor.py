@@ -69,11 +69,14 @@ def versions() -> dict:
 
 
 def lora_path() -> str:
-    """The multi-LoRA kernels' path these rows ran (kernels.TUNE["path"]; "auto" names what
-    the auto rule picks), so that a cost row says which kernels it measured."""
+    """The multi-LoRA kernels' path these rows ran (kernels.TUNE["path"]; "auto" names the
+    paths the auto rule picks over an 8B layer's shapes), so a cost row says what it measured."""
     from kernels.launch import TUNE, auto_path
 
-    return f"auto={auto_path(0, 0, 0)[0]}" if TUNE["path"] == "auto" else TUNE["path"]
+    if TUNE["path"] != "auto":
+        return TUNE["path"]
+    picks = {auto_path(4096, 4096, d)[0] for d in (1024, 4096, 14336)}  # k/v, square, MLP
+    return "auto=" + "+".join(sorted(picks))
 
 
 def set_ckpt(mlm: MultiLoraModel, on: bool | float) -> None:

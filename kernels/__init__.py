@@ -8,9 +8,10 @@ Public API (stable; the executor relies on it):
 * :func:`fused_multi_lora_reference`: the pure-torch per-adapter loop with the same semantics.
 * :func:`make_layout` (seg_lens, ranks, scaling, device=None) -> :class:`MultiLoraLayout`:
   build once per batch layout, pass to every layer (``layout=`` or in place of seg_lens).
-* :data:`TUNE`: launch settings; ``TUNE["path"]`` = "auto" (default: per T, see
-  :func:`kernels.launch.choose_path`), "split", "fused", "stream" or "gemm" (opt-in: the base
-  GEMM in Triton with the LoRA expand folded in, kernels/launch_gemm.py).
+* :data:`TUNE`: launch settings; ``TUNE["path"]`` = "auto" (default: per layer shape, see
+  :func:`kernels.launch.auto_path`: "gemm" for d_out <= d_in / 4, else "stream"), "split",
+  "fused", "stream" or "gemm" (the base GEMM in Triton with the LoRA expand folded in,
+  kernels/launch_gemm.py).
 """
 
 from .launch import TUNE

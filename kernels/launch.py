@@ -1,8 +1,9 @@
 """Launch helpers of the multi-LoRA kernels: tuning table, grid heuristics, buffer allocation.
 
-Three kernel paths compute the same thing (see kernels/multi_lora_triton.py for notation);
-``TUNE["path"] = "auto"`` (default) picks one per call from T (:func:`choose_path`, rule
-measured on the H200, docs/kernels.md):
+Four kernel paths compute the same thing (see kernels/multi_lora_triton.py for notation);
+``TUNE["path"] = "auto"`` (default) picks one per call from the layer's shape
+(:func:`auto_path`: "gemm" for narrow outputs, else "stream"; measured on the H200,
+docs/kernels.md):
 
 * ``"split"``: separate ``shrink``
   (split-K with fp32 atomics when T/BLOCK_M is small), ``expand`` and two ``wgrad`` launches.
@@ -13,7 +14,7 @@ measured on the H200, docs/kernels.md):
 * ``"stream"``: the split path's ``shrink``, then the weight-gradient kernel streams token rows:
   as the forward's expand (one B_i column block per program, loaded once) and, in the
   backward, as dA with the dX delta written from the same dS tiles. Per layer: fwd 2, bwd 3.
-* ``"gemm"`` (opt-in; kernels/launch_gemm.py): the stream path's shrinks and weight-gradient
+* ``"gemm"`` (kernels/launch_gemm.py): the stream path's shrinks and weight-gradient
   reductions, with the base GEMM itself in Triton carrying the LoRA expand (y and dX, no
   cuBLAS). Per layer: fwd 2, bwd 4. Falls back to "stream" where TMA cannot run it.
 """
@@ -78,16 +79,19 @@ def auto_path(t: int, d_in: int, d_out: int) -> tuple[str, bool]:
     """(path, wgrad_pair) the "auto" rule picks for a layer d_in -> d_out over t tokens.
 
     Rule from the GPU-only (CUDA-graph) step times of benchmarks/bench_multi_lora.py on the H200
-    (Llama-3.1-8B shapes, N = 32; docs/kernels.md §3d, §3e): the stream path at every T.
-    Below T = 8192 it was the fastest or within noise on every shape since 2026-11-29 03:51Z.
-    From T = 8192 on it tied the fused path until its S and dS were narrowed to the
-    activations' dtype (TUNE["narrow_s"]); then (run 05:11Z) it beat the fused path on 7 of
-    the 8 cases of T = 8192 / 16384 by 1.6-4.9 % and tied the eighth (4096², T = 16384:
-    2.083 against 2.081 ms). The gemm path was 1-3 % faster still on the 4096-deep
-    projections at T = 16384 but slower with 64 adapters (§3e), so the rule does not pick it.
+    (Llama-3.1-8B shapes, N = 8 / 32 / 64; docs/kernels.md §3d-§3f):
+    * narrow outputs (d_out <= d_in / 4, the k/v projections): the gemm path. With S and dS
+      narrowed it was as fast or faster than the stream path in all 11 runs of 4096->1024
+      (runs 05:11Z, 05:54Z, 06:00Z: 0-14 %, most with 8 adapters), because it drops the
+      4·T·d_in-byte dX delta (its write and cuBLAS's read), the biggest LoRA cost there.
+      Where it cannot run (no TMA, fp32, rank > 64, unaligned rows) the call takes "stream".
+    * every other shape, at every T: the stream path. Below T = 8192 it was the fastest or
+      within noise since 2026-11-29 03:51Z; from 8192 on it beat the fused path on 7 of 8
+      cases by 1.6-4.9 % once S and dS were narrowed (run 05:11Z). The gemm path was slower
+      there on the MLP shapes and with 64 adapters (§3e, §3f).
     wgrad_pair saves one launch of host time but is 10-30 % slower on the GPU: never picked.
     """
-    return "stream", False
+    return ("gemm" if 4 * d_out <= d_in else "stream"), False
 
 
 def choose_path(t: int, d_in: int, d_out: int) -> tuple[str, bool]:

@@ -8,8 +8,9 @@ Shapes: x [T, d_in]; weight [d_out, d_in] (frozen, nn.Linear layout); lora_a [N,
 lora_b [N, d_out, r_max] (PEFT lora_A / lora_B weights stacked); y [T, d_out], dtype of x.
 
 Execution (CUDA, or CPU with TRITON_INTERPRET=1): a constant number of launches per layer,
-independent of N (kernels/launch.py). By default the path is chosen per call from T
-(launch.choose_path: the "stream" path, measured fastest on the H200). The "split" path:
+independent of N (kernels/launch.py). By default the path is chosen per call from the layer's
+shape (launch.auto_path, measured on the H200: "gemm" for narrow outputs such as the k/v
+projections, "stream" otherwise). The "split" path:
 forward  = shrink (Triton) + expand (Triton) + one cuBLAS GEMM over all T tokens;
 backward = shrink of dY (dS = s_i dY_i B_i) + expand into dX (dS_i A_i) + one cuBLAS GEMM for dX
            + wgrad x2 (dA_i = dS_iᵀ X_i, dB_i = s_i dY_iᵀ S_i)  [+ memsets / casts for atomics].
@@ -18,7 +19,7 @@ Triton launch, bwd 3 (see kernels/launch_fused.py).
 TUNE["path"] = "stream": forward = shrink (S scaled by s_i) + a row-streaming expand (programs
 own a token chunk x column block and load B_i's block once); backward = shrink of dY + ONE
 weight-gradient launch that computes dA and writes the dX delta from the same dS tiles + dB.
-TUNE["path"] = "gemm" (opt-in): the stream path's shrinks and reductions, but the base GEMM
+TUNE["path"] = "gemm": the stream path's shrinks and reductions, but the base GEMM
 runs in Triton (kernels/launch_gemm.py) and adds S_i B_iᵀ (forward) / dS_i A_i (backward) to
 each output tile itself: no delta buffer, no cuBLAS; the stream path where TMA cannot run it.
 By default the kernels write the LoRA delta and the base GEMM adds it in cuBLAS's epilogue

@@ -100,9 +100,11 @@ def test_choose_path_rule_and_overrides():
     from kernels import launch
 
     assert launch.TUNE["path"] == "auto"
-    for t, d_in, d_out in ((2048, 4096, 4096), (4096, 4096, 1024), (8191, 4096, 14336),
+    for t, d_in, d_out in ((2048, 4096, 4096), (4096, 4096, 1025), (8191, 4096, 14336),
                            (8192, 4096, 4096), (16384, 14336, 4096), (65536, 2048, 8192)):
         assert launch.choose_path(t, d_in, d_out) == ("stream", False)  # every T (§3e)
+    for t, d_in, d_out in ((2048, 4096, 1024), (16384, 4096, 1024), (4096, 2048, 512)):
+        assert launch.choose_path(t, d_in, d_out) == ("gemm", False)  # k/v projections (§3f)
     launch.TUNE.update(path="split", wgrad_pair=True)
     assert launch.choose_path(8192, 4096, 1024) == ("split", True)
 

@@ -107,6 +107,25 @@ def test_gemm_full_size(tune, shape):
     run_and_compare(tensors, seg, ranks, scaling, BF16)
 
 
+@pytest.mark.parametrize("shape,gemm_calls", [((4096, 1024), 2), ((4096, 4096), 0)],
+                         ids=["kv-gemm", "square-stream"])  # fmt: skip
+def test_default_path_by_shape(shape, gemm_calls, monkeypatch):
+    """The auto rule at full size: the k/v projection (d_out = d_in / 4) runs the gemm kernel
+    for y and dX, the square projection none (stream path); both match the oracle."""
+    calls = []
+
+    def counted(*args, **kw):
+        calls.append(1)
+        return real(*args, **kw)
+
+    real = ml.gemm_lora
+    monkeypatch.setattr(ml, "gemm_lora", counted)
+    tensors, seg, ranks, scaling = make_case(32, "zipf", 4096, *shape, rank_pool=(16, 32, 64),
+                                             dtype=BF16, device="cuda", seed=4)  # fmt: skip
+    run_and_compare(tensors, seg, ranks, scaling, BF16)
+    assert len(calls) == gemm_calls
+
+
 def _assert_gemm_taken(tensors, seg, ranks, scaling) -> None:
     """These inputs run the gemm path (no silent fallback to the stream path)."""
     from kernels.launch_gemm import gemm_ok
