@@ -9,8 +9,8 @@ host's launch cost included (do_bench); bottom row: GPU time alone, the step rep
 CUDA graph (gpu_ratio_vs_base; runs from 2026-11-29 on, base and fused variants only). The
 latest row per (gpu, shape, T, N, variant) is used; the dotted line is the 1.2x target.
 "auto" (thick) is the latest row that measured the shipped code: the path
-kernels.launch.auto_path picks (fused_stream) or the default "fused" from runs of the shipped
-code (since 2026-11-29 05:54Z: N = 8, 32 and 64 at T = 4,096 to 16,384).
+kernels.launch.auto_path picks (fused_stream, or fused_gemm for the k/v projection) or the
+default "fused" from runs of the shipped code (N = 8, 32 and 64 at T = 4,096 to 16,384).
 """
 
 from __future__ import annotations
@@ -27,20 +27,21 @@ import pandas as pd  # noqa: E402
 COLORS = {"auto": "k", "fused_split": "C0", "fused_one": "C9", "fused_pair": "C4", "loop": "C3",
           "separate": "C1"}
 RULE_VARIANT = {("split", False): "fused_split", ("fused", False): "fused_one",
-                ("fused", True): "fused_pair", ("stream", False): "fused_stream"}
+                ("fused", True): "fused_pair", ("stream", False): "fused_stream",
+                ("gemm", False): "fused_gemm"}
 STYLES = {8: "-", 32: "--", 64: ":"}
 
 
-# Rows that measured today's shipped code (the stream path with S narrowed to x.dtype at
-# every T, its forward expand at 256 columns / 8 warps; docs/kernels.md §3e-§3f): the rule's
-# own variant or the shipped default "fused", from SHIPPED_SINCE on. Earlier rows measured
-# older defaults (the fused path from T = 8,192 until 05:12Z, the 128-column expand until
-# 05:54Z) and are not drawn as "auto".
-SHIPPED_SINCE = "2026-11-29T05:54Z"
+# Rows that measured today's shipped code (docs/kernels.md §3e-§3f): the rule's own variant
+# or the shipped default "fused", from SHIPPED_SINCE[path] on, path = what the auto rule picks
+# for the shape. Stream (S narrowed, forward expand at 256 columns / 8 warps) since 05:54Z;
+# gemm (the k/v projections) since the rule picked it, 06:23Z (the gemm kernel of 05:54Z was a
+# reverted variant). Earlier rows measured older defaults and are not drawn as "auto".
+SHIPPED_SINCE = {"stream": "2026-11-29T05:54Z", "gemm": "2026-11-29T06:23Z"}
 
 
-def _is_current(variant: str, date: str, rule_variant: str) -> bool:
-    return date >= SHIPPED_SINCE and variant in (rule_variant, "fused")
+def _is_current(variant: str, date: str, rule_variant: str, path: str) -> bool:
+    return date >= SHIPPED_SINCE[path] and variant in (rule_variant, "fused")
 
 
 def load(path: str) -> pd.DataFrame:
@@ -53,10 +54,12 @@ def load(path: str) -> pd.DataFrame:
     picks = []
     for _, r in df.drop_duplicates(["gpu", "shape", "T", "N"]).iterrows():
         d_in, d_out = (int(v) for v in r["shape"].split("x"))
-        var = RULE_VARIANT[auto_path(int(r["T"]), d_in, d_out)]
+        path = auto_path(int(r["T"]), d_in, d_out)
+        var = RULE_VARIANT[path]
         same = ((df["gpu"] == r["gpu"]) & (df["shape"] == r["shape"]) & (df["T"] == r["T"])
                 & (df["N"] == r["N"]))  # fmt: skip
-        current = df.apply(lambda q, var=var: _is_current(q["variant"], q["date"], var), axis=1)
+        current = df.apply(lambda q, var=var, p=path[0]: _is_current(q["variant"], q["date"], var, p),
+                           axis=1)  # fmt: skip
         hit = df[same & current]
         if not hit.empty:
             picks.append(hit.iloc[-1].copy())
