@@ -82,8 +82,9 @@ def auto_path(t: int, d_in: int, d_out: int) -> tuple[str, bool]:
     (Llama-3.1-8B shapes, N = 8 / 32 / 64; docs/kernels.md §3d-§3f):
     * narrow outputs (d_out <= d_in / 4, the k/v projections): the gemm path. With S and dS
       narrowed it was as fast or faster than the stream path in all 11 runs of 4096->1024
-      (runs 05:11Z, 05:54Z, 06:00Z: 0-14 %, most with 8 adapters), because it drops the
-      4·T·d_in-byte dX delta (its write and cuBLAS's read), the biggest LoRA cost there.
+      (runs 05:11Z, 05:54Z, 06:00Z: 0-14 %, most with 8 adapters), and again in all 9 of
+      run 06:23Z with this rule in place, because it drops the 4·T·d_in-byte dX delta (its
+      write and cuBLAS's read), the biggest LoRA cost there.
       Where it cannot run (no TMA, fp32, rank > 64, unaligned rows) the call takes "stream".
     * every other shape, at every T: the stream path. Below T = 8192 it was the fastest or
       within noise since 2026-11-29 03:51Z; from 8192 on it beat the fused path on 7 of 8
