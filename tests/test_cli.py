@@ -42,11 +42,29 @@ def test_simulate_writes_summary_and_tasks(tmp_path, capsys):
     assert "speedup" in table and "alto" in table
 
 
-def test_simulate_default_trace_runs(tmp_path):
+def _readme_default_table() -> dict[str, list[str]]:
+    """policy -> cells of the README's table of `alto simulate` on the default trace."""
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    block = text[text.index("**`alto simulate` on the default trace**"):]
+    rows = [ln for ln in block.split("\n\n")[1].splitlines() if ln.startswith("| ")][1:]
+    return {cells[0]: cells[1:] for cells in ([c.strip() for c in ln.strip("|").split("|")] for ln in rows)}
+
+
+def test_simulate_default_trace_matches_readme(tmp_path):
+    """The quickstart's `alto simulate` (bundled paper-11 trace, every default policy) prints
+    what the README's results table says: makespan, speed-up, mean JCT, GPU-hours, saved
+    samples and regret, to the README's rounding (the table once drifted from the output)."""
     out = tmp_path / "out"
-    assert main(["simulate", "--policies", "alto", "--out", str(out), "--quiet"]) == 0
+    assert main(["simulate", "--out", str(out), "--quiet"]) == 0
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["alto"]["tasks"] == 11
+    table = _readme_default_table()
+    assert set(table) == set(summary) == {"sequential", "mlora", "lorafusion", "alto"}
+    for policy, s in summary.items():
+        assert s["tasks"] == 11 and s["tasks_without_result"] == 0
+        got = [f"{s['makespan_s'] / 3600:.1f}", f"{s['speedup_vs_sequential']:.2f}×",
+               f"{s['mean_jct_s'] / 3600:.1f}", f"{s['gpu_hours']:.0f}",
+               f"{s['samples_saved_frac']:.0%}", f"{s['best_regret']:.2%}"]  # fmt: skip
+        assert table[policy] == got, policy
 
 
 @pytest.mark.parametrize(
