@@ -54,13 +54,12 @@ def load(path: str) -> pd.DataFrame:
     picks = []
     for _, r in df.drop_duplicates(["gpu", "shape", "T", "N"]).iterrows():
         d_in, d_out = (int(v) for v in r["shape"].split("x"))
-        path = auto_path(int(r["T"]), d_in, d_out)
-        var = RULE_VARIANT[path]
-        same = ((df["gpu"] == r["gpu"]) & (df["shape"] == r["shape"]) & (df["T"] == r["T"])
-                & (df["N"] == r["N"]))  # fmt: skip
-        current = df.apply(lambda q, var=var, p=path[0]: _is_current(q["variant"], q["date"], var, p),
-                           axis=1)  # fmt: skip
-        hit = df[same & current]
+        rule = auto_path(int(r["T"]), d_in, d_out)  # (path, wgrad_pair)
+        var = RULE_VARIANT[rule]
+        case = df[(df["gpu"] == r["gpu"]) & (df["shape"] == r["shape"]) & (df["T"] == r["T"])
+                  & (df["N"] == r["N"])]  # fmt: skip
+        hit = case[[_is_current(v, d, var, rule[0])
+                    for v, d in zip(case["variant"], case["date"], strict=True)]]  # fmt: skip
         if not hit.empty:
             picks.append(hit.iloc[-1].copy())
             picks[-1]["variant"] = "auto"
