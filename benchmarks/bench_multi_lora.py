@@ -27,6 +27,9 @@ Variants (all compute the same function; the frozen base weight never gets a gra
              tile, forward y and backward dX (no cuBLAS), shipped tiles (rows before 2026-11-29
              05:00Z: one tile per program; since: a persistent grid of one program per SM);
              _p1 / _p0 persistent / one tile per program, _n128 128-column tiles, 4 stages
+  (rows of 2026-11-29 06:55Z named fused_acqrel / fused_relaxed: the shipped path before its
+  fp32 atomics were made relaxed, and with only that change, before the rank-axis loads were
+  vectorised; an A/B of one device call, the kernel source edited between the two runs)
   loop       eager PyTorch: shared base GEMM + per-adapter loop (kernels.reference)
   separate   N separate jobs: each adapter runs its own base GEMM + LoRA on its own tokens
 

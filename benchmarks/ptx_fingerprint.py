@@ -22,6 +22,7 @@ import json
 import os
 import re
 import sys
+from functools import partial
 
 import triton
 from triton.backends.compiler import GPUTarget
@@ -59,18 +60,31 @@ def ptx(fn_py, ptrs: dict, consts: dict, ones: list, aligned: list, warps=4, sta
     return re.sub(r"\.section\s+\.debug.*", "", code, flags=re.S)
 
 
-def configurations() -> dict[str, str]:
+def configurations(names=None) -> dict[str, str]:
+    """Configuration name -> PTX, for all configurations or only those in ``names``."""
+    return {k: build() for k, build in _builders().items() if names is None or k in names}
+
+
+def _builders() -> dict:
+    """Configuration name -> a zero-argument function compiling it (so a caller that needs
+    a few configurations, e.g. tests/kernels/test_generated_code.py, compiles only those)."""
     out = {}
     for dt in ("bf16", "fp32"):
         prec = dict(DOT_PRECISION="ieee" if dt == "fp32" else "tf32", UPCAST=False)
         tab = dict(RANKS="*i32", SCALES="*fp32")
-        out[f"shrink_{dt}"] = ptx(split._shrink_kernel,
+        out[f"shrink_{dt}"] = partial(ptx, split._shrink_kernel,
             dict(X=f"*{dt}", W=f"*{dt}", OUT="*fp32", TILES="*i32", **tab),
             dict(BLOCK_M=128, BLOCK_R=64, BLOCK_K=64, ATOMIC=True, APPLY_SCALE=True, **prec),
             ["stride_xk", "stride_wk", "stride_or"],
-            ["X", "W", "OUT", "TILES", "K", "K_PER_SPLIT", "stride_xm", "stride_wa", "stride_wr",
-             "stride_om"], warps=8, stages=3)  # fmt: skip
-        out[f"expand_{dt}"] = ptx(split._expand_kernel,
+            ["X", "W", "OUT", "TILES", "K", "K_PER_SPLIT", "R_COLS", "stride_xm", "stride_wa",
+             "stride_wr", "stride_om"], warps=8, stages=3)  # fmt: skip
+        out[f"shrink_bwd_{dt}"] = partial(ptx, split._shrink_kernel,  # W = B_i, rank axis contiguous
+            dict(X=f"*{dt}", W=f"*{dt}", OUT="*fp32", TILES="*i32", **tab),
+            dict(BLOCK_M=128, BLOCK_R=64, BLOCK_K=64, ATOMIC=True, APPLY_SCALE=True, **prec),
+            ["stride_xk", "stride_wr", "stride_or"],
+            ["X", "W", "OUT", "TILES", "K", "K_PER_SPLIT", "R_COLS", "stride_xm", "stride_wa",
+             "stride_wk", "stride_om"], warps=8, stages=3)  # fmt: skip
+        out[f"expand_{dt}"] = partial(ptx, split._expand_kernel,
             dict(S="*fp32", V=f"*{dt}", Y=f"*{dt}", TILES="*i32", **tab),
             dict(BLOCK_M=64, BLOCK_N=128, BLOCK_R=64, ADD=False, APPLY_SCALE=True, **prec),
             ["stride_sr", "stride_vr", "stride_yn"],
@@ -78,15 +92,15 @@ def configurations() -> dict[str, str]:
              "stride_ym"], stages=1)  # fmt: skip
         for tag, (expand, reduce) in dict(plain=(False, True), dadx=(True, True),
                                           stream=(True, False)).items():  # fmt: skip
-            out[f"wgrad_{tag}_{dt}"] = ptx(split._wgrad_kernel,
-                dict(P="*fp32", Q=f"*{dt}", OUT="*fp32", CHUNKS="*i32", V=f"*{dt}", Y=f"*{dt}", **tab),
+            out[f"wgrad_{tag}_{dt}"] = partial(ptx, split._wgrad_kernel,
+                dict(P=f"*{dt}", Q=f"*{dt}", OUT="*fp32", CHUNKS="*i32", V=f"*{dt}", Y=f"*{dt}", **tab),
                 dict(BLOCK_T=64, BLOCK_R=64, BLOCK_N=128, ATOMIC=True, APPLY_SCALE=False,
                      EXPAND=expand, ADD=False, REDUCE=reduce, **prec),
                 ["stride_pr", "stride_qn", "stride_on", "stride_vn", "stride_yn"],
                 ["P", "Q", "OUT", "CHUNKS", "V", "Y", "N_COLS", "R_OUT", "stride_pm", "stride_qm",
                  "stride_oa", "stride_or", "stride_va", "stride_vr", "stride_ym"])  # fmt: skip
         for tag, rows in dict(fwd=True, bwd=False).items():
-            out[f"shrink_expand_{tag}_{dt}"] = ptx(fused._shrink_expand_kernel,
+            out[f"shrink_expand_{tag}_{dt}"] = partial(ptx, fused._shrink_expand_kernel,
                 dict(X=f"*{dt}", W=f"*{dt}", V=f"*{dt}", S=f"*{dt}", Y=f"*{dt}", TILES="*i32", **tab),
                 dict(BLOCK_M=64, BLOCK_R=64, BLOCK_K=64, BLOCK_N=128, SCALE_S=not rows,
                      SCALE_Y=rows, ADD=False, W_ROWS=rows, V_ROWS=rows, X_TMA=False, Y_TMA=False,
@@ -95,7 +109,7 @@ def configurations() -> dict[str, str]:
                 + (["stride_wk", "stride_vr"] if rows else ["stride_wr", "stride_vn"]),
                 ["X", "W", "V", "S", "Y", "TILES", "K", "N_OUT", "N_PER_SPLIT", "stride_xm",
                  "stride_wa", "stride_va", "stride_sm", "stride_ym"], stages=4)  # fmt: skip
-        out[f"wgrad_pair_{dt}"] = ptx(fused._wgrad_pair_kernel,
+        out[f"wgrad_pair_{dt}"] = partial(ptx, fused._wgrad_pair_kernel,
             dict(P1=f"*{dt}", Q1=f"*{dt}", O1="*fp32", P2=f"*{dt}", Q2=f"*{dt}", O2="*fp32",
                  CHUNKS="*i32", **tab),
             dict(BLOCK_T=64, BLOCK_R=64, BLOCK_N=128, ATOMIC=True, **prec),
@@ -103,7 +117,7 @@ def configurations() -> dict[str, str]:
             ["P1", "Q1", "O1", "P2", "Q2", "O2", "CHUNKS", "s_p1m", "s_q1m", "s_p2m", "s_q2m"])  # fmt: skip
     for tag, kmajor in dict(fwd=True, bwd=False).items():  # the gemm path, bf16 only (on CUDA)
         dt, bm, bn, bk, br = "bf16", 128, 256, 64, 64
-        out[f"gemm_lora_{tag}_bf16"] = ptx(gl._gemm_lora_kernel,
+        out[f"gemm_lora_{tag}_bf16"] = partial(ptx, gl._gemm_lora_kernel,
             dict(A_DESC=f"tensordesc<{dt}[{bm}, {bk}]>",
                  B_DESC=f"tensordesc<{dt}[{bn}, {bk}]>" if kmajor else f"tensordesc<{dt}[{bk}, {bn}]>",
                  C_DESC=f"tensordesc<{dt}[{bm}, {bn}]>", S_DESC=f"tensordesc<{dt}[{bm}, {br}]>",
@@ -114,15 +128,15 @@ def configurations() -> dict[str, str]:
             [], ["ROW_AD", "RANKS", "M", "N", "K"], warps=8, stages=3)  # fmt: skip
     for dt in ("bf16", "fp32"):  # RMSNorm and SwiGLU (kernels/norm_act.py), H200 launch settings
         rows = dict(BLOCK_M=1, BLOCK_D=4096)
-        out[f"rms_fwd_{dt}"] = ptx(na._rms_fwd_kernel,
+        out[f"rms_fwd_{dt}"] = partial(ptx, na._rms_fwd_kernel,
             dict(X=f"*{dt}", W=f"*{dt}", Y=f"*{dt}", RSTD="*fp32", eps="fp32"), rows, [],
             ["X", "W", "Y", "RSTD", "D", "stride_x", "stride_y"], warps=8)  # fmt: skip
-        out[f"rms_bwd_{dt}"] = ptx(na._rms_bwd_kernel,
+        out[f"rms_bwd_{dt}"] = partial(ptx, na._rms_bwd_kernel,
             dict(DY=f"*{dt}", X=f"*{dt}", W=f"*{dt}", RSTD="*fp32", DX=f"*{dt}"), rows, [],
             ["DY", "X", "W", "RSTD", "DX", "D", "stride_dy", "stride_x", "stride_dx"], warps=8)  # fmt: skip
-        out[f"silu_fwd_{dt}"] = ptx(na._silu_mul_fwd_kernel,
+        out[f"silu_fwd_{dt}"] = partial(ptx, na._silu_mul_fwd_kernel,
             dict(G=f"*{dt}", U=f"*{dt}", H=f"*{dt}"), dict(BLOCK=1024), [], ["G", "U", "H"])  # fmt: skip
-        out[f"silu_bwd_{dt}"] = ptx(na._silu_mul_bwd_kernel,
+        out[f"silu_bwd_{dt}"] = partial(ptx, na._silu_mul_bwd_kernel,
             dict(DH=f"*{dt}", G=f"*{dt}", U=f"*{dt}", DG=f"*{dt}", DU=f"*{dt}"), dict(BLOCK=1024),
             [], ["DH", "G", "U", "DG", "DU"])  # fmt: skip
     return out

@@ -72,13 +72,19 @@ WG_CFGS_5 = [dict(), dict(warps=8), dict(bt=128), dict(bt=128, warps=8), dict(ch
              dict(bn=256, warps=8), dict(stages=3), dict(bt=32)]  # fmt: skip
 SH_CFGS_5 = [dict(), dict(sh_bm=64, sh_warps=4), dict(sh_bm=256, sh_warps=8), dict(stages=4),
              dict(bk=128)]  # fmt: skip
+# Round 6: the split-K shrink and the weight-gradient reductions after their fp32 atomics went
+# from tl.atomic_add's default acq_rel order to relaxed (acq_rel compiled each to MEMBAR.ALL.GPU
+# + a returning ATOMG + an L1 invalidate, sm_90 SASS): how far to split K, how short a chunk.
+SH_CFGS_6 = [dict(), dict(split_k=1), dict(split_k=2), dict(split_k=4), dict(split_k=8),
+             dict(split_k=16), dict(stages=4)]  # fmt: skip
+WG_CFGS_6 = [dict(), dict(chunk=256), dict(chunk=512), dict(chunk=2048)]
 ROUNDS = {1: dict(se=SE_CFGS, wg=WG_CFGS), 2: dict(se=SE_CFGS_2, wg=WG_CFGS_2),
           3: dict(se=SE_CFGS_3, wg=WG_CFGS_3), 4: dict(se=SE_CFGS_4),
-          5: dict(wg=WG_CFGS_5, sh=SH_CFGS_5)}
+          5: dict(wg=WG_CFGS_5, sh=SH_CFGS_5), 6: dict(sh=SH_CFGS_6, wg=WG_CFGS_6)}
 # TUNE["gpu"] settings each round started from (round 3: the shipped ones)
 _SE_SHARED = dict(se_fwd_bk=64, se_fwd_stages=3, se_bwd_bk=64, se_bwd_stages=3)
 ROUND_BASE = {1: dict(_SE_SHARED, wg_stages=3), 2: dict(_SE_SHARED, wg_stages=2), 3: {}, 4: {},
-              5: {}}
+              5: {}, 6: {}}
 
 
 def kernel_fns(inp: dict, cfg: dict) -> dict:
@@ -123,7 +129,10 @@ def main() -> None:
     p.add_argument("--kernels", default="se,wg,sh")
     p.add_argument("--round", type=int, default=3,
                    help="1: tile sizes; 2: column splits; 3: operand orientation; 4: TMA; "
-                   "5: dX in the dA kernel")  # fmt: skip
+                   "5: dX in the dA kernel; 6: split-K and chunks with relaxed atomics")
+    p.add_argument("--limit", type=int, default=None, help="only the first LIMIT configurations")
+    p.add_argument("--label", default="", help="recorded in each row's cfg as 'label' (e.g. "
+                   "which build of the kernels ran)")  # fmt: skip
     args = p.parse_args()
     t0 = time.time()
     meta = dict(date=dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%MZ"),
@@ -134,14 +143,15 @@ def main() -> None:
     fams = ROUNDS[args.round]
     plan = [(fam, dict(c)) for cs in itertools.zip_longest(*fams.values())
             for fam, c in zip(fams, cs, strict=True) if c is not None]  # fmt: skip
-    plan = [p_ for p_ in plan if p_[0] in args.kernels.split(",")]
+    plan = [p_ for p_ in plan if p_[0] in args.kernels.split(",")][: args.limit]
     best: dict = {}
     for i, (fam, over) in enumerate(plan):
         if time.time() - t0 > args.budget_s:
             print(f"budget reached after {i} of {len(plan)} configurations", flush=True)
             break
-        tag = json.dumps(over)
+        tag = json.dumps(dict(over, label=args.label) if args.label else over)
         launch.TUNE["wgrad_chunk"] = over.pop("chunk", None)
+        launch.TUNE["split_k"] = over.pop("split_k", None)
         launch.TUNE["se_split"] = over.pop("split", 1)  # 1: the kernel as it was before splits
         if fam == "se":  # the sweep's bk / stages apply to both shrink_expand directions
             for key in ("bk", "stages"):
@@ -166,7 +176,7 @@ def main() -> None:
             except Exception as exc:  # noqa: BLE001 - a config may not fit; keep going
                 print(f"ERROR {tag} {case}: {exc!r}"[:300], flush=True)
         print(f"[{time.time() - t0:5.0f}s] {fam} {tag} done", flush=True)
-    launch.TUNE["wgrad_chunk"] = launch.TUNE["se_split"] = None
+    launch.TUNE["wgrad_chunk"] = launch.TUNE["se_split"] = launch.TUNE["split_k"] = None
     print("== best per kernel and case (us, GB/s, cfg)")
     for key in sorted(best):
         us, tag, gbps = best[key]

@@ -157,7 +157,7 @@ def _wgrad_pair_kernel(
     o_ptrs = O + adapter.to(tl.int64) * s_oa + offs_r[:, None] * s_or + offs_n[None, :] * s_on
     o_mask = (offs_r[:, None] < R_OUT) & n_mask[None, :]
     if ATOMIC:
-        tl.atomic_add(o_ptrs, acc, mask=o_mask)
+        tl.atomic_add(o_ptrs, acc, mask=o_mask, sem="relaxed")
     else:
         tl.store(o_ptrs, acc.to(O.dtype.element_ty), mask=o_mask)
 

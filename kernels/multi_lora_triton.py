@@ -49,7 +49,7 @@ import triton.language as tl
 
 def _shrink_kernel(
     X, W, OUT, TILES, RANKS, SCALES,
-    K, K_PER_SPLIT,
+    K, K_PER_SPLIT, R_COLS,
     stride_xm, stride_xk,
     stride_wa, stride_wr, stride_wk,
     stride_om, stride_or,
@@ -67,6 +67,11 @@ def _shrink_kernel(
     r_mask = offs_r < rank
     x_ptrs = X + offs_m.to(tl.int64)[:, None] * stride_xm
     w_ptrs = W + adapter.to(tl.int64) * stride_wa + offs_r[None, :] * stride_wr
+    # W's columns are masked by its rank extent (R_COLS, a multiple of 16 in practice), not by
+    # r_i: a runtime r_i mask along a contiguous rank axis (the backward's B_i) defeated the
+    # 16-byte async copies (the tile came in as synchronous 2-byte loads, sm_90 PTX) and cost
+    # the backward shrink 10-20 us at 4096² (H200, 2026-11-29). Columns >= r_i are zeroed below.
+    w_cols = offs_r < R_COLS
     k_lo = pid_k * K_PER_SPLIT
     k_hi = tl.minimum(k_lo + K_PER_SPLIT, K)
     acc = tl.full((BLOCK_M, BLOCK_R), 0.0, tl.float32)
@@ -74,17 +79,20 @@ def _shrink_kernel(
         kk = k0 + offs_k
         k_mask = kk < k_hi
         x = tl.load(x_ptrs + kk[None, :] * stride_xk, mask=m_mask[:, None] & k_mask[None, :], other=0.0)
-        w = tl.load(w_ptrs + kk[:, None] * stride_wk, mask=r_mask[None, :] & k_mask[:, None], other=0.0)
+        w = tl.load(w_ptrs + kk[:, None] * stride_wk, mask=w_cols[None, :] & k_mask[:, None], other=0.0)
         w = w.to(x.dtype)
         if UPCAST:
             x, w = x.to(tl.float32), w.to(tl.float32)
         acc += tl.dot(x, w, input_precision=DOT_PRECISION)
+    # columns are independent in x·W, so W's rank padding (any values, even NaN) reaches only
+    # columns >= r_i of acc: OUT holds exact zeros there
+    acc = tl.where(r_mask[None, :], acc, 0.0)
     if APPLY_SCALE:
         acc = acc * tl.load(SCALES + adapter)
     o_ptrs = OUT + offs_m.to(tl.int64)[:, None] * stride_om + offs_r[None, :] * stride_or
     o_mask = m_mask[:, None] & (offs_r[None, :] < BLOCK_R)
     if ATOMIC:
-        tl.atomic_add(o_ptrs, acc, mask=o_mask)
+        tl.atomic_add(o_ptrs, acc, mask=o_mask, sem="relaxed")
     else:
         tl.store(o_ptrs, acc.to(OUT.dtype.element_ty), mask=o_mask)
 
@@ -167,8 +175,11 @@ def _wgrad_kernel(
         tt = t0 + offs_t
         t_mask = tt < row_end
         tt64 = tt.to(tl.int64)
+        # P is [T, BLOCK_R]: all its columns are loaded, so that the 16-byte async copies
+        # survive (a runtime r_i mask along the contiguous rank axis made them synchronous
+        # 2-byte loads for a bf16 P, sm_90 PTX); columns >= r_i are neutralised below
         p = tl.load(P + tt64[:, None] * stride_pm + offs_r[None, :] * stride_pr,
-                    mask=t_mask[:, None] & r_mask[None, :], other=0.0)  # [BLOCK_T, BLOCK_R]
+                    mask=t_mask[:, None], other=0.0)  # [BLOCK_T, BLOCK_R]
         if REDUCE:
             q = tl.load(Q + tt64[:, None] * stride_qm + offs_n[None, :] * stride_qn,
                         mask=t_mask[:, None] & n_mask[None, :], other=0.0)  # [BLOCK_T, BLOCK_N]
@@ -181,7 +192,8 @@ def _wgrad_kernel(
             if UPCAST:
                 p = p.to(tl.float32)
         if EXPAND:  # Y[rows, block] (+)= P V_i: the chunks and column blocks tile Y exactly once
-            e = tl.dot(p, v, input_precision=DOT_PRECISION)
+            # V's rank rows >= r_i are zero, but 0 * nan = nan: P's padding is zeroed too
+            e = tl.dot(tl.where(r_mask[None, :], p, 0.0), v, input_precision=DOT_PRECISION)
             y_ptrs = Y + tt64[:, None] * stride_ym + offs_n[None, :] * stride_yn
             y_mask = t_mask[:, None] & n_mask[None, :]
             if ADD:
@@ -196,7 +208,7 @@ def _wgrad_kernel(
                   + offs_n[None, :] * stride_on)  # fmt: skip
         o_mask = (offs_r[:, None] < R_OUT) & n_mask[None, :]
         if ATOMIC:
-            tl.atomic_add(o_ptrs, acc, mask=o_mask)
+            tl.atomic_add(o_ptrs, acc, mask=o_mask, sem="relaxed")
         else:
             tl.store(o_ptrs, acc.to(OUT.dtype.element_ty), mask=o_mask)
 
