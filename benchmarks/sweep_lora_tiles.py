@@ -78,13 +78,20 @@ SH_CFGS_5 = [dict(), dict(sh_bm=64, sh_warps=4), dict(sh_bm=256, sh_warps=8), di
 SH_CFGS_6 = [dict(), dict(split_k=1), dict(split_k=2), dict(split_k=4), dict(split_k=8),
              dict(split_k=16), dict(stages=4)]  # fmt: skip
 WG_CFGS_6 = [dict(), dict(chunk=256), dict(chunk=512), dict(chunk=2048)]
+# Round 7: the weight-gradient kernel walking several column blocks per program in one flat
+# loop (wg_cols for dA / dB / dA+dX, sx_cols for the forward's expand), so that its pipeline
+# does not refill per block (short segments: 2-4 token tiles per block at N = 32-64).
+WG_CFGS_7 = [dict(), dict(wg_cols=2, sx_cols=2), dict(wg_cols=4, sx_cols=4),
+             dict(wg_cols=8, sx_cols=8), dict(wg_cols=4, sx_cols=4, warps=8), dict(warps=8),
+             dict(wg_cols=4, sx_cols=4, chunk=256), dict(chunk=256)]  # fmt: skip
 ROUNDS = {1: dict(se=SE_CFGS, wg=WG_CFGS), 2: dict(se=SE_CFGS_2, wg=WG_CFGS_2),
           3: dict(se=SE_CFGS_3, wg=WG_CFGS_3), 4: dict(se=SE_CFGS_4),
-          5: dict(wg=WG_CFGS_5, sh=SH_CFGS_5), 6: dict(sh=SH_CFGS_6, wg=WG_CFGS_6)}
+          5: dict(wg=WG_CFGS_5, sh=SH_CFGS_5), 6: dict(sh=SH_CFGS_6, wg=WG_CFGS_6),
+          7: dict(wg=WG_CFGS_7)}
 # TUNE["gpu"] settings each round started from (round 3: the shipped ones)
 _SE_SHARED = dict(se_fwd_bk=64, se_fwd_stages=3, se_bwd_bk=64, se_bwd_stages=3)
 ROUND_BASE = {1: dict(_SE_SHARED, wg_stages=3), 2: dict(_SE_SHARED, wg_stages=2), 3: {}, 4: {},
-              5: {}, 6: {}}
+              5: {}, 6: {}, 7: {}}
 
 
 def kernel_fns(inp: dict, cfg: dict) -> dict:
@@ -129,7 +136,9 @@ def main() -> None:
     p.add_argument("--kernels", default="se,wg,sh")
     p.add_argument("--round", type=int, default=3,
                    help="1: tile sizes; 2: column splits; 3: operand orientation; 4: TMA; "
-                   "5: dX in the dA kernel; 6: split-K and chunks with relaxed atomics")
+                   "5: dX in the dA kernel; 6: split-K and chunks with relaxed atomics; "
+                   "7: column blocks per weight-gradient program")
+    p.add_argument("--adapters", default="32", help="adapter counts N, comma-separated")
     p.add_argument("--limit", type=int, default=None, help="only the first LIMIT configurations")
     p.add_argument("--label", default="", help="recorded in each row's cfg as 'label' (e.g. "
                    "which build of the kernels ran)")  # fmt: skip
@@ -137,7 +146,8 @@ def main() -> None:
     t0 = time.time()
     meta = dict(date=dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%MZ"),
                 gpu=torch.cuda.get_device_name(), triton=triton.__version__)  # fmt: skip
-    inputs = {c: make_inputs(*SHAPES[c[0]], c[1], 32) for c in CASES}
+    inputs = {(*c, n): make_inputs(*SHAPES[c[0]], c[1], n) for c in CASES
+              for n in (int(v) for v in args.adapters.split(","))}  # fmt: skip
     base = dict(launch.TUNE["gpu"], **ROUND_BASE[args.round])
     # alternate the families, so a budget cut leaves both partly swept
     fams = ROUNDS[args.round]
@@ -167,7 +177,7 @@ def main() -> None:
                     if not name.startswith(fam):
                         continue
                     us = gpu_us(fn)
-                    rows.append(dict(meta, kernel=name, shape=case[0], T=case[1], N=32, cfg=tag,
+                    rows.append(dict(meta, kernel=name, shape=case[0], T=case[1], N=case[2], cfg=tag,
                                      us=f"{us:.1f}", bytes=nbytes, gbps=f"{nbytes / us / 1e3:.0f}"))  # fmt: skip
                     key = (name, *case)
                     if key not in best or us < best[key][0]:
@@ -180,7 +190,8 @@ def main() -> None:
     print("== best per kernel and case (us, GB/s, cfg)")
     for key in sorted(best):
         us, tag, gbps = best[key]
-        print(f"  {key[0]:>6} {key[1]:>11} T={key[2]:>5}: {us:8.1f} us {gbps:6.0f} GB/s  {tag}")
+        print(f"  {key[0]:>6} {key[1]:>11} T={key[2]:>5} N={key[3]:>2}: {us:8.1f} us "
+              f"{gbps:6.0f} GB/s  {tag}")
 
 
 if __name__ == "__main__":
