@@ -94,7 +94,7 @@ def _builders() -> dict:
                                           stream=(True, False)).items():  # fmt: skip
             out[f"wgrad_{tag}_{dt}"] = partial(ptx, split._wgrad_kernel,
                 dict(P=f"*{dt}", Q=f"*{dt}", OUT="*fp32", CHUNKS="*i32", V=f"*{dt}", Y=f"*{dt}", **tab),
-                dict(BLOCK_T=64, BLOCK_R=64, BLOCK_N=128, COLS=1, ATOMIC=True, APPLY_SCALE=False,
+                dict(BLOCK_T=64, BLOCK_R=64, BLOCK_N=128, ATOMIC=True, APPLY_SCALE=False,
                      EXPAND=expand, ADD=False, REDUCE=reduce, **prec),
                 ["stride_pr", "stride_qn", "stride_on", "stride_vn", "stride_yn"],
                 ["P", "Q", "OUT", "CHUNKS", "V", "Y", "N_COLS", "R_OUT", "stride_pm", "stride_qm",

@@ -78,20 +78,15 @@ SH_CFGS_5 = [dict(), dict(sh_bm=64, sh_warps=4), dict(sh_bm=256, sh_warps=8), di
 SH_CFGS_6 = [dict(), dict(split_k=1), dict(split_k=2), dict(split_k=4), dict(split_k=8),
              dict(split_k=16), dict(stages=4)]  # fmt: skip
 WG_CFGS_6 = [dict(), dict(chunk=256), dict(chunk=512), dict(chunk=2048)]
-# Round 7: the weight-gradient kernel walking several column blocks per program in one flat
-# loop (wg_cols for dA / dB / dA+dX, sx_cols for the forward's expand), so that its pipeline
-# does not refill per block (short segments: 2-4 token tiles per block at N = 32-64).
-WG_CFGS_7 = [dict(), dict(wg_cols=2, sx_cols=2), dict(wg_cols=4, sx_cols=4),
-             dict(wg_cols=8, sx_cols=8), dict(wg_cols=4, sx_cols=4, warps=8), dict(warps=8),
-             dict(wg_cols=4, sx_cols=4, chunk=256), dict(chunk=256)]  # fmt: skip
+# Round 7 (commit fe52fa1, reverted after it): the weight-gradient kernel walking wg_cols /
+# sx_cols column blocks per program in one flat loop; measured no gain (docs/kernels.md §3g).
 ROUNDS = {1: dict(se=SE_CFGS, wg=WG_CFGS), 2: dict(se=SE_CFGS_2, wg=WG_CFGS_2),
           3: dict(se=SE_CFGS_3, wg=WG_CFGS_3), 4: dict(se=SE_CFGS_4),
-          5: dict(wg=WG_CFGS_5, sh=SH_CFGS_5), 6: dict(sh=SH_CFGS_6, wg=WG_CFGS_6),
-          7: dict(wg=WG_CFGS_7)}
+          5: dict(wg=WG_CFGS_5, sh=SH_CFGS_5), 6: dict(sh=SH_CFGS_6, wg=WG_CFGS_6)}
 # TUNE["gpu"] settings each round started from (round 3: the shipped ones)
 _SE_SHARED = dict(se_fwd_bk=64, se_fwd_stages=3, se_bwd_bk=64, se_bwd_stages=3)
 ROUND_BASE = {1: dict(_SE_SHARED, wg_stages=3), 2: dict(_SE_SHARED, wg_stages=2), 3: {}, 4: {},
-              5: {}, 6: {}, 7: {}}
+              5: {}, 6: {}}
 
 
 def kernel_fns(inp: dict, cfg: dict) -> dict:
@@ -136,8 +131,7 @@ def main() -> None:
     p.add_argument("--kernels", default="se,wg,sh")
     p.add_argument("--round", type=int, default=3,
                    help="1: tile sizes; 2: column splits; 3: operand orientation; 4: TMA; "
-                   "5: dX in the dA kernel; 6: split-K and chunks with relaxed atomics; "
-                   "7: column blocks per weight-gradient program")
+                   "5: dX in the dA kernel; 6: split-K and chunks with relaxed atomics")
     p.add_argument("--adapters", default="32", help="adapter counts N, comma-separated")
     p.add_argument("--limit", type=int, default=None, help="only the first LIMIT configurations")
     p.add_argument("--label", default="", help="recorded in each row's cfg as 'label' (e.g. "

@@ -63,12 +63,12 @@ TUNE: dict = {
                 bn_fused=128, se_fwd_bk=64, se_fwd_stages=4, se_bwd_bk=128, se_bwd_stages=3,
                 se_rows=True, ex_cols=128, ex_stages=1, se_tma="", sh_bm=128, sh_warps=8,
                 gm_bm=128, gm_bn=256, gm_bk=64, gm_warps=8, gm_stages=3, gm_group=8,
-                gm_persist=1, sx_bn=256, sx_warps=8, wg_cols=1, sx_cols=1, upcast=False),  # fmt: skip
+                gm_persist=1, sx_bn=256, sx_warps=8, upcast=False),  # fmt: skip
     "interp": dict(bm=32, bk=32, bn=64, bt=32, warps=4, stages=1, wg_stages=1, bm_fused=32,
                    bn_fused=32, se_fwd_bk=32, se_fwd_stages=1, se_bwd_bk=32, se_bwd_stages=1,
                    se_rows=True, ex_cols=64, ex_stages=1, se_tma="", sh_bm=32, sh_warps=4,
                    gm_bm=32, gm_bn=32, gm_bk=32, gm_warps=4, gm_stages=1, gm_group=2,
-                   gm_persist=0, sx_bn=64, sx_warps=4, wg_cols=1, sx_cols=1, upcast=True),  # fmt: skip
+                   gm_persist=0, sx_bn=64, sx_warps=4, upcast=True),  # fmt: skip
     "poison": False,  # tests: fill every internally allocated output with NaN first
 }
 
@@ -168,7 +168,7 @@ def _wgrad_chunk(layout: MultiLoraLayout, n_cols: int, cfg: dict, device: torch.
         return max(1, layout.total_tokens)
     if TUNE["wgrad_chunk"] is not None:
         return int(TUNE["wgrad_chunk"])
-    n_blocks = -(-n_cols // (cfg["bn"] * cfg["wg_cols"]))  # programs per chunk
+    n_blocks = -(-n_cols // cfg["bn"])
     want_chunks = max(1, -(-2 * _n_sms(device) // n_blocks))
     # at least 16 token steps per program: shorter chunks cost more in fp32 atomics than they
     # gain in parallelism (dB of 4096->1024 at T = 8192: 256-token chunks 28 us, 1024 10 us)
@@ -252,8 +252,7 @@ def _stream_expand(p, v, v_strides, y, add: bool, layout, cfg) -> None:
     programs own (token chunk, column block), load V_i's block once and stream the chunk's rows.
     v_strides = (adapter, rank, n) strides of V."""
     dev, n_cols = y.device, y.shape[1]
-    # its own column block, warps and column blocks per program
-    cfg = dict(cfg, bn=cfg["sx_bn"], warps=cfg["sx_warps"], wg_cols=cfg["sx_cols"])
+    cfg = dict(cfg, bn=cfg["sx_bn"], warps=cfg["sx_warps"])  # its own column block and warps
     chunks = _wgrad_plan(layout, n_cols, cfg, dev)[0]
     _row_stream(p, None, None, (0, 0, 0), chunks, False, False, (v, v_strides, y, add), layout, cfg)
 
@@ -268,13 +267,13 @@ def _row_stream(p, q, out, out_strides, chunks, atomic, scale, expand, layout, c
     reduce = q is not None
     q, out = (q, out) if reduce else (y, y)  # (dummies are never dereferenced)
     n_cols = q.shape[1]
-    grid = (chunks.shape[0], -(-n_cols // (cfg["bn"] * cfg["wg_cols"])))
+    grid = (chunks.shape[0], -(-n_cols // cfg["bn"]))
     launch(mlt.get_kernels().wgrad, grid, (
         p, q, out, chunks, layout.ranks_tensor(dev), layout.scaling_tensor(dev), v, y,
         n_cols, layout.r_max, p.stride(0), p.stride(1), q.stride(0), q.stride(1), *out_strides,
         *v_strides, y.stride(0), y.stride(1),
     ), dict(
-        BLOCK_T=cfg["bt"], BLOCK_R=layout.block_r, BLOCK_N=cfg["bn"], COLS=cfg["wg_cols"],
+        BLOCK_T=cfg["bt"], BLOCK_R=layout.block_r, BLOCK_N=cfg["bn"],
         ATOMIC=atomic, APPLY_SCALE=scale, DOT_PRECISION=dot_precision(q.dtype), UPCAST=cfg["upcast"],
         EXPAND=expand is not None, ADD=add, REDUCE=reduce,
         num_warps=cfg["warps"], num_stages=cfg["wg_stages"],

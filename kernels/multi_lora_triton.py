@@ -152,7 +152,7 @@ def _wgrad_kernel(
     stride_qm, stride_qn,
     stride_oa, stride_or, stride_on,
     stride_va, stride_vr, stride_vn, stride_ym, stride_yn,
-    BLOCK_T: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_N: tl.constexpr, COLS: tl.constexpr,
+    BLOCK_T: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_N: tl.constexpr,
     ATOMIC: tl.constexpr, APPLY_SCALE: tl.constexpr, DOT_PRECISION: tl.constexpr,
     UPCAST: tl.constexpr, EXPAND: tl.constexpr, ADD: tl.constexpr, REDUCE: tl.constexpr,
 ):  # fmt: skip
@@ -161,22 +161,17 @@ def _wgrad_kernel(
     adapter, row0, row_end, rank = _table_row(CHUNKS, RANKS, pid_c)
     offs_t = tl.arange(0, BLOCK_T)
     offs_r = tl.arange(0, BLOCK_R)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     r_mask = offs_r < rank
-    # COLS column blocks per program, walked as one flat loop over (column block, token tile):
-    # the software pipeline then runs on across column blocks instead of refilling per block
-    # (a short segment has only a few token tiles per block)
-    n_tiles = (row_end - row0 + BLOCK_T - 1) // BLOCK_T
-    blk0 = pid_n * COLS
-    n_blk = tl.minimum(COLS, (N_COLS + BLOCK_N - 1) // BLOCK_N - blk0)
-    if COLS == 1 and EXPAND:  # one column block of V_i, loaded once for all of the chunk's rows
-        v_once = _v_block(V, adapter, offs_r, r_mask, pid_n * BLOCK_N + tl.arange(0, BLOCK_N),
-                          N_COLS, stride_va, stride_vr, stride_vn, Y.dtype.element_ty, UPCAST)
+    n_mask = offs_n < N_COLS
     acc = tl.full((BLOCK_R, BLOCK_N), 0.0, tl.float32)
-    for i in range(0, n_tiles * n_blk):
-        blk = i // n_tiles
-        t0 = row0 + (i - blk * n_tiles) * BLOCK_T
-        offs_n = (blk0 + blk) * BLOCK_N + tl.arange(0, BLOCK_N)
-        n_mask = offs_n < N_COLS
+    if EXPAND:  # this column block of V_i, loaded once for all of the chunk's rows
+        v = tl.load(V + adapter.to(tl.int64) * stride_va + offs_r[:, None] * stride_vr
+                    + offs_n[None, :] * stride_vn, mask=r_mask[:, None] & n_mask[None, :],
+                    other=0.0).to(Y.dtype.element_ty)  # fmt: skip
+        if UPCAST:
+            v = v.to(tl.float32)
+    for t0 in range(row0, row_end, BLOCK_T):
         tt = t0 + offs_t
         t_mask = tt < row_end
         tt64 = tt.to(tl.int64)
@@ -197,11 +192,6 @@ def _wgrad_kernel(
             if UPCAST:
                 p = p.to(tl.float32)
         if EXPAND:  # Y[rows, block] (+)= P V_i: the chunks and column blocks tile Y exactly once
-            if COLS == 1:
-                v = v_once
-            else:  # re-read per token tile (from L2) so that it pipelines with P and Q
-                v = _v_block(V, adapter, offs_r, r_mask, offs_n, N_COLS, stride_va, stride_vr,
-                             stride_vn, Y.dtype.element_ty, UPCAST)  # fmt: skip
             # V's rank rows >= r_i are zero, but 0 * nan = nan: P's padding is zeroed too
             e = tl.dot(tl.where(r_mask[None, :], p, 0.0), v, input_precision=DOT_PRECISION)
             y_ptrs = Y + tt64[:, None] * stride_ym + offs_n[None, :] * stride_yn
@@ -209,20 +199,18 @@ def _wgrad_kernel(
             if ADD:
                 e += tl.load(y_ptrs, mask=y_mask, other=0.0).to(tl.float32)
             tl.store(y_ptrs, e.to(Y.dtype.element_ty), mask=y_mask)
-        if REDUCE:
-            if t0 + BLOCK_T >= row_end:  # the block's last token tile: its sum is complete
-                if APPLY_SCALE:
-                    acc = acc * tl.load(SCALES + adapter)
-                # rank rows >= r_i must be EXACTLY zero even if Q holds inf/nan (0 * inf = nan)
-                acc = tl.where(r_mask[:, None], acc, 0.0)
-                o_ptrs = (OUT + adapter.to(tl.int64) * stride_oa + offs_r[:, None] * stride_or
-                          + offs_n[None, :] * stride_on)  # fmt: skip
-                o_mask = (offs_r[:, None] < R_OUT) & n_mask[None, :]
-                if ATOMIC:
-                    tl.atomic_add(o_ptrs, acc, mask=o_mask, sem="relaxed")
-                else:
-                    tl.store(o_ptrs, acc.to(OUT.dtype.element_ty), mask=o_mask)
-                acc = tl.full((BLOCK_R, BLOCK_N), 0.0, tl.float32)
+    if REDUCE:
+        if APPLY_SCALE:
+            acc = acc * tl.load(SCALES + adapter)
+        # rank rows >= r_i must be EXACTLY zero even if Q holds inf/nan (0 * inf = nan)
+        acc = tl.where(r_mask[:, None], acc, 0.0)
+        o_ptrs = (OUT + adapter.to(tl.int64) * stride_oa + offs_r[:, None] * stride_or
+                  + offs_n[None, :] * stride_on)  # fmt: skip
+        o_mask = (offs_r[:, None] < R_OUT) & n_mask[None, :]
+        if ATOMIC:
+            tl.atomic_add(o_ptrs, acc, mask=o_mask, sem="relaxed")
+        else:
+            tl.store(o_ptrs, acc.to(OUT.dtype.element_ty), mask=o_mask)
 
 
 _JITTED: dict[tuple, object] = {}
@@ -295,18 +283,6 @@ def _table_row(TABLE, RANKS, i):
     (adapter, row_start, row_end) (layout.tiles / layout.chunks)."""
     adapter = tl.load(TABLE + i * 3)
     return adapter, tl.load(TABLE + i * 3 + 1), tl.load(TABLE + i * 3 + 2), tl.load(RANKS + adapter)
-
-
-@jit_helper
-def _v_block(V, adapter, offs_r, r_mask, offs_n, N_COLS, stride_va, stride_vr, stride_vn,
-             dtype: tl.constexpr, UPCAST: tl.constexpr):  # fmt: skip
-    """[BLOCK_R, BLOCK_N] block of V_i (rank rows >= r_i zero) in ``dtype`` (fp32 if UPCAST)."""
-    v = tl.load(V + adapter.to(tl.int64) * stride_va + offs_r[:, None] * stride_vr
-                + offs_n[None, :] * stride_vn, mask=r_mask[:, None] & (offs_n < N_COLS)[None, :],
-                other=0.0).to(dtype)  # fmt: skip
-    if UPCAST:
-        v = v.to(tl.float32)
-    return v
 
 
 def get_kernels() -> SimpleNamespace:

@@ -89,21 +89,6 @@ def test_stream_path_spreads(spread):
 
 
 @pytest.mark.parametrize("spread", SPREADS)
-@pytest.mark.parametrize("chunk", [32, None], ids=["chunks-atomics", "chunk-heuristic"])
-def test_weight_gradient_kernel_several_column_blocks_per_program(spread, chunk):
-    """wg_cols / sx_cols > 1: each weight-gradient program walks 3 (2 for the forward expand)
-    column blocks as one flat loop over (block, token tile), flushing dA / dB per block. With
-    64-column blocks, d_in = 200 gives dA / dX 4 blocks (groups of 3 and 1, the last block
-    partial) and d_out = 150 gives y 3 blocks (groups of 2 and 1); every y / dX row and every
-    gradient block is still written exactly once (NaN-poisoned buffers)."""
-    ml.TUNE.update(path="stream", wgrad_chunk=chunk)
-    ml.TUNE["interp"].update(wg_cols=3, sx_cols=2)
-    tensors, seg, ranks, scaling = make_case(3, spread, dtype=BF16, seed=5, t=133, d_in=200,
-                                             d_out=150)  # fmt: skip
-    run_and_compare(tensors, seg, ranks, scaling, BF16)
-
-
-@pytest.mark.parametrize("spread", SPREADS)
 @pytest.mark.parametrize("persist", [0, 1], ids=["tile-per-program", "persistent"])
 def test_gemm_path_spreads(spread, persist, monkeypatch):
     """The gemm path (Triton base GEMM with the LoRA term per output tile) at every spread: row
