@@ -30,6 +30,9 @@ Variants (all compute the same function; the frozen base weight never gets a gra
   (rows of 2026-11-29 06:55Z named fused_acqrel / fused_relaxed: the shipped path before its
   fp32 atomics were made relaxed, and with only that change, before the rank-axis loads were
   vectorised; an A/B of one device call, the kernel source edited between the two runs)
+  (rows of 2026-11-29 07:30Z named fused_one_vwhere / fused_split_vwhere: those paths with
+  V's rank padding zeroed in registers instead of by the load mask, a build reverted after it
+  failed to launch at rank 128 in fp32; the stream path ("fused" rows) was not affected)
   loop       eager PyTorch: shared base GEMM + per-adapter loop (kernels.reference)
   separate   N separate jobs: each adapter runs its own base GEMM + LoRA on its own tokens
 

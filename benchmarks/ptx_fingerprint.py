@@ -88,8 +88,8 @@ def _builders() -> dict:
             dict(S="*fp32", V=f"*{dt}", Y=f"*{dt}", TILES="*i32", **tab),
             dict(BLOCK_M=64, BLOCK_N=128, BLOCK_R=64, ADD=False, APPLY_SCALE=True, **prec),
             ["stride_sr", "stride_vr", "stride_yn"],
-            ["S", "V", "Y", "TILES", "N_OUT", "N_PER_PROG", "stride_sm", "stride_va", "stride_vn",
-             "stride_ym"], stages=1)  # fmt: skip
+            ["S", "V", "Y", "TILES", "N_OUT", "N_PER_PROG", "stride_sm", "stride_va",
+             "stride_vn", "stride_ym"], stages=1)  # fmt: skip
         for tag, (expand, reduce) in dict(plain=(False, True), dadx=(True, True),
                                           stream=(True, False)).items():  # fmt: skip
             out[f"wgrad_{tag}_{dt}"] = partial(ptx, split._wgrad_kernel,
@@ -107,14 +107,17 @@ def _builders() -> dict:
                      Y_DESC=None, **prec),
                 ["stride_xk", "stride_sr", "stride_yn"]
                 + (["stride_wk", "stride_vr"] if rows else ["stride_wr", "stride_vn"]),
-                ["X", "W", "V", "S", "Y", "TILES", "K", "N_OUT", "N_PER_SPLIT", "stride_xm",
-                 "stride_wa", "stride_va", "stride_sm", "stride_ym"], stages=4)  # fmt: skip
+                ["X", "W", "V", "S", "Y", "TILES", "K", "N_OUT", "N_PER_SPLIT", "R_COLS", "stride_xm",
+                 "stride_wa", "stride_va", "stride_sm", "stride_ym"]
+                + (["stride_wr", "stride_vn"] if rows else ["stride_wk", "stride_vr"]),
+                stages=4)  # fmt: skip
         out[f"wgrad_pair_{dt}"] = partial(ptx, fused._wgrad_pair_kernel,
             dict(P1=f"*{dt}", Q1=f"*{dt}", O1="*fp32", P2=f"*{dt}", Q2=f"*{dt}", O2="*fp32",
                  CHUNKS="*i32", **tab),
             dict(BLOCK_T=64, BLOCK_R=64, BLOCK_N=128, ATOMIC=True, **prec),
-            ["s_p1r", "s_q1n", "s_p2r", "s_q2n"],
-            ["P1", "Q1", "O1", "P2", "Q2", "O2", "CHUNKS", "s_p1m", "s_q1m", "s_p2m", "s_q2m"])  # fmt: skip
+            ["s_p1r", "s_q1n", "s_o1n", "s_p2r", "s_q2n", "s_o2r"],
+            ["P1", "Q1", "O1", "P2", "Q2", "O2", "CHUNKS", "N1", "N2", "NB1", "R_OUT", "s_p1m",
+             "s_q1m", "s_o1a", "s_o1r", "s_p2m", "s_q2m", "s_o2a", "s_o2n"])  # fmt: skip
     for tag, kmajor in dict(fwd=True, bwd=False).items():  # the gemm path, bf16 only (on CUDA)
         dt, bm, bn, bk, br = "bf16", 128, 256, 64, 64
         out[f"gemm_lora_{tag}_bf16"] = partial(ptx, gl._gemm_lora_kernel,
@@ -135,10 +138,10 @@ def _builders() -> dict:
             dict(DY=f"*{dt}", X=f"*{dt}", W=f"*{dt}", RSTD="*fp32", DX=f"*{dt}"), rows, [],
             ["DY", "X", "W", "RSTD", "DX", "D", "stride_dy", "stride_x", "stride_dx"], warps=8)  # fmt: skip
         out[f"silu_fwd_{dt}"] = partial(ptx, na._silu_mul_fwd_kernel,
-            dict(G=f"*{dt}", U=f"*{dt}", H=f"*{dt}"), dict(BLOCK=1024), [], ["G", "U", "H"])  # fmt: skip
+            dict(G=f"*{dt}", U=f"*{dt}", H=f"*{dt}"), dict(BLOCK=1024), [], ["G", "U", "H", "N"])  # fmt: skip
         out[f"silu_bwd_{dt}"] = partial(ptx, na._silu_mul_bwd_kernel,
             dict(DH=f"*{dt}", G=f"*{dt}", U=f"*{dt}", DG=f"*{dt}", DU=f"*{dt}"), dict(BLOCK=1024),
-            [], ["DH", "G", "U", "DG", "DU"])  # fmt: skip
+            [], ["DH", "G", "U", "DG", "DU", "N"])  # fmt: skip
     return out
 
 

@@ -149,6 +149,12 @@ def _plan_key(cfg: dict, *extra) -> tuple:
             torch.are_deterministic_algorithms_enabled())
 
 
+def rank_extent(w: torch.Tensor, k: int) -> int:
+    """r_max of an adapter weight w, lora_a [N, r_max, k] or lora_b [N, k, r_max] (k: its
+    other axis; if k == r_max both readings agree): how many rank columns exist to load."""
+    return w.shape[1] if w.shape[2] == k else w.shape[2]
+
+
 def _split_k(n_tiles: int, k: int, cfg: dict, device: torch.device) -> tuple[int, int]:
     """(split, k_per_split) for the shrink kernel: aim at >= 2 programs per SM, >= 4 K-blocks each."""
     split = TUNE["split_k"]
@@ -197,10 +203,9 @@ def _shrink(x, w, w_strides, layout, scale: bool, cfg) -> torch.Tensor:
     out = alloc((t, layout.block_r), device=dev, dtype=torch.float32)
     if tiles.shape[0] == 0:
         return out
-    r_cols = w.shape[1] if w.shape[2] == k else w.shape[2]  # W: [N, r_max, k] or [N, k, r_max]
     launch(mlt.get_kernels().shrink, (tiles.shape[0], split), (
         x, w, out, tiles, layout.ranks_tensor(dev), layout.scaling_tensor(dev),
-        k, k_per, r_cols, x.stride(0), x.stride(1), *w_strides, out.stride(0), out.stride(1),
+        k, k_per, rank_extent(w, k), x.stride(0), x.stride(1), *w_strides, out.stride(0), out.stride(1),
     ), dict(
         BLOCK_M=cfg["sh_bm"], BLOCK_R=layout.block_r, BLOCK_K=cfg["bk"],
         ATOMIC=split > 1, APPLY_SCALE=scale, DOT_PRECISION=dot_precision(x.dtype), UPCAST=cfg["upcast"],

@@ -12,7 +12,17 @@ from triton.tools.tensor_descriptor import TensorDescriptor
 
 from . import multi_lora_triton as mlt
 from .fast_launch import launch
-from .launch import TUNE, _empty, _n_sms, _plan_key, _tma_ok, _wgrad, _wgrad_plan, dot_precision
+from .launch import (
+    TUNE,
+    _empty,
+    _n_sms,
+    _plan_key,
+    _tma_ok,
+    _wgrad,
+    _wgrad_plan,
+    dot_precision,
+    rank_extent,
+)
 from .layout import MultiLoraLayout
 
 # If the one-launch wgrad_pair kernel ever fails to build on a Triton version (it selects
@@ -81,7 +91,7 @@ def shrink_expand(x, w, w_strides, v, v_strides, y, n_out: int, layout, scale_s:
         TensorDescriptor.from_tensor(x, [bm, bk]) if x_tma else x, w, v, s, yy,
         TensorDescriptor.from_tensor(y, [bm, bn]) if y_tma else None,
         tiles, layout.ranks_tensor(dev), layout.scaling_tensor(dev),
-        k, n_out, n_per, x.stride(0), x.stride(1), *w_strides, *v_strides,
+        k, n_out, n_per, rank_extent(w, k), x.stride(0), x.stride(1), *w_strides, *v_strides,
         s.stride(0), s.stride(1), yy.stride(0), yy.stride(1),
     ), dict(
         BLOCK_M=bm, BLOCK_R=layout.block_r, BLOCK_K=bk, BLOCK_N=bn,

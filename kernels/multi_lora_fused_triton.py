@@ -31,7 +31,7 @@ from .multi_lora_triton import _table_row
 
 def _shrink_expand_kernel(
     X, W, V, S, Y, Y_DESC, TILES, RANKS, SCALES,
-    K, N_OUT, N_PER_SPLIT,
+    K, N_OUT, N_PER_SPLIT, R_COLS,
     stride_xm, stride_xk, stride_wa, stride_wr, stride_wk,
     stride_va, stride_vn, stride_vr, stride_sm, stride_sr, stride_ym, stride_yn,
     BLOCK_M: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_N: tl.constexpr,
@@ -49,6 +49,12 @@ def _shrink_expand_kernel(
     offs_n = tl.arange(0, BLOCK_N)
     m_mask = offs_m < row_end
     r_mask = offs_r < rank
+    # W is loaded up to its rank extent R_COLS, not r_i: a runtime r_i mask along a contiguous
+    # rank axis turns 16-byte async copies into 2-byte loads (see multi_lora_triton's
+    # _shrink_kernel); S's columns >= r_i are zeroed after the shrink. V keeps the r_i mask:
+    # its padding must read as 0 (0 * nan = nan), and zeroing it in registers instead made
+    # the rank-128 fp32 tile run out of shared memory at launch (H200, 2026-11-29)
+    r_cols = offs_r < R_COLS
     rows64 = offs_m.to(tl.int64)
     w_base = W + adapter.to(tl.int64) * stride_wa
     acc = tl.full((BLOCK_M, BLOCK_R), 0.0, tl.float32)
@@ -62,10 +68,10 @@ def _shrink_expand_kernel(
                         mask=m_mask[:, None] & k_mask[None, :], other=0.0)  # fmt: skip
         if W_ROWS:  # W_i stored k-contiguous: load [R, BK] as stored, transpose for the dot
             w = tl.trans(tl.load(w_base + offs_r[:, None] * stride_wr + kk[None, :] * stride_wk,
-                                 mask=r_mask[:, None] & k_mask[None, :], other=0.0))  # fmt: skip
+                                 mask=r_cols[:, None] & k_mask[None, :], other=0.0))  # fmt: skip
         else:
             w = tl.load(w_base + offs_r[None, :] * stride_wr + kk[:, None] * stride_wk,
-                        mask=r_mask[None, :] & k_mask[:, None], other=0.0)  # fmt: skip
+                        mask=r_cols[None, :] & k_mask[:, None], other=0.0)  # fmt: skip
         w = w.to(x.dtype)
         if UPCAST:
             x, w = x.to(tl.float32), w.to(tl.float32)
@@ -145,8 +151,10 @@ def _wgrad_pair_kernel(
         tt = t0 + offs_t
         t_mask = tt < row_end
         tt64 = tt.to(tl.int64)
+        # all BLOCK_R columns of P ([T, BLOCK_R]): no r_i mask on its contiguous axis (see
+        # multi_lora_triton._wgrad_kernel); rank rows >= r_i of acc are zeroed below
         p = tl.load(P + tt64[:, None] * s_pm + offs_r[None, :] * s_pr,
-                    mask=t_mask[:, None] & r_mask[None, :], other=0.0)  # fmt: skip
+                    mask=t_mask[:, None], other=0.0)  # fmt: skip
         q = tl.load(Q + tt64[:, None] * s_qm + offs_n[None, :] * s_qn,
                     mask=t_mask[:, None] & n_mask[None, :], other=0.0)  # fmt: skip
         p = p.to(q.dtype)

@@ -116,8 +116,9 @@ def _expand_kernel(
     r_mask = offs_r < rank
     s = tl.load(
         S + offs_m.to(tl.int64)[:, None] * stride_sm + offs_r[None, :] * stride_sr,
-        mask=m_mask[:, None] & r_mask[None, :], other=0.0,
-    )  # [BLOCK_M, BLOCK_R], loaded once for all of this program's column blocks
+        mask=m_mask[:, None], other=0.0,
+    )  # [BLOCK_M, BLOCK_R] (all columns: see _wgrad_kernel), loaded once for all column blocks
+    s = tl.where(r_mask[None, :], s, 0.0)
     y_dtype = Y.dtype.element_ty
     s = s.to(y_dtype)
     if UPCAST:
@@ -131,6 +132,7 @@ def _expand_kernel(
     for n0 in range(n_lo, n_hi, BLOCK_N):
         offs_n = n0 + tl.arange(0, BLOCK_N)
         n_mask = offs_n < n_hi
+        # (the r_i mask stays on V: see _shrink_expand_kernel's V)
         v = tl.load(v_base + offs_n[None, :] * stride_vn, mask=r_mask[:, None] & n_mask[None, :],
                     other=0.0).to(y_dtype)  # fmt: skip
         if UPCAST:

@@ -7,8 +7,13 @@ cost measured time on the H200 (docs/kernels.md §3g):
 * the split-K and weight-gradient reductions use relaxed fp32 atomics: tl.atomic_add's default
   (acq_rel) compiled every one to a fence, a returning atomic and an L1 invalidate;
 * operand tiles whose contiguous axis is the rank axis (the backward shrink's B_i, the
-  weight-gradient kernel's S / dS) come in through 16-byte async copies: a runtime mask on
-  that axis (``r < r_i``) turned them into synchronous 2-byte global loads.
+  weight-gradient kernel's S / dS, shrink_expand's W) come in as 16-byte accesses (async
+  copies where pipelined): a runtime mask on that axis (``r < r_i``) turned them into
+  synchronous 2-byte global loads.
+
+The configurations mark an int argument 16-divisible wherever it is at the Llama-3.1-8B
+shapes, as Triton's launcher specialises it there; a kernel whose masks need an alignment the
+launch cannot give shows up here.
 """
 
 from __future__ import annotations
@@ -19,15 +24,18 @@ import pytest
 
 from benchmarks import ptx_fingerprint
 
+ALL = sorted(ptx_fingerprint._builders())  # every kernel configuration the launchers use
 # the stream path's kernels in bf16: shrink (forward A_i, backward B_i), the weight-gradient
 # kernel plain (dB), with the dX expand (dA + dX) and as the forward's expand
-NAMES = ["shrink_bf16", "shrink_bwd_bf16", "wgrad_plain_bf16", "wgrad_dadx_bf16",
-         "wgrad_stream_bf16"]  # fmt: skip
+STREAM = ["shrink_bf16", "shrink_bwd_bf16", "wgrad_plain_bf16", "wgrad_dadx_bf16",
+          "wgrad_stream_bf16"]  # fmt: skip
+ATOMIC = [n for n in ALL if n.startswith(("shrink_", "wgrad_plain", "wgrad_dadx", "wgrad_pair"))
+          and not n.startswith("shrink_expand")]  # fmt: skip
 
 
 @pytest.fixture(scope="module")
 def ptx(monkeypatch_module):
-    return ptx_fingerprint.configurations(set(NAMES))
+    return ptx_fingerprint.configurations()  # ~40 s on a CPU with a cold Triton cache
 
 
 @pytest.fixture(scope="module")
@@ -37,18 +45,31 @@ def monkeypatch_module():
         yield mp
 
 
-@pytest.mark.parametrize("name", NAMES)
-def test_no_narrow_synchronous_global_loads(ptx, name):
-    """Every global load is 4 bytes or wider (table entries) and the tiles are async copies."""
-    code = ptx[name]
-    narrow = re.findall(r"ld\.global(?:\.\w+)*\.(?:b16|u16|s16|b8|u8)\b", code)
-    assert not narrow, f"{name}: {len(narrow)} sub-word global loads, e.g. {narrow[0]}"
-    assert len(re.findall(r"cp\.async\.cg\.shared\.global", code)) >= 8, name
+# Known exceptions, off the default paths: the split path's expand and the fused path's forward
+# shrink_expand read V = B_i (rank axis contiguous) under the r_i mask, because its padding must
+# read as 0 and zeroing it in registers made the rank-128 fp32 tile run out of shared memory.
+KNOWN_NARROW = {"expand_bf16", "shrink_expand_fwd_bf16"}
 
 
-@pytest.mark.parametrize("name", [n for n in NAMES if n != "wgrad_stream_bf16"])
+@pytest.mark.parametrize("name", ALL)
+def test_no_sub_word_global_accesses(ptx, name):
+    """Every global load and store moves 4 bytes or more per instruction (tiles 16); the known
+    exceptions still have them (remove one from KNOWN_NARROW once it is fixed)."""
+    narrow = re.findall(r"(?:ld|st)\.global(?:\.\w+)*\.(?:b16|u16|s16|b8|u8)\b", ptx[name])
+    if name in KNOWN_NARROW:
+        assert narrow, f"{name} has no sub-word accesses any more: drop it from KNOWN_NARROW"
+    else:
+        assert not narrow, f"{name}: {len(narrow)} sub-word global accesses, e.g. {narrow[0]}"
+
+
+@pytest.mark.parametrize("name", STREAM)
+def test_stream_path_tiles_are_async_copies(ptx, name):
+    assert len(re.findall(r"cp\.async\.cg\.shared\.global", ptx[name])) >= 8, name
+
+
+@pytest.mark.parametrize("name", ATOMIC)
 def test_reduction_atomics_are_relaxed(ptx, name):
-    """The fp32 split reductions: relaxed vector atomics, never an acquire/release one."""
+    """The fp32 split reductions: relaxed atomics, never an acquire/release one."""
     atomics = re.findall(r"(?:atom|red)\.global[.\w]*\.add[.\w]*", ptx[name])
     assert atomics, f"{name}: no atomics (ATOMIC=True configuration)"
     assert all(".relaxed." in a for a in atomics), f"{name}: {sorted(set(atomics))}"
