@@ -32,12 +32,12 @@ RULE_VARIANT = {("split", False): "fused_split", ("fused", False): "fused_one",
 STYLES = {8: "-", 32: "--", 64: ":"}
 
 
-# Rows that measured today's shipped code (docs/kernels.md §3e-§3f): the rule's own variant
+# Rows that measured today's shipped code (docs/kernels.md §3e-§3g): the rule's own variant
 # or the shipped default "fused", from SHIPPED_SINCE[path] on, path = what the auto rule picks
-# for the shape. Stream (S narrowed, forward expand at 256 columns / 8 warps) since 05:54Z;
-# gemm (the k/v projections) since the rule picked it, 06:23Z (the gemm kernel of 05:54Z was a
-# reverted variant). Earlier rows measured older defaults and are not drawn as "auto".
-SHIPPED_SINCE = {"stream": "2026-11-29T05:54Z", "gemm": "2026-11-29T06:23Z"}
+# for the shape. Both paths since 07:00Z, the first run with relaxed atomics and the rank-axis
+# loads vectorised (their shrink and weight-gradient kernels; before: stream since 05:54Z, gemm
+# since 06:23Z). Earlier rows measured older kernels and are not drawn as "auto".
+SHIPPED_SINCE = {"stream": "2026-11-29T07:00Z", "gemm": "2026-11-29T07:00Z"}
 
 
 def _is_current(variant: str, date: str, rule_variant: str, path: str) -> bool:
