@@ -35,11 +35,10 @@ import kernels.multi_lora_triton as split  # noqa: E402
 import kernels.norm_act as na  # noqa: E402
 
 
-def ptx(fn_py, ptrs: dict, consts: dict, ones: list, aligned: list, warps=4, stages=2) -> str:
-    """PTX of fn_py for sm_90: pointer args typed by ``ptrs``, every other runtime arg i32,
-    ``ones`` specialised to 1 and ``aligned`` marked 16-divisible (as Triton's launcher would).
-    Source-line records and the debug labels ($L__tmpN) that mark inlined helper calls are
-    dropped: they change with the source layout, not the code."""
+def compile_sm90(fn_py, ptrs: dict, consts: dict, ones: list, aligned: list, warps=4, stages=2):
+    """fn_py compiled for sm_90 (a triton CompiledKernel: ``.asm["ptx"]``, ``.metadata.shared``):
+    pointer args typed by ``ptrs``, every other runtime arg i32, ``ones`` specialised to 1 and
+    ``aligned`` marked 16-divisible (as Triton's launcher would)."""
     fn = triton.jit(split._with_helpers(fn_py))  # as lazy_jit does, its jit_helper callees too
     # the launchers pass these as constexprs only if the jitted kernel marks them so (a copy
     # that lost the annotations compiled here but failed every launch on the GPU, 2026-11-29)
@@ -53,56 +52,81 @@ def ptx(fn_py, ptrs: dict, consts: dict, ones: list, aligned: list, warps=4, sta
     idx = fn.arg_names.index
     src = ASTSource(fn, sig, constexprs={(idx(k),): v for k, v in consts.items()},
                     attrs={(idx(k),): [["tt.divisibility", 16]] for k in aligned})  # fmt: skip
-    k = triton.compile(src, target=GPUTarget("cuda", 90, 32),
-                       options=dict(num_warps=warps, num_stages=stages))  # fmt: skip
-    code = "\n".join(ln for ln in k.asm["ptx"].splitlines()
+    return triton.compile(src, target=GPUTarget("cuda", 90, 32),
+                          options=dict(num_warps=warps, num_stages=stages))  # fmt: skip
+
+
+def ptx(kernel) -> str:
+    """A compiled kernel's PTX without source-line records and the debug labels ($L__tmpN)
+    that mark inlined helper calls: they change with the source layout, not the code."""
+    code = "\n".join(ln for ln in kernel.asm["ptx"].splitlines()
                      if not ln.strip().startswith((".loc", ".file", "//", "$L__tmp")))  # fmt: skip
     return re.sub(r"\.section\s+\.debug.*", "", code, flags=re.S)
 
 
-def configurations(names=None) -> dict[str, str]:
+# Shared memory one program may use on an H200 (sm_90: 227 KB per block); a kernel above it
+# compiles but fails at launch (OutOfResources).
+SM90_SHARED_BYTES = 232448
+
+
+def configurations(names=None, block_r: int = 64) -> dict[str, str]:
     """Configuration name -> PTX, for all configurations or only those in ``names``."""
-    return {k: build() for k, build in _builders().items() if names is None or k in names}
+    return {k: ptx(c) for k, c in compiled(names, block_r).items()}
 
 
-def _builders() -> dict:
+def shared_memory(names=None, block_r: int = 64) -> dict[str, int]:
+    """Configuration name -> bytes of shared memory per program (Triton's compile metadata)."""
+    return {k: c.metadata.shared for k, c in compiled(names, block_r).items()}
+
+
+def compiled(names=None, block_r: int = 64) -> dict:
+    """Configuration name -> CompiledKernel, the rank axis padded to ``block_r`` (the gemm
+    path's GEMM keeps 64: above it the launcher takes the stream path)."""
+    return {k: build() for k, build in _builders(block_r).items() if names is None or k in names}
+
+
+def _builders(block_r: int = 64) -> dict:
     """Configuration name -> a zero-argument function compiling it (so a caller that needs
     a few configurations, e.g. tests/kernels/test_generated_code.py, compiles only those)."""
     out = {}
     for dt in ("bf16", "fp32"):
         prec = dict(DOT_PRECISION="ieee" if dt == "fp32" else "tf32", UPCAST=False)
         tab = dict(RANKS="*i32", SCALES="*fp32")
-        out[f"shrink_{dt}"] = partial(ptx, split._shrink_kernel,
+        out[f"shrink_{dt}"] = partial(compile_sm90, split._shrink_kernel,
             dict(X=f"*{dt}", W=f"*{dt}", OUT="*fp32", TILES="*i32", **tab),
-            dict(BLOCK_M=128, BLOCK_R=64, BLOCK_K=64, ATOMIC=True, APPLY_SCALE=True, **prec),
+            dict(BLOCK_M=128, BLOCK_R=block_r, BLOCK_K=64, ATOMIC=True, APPLY_SCALE=True, **prec),
             ["stride_xk", "stride_wk", "stride_or"],
             ["X", "W", "OUT", "TILES", "K", "K_PER_SPLIT", "R_COLS", "stride_xm", "stride_wa",
              "stride_wr", "stride_om"], warps=8, stages=3)  # fmt: skip
-        out[f"shrink_bwd_{dt}"] = partial(ptx, split._shrink_kernel,  # W = B_i, rank axis contiguous
+        out[f"shrink_bwd_{dt}"] = partial(compile_sm90, split._shrink_kernel,  # W = B_i, rank axis contiguous
             dict(X=f"*{dt}", W=f"*{dt}", OUT="*fp32", TILES="*i32", **tab),
-            dict(BLOCK_M=128, BLOCK_R=64, BLOCK_K=64, ATOMIC=True, APPLY_SCALE=True, **prec),
+            dict(BLOCK_M=128, BLOCK_R=block_r, BLOCK_K=64, ATOMIC=True, APPLY_SCALE=True, **prec),
             ["stride_xk", "stride_wr", "stride_or"],
             ["X", "W", "OUT", "TILES", "K", "K_PER_SPLIT", "R_COLS", "stride_xm", "stride_wa",
              "stride_wk", "stride_om"], warps=8, stages=3)  # fmt: skip
-        out[f"expand_{dt}"] = partial(ptx, split._expand_kernel,
+        out[f"expand_{dt}"] = partial(compile_sm90, split._expand_kernel,
             dict(S="*fp32", V=f"*{dt}", Y=f"*{dt}", TILES="*i32", **tab),
-            dict(BLOCK_M=64, BLOCK_N=128, BLOCK_R=64, ADD=False, APPLY_SCALE=True, **prec),
+            dict(BLOCK_M=64, BLOCK_N=128, BLOCK_R=block_r, ADD=False, APPLY_SCALE=True, **prec),
             ["stride_sr", "stride_vr", "stride_yn"],
             ["S", "V", "Y", "TILES", "N_OUT", "N_PER_PROG", "stride_sm", "stride_va",
              "stride_vn", "stride_ym"], stages=1)  # fmt: skip
         for tag, (expand, reduce) in dict(plain=(False, True), dadx=(True, True),
                                           stream=(True, False)).items():  # fmt: skip
-            out[f"wgrad_{tag}_{dt}"] = partial(ptx, split._wgrad_kernel,
+            out[f"wgrad_{tag}_{dt}"] = partial(compile_sm90, split._wgrad_kernel,
                 dict(P=f"*{dt}", Q=f"*{dt}", OUT="*fp32", CHUNKS="*i32", V=f"*{dt}", Y=f"*{dt}", **tab),
-                dict(BLOCK_T=64, BLOCK_R=64, BLOCK_N=128, ATOMIC=True, APPLY_SCALE=False,
-                     EXPAND=expand, ADD=False, REDUCE=reduce, **prec),
+                # the forward's expand-only launch has its own column block and warps (sx_*)
+                dict(BLOCK_T=64, BLOCK_R=block_r, BLOCK_N=128 if reduce else 256, ATOMIC=True,
+                     APPLY_SCALE=False, EXPAND=expand, ADD=False, REDUCE=reduce, **prec),
                 ["stride_pr", "stride_qn", "stride_on", "stride_vn", "stride_yn"],
                 ["P", "Q", "OUT", "CHUNKS", "V", "Y", "N_COLS", "R_OUT", "stride_pm", "stride_qm",
-                 "stride_oa", "stride_or", "stride_va", "stride_vr", "stride_ym"])  # fmt: skip
+                 "stride_oa", "stride_or", "stride_va", "stride_vr", "stride_ym"],
+                warps=4 if reduce else 8)  # fmt: skip
         for tag, rows in dict(fwd=True, bwd=False).items():
-            out[f"shrink_expand_{tag}_{dt}"] = partial(ptx, fused._shrink_expand_kernel,
+            out[f"shrink_expand_{tag}_{dt}"] = partial(compile_sm90, fused._shrink_expand_kernel,
                 dict(X=f"*{dt}", W=f"*{dt}", V=f"*{dt}", S=f"*{dt}", Y=f"*{dt}", TILES="*i32", **tab),
-                dict(BLOCK_M=64, BLOCK_R=64, BLOCK_K=64, BLOCK_N=128, SCALE_S=not rows,
+                # the shipped se_fwd_* / se_bwd_* settings: K steps of 64 / 128, 4 / 3 stages
+                dict(BLOCK_M=64, BLOCK_R=block_r, BLOCK_K=64 if rows else 128, BLOCK_N=128,
+                     SCALE_S=not rows,
                      SCALE_Y=rows, ADD=False, W_ROWS=rows, V_ROWS=rows, X_TMA=False, Y_TMA=False,
                      Y_DESC=None, **prec),
                 ["stride_xk", "stride_sr", "stride_yn"]
@@ -110,17 +134,17 @@ def _builders() -> dict:
                 ["X", "W", "V", "S", "Y", "TILES", "K", "N_OUT", "N_PER_SPLIT", "R_COLS", "stride_xm",
                  "stride_wa", "stride_va", "stride_sm", "stride_ym"]
                 + (["stride_wr", "stride_vn"] if rows else ["stride_wk", "stride_vr"]),
-                stages=4)  # fmt: skip
-        out[f"wgrad_pair_{dt}"] = partial(ptx, fused._wgrad_pair_kernel,
+                stages=4 if rows else 3)  # fmt: skip
+        out[f"wgrad_pair_{dt}"] = partial(compile_sm90, fused._wgrad_pair_kernel,
             dict(P1=f"*{dt}", Q1=f"*{dt}", O1="*fp32", P2=f"*{dt}", Q2=f"*{dt}", O2="*fp32",
                  CHUNKS="*i32", **tab),
-            dict(BLOCK_T=64, BLOCK_R=64, BLOCK_N=128, ATOMIC=True, **prec),
+            dict(BLOCK_T=64, BLOCK_R=block_r, BLOCK_N=128, ATOMIC=True, **prec),
             ["s_p1r", "s_q1n", "s_o1n", "s_p2r", "s_q2n", "s_o2r"],
             ["P1", "Q1", "O1", "P2", "Q2", "O2", "CHUNKS", "N1", "N2", "NB1", "R_OUT", "s_p1m",
              "s_q1m", "s_o1a", "s_o1r", "s_p2m", "s_q2m", "s_o2a", "s_o2n"])  # fmt: skip
     for tag, kmajor in dict(fwd=True, bwd=False).items():  # the gemm path, bf16 only (on CUDA)
         dt, bm, bn, bk, br = "bf16", 128, 256, 64, 64
-        out[f"gemm_lora_{tag}_bf16"] = partial(ptx, gl._gemm_lora_kernel,
+        out[f"gemm_lora_{tag}_bf16"] = partial(compile_sm90, gl._gemm_lora_kernel,
             dict(A_DESC=f"tensordesc<{dt}[{bm}, {bk}]>",
                  B_DESC=f"tensordesc<{dt}[{bn}, {bk}]>" if kmajor else f"tensordesc<{dt}[{bk}, {bn}]>",
                  C_DESC=f"tensordesc<{dt}[{bm}, {bn}]>", S_DESC=f"tensordesc<{dt}[{bm}, {br}]>",
@@ -131,15 +155,15 @@ def _builders() -> dict:
             [], ["ROW_AD", "RANKS", "M", "N", "K"], warps=8, stages=3)  # fmt: skip
     for dt in ("bf16", "fp32"):  # RMSNorm and SwiGLU (kernels/norm_act.py), H200 launch settings
         rows = dict(BLOCK_M=1, BLOCK_D=4096)
-        out[f"rms_fwd_{dt}"] = partial(ptx, na._rms_fwd_kernel,
+        out[f"rms_fwd_{dt}"] = partial(compile_sm90, na._rms_fwd_kernel,
             dict(X=f"*{dt}", W=f"*{dt}", Y=f"*{dt}", RSTD="*fp32", eps="fp32"), rows, [],
             ["X", "W", "Y", "RSTD", "D", "stride_x", "stride_y"], warps=8)  # fmt: skip
-        out[f"rms_bwd_{dt}"] = partial(ptx, na._rms_bwd_kernel,
+        out[f"rms_bwd_{dt}"] = partial(compile_sm90, na._rms_bwd_kernel,
             dict(DY=f"*{dt}", X=f"*{dt}", W=f"*{dt}", RSTD="*fp32", DX=f"*{dt}"), rows, [],
             ["DY", "X", "W", "RSTD", "DX", "D", "stride_dy", "stride_x", "stride_dx"], warps=8)  # fmt: skip
-        out[f"silu_fwd_{dt}"] = partial(ptx, na._silu_mul_fwd_kernel,
+        out[f"silu_fwd_{dt}"] = partial(compile_sm90, na._silu_mul_fwd_kernel,
             dict(G=f"*{dt}", U=f"*{dt}", H=f"*{dt}"), dict(BLOCK=1024), [], ["G", "U", "H", "N"])  # fmt: skip
-        out[f"silu_bwd_{dt}"] = partial(ptx, na._silu_mul_bwd_kernel,
+        out[f"silu_bwd_{dt}"] = partial(compile_sm90, na._silu_mul_bwd_kernel,
             dict(DH=f"*{dt}", G=f"*{dt}", U=f"*{dt}", DG=f"*{dt}", DU=f"*{dt}"), dict(BLOCK=1024),
             [], ["DH", "G", "U", "DG", "DU", "N"])  # fmt: skip
     return out

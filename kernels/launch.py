@@ -95,6 +95,26 @@ def auto_path(t: int, d_in: int, d_out: int) -> tuple[str, bool]:
     return ("gemm" if 4 * d_out <= d_in else "stream"), False
 
 
+# Largest rank padding (layout.block_r) at which each path's kernels fit in the 227 KB of shared
+# memory one program may use on sm_90, by operand size in bytes: from Triton 3.6's compile
+# metadata for the shipped tile settings (benchmarks/ptx_fingerprint.shared_memory, 2026-11-29;
+# kept true by tests/kernels/test_generated_code.py). Above it a launch fails with
+# OutOfResources (seen on the H200 for a variant of the fused path at rank 128, fp32). The
+# gemm path's own limit is gemm_ok's (block_r <= 64, 16-bit).
+MAX_BLOCK_R = {"stream": {2: 256, 4: 128}, "split": {2: 256, 4: 256}, "fused": {2: 128, 4: 64},
+               "gemm": {2: 64, 4: 64}}  # fmt: skip
+
+
+def fitting_path(path: str, block_r: int, elem_size: int) -> str | None:
+    """``path`` if its kernels fit at this rank padding and operand size (bytes), else the first
+    of "stream" and "split" that does; None if none does (the call then runs the pure-torch
+    reference: ranks above 256)."""
+    for p in (path, "stream", "split"):
+        if block_r <= MAX_BLOCK_R[p].get(elem_size, 0):
+            return p
+    return None
+
+
 def choose_path(t: int, d_in: int, d_out: int) -> tuple[str, bool]:
     """(path, wgrad_pair) for one layer call: :func:`auto_path` when TUNE["path"] is "auto",
     else TUNE["path"] / TUNE["wgrad_pair"] as set."""

@@ -35,6 +35,7 @@ fused, stream and gemm paths, fp32 on the split path).
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 
 import torch
@@ -57,6 +58,7 @@ from .launch import (  # noqa: E402,F401
     _stream_expand,
     _wgrad,
     choose_path,
+    fitting_path,
 )
 from .launch_fused import shrink_expand, wgrad_pair  # noqa: E402
 from .launch_gemm import gemm_lora, gemm_ok  # noqa: E402
@@ -79,6 +81,9 @@ class _FusedMultiLora(torch.autograd.Function):
         path, pair = choose_path(x.shape[0], x.shape[1], weight.shape[0])
         if path == "gemm" and not gemm_ok(x, weight, lora_a, lora_b, layout):
             path = "stream"  # (gemm_ok: TMA-able rows, Hopper, 16-bit on CUDA, ranks <= 64)
+        # a path whose tiles would not fit in shared memory at this rank padding hands over
+        # (fused_multi_lora has already sent ranks no path fits to the reference)
+        path = fitting_path(path, layout.block_r, x.element_size())
         if path in ("stream", "gemm"):  # S carries s_i here (their expands have no scale)
             s = _narrow(_shrink(x, lora_a, a_str, layout, True, cfg), x.dtype)  # s_i x_i A_iᵀ
         if path == "gemm":  # the Triton base GEMM adds S B_iᵀ itself: no delta, no cuBLAS
@@ -212,6 +217,12 @@ def fused_multi_lora(
     _validate(x, weight, lora_a, lora_b, layout)
     # rows of x and of y / dY (d_out wide) are indexed in int32 (mlt.MAX_KERNEL_ELEMENTS)
     if not mlt.kernels_take(x, x.shape[0] * max(x.stride(0), weight.shape[0], x.shape[1])):
+        return fused_multi_lora_reference(x, weight, lora_a, lora_b, layout)
+    if fitting_path("stream", layout.block_r, x.element_size()) is None:
+        warnings.warn(f"fused_multi_lora: ranks up to {layout.r_max} (padded to {layout.block_r}) "
+                      f"exceed what the kernels' tiles fit in shared memory for {x.dtype} "
+                      "(rank padding 256 at most); this call runs the pure-torch reference "
+                      "instead", stacklevel=2)  # fmt: skip
         return fused_multi_lora_reference(x, weight, lora_a, lora_b, layout)
     if x.device.type == "cuda" and x.device.index != torch.cuda.current_device():
         # Triton compiles and launches on the current device: make it x's (cuda:N, N != current)

@@ -340,6 +340,48 @@ def test_triton_launches_constant_in_n(n, path, monkeypatch):
     assert {k: c.n for k, c in counted.items() if c.n} == total
 
 
+@pytest.mark.parametrize(("path", "dtype", "max_rank", "runs"), [
+    ("fused", torch.float32, 64, "fused"),  # block_r 64: the fused tiles fit
+    ("fused", torch.float32, 128, "stream"),  # 128 fp32: shrink_expand over 227 KB
+    ("fused", BF16, 128, "fused"),
+    ("stream", BF16, 200, "stream"),  # block_r 256 in 16 bits: the stream tiles fit
+    ("stream", torch.float32, 200, "split"),  # 256 fp32: only the split path's fit
+    ("gemm", BF16, 128, "stream"),  # the gemm path stops at 64 (gemm_ok)
+], ids=["fused-fp32-64", "fused-fp32-128", "fused-bf16-128", "stream-bf16-256",
+        "stream-fp32-256", "gemm-bf16-128"])  # fmt: skip
+def test_path_hands_over_where_its_tiles_would_not_fit(path, dtype, max_rank, runs, monkeypatch):
+    """A path whose tiles would exceed sm_90's shared memory at this rank padding and dtype
+    (launch.MAX_BLOCK_R, from the compile metadata) hands the call to one that fits, and that
+    path is right at the large padding (here block_r 256 runs under the interpreter)."""
+    ml.TUNE["path"] = path
+    counted = _count_launches(monkeypatch)
+    tensors, seg, ranks, scaling = make_case(3, "uniform", 40, 48, 40, rank_pool=(8, 16),
+                                             dtype=dtype, seed=4)  # fmt: skip
+    ranks[0] = max_rank  # lora_a / lora_b were drawn with r_max = 16: widen them
+    for name, dim in (("lora_a", 1), ("lora_b", 2)):
+        t = tensors[name]
+        shape = list(t.shape)
+        shape[dim] = max_rank
+        wide = torch.randn(shape, generator=torch.Generator().manual_seed(5), dtype=dtype) * 0.1
+        tensors[name] = wide
+    run_and_compare(tensors, seg, ranks, scaling, dtype)
+    ran = {k for k, c in counted.items() if c.n}
+    assert ran == {k for k in LAUNCHES[runs][1]}, ran
+
+
+def test_ranks_no_kernel_tile_fits_run_the_reference(monkeypatch):
+    """Rank padding 512 (ranks above 256): no path's tiles fit, so the call warns and runs the
+    pure-torch reference (no kernel launch), with the same results and gradients."""
+    counted = _count_launches(monkeypatch)
+    tensors, seg, ranks, scaling = make_case(2, "uniform", 24, 32, 24, rank_pool=(8,), seed=6)
+    ranks[1] = 300
+    tensors["lora_a"] = torch.randn(2, 300, 32) * 0.1
+    tensors["lora_b"] = torch.randn(2, 24, 300) * 0.1
+    with pytest.warns(UserWarning, match="pure-torch reference"):
+        run_and_compare(tensors, seg, ranks, scaling, torch.float32)
+    assert not any(c.n for c in counted.values())
+
+
 def test_deterministic_mode_is_bitwise_repeatable():
     tensors, seg, ranks, scaling = make_case(3, "uniform", seed=9, **SMALL)
     ml.TUNE.update(path="split", split_k=3, wgrad_chunk=32)  # would use atomics...
