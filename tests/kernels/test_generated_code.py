@@ -88,23 +88,35 @@ DTYPE_OF_SIZE = {2: "bf16", 4: "fp32"}
 
 @pytest.fixture(scope="module")
 def smem(monkeypatch_module):
-    """block_r -> configuration -> shared memory bytes per program (sm_90 compile metadata)."""
-    names = {f"{k}_{dt}" for ks in PATH_KERNELS.values() for k in ks for dt in DTYPE_OF_SIZE.values()}
-    return {br: ptx_fingerprint.shared_memory(names, block_r=br) for br in (64, 128, 256)}
+    """shared_memory(names, block_r) -> {name: bytes per program}, each compiled once."""
+    cache: dict = {}
+
+    def get(names, block_r):
+        todo = {n for n in names if (n, block_r) not in cache}
+        with pytest.MonkeyPatch.context() as mp:  # called from tests, which set interpret mode
+            mp.setenv("TRITON_INTERPRET", "0")
+            for n, v in ptx_fingerprint.shared_memory(todo, block_r=block_r).items():
+                cache[(n, block_r)] = v
+        return {n: cache[(n, block_r)] for n in names}
+
+    return get
 
 
 @pytest.mark.parametrize("elem", [2, 4], ids=["16-bit", "fp32"])
 @pytest.mark.parametrize("path", list(PATH_KERNELS))
 def test_max_block_r_table_matches_shared_memory(smem, path, elem):
     """launch.MAX_BLOCK_R, which routes calls away from paths whose tiles would not fit
-    (OutOfResources at launch), is exact: at the listed rank padding every kernel of the path
-    fits in sm_90's 227 KB per program, and at the next one (up to 256) some kernel does not."""
+    (OutOfResources at launch), is safe: at the listed rank padding every kernel of the path
+    fits in sm_90's 227 KB per program. For 16-bit operands it is also tight where the next
+    padding is at most 256 (some kernel does not fit there); fp32 compiles of large tiles take
+    minutes on a CPU, so fp32's tightness is only in docs/kernels.md §3g."""
     from kernels.launch import MAX_BLOCK_R
 
     limit = MAX_BLOCK_R[path][elem]
     names = [f"{k}_{DTYPE_OF_SIZE[elem]}" for k in PATH_KERNELS[path]]
-    over = {n: smem[limit][n] for n in names if smem[limit][n] > ptx_fingerprint.SM90_SHARED_BYTES}
+    got = smem(names, limit)
+    over = {n: b for n, b in got.items() if b > ptx_fingerprint.SM90_SHARED_BYTES}
     assert not over, f"{path} at block_r {limit}: {over}"
-    if 2 * limit in smem:
-        worst = max(smem[2 * limit][n] for n in names)
+    if elem == 2 and 2 * limit <= 256:
+        worst = max(smem(names, 2 * limit).values())
         assert worst > ptx_fingerprint.SM90_SHARED_BYTES, f"{path} fits at {2 * limit} too: raise it"

@@ -345,10 +345,10 @@ def test_triton_launches_constant_in_n(n, path, monkeypatch):
     ("fused", torch.float32, 128, "stream"),  # 128 fp32: shrink_expand over 227 KB
     ("fused", BF16, 128, "fused"),
     ("stream", BF16, 200, "stream"),  # block_r 256 in 16 bits: the stream tiles fit
-    ("stream", torch.float32, 200, "split"),  # 256 fp32: only the split path's fit
+    ("fused", BF16, 200, "stream"),  # 256 in 16 bits: the fused backward is over
     ("gemm", BF16, 128, "stream"),  # the gemm path stops at 64 (gemm_ok)
 ], ids=["fused-fp32-64", "fused-fp32-128", "fused-bf16-128", "stream-bf16-256",
-        "stream-fp32-256", "gemm-bf16-128"])  # fmt: skip
+        "fused-bf16-256", "gemm-bf16-128"])  # fmt: skip
 def test_path_hands_over_where_its_tiles_would_not_fit(path, dtype, max_rank, runs, monkeypatch):
     """A path whose tiles would exceed sm_90's shared memory at this rank padding and dtype
     (launch.MAX_BLOCK_R, from the compile metadata) hands the call to one that fits, and that
@@ -369,16 +369,19 @@ def test_path_hands_over_where_its_tiles_would_not_fit(path, dtype, max_rank, ru
     assert ran == {k for k in LAUNCHES[runs][1]}, ran
 
 
-def test_ranks_no_kernel_tile_fits_run_the_reference(monkeypatch):
-    """Rank padding 512 (ranks above 256): no path's tiles fit, so the call warns and runs the
-    pure-torch reference (no kernel launch), with the same results and gradients."""
+@pytest.mark.parametrize(("dtype", "rank"), [(torch.float32, 200), (BF16, 300)],
+                         ids=["fp32-256", "bf16-512"])  # fmt: skip
+def test_ranks_no_kernel_tile_fits_run_the_reference(dtype, rank, monkeypatch):
+    """Rank padding 256 in fp32, 512 in any dtype: no path's tiles are known to fit, so the
+    call warns and runs the pure-torch reference (no kernel launch), same results and grads."""
     counted = _count_launches(monkeypatch)
-    tensors, seg, ranks, scaling = make_case(2, "uniform", 24, 32, 24, rank_pool=(8,), seed=6)
-    ranks[1] = 300
-    tensors["lora_a"] = torch.randn(2, 300, 32) * 0.1
-    tensors["lora_b"] = torch.randn(2, 24, 300) * 0.1
+    tensors, seg, ranks, scaling = make_case(2, "uniform", 24, 32, 24, rank_pool=(8,),
+                                             dtype=dtype, seed=6)  # fmt: skip
+    ranks[1] = rank
+    tensors["lora_a"] = (torch.randn(2, rank, 32) * 0.1).to(dtype)
+    tensors["lora_b"] = (torch.randn(2, 24, rank) * 0.1).to(dtype)
     with pytest.warns(UserWarning, match="pure-torch reference"):
-        run_and_compare(tensors, seg, ranks, scaling, torch.float32)
+        run_and_compare(tensors, seg, ranks, scaling, dtype)
     assert not any(c.n for c in counted.values())
 
 
