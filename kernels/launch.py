@@ -107,14 +107,19 @@ MAX_BLOCK_R = {"stream": {2: 256, 4: 128}, "split": {2: 256, 4: 128}, "fused": {
                "gemm": {2: 64, 4: 64}}  # fmt: skip
 
 
-def fitting_path(path: str, block_r: int, elem_size: int) -> str | None:
+def max_block_r(elem_size: int) -> int:
+    """The largest rank padding any kernel path takes for operands of this size (bytes); above
+    it a call runs the pure-torch reference."""
+    return max(limits.get(elem_size, 0) for limits in MAX_BLOCK_R.values())
+
+
+def fitting_path(path: str, block_r: int, elem_size: int) -> str:
     """``path`` if its kernels fit at this rank padding and operand size (bytes), else the first
-    of "stream" and "split" that does; None if none does (the call then runs the pure-torch
-    reference: ranks above 256, above 128 in fp32)."""
+    of "stream" and "split" that does (one does whenever block_r <= max_block_r(elem_size))."""
     for p in (path, "stream", "split"):
         if block_r <= MAX_BLOCK_R[p].get(elem_size, 0):
             return p
-    return None
+    raise RuntimeError(f"no kernel path takes rank padding {block_r} at {elem_size}-byte operands")
 
 
 def choose_path(t: int, d_in: int, d_out: int) -> tuple[str, bool]:

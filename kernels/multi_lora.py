@@ -59,6 +59,7 @@ from .launch import (  # noqa: E402,F401
     _wgrad,
     choose_path,
     fitting_path,
+    max_block_r,
 )
 from .launch_fused import shrink_expand, wgrad_pair  # noqa: E402
 from .launch_gemm import gemm_lora, gemm_ok  # noqa: E402
@@ -218,10 +219,10 @@ def fused_multi_lora(
     # rows of x and of y / dY (d_out wide) are indexed in int32 (mlt.MAX_KERNEL_ELEMENTS)
     if not mlt.kernels_take(x, x.shape[0] * max(x.stride(0), weight.shape[0], x.shape[1])):
         return fused_multi_lora_reference(x, weight, lora_a, lora_b, layout)
-    if fitting_path("stream", layout.block_r, x.element_size()) is None:
+    if layout.block_r > (limit := max_block_r(x.element_size())):
         warnings.warn(f"fused_multi_lora: ranks up to {layout.r_max} (padded to {layout.block_r}) "
                       f"exceed what the kernels' tiles fit in shared memory for {x.dtype} "
-                      "(rank padding 256 at most); this call runs the pure-torch reference "
+                      f"(rank padding {limit} at most); this call runs the pure-torch reference "
                       "instead", stacklevel=2)  # fmt: skip
         return fused_multi_lora_reference(x, weight, lora_a, lora_b, layout)
     if x.device.type == "cuda" and x.device.index != torch.cuda.current_device():

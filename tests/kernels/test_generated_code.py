@@ -22,6 +22,7 @@ launch cannot give shows up here.
 
 from __future__ import annotations
 
+import contextlib
 import re
 
 import pytest
@@ -37,16 +38,18 @@ ATOMIC = [n for n in ALL if n.startswith(("shrink_", "wgrad_plain", "wgrad_dadx"
           and not n.startswith("shrink_expand")]  # fmt: skip
 
 
-@pytest.fixture(scope="module")
-def ptx(monkeypatch_module):
-    return ptx_fingerprint.configurations()  # ~40 s on a CPU with a cold Triton cache
-
-
-@pytest.fixture(scope="module")
-def monkeypatch_module():
+@contextlib.contextmanager
+def _compiled_mode():
+    """Compiled kernels, not interpreter functions (conftest sets TRITON_INTERPRET per test)."""
     with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("TRITON_INTERPRET", "0")  # compiled kernels, not interpreter functions
-        yield mp
+        mp.setenv("TRITON_INTERPRET", "0")
+        yield
+
+
+@pytest.fixture(scope="module")
+def ptx():
+    with _compiled_mode():
+        return ptx_fingerprint.configurations()  # ~40 s on a CPU with a cold Triton cache
 
 
 # Known exceptions, off the default paths: the split path's expand and the fused path's forward
@@ -87,14 +90,13 @@ DTYPE_OF_SIZE = {2: "bf16", 4: "fp32"}
 
 
 @pytest.fixture(scope="module")
-def smem(monkeypatch_module):
+def smem():
     """shared_memory(names, block_r) -> {name: bytes per program}, each compiled once."""
     cache: dict = {}
 
     def get(names, block_r):
         todo = {n for n in names if (n, block_r) not in cache}
-        with pytest.MonkeyPatch.context() as mp:  # called from tests, which set interpret mode
-            mp.setenv("TRITON_INTERPRET", "0")
+        with _compiled_mode():  # called from the tests' bodies
             for n, v in ptx_fingerprint.shared_memory(todo, block_r=block_r).items():
                 cache[(n, block_r)] = v
         return {n: cache[(n, block_r)] for n in names}
