@@ -272,10 +272,13 @@ def _wgrad(p, q, like, transpose_out: bool, layout, scale: bool, cfg,
     """
     dev, n_cols = q.device, q.shape[1]
     chunks, atomic, needs_zero = _wgrad_plan(layout, n_cols, cfg, dev)
+    r_ext = rank_extent(like, n_cols)
+    # rank rows at or past block_r belong to no program's tile: zero them up front
+    needs_zero = needs_zero or r_ext > layout.block_r
     buf_dtype = torch.float32 if atomic else like.dtype
     out = (torch.zeros if needs_zero else _empty)(like.shape, device=dev, dtype=buf_dtype)
     s_a, s_r, s_n = (out.stride(0), out.stride(2), out.stride(1)) if transpose_out else out.stride()
-    _row_stream(p, q, out, (s_a, s_r, s_n), chunks, atomic, scale, expand, layout, cfg)
+    _row_stream(p, q, out, (s_a, s_r, s_n), r_ext, chunks, atomic, scale, expand, layout, cfg)
     return out if out.dtype == like.dtype else out.to(like.dtype)
 
 
@@ -286,12 +289,14 @@ def _stream_expand(p, v, v_strides, y, add: bool, layout, cfg) -> None:
     dev, n_cols = y.device, y.shape[1]
     cfg = dict(cfg, bn=cfg["sx_bn"], warps=cfg["sx_warps"])  # its own column block and warps
     chunks = _wgrad_plan(layout, n_cols, cfg, dev)[0]
-    _row_stream(p, None, None, (0, 0, 0), chunks, False, False, (v, v_strides, y, add), layout, cfg)
+    _row_stream(p, None, None, (0, 0, 0), rank_extent(v, n_cols), chunks, False, False,
+                (v, v_strides, y, add), layout, cfg)  # fmt: skip
 
 
-def _row_stream(p, q, out, out_strides, chunks, atomic, scale, expand, layout, cfg) -> None:
+def _row_stream(p, q, out, out_strides, r_ext, chunks, atomic, scale, expand, layout, cfg) -> None:
     """Launch the weight-gradient kernel (reduction into ``out`` unless q is None, expand into
-    y if ``expand``) over (token chunks) x (column blocks of q or y)."""
+    y if ``expand``) over (token chunks) x (column blocks of q or y). ``r_ext``: the adapter
+    weights' rank extent (rows of ``out`` written, rows of V that exist)."""
     if chunks.shape[0] == 0:
         return
     dev = p.device
@@ -302,7 +307,7 @@ def _row_stream(p, q, out, out_strides, chunks, atomic, scale, expand, layout, c
     grid = (chunks.shape[0], -(-n_cols // cfg["bn"]))
     launch(mlt.get_kernels().wgrad, grid, (
         p, q, out, chunks, layout.ranks_tensor(dev), layout.scaling_tensor(dev), v, y,
-        n_cols, layout.r_max, p.stride(0), p.stride(1), q.stride(0), q.stride(1), *out_strides,
+        n_cols, r_ext, p.stride(0), p.stride(1), q.stride(0), q.stride(1), *out_strides,
         *v_strides, y.stride(0), y.stride(1),
     ), dict(
         BLOCK_T=cfg["bt"], BLOCK_R=layout.block_r, BLOCK_N=cfg["bn"],

@@ -55,15 +55,19 @@ def make_case(
     seed: int = 0,
     nan_pad: bool = True,
     ranks: list[int] | None = None,
+    tensor_r_max: int | None = None,
 ):
-    """Random inputs; rank columns >= r_i hold NaN (nan_pad) to prove they are never read."""
+    """Random inputs; rank columns >= r_i hold NaN (nan_pad) to prove they are never read.
+    ``tensor_r_max``: the adapters' rank extent (lora_a [N, r, d_in]) when it should exceed
+    max(ranks), as for adapters stacked at a fixed maximum rank."""
     rng = np.random.default_rng(seed)
     g = torch.Generator().manual_seed(seed)
     seg = seg_lens_for(spread, n, t, rng)
     assert sum(seg) == t and min(seg) >= 0
     if ranks is None:
         ranks = [int(r) for r in rng.choice(rank_pool, size=n)]
-    r_max = max(ranks)
+    r_max = max(ranks) if tensor_r_max is None else tensor_r_max
+    assert r_max >= max(ranks)
     scaling = [float(2 * r) / r for r in ranks]  # alpha = 2r, as in the paper's search spaces
     scaling = [s * (0.5 + i % 3) for i, s in enumerate(scaling)]  # make them differ per adapter
     x = torch.randn(t, d_in, generator=g)

@@ -185,6 +185,19 @@ def test_rank_128_mixed():
     run_and_compare(tensors, seg, ranks, scaling, torch.float32)
 
 
+@pytest.mark.parametrize("path", ["fused", "pair", "split", "stream", "gemm"])
+@pytest.mark.parametrize("tensor_r_max", [40, 64])
+def test_rank_extent_beyond_the_largest_rank(path, tensor_r_max, monkeypatch):
+    """Adapters stacked at a rank extent above every adapter's rank (ranks 8 / 16 in tensors
+    of 40 or 64 rank rows: padding block_r = 16 covers fewer rows than the tensors have) still
+    get exactly zero gradient in every row past r_i (found unwritten, 2026-11-29)."""
+    monkeypatch.setitem(ml.TUNE, "path", "fused" if path == "pair" else path)
+    monkeypatch.setitem(ml.TUNE, "wgrad_pair", path == "pair")
+    tensors, seg, ranks, scaling = make_case(3, "zipf", rank_pool=(8, 16), seed=5,
+                                             tensor_r_max=tensor_r_max, **SMALL)  # fmt: skip
+    run_and_compare(tensors, seg, ranks, scaling, FP32)
+
+
 def test_odd_wide_feature_dim():
     """d = 2049 (odd, not a multiple of any block) on a tiny token count."""
     tensors, seg, ranks, scaling = make_case(3, "zipf", 19, 2049, 33, rank_pool=(8, 16), seed=5)
