@@ -112,14 +112,16 @@ def _builders(block_r: int = 64) -> dict:
              "stride_vn", "stride_ym"], stages=1)  # fmt: skip
         for tag, (expand, reduce) in dict(plain=(False, True), dadx=(True, True),
                                           stream=(True, False)).items():  # fmt: skip
+            # V is A_i (n contiguous) for the dX delta, B_iᵀ (rank contiguous) for the forward
+            v_unit, v_other = ("stride_vn", "stride_vr") if reduce else ("stride_vr", "stride_vn")
             out[f"wgrad_{tag}_{dt}"] = partial(compile_sm90, split._wgrad_kernel,
                 dict(P=f"*{dt}", Q=f"*{dt}", OUT="*fp32", CHUNKS="*i32", V=f"*{dt}", Y=f"*{dt}", **tab),
                 # the forward's expand-only launch has its own column block and warps (sx_*)
                 dict(BLOCK_T=64, BLOCK_R=block_r, BLOCK_N=128 if reduce else 256, ATOMIC=True,
                      APPLY_SCALE=False, EXPAND=expand, ADD=False, REDUCE=reduce, **prec),
-                ["stride_pr", "stride_qn", "stride_on", "stride_vn", "stride_yn"],
+                ["stride_pr", "stride_qn", "stride_on", v_unit, "stride_yn"],
                 ["P", "Q", "OUT", "CHUNKS", "V", "Y", "N_COLS", "R_OUT", "stride_pm", "stride_qm",
-                 "stride_oa", "stride_or", "stride_va", "stride_vr", "stride_ym"],
+                 "stride_oa", "stride_or", "stride_va", v_other, "stride_ym"],
                 warps=4 if reduce else 8)  # fmt: skip
         for tag, rows in dict(fwd=True, bwd=False).items():
             out[f"shrink_expand_{tag}_{dt}"] = partial(compile_sm90, fused._shrink_expand_kernel,

@@ -67,11 +67,11 @@ def _shrink_kernel(
     r_mask = offs_r < rank
     x_ptrs = X + offs_m.to(tl.int64)[:, None] * stride_xm
     w_ptrs = W + adapter.to(tl.int64) * stride_wa + offs_r[None, :] * stride_wr
-    # W's columns are masked by its rank extent (R_COLS, a multiple of 16 in practice), not by
-    # r_i: a runtime r_i mask along a contiguous rank axis (the backward's B_i) defeated the
-    # 16-byte async copies (the tile came in as synchronous 2-byte loads, sm_90 PTX) and cost
-    # the backward shrink 10-20 us at 4096² (H200, 2026-11-29). Columns >= r_i are zeroed below.
-    w_cols = offs_r < R_COLS
+    # W's columns are masked by whole groups of 8 ranks (_rank_cols), not by r_i: a runtime
+    # r_i mask along a contiguous rank axis (the backward's B_i) defeated the 16-byte async
+    # copies (the tile came in as synchronous 2-byte loads, sm_90 PTX) and cost the backward
+    # shrink 10-20 us at 4096² (H200, 2026-11-29). Columns >= r_i are zeroed below.
+    w_cols = offs_r < _rank_cols(rank, R_COLS)
     k_lo = pid_k * K_PER_SPLIT
     k_hi = tl.minimum(k_lo + K_PER_SPLIT, K)
     acc = tl.full((BLOCK_M, BLOCK_R), 0.0, tl.float32)
@@ -168,9 +168,11 @@ def _wgrad_kernel(
     n_mask = offs_n < N_COLS
     acc = tl.full((BLOCK_R, BLOCK_N), 0.0, tl.float32)
     if EXPAND:  # this column block of V_i, loaded once for all of the chunk's rows
+        v_rows = offs_r < _rank_cols(rank, R_OUT)  # (whole 8-row groups: see _rank_cols)
         v = tl.load(V + adapter.to(tl.int64) * stride_va + offs_r[:, None] * stride_vr
-                    + offs_n[None, :] * stride_vn, mask=r_mask[:, None] & n_mask[None, :],
-                    other=0.0).to(Y.dtype.element_ty)  # fmt: skip
+                    + offs_n[None, :] * stride_vn, mask=v_rows[:, None] & n_mask[None, :],
+                    other=0.0)  # fmt: skip
+        v = tl.where(r_mask[:, None], v, 0.0).to(Y.dtype.element_ty)
         if UPCAST:
             v = v.to(tl.float32)
     for t0 in range(row0, row_end, BLOCK_T):
@@ -277,6 +279,18 @@ def _with_helpers(fn):
     # string constexpr cannot be passed at all (every GPU launch failed, 2026-11-29)
     copy.__annotations__, copy.__kwdefaults__ = dict(fn.__annotations__), fn.__kwdefaults__
     return copy
+
+
+@jit_helper
+def _rank_cols(rank, R_COLS):
+    """How many rank rows / columns of an adapter weight to load: r_i rounded up to a whole
+    group of 8, at most R_COLS (the tensor's rank extent). A mask ``r < _rank_cols(...)`` is
+    constant over 8 consecutive r, so a tile whose contiguous axis is the rank axis is still
+    loaded 16 bytes at a time (a plain ``r < r_i`` mask made such loads 2-byte ones, sm_90
+    PTX), while the rows past the group (up to 56 of 64 for a rank-8 adapter) are not read at
+    all. Rows r_i <= r < _rank_cols hold whatever the tensor holds (even NaN): callers zero
+    them in registers."""
+    return tl.minimum((rank + 7) // 8 * 8, R_COLS)
 
 
 @jit_helper
