@@ -21,6 +21,9 @@ Variants (all compute the same function; the frozen base weight never gets a gra
   fused_tma_x / fused_bm64  shrink_expand reading x through TMA / with 64-row tiles at every T
   fused_stream_x128  the stream path with its forward expand at 128 columns / 4 warps (the
              setting before 2026-11-29 05:5xZ; since: sx_bn 256, sx_warps 8)
+  fused_w1 / fused_w0  the weight-gradient reductions split long segments over token chunks
+             (fp32 atomics, zeroed buffer, cast) only below 1 wave of programs / never
+             (TUNE wgrad_waves; shipped: 2)
   fused_stream_s32 / fused_gemm_s32  those paths with S and dS kept in fp32 (TUNE narrow_s
              False; the default until 2026-11-29 05:10Z)
   fused_gemm TUNE path="gemm": the base GEMM in Triton (TMA) with the LoRA expand in each output
@@ -93,7 +96,7 @@ COLUMNS = [
     "gpu_ratio_vs_base",
 ]
 BF16 = torch.bfloat16
-DEFAULT_TUNE = {k: ml.TUNE[k] for k in ("path", "fuse_add", "wgrad_pair", "narrow_s")}
+DEFAULT_TUNE = {k: ml.TUNE[k] for k in ("path", "fuse_add", "wgrad_pair", "narrow_s", "wgrad_waves")}
 DEFAULT_TUNE["gpu"] = dict(ml.TUNE["gpu"])  # variants may override tile settings
 FUSED_VARIANTS = {  # TUNE overrides of each fused_multi_lora variant
     "fused": dict(DEFAULT_TUNE),  # the defaults as shipped
@@ -106,6 +109,9 @@ FUSED_VARIANTS = {  # TUNE overrides of each fused_multi_lora variant
                              gpu=dict(DEFAULT_TUNE["gpu"], ex_cols=512, ex_stages=3)),
     "fused_split_c2048": dict(DEFAULT_TUNE, path="split", wgrad_pair=False,
                               gpu=dict(DEFAULT_TUNE["gpu"], ex_cols=2048, ex_stages=3)),
+    # weight-gradient reductions split long segments below 1 wave / never (default: 2 waves)
+    "fused_w1": dict(DEFAULT_TUNE, wgrad_waves=1.0),
+    "fused_w0": dict(DEFAULT_TUNE, wgrad_waves=0.0),
     "fused_stream": dict(DEFAULT_TUNE, path="stream"),
     "fused_stream_s32": dict(DEFAULT_TUNE, path="stream", narrow_s=False),
     "fused_stream_x128": dict(DEFAULT_TUNE, path="stream",

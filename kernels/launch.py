@@ -39,6 +39,7 @@ TUNE: dict = {
     "narrow_s": True,  # stream / gemm paths: S and dS cast to x.dtype after the fp32 shrink
     "se_split": None,  # shrink_expand: programs per row tile sharing its columns; None = heuristic
     "wgrad_chunk": None,  # tokens per weight-gradient program; None = heuristic
+    "wgrad_waves": 2.0,  # reductions split segments over tokens below this many waves
     # upcast: give tl.dot fp32 operands (the interpreter's bf16 dot is broken, see multi_lora_triton)
     # Per-kernel overrides, from the H200 sweeps of 2026-11-29 (benchmarks/sweep_lora_tiles.py,
     # rows in benchmarks/results/lora_tiles.csv): wg_stages, the weight-gradient kernels'
@@ -195,48 +196,78 @@ def _split_k(n_tiles: int, k: int, cfg: dict, device: torch.device) -> tuple[int
     return -(-k // k_per), k_per
 
 
-def _wgrad_chunk(layout: MultiLoraLayout, n_cols: int, cfg: dict, device: torch.device) -> int:
-    """Tokens per weight-gradient program: split long segments so >= ~2 waves of programs exist."""
+def _wgrad_chunk(layout: MultiLoraLayout, n_cols: int, cfg: dict, device: torch.device,
+                 waves: float = 2.0) -> int:  # fmt: skip
+    """Tokens per weight-gradient program: split long segments so >= ~``waves`` waves of
+    programs exist."""
     if torch.are_deterministic_algorithms_enabled():
         return max(1, layout.total_tokens)
     if TUNE["wgrad_chunk"] is not None:
         return int(TUNE["wgrad_chunk"])
     n_blocks = -(-n_cols // cfg["bn"])
-    want_chunks = max(1, -(-2 * _n_sms(device) // n_blocks))
+    want_chunks = max(1, -(-int(waves * _n_sms(device)) // n_blocks))
     # at least 16 token steps per program: shorter chunks cost more in fp32 atomics than they
     # gain in parallelism (dB of 4096->1024 at T = 8192: 256-token chunks 28 us, 1024 10 us)
     chunk = max(layout.total_tokens // want_chunks, 16 * cfg["bt"])
     return -(-chunk // cfg["bt"]) * cfg["bt"]
 
 
-def _wgrad_plan(layout: MultiLoraLayout, n_cols: int, cfg: dict, device: torch.device):
+def _wgrad_plan(layout: MultiLoraLayout, n_cols: int, cfg: dict, device: torch.device,
+                reduce: bool = True):  # fmt: skip
     """(chunk table, atomic, needs_zero) of a weight-gradient launch over n_cols columns,
-    built once per layout (memoised on it under the current tile settings)."""
+    built once per layout (memoised on it under the current tile settings). A reduction
+    (``reduce``) splits segments over token chunks only while its unsplit grid would have
+    fewer than TUNE["wgrad_waves"] waves of programs: a split costs fp32 atomics, a zeroed
+    buffer and a cast. The expand-only launch (no reduction, no atomics) aims at 2 waves."""
+    waves = TUNE["wgrad_waves"] if reduce else 2.0
 
     def build():
-        chunk = _wgrad_chunk(layout, n_cols, cfg, device)
-        atomic = layout.max_chunks_per_adapter(chunk) > 1
+        chunk = _wgrad_chunk(layout, n_cols, cfg, device, waves)
+        atomic = reduce and layout.max_chunks_per_adapter(chunk) > 1
         return layout.chunks(chunk, device), atomic, atomic or 0 in layout.seg_lens
 
-    return layout.memo(_plan_key(cfg, "wgrad", n_cols, device), build)
+    return layout.memo(_plan_key(cfg, "wgrad", n_cols, device, waves, reduce), build)
 
 
-def _shrink(x, w, w_strides, layout, scale: bool, cfg) -> torch.Tensor:
-    """OUT[T, block_r] fp32 = c_i * x_i @ W_iᵀ; w_strides = (adapter, rank, k) strides of W."""
+# Split-K scratch that is all zeros between launches, per (device, stream): a launch's
+# programs add into it and the last one of each tile re-zeroes what it used (see
+# multi_lora_triton._shrink_kernel). Keyed on the stream so that launches on concurrent streams
+# never share one; grown (never shrunk) to the largest call seen.
+_WORKSPACES: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+
+
+def zeroed_workspace(dev: torch.device, n_acc: int, n_tickets: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(fp32 [>= n_acc], int32 [>= n_tickets]) scratch whose elements are all zero, and which
+    every kernel using it leaves all zero again (self-cleaning: no memset per call)."""
+    stream = torch.cuda.current_stream(dev).cuda_stream if dev.type == "cuda" else 0
+    key = (dev, stream)
+    acc, tickets = _WORKSPACES.get(key, (None, None))
+    if acc is None or acc.numel() < n_acc or tickets.numel() < n_tickets:
+        n_acc = max(n_acc, 0 if acc is None else acc.numel())
+        n_tickets = max(n_tickets, 0 if tickets is None else tickets.numel())
+        acc = torch.zeros(n_acc, device=dev, dtype=torch.float32)
+        tickets = torch.zeros(n_tickets, device=dev, dtype=torch.int32)
+        _WORKSPACES[key] = (acc, tickets)
+    return acc, tickets
+
+
+def _shrink(x, w, w_strides, layout, scale: bool, cfg, out_dtype=torch.float32) -> torch.Tensor:
+    """OUT[T, block_r] (out_dtype) = c_i * x_i @ W_iᵀ; w_strides = (adapter, rank, k) strides
+    of W. Split over K, the sums meet in fp32 (zeroed_workspace) and are written once."""
     dev, (t, k) = x.device, x.shape
     tiles, split, k_per = layout.memo(_plan_key(cfg, "shrink", k, dev), lambda: (
         (tl := layout.tiles(cfg["sh_bm"], dev)), *_split_k(tl.shape[0], k, cfg, dev)))
-    alloc = torch.zeros if split > 1 else _empty
-    out = alloc((t, layout.block_r), device=dev, dtype=torch.float32)
+    out = _empty((t, layout.block_r), dev, out_dtype)
     if tiles.shape[0] == 0:
         return out
+    acc, tickets = zeroed_workspace(dev, out.numel(), tiles.shape[0]) if split > 1 else (out, out)
     launch(mlt.get_kernels().shrink, (tiles.shape[0], split), (
-        x, w, out, tiles, layout.ranks_tensor(dev), layout.scaling_tensor(dev),
+        x, w, out, acc, tickets, tiles, layout.ranks_tensor(dev), layout.scaling_tensor(dev),
         k, k_per, rank_extent(w, k), x.stride(0), x.stride(1), *w_strides, out.stride(0), out.stride(1),
     ), dict(
         BLOCK_M=cfg["sh_bm"], BLOCK_R=layout.block_r, BLOCK_K=cfg["bk"],
         ATOMIC=split > 1, APPLY_SCALE=scale, DOT_PRECISION=dot_precision(x.dtype), UPCAST=cfg["upcast"],
-        num_warps=cfg["sh_warps"], num_stages=cfg["stages"],
+        GPU_FENCE=not mlt.interpret_mode(), num_warps=cfg["sh_warps"], num_stages=cfg["stages"],
     ))
     return out
 
@@ -288,7 +319,7 @@ def _stream_expand(p, v, v_strides, y, add: bool, layout, cfg) -> None:
     v_strides = (adapter, rank, n) strides of V."""
     dev, n_cols = y.device, y.shape[1]
     cfg = dict(cfg, bn=cfg["sx_bn"], warps=cfg["sx_warps"])  # its own column block and warps
-    chunks = _wgrad_plan(layout, n_cols, cfg, dev)[0]
+    chunks = _wgrad_plan(layout, n_cols, cfg, dev, reduce=False)[0]
     _row_stream(p, None, None, (0, 0, 0), rank_extent(v, n_cols), chunks, False, False,
                 (v, v_strides, y, add), layout, cfg)  # fmt: skip
 

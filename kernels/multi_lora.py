@@ -65,12 +65,13 @@ from .launch_fused import shrink_expand, wgrad_pair  # noqa: E402
 from .launch_gemm import gemm_lora, gemm_ok  # noqa: E402
 
 
-def _narrow(s: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """The split-K shrink's fp32 S (or dS) in the activations' dtype when TUNE["narrow_s"]:
-    the weight-gradient kernels re-read it once per column block, and in fp32 that doubled
-    their P traffic (ncu in the real step, 4096², T = 8192: dB 47.8 µs from fp32 S against
-    31.6 from the fused path's bf16 S). The fused path caches S in x.dtype too."""
-    return s.to(dtype) if TUNE["narrow_s"] and dtype != s.dtype else s
+def _s_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype the stream / gemm paths keep S (and dS) in: the activations' when
+    TUNE["narrow_s"] (written so by the shrink itself), else fp32. The weight-gradient kernels
+    re-read S once per column block, and in fp32 that doubled their P traffic (ncu in the real
+    step, 4096², T = 8192: dB 47.8 µs from fp32 S against 31.6 from the fused path's bf16 S).
+    The fused path caches S in x.dtype too."""
+    return dtype if TUNE["narrow_s"] else torch.float32
 
 
 class _FusedMultiLora(torch.autograd.Function):
@@ -86,7 +87,7 @@ class _FusedMultiLora(torch.autograd.Function):
         # (fused_multi_lora has already sent ranks no path fits to the reference)
         path = fitting_path(path, layout.block_r, x.element_size())
         if path in ("stream", "gemm"):  # S carries s_i here (their expands have no scale)
-            s = _narrow(_shrink(x, lora_a, a_str, layout, True, cfg), x.dtype)  # s_i x_i A_iᵀ
+            s = _shrink(x, lora_a, a_str, layout, True, cfg, _s_dtype(x.dtype))  # s_i x_i A_iᵀ
         if path == "gemm":  # the Triton base GEMM adds S B_iᵀ itself: no delta, no cuBLAS
             y = gemm_lora(x, weight, True, layout, s, lora_b, cfg)
         else:
@@ -124,7 +125,7 @@ class _FusedMultiLora(torch.autograd.Function):
             # dS by the split-K shrink. Stream: the dX delta is written by the dA kernel as it
             # streams dS (or, with lora_a frozen, by the same kernel as an expand only)
             if need_x or need_a:  # dS_i = s_i dY_i B_i
-                ds = _narrow(_shrink(dy, lora_b, b_str, layout, True, cfg), dy.dtype)
+                ds = _shrink(dy, lora_b, b_str, layout, True, cfg, _s_dtype(dy.dtype))
             if need_x and gemm:
                 dx = gemm_lora(dy, weight, False, layout, ds, lora_a, cfg)
             a_rn = lora_a.stride()  # V_i[r, n] = A_i[r, n]

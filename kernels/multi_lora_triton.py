@@ -8,7 +8,9 @@ token axis, rank r_i, scale s_i, rank axis padded to BLOCK_R (mask ``r < r_i``).
   forward  S  = x  @ A_iᵀ      (W_i = lora_a[i],        c_i = 1)
   backward dS = dY @ B_i · s_i (W_i = lora_b[i]ᵀ by strides, c_i = s_i)
   Split-K over the long K axis (d_in or d_out) keeps the chip busy when T/BLOCK_M is small;
-  the partial sums then meet through fp32 atomics in OUT (OUT is tiny: T x BLOCK_R fp32).
+  the partial sums then meet through fp32 atomics in a workspace ACC (T x BLOCK_R fp32, all
+  zeros between launches), and the last program of each row tile to finish writes OUT (in
+  OUT's dtype) and re-zeroes its part of ACC: no memset and no cast launch around it.
 * ``expand``  Y[t, n] (+)= c_i * sum_r S[t, r] * V_i[n, r]     (grid: tiles x column chunks)
   forward  y  (+)= s_i · S @ B_iᵀ   (V_i = lora_b[i],        c_i = s_i)
   backward dX (+)= dS @ A_i         (V_i = lora_a[i]ᵀ by strides, c_i = 1)
@@ -48,14 +50,14 @@ import triton.language as tl
 
 
 def _shrink_kernel(
-    X, W, OUT, TILES, RANKS, SCALES,
+    X, W, OUT, ACC, TICKETS, TILES, RANKS, SCALES,
     K, K_PER_SPLIT, R_COLS,
     stride_xm, stride_xk,
     stride_wa, stride_wr, stride_wk,
     stride_om, stride_or,
     BLOCK_M: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr,
     ATOMIC: tl.constexpr, APPLY_SCALE: tl.constexpr, DOT_PRECISION: tl.constexpr,
-    UPCAST: tl.constexpr,
+    UPCAST: tl.constexpr, GPU_FENCE: tl.constexpr,
 ):
     pid_m = tl.program_id(0)
     pid_k = tl.program_id(1)
@@ -89,12 +91,19 @@ def _shrink_kernel(
     acc = tl.where(r_mask[None, :], acc, 0.0)
     if APPLY_SCALE:
         acc = acc * tl.load(SCALES + adapter)
-    o_ptrs = OUT + offs_m.to(tl.int64)[:, None] * stride_om + offs_r[None, :] * stride_or
+    o_off = offs_m.to(tl.int64)[:, None] * stride_om + offs_r[None, :] * stride_or
     o_mask = m_mask[:, None] & (offs_r[None, :] < BLOCK_R)
-    if ATOMIC:
-        tl.atomic_add(o_ptrs, acc, mask=o_mask, sem="relaxed")
+    if ATOMIC:  # split-K: the partial sums meet in ACC (same layout as OUT, all zeros before)
+        tl.atomic_add(ACC + o_off, acc, mask=o_mask, sem="relaxed")
+        if _last_to_arrive(TICKETS + pid_m, tl.num_programs(1), GPU_FENCE):
+            # the tile's last K-split program writes the sum in OUT's dtype (no cast launch)
+            # and leaves ACC and the ticket zero again for the next launch (no memset launch)
+            acc = tl.load(ACC + o_off, mask=o_mask, other=0.0, cache_modifier=".cg")
+            tl.store(ACC + o_off, tl.full((BLOCK_M, BLOCK_R), 0.0, tl.float32), mask=o_mask)
+            tl.store(TICKETS + pid_m, 0)
+            tl.store(OUT + o_off, acc.to(OUT.dtype.element_ty), mask=o_mask)
     else:
-        tl.store(o_ptrs, acc.to(OUT.dtype.element_ty), mask=o_mask)
+        tl.store(OUT + o_off, acc.to(OUT.dtype.element_ty), mask=o_mask)
 
 
 def _expand_kernel(
@@ -279,6 +288,21 @@ def _with_helpers(fn):
     # string constexpr cannot be passed at all (every GPU launch failed, 2026-11-29)
     copy.__annotations__, copy.__kwdefaults__ = dict(fn.__annotations__), fn.__kwdefaults__
     return copy
+
+
+@jit_helper
+def _last_to_arrive(TICKET, arrivals, GPU_FENCE: tl.constexpr):
+    """Take a ticket after this program's global writes / atomics; True for the last of the
+    ``arrivals`` programs sharing TICKET (an int32 counter), which then sees all of their
+    writes (read them with cache_modifier=".cg": from L2). Every thread fences its own
+    atomics GPU-wide (GPU_FENCE; the interpreter runs programs one by one and needs none),
+    the barrier orders all of them before the ticket, and the ticket is acquire-release."""
+    if GPU_FENCE:
+        tl.inline_asm_elementwise("fence.acq_rel.gpu;\n mov.u32 $0, $1;", "=r,r",
+                                  [tl.full([1], 0, tl.int32)], dtype=tl.int32, is_pure=False,
+                                  pack=1)  # fmt: skip
+    tl.debug_barrier()
+    return tl.atomic_add(TICKET, 1, sem="acq_rel") == arrivals - 1
 
 
 @jit_helper

@@ -198,6 +198,25 @@ def test_rank_extent_beyond_the_largest_rank(path, tensor_r_max, monkeypatch):
     run_and_compare(tensors, seg, ranks, scaling, FP32)
 
 
+@pytest.mark.parametrize("path", ["split", "stream", "gemm"])
+def test_split_k_workspace_is_left_zero(path, monkeypatch):
+    """The split-K shrink's sums meet in a persistent fp32 workspace that is never memset:
+    the last program of each row tile re-zeroes it. After forward and backward (3 K-splits,
+    two calls, the second one smaller) every workspace element and ticket is zero again."""
+    from kernels import launch
+
+    monkeypatch.setitem(ml.TUNE, "path", path)
+    monkeypatch.setitem(ml.TUNE, "split_k", 3)
+    monkeypatch.setattr(launch, "_WORKSPACES", {})
+    for t in (133, 61):
+        tensors, seg, ranks, scaling = make_case(3, "zipf", rank_pool=(8, 16), seed=t,
+                                                 **dict(SMALL, t=t))  # fmt: skip
+        run_and_compare(tensors, seg, ranks, scaling, BF16)
+        assert launch._WORKSPACES, "the split-K shrink did not run"
+        for acc, tickets in launch._WORKSPACES.values():
+            assert not acc.any() and not tickets.any()
+
+
 def test_odd_wide_feature_dim():
     """d = 2049 (odd, not a multiple of any block) on a tiny token count."""
     tensors, seg, ranks, scaling = make_case(3, "zipf", 19, 2049, 33, rank_pool=(8, 16), seed=5)

@@ -62,6 +62,38 @@ def test_full_size_bf16(tune, shape):
     run_and_compare(tensors, seg, ranks, scaling, BF16)
 
 
+@pytest.mark.parametrize("path", ["fused", "pair", "split", "stream", "gemm"])
+def test_rank_extent_beyond_the_largest_rank(path, monkeypatch):
+    """Ranks 8 / 16 stacked in tensors of rank extent 64: every row past r_i gets exactly zero
+    gradient (those rows were left unwritten before 2026-11-29 09:2xZ)."""
+    monkeypatch.setitem(ml.TUNE, "path", "fused" if path == "pair" else path)
+    monkeypatch.setitem(ml.TUNE, "wgrad_pair", path == "pair")
+    tensors, seg, ranks, scaling = make_case(8, "zipf", 4096, 4096, 1024, rank_pool=(8, 16),
+                                             dtype=BF16, device="cuda", seed=3, tensor_r_max=64)  # fmt: skip
+    run_and_compare(tensors, seg, ranks, scaling, BF16)
+
+
+@pytest.mark.parametrize("path", ["stream", "gemm"])
+def test_split_k_workspace_under_real_concurrency(path, monkeypatch):
+    """The split-K shrink's last-arriving program per row tile reads the fp32 sum that the
+    other programs' relaxed atomics built (a fence, a barrier and an acquire-release ticket
+    order them) and re-zeroes the workspace. 20 full-size calls (4096², T = 8192, 5 K-splits
+    per row tile, thousands of concurrent programs): every output matches the fp64 oracle, and
+    the workspace is all zeros at the end. An ordering bug shows up as a partial sum."""
+    from kernels import launch
+
+    monkeypatch.setitem(ml.TUNE, "path", path)
+    monkeypatch.setattr(launch, "_WORKSPACES", {})
+    tensors, seg, ranks, scaling = make_case(32, "uniform", 8192, 4096, 4096, rank_pool=(16, 32, 64),
+                                             dtype=BF16, device="cuda", seed=4)  # fmt: skip
+    for i in range(20):
+        run_and_compare(tensors, seg, ranks, scaling, BF16, seed=i)
+    torch.cuda.synchronize()
+    assert launch._WORKSPACES, "the split-K shrink did not run"
+    for acc, tickets in launch._WORKSPACES.values():
+        assert not acc.any() and not tickets.any()
+
+
 @pytest.mark.parametrize("path", ["fused", "split", "stream", "gemm"])
 @pytest.mark.parametrize("shape", [(133, 2049, 1023), (4096, 4096, 1024)])
 def test_fp16(path, shape):
