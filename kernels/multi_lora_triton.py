@@ -99,6 +99,10 @@ def _shrink_kernel(
             # the tile's last K-split program writes the sum in OUT's dtype (no cast launch)
             # and leaves ACC and the ticket zero again for the next launch (no memset launch)
             acc = tl.load(ACC + o_off, mask=o_mask, other=0.0, cache_modifier=".cg")
+            # the load's thread layout (picked for OUT's store) need not be the zero store's:
+            # without this barrier a thread zeroed elements another had not yet read (bf16
+            # OUT on the H200, 2026-11-29; the interpreter cannot show it)
+            tl.debug_barrier()
             tl.store(ACC + o_off, tl.full((BLOCK_M, BLOCK_R), 0.0, tl.float32), mask=o_mask)
             tl.store(TICKETS + pid_m, 0)
             tl.store(OUT + o_off, acc.to(OUT.dtype.element_ty), mask=o_mask)

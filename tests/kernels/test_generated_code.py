@@ -86,6 +86,19 @@ def test_reduction_atomics_are_relaxed(ptx, name):
     assert tickets == (["atom.global.gpu.acq_rel.add.u32"] if name.startswith("shrink") else [])
 
 
+@pytest.mark.parametrize("name", [n for n in ATOMIC if n.startswith("shrink_")])
+def test_split_k_sum_is_read_before_it_is_zeroed(ptx, name):
+    """The last K-split program reads the fp32 sums (ld.global.cg) in the layout of OUT's store
+    and re-zeroes them in the atomics' layout: a barrier must separate the two, or one thread
+    zeroes what another has not read yet (wrong S for bf16 OUT on the H200, 2026-11-29)."""
+    code = ptx[name]
+    last_read = code.rfind("ld.global.cg")
+    assert last_read > 0, f"{name}: no L2 read of the sums"
+    after = code[last_read:]
+    barrier, store = after.find("bar.sync"), after.find("st.global")
+    assert 0 <= barrier < store, f"{name}: no barrier between reading and zeroing the sums"
+
+
 # each path's kernels in ptx_fingerprint's names (the gemm path's own limit is gemm_ok's)
 PATH_KERNELS = {"stream": ["shrink", "shrink_bwd", "wgrad_plain", "wgrad_dadx", "wgrad_stream"],
                 "split": ["shrink", "shrink_bwd", "expand", "wgrad_plain"],
