@@ -73,6 +73,23 @@ def test_rank_extent_beyond_the_largest_rank(path, monkeypatch):
     run_and_compare(tensors, seg, ranks, scaling, BF16)
 
 
+@pytest.mark.parametrize(("path", "dtype", "ranks"), [
+    ("stream", BF16, (16, 200, 256)), ("split", BF16, (16, 200, 256)), ("fused", BF16, (16, 64, 200)),
+    ("stream", FP32, (16, 100, 128)), ("split", FP32, (16, 100, 128)), ("fused", FP32, (16, 64, 100)),
+    ("gemm", BF16, (16, 64, 128)),
+], ids=["stream-bf16-256", "split-bf16-256", "fused-bf16-256", "stream-fp32-128",
+        "split-fp32-128", "fused-fp32-128", "gemm-bf16-128"])  # fmt: skip
+def test_large_ranks_run_compiled(path, dtype, ranks, monkeypatch):
+    """Rank paddings up to launch.MAX_BLOCK_R compiled and launched for real: the path asked
+    for, or the one it hands over to (fused -> stream above its limit, gemm -> stream above
+    64), fits in shared memory and matches the oracle (CPU tests run these under the
+    interpreter only; first run on the H200 2026-11-29)."""
+    monkeypatch.setitem(ml.TUNE, "path", path)
+    tensors, seg, ranks_, scaling = make_case(3, "zipf", 1024, 2048, 1024, dtype=dtype,
+                                              device="cuda", seed=6, ranks=list(ranks))  # fmt: skip
+    run_and_compare(tensors, seg, ranks_, scaling, dtype)
+
+
 @pytest.mark.parametrize("path", ["stream", "gemm"])
 def test_split_k_workspace_under_real_concurrency(path, monkeypatch):
     """The split-K shrink's last-arriving program per row tile reads the fp32 sum that the
