@@ -232,7 +232,10 @@ def _wgrad_plan(layout: MultiLoraLayout, n_cols: int, cfg: dict, device: torch.d
 # Split-K scratch that is all zeros between launches, per (device, stream): a launch's
 # programs add into it and the last one of each tile re-zeroes what it used (see
 # multi_lora_triton._shrink_kernel). Keyed on the stream so that launches on concurrent streams
-# never share one; grown (never shrunk) to the largest call seen.
+# never share one; grown (never shrunk) to the largest call seen. CUDA graphs captured on one
+# stream share that stream's workspace: replay them one at a time (or on one stream), never
+# concurrently. (Replacing a grown workspace is safe: work queued on the stream that used the
+# old one runs before anything the allocator hands its memory to on that stream.)
 _WORKSPACES: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
 
 
