@@ -36,7 +36,7 @@ TUNE: dict = {
     "wgrad_pair": False,  # fused path: dA+dB in one launch (never chosen by auto)
     "fuse_add": "addmm",  # "addmm" (delta + cuBLAS epilogue) or "kernel" (expand-and-add)
     "split_k": None,  # shrink split over K; None = fill ~2 waves of SMs
-    "narrow_s": True,  # stream / gemm paths: S and dS cast to x.dtype after the fp32 shrink
+    "narrow_s": True,  # stream / gemm paths: the shrink writes S and dS in x.dtype (else fp32)
     "se_split": None,  # shrink_expand: programs per row tile sharing its columns; None = heuristic
     "wgrad_chunk": None,  # tokens per weight-gradient program; None = heuristic
     "wgrad_waves": 2.0,  # reductions split segments over tokens below this many waves
