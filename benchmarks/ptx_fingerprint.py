@@ -21,7 +21,9 @@ import argparse
 import json
 import os
 import re
+import subprocess
 import sys
+import tempfile
 from functools import partial
 
 import triton
@@ -77,6 +79,23 @@ def configurations(names=None, block_r: int = 64) -> dict[str, str]:
 def shared_memory(names=None, block_r: int = 64) -> dict[str, int]:
     """Configuration name -> bytes of shared memory per program (Triton's compile metadata)."""
     return {k: c.metadata.shared for k, c in compiled(names, block_r).items()}
+
+
+def registers(names=None, block_r: int = 64) -> dict[str, int]:
+    """Configuration name -> registers per thread of its sm_90 cubin (the cuobjdump bundled
+    with Triton reads them); {} when that cuobjdump is missing."""
+    tool = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
+    if not os.path.exists(tool):
+        return {}
+    out = {}
+    for name, kernel in compiled(names, block_r).items():
+        with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+            f.write(kernel.asm["cubin"])
+            f.flush()
+            usage = subprocess.run([tool, "--dump-resource-usage", f.name], capture_output=True,
+                                   text=True, check=True).stdout  # fmt: skip
+        out[name] = int(re.search(r"REG:(\d+)", usage).group(1))
+    return out
 
 
 def compiled(names=None, block_r: int = 64) -> dict:
