@@ -34,11 +34,12 @@ STYLES = {8: "-", 32: "--", 64: ":"}
 
 # Rows that measured today's shipped code (docs/kernels.md §3e-§3g): the rule's own variant
 # or the shipped default "fused", from SHIPPED_SINCE[path] on, path = what the auto rule picks
-# for the shape. Both paths since 09:40Z, the first run with the ticketed split-K shrink and
-# the rank-granular adapter tiles (before: 07:00Z, relaxed atomics and vectorised rank-axis
+# for the shape. gemm since 09:40Z, the first run with the ticketed split-K shrink and the
+# rank-granular adapter tiles; stream since 10:05Z, with P fed untouched to the expand's dot
+# too (only T = 4096 / 8192 re-measured; before: 07:00Z, relaxed atomics and vectorised rank-axis
 # loads; stream since 05:54Z, gemm since 06:23Z). Earlier rows measured older kernels and are
 # not drawn as "auto" (rows "fused_at_0aab245" re-measured the 07:00Z kernels at 09:4xZ).
-SHIPPED_SINCE = {"stream": "2026-11-29T09:40Z", "gemm": "2026-11-29T09:40Z"}
+SHIPPED_SINCE = {"stream": "2026-11-29T10:05Z", "gemm": "2026-11-29T09:40Z"}
 
 
 def _is_current(variant: str, date: str, rule_variant: str, path: str) -> bool:
