@@ -111,20 +111,16 @@ def _builders(block_r: int = 64) -> dict:
     for dt in ("bf16", "fp32"):
         prec = dict(DOT_PRECISION="ieee" if dt == "fp32" else "tf32", UPCAST=False)
         tab = dict(RANKS="*i32", SCALES="*fp32")
-        out[f"shrink_{dt}"] = partial(compile_sm90, split._shrink_kernel,
-            dict(X=f"*{dt}", W=f"*{dt}", OUT=f"*{dt}", ACC="*fp32", TICKETS="*i32", TILES="*i32", **tab),
-            dict(BLOCK_M=128, BLOCK_R=block_r, BLOCK_K=64, ATOMIC=True, APPLY_SCALE=True,
-                 GPU_FENCE=True, **prec),
-            ["stride_xk", "stride_wk", "stride_or"],
-            ["X", "W", "OUT", "ACC", "TICKETS", "TILES", "K", "K_PER_SPLIT", "R_COLS", "stride_xm", "stride_wa",
-             "stride_wr", "stride_om"], warps=8, stages=3)  # fmt: skip
-        out[f"shrink_bwd_{dt}"] = partial(compile_sm90, split._shrink_kernel,  # W = B_i, rank axis contiguous
-            dict(X=f"*{dt}", W=f"*{dt}", OUT=f"*{dt}", ACC="*fp32", TICKETS="*i32", TILES="*i32", **tab),
-            dict(BLOCK_M=128, BLOCK_R=block_r, BLOCK_K=64, ATOMIC=True, APPLY_SCALE=True,
-                 GPU_FENCE=True, **prec),
-            ["stride_xk", "stride_wr", "stride_or"],
-            ["X", "W", "OUT", "ACC", "TICKETS", "TILES", "K", "K_PER_SPLIT", "R_COLS", "stride_xm", "stride_wa",
-             "stride_wk", "stride_om"], warps=8, stages=3)  # fmt: skip
+        # W = A_i (k contiguous) in the forward, B_i (rank axis contiguous) in the backward
+        for tag, (w_unit, w_other) in dict(shrink=("stride_wk", "stride_wr"),
+                                           shrink_bwd=("stride_wr", "stride_wk")).items():  # fmt: skip
+            out[f"{tag}_{dt}"] = partial(compile_sm90, split._shrink_kernel,
+                dict(X=f"*{dt}", W=f"*{dt}", OUT=f"*{dt}", ACC="*fp32", TICKETS="*i32", TILES="*i32", **tab),
+                dict(BLOCK_M=128, BLOCK_R=block_r, BLOCK_K=64, ATOMIC=True, APPLY_SCALE=True,
+                     GPU_FENCE=True, **prec),
+                ["stride_xk", w_unit, "stride_or"],
+                ["X", "W", "OUT", "ACC", "TICKETS", "TILES", "K", "K_PER_SPLIT", "R_COLS", "stride_xm",
+                 "stride_wa", w_other, "stride_om"], warps=8, stages=3)  # fmt: skip
         out[f"expand_{dt}"] = partial(compile_sm90, split._expand_kernel,
             dict(S="*fp32", V=f"*{dt}", Y=f"*{dt}", TILES="*i32", **tab),
             dict(BLOCK_M=64, BLOCK_N=128, BLOCK_R=block_r, ADD=False, APPLY_SCALE=True, **prec),
