@@ -120,6 +120,11 @@ FUSED_VARIANTS = {  # TUNE overrides of each fused_multi_lora variant
                               gpu=dict(DEFAULT_TUNE["gpu"], sx_bn=128, sx_warps=4)),
     "fused_gemm_s32": dict(DEFAULT_TUNE, path="gemm", narrow_s=False),
     "fused_gemm": dict(DEFAULT_TUNE, path="gemm"),
+    # the gemm path through the Gluon GEMM (LoRA term as extra pipeline steps; the default on
+    # Hopper since 2026-11-29 11:1xZ) and through the Triton GEMM (the default before)
+    "fused_gluon": dict(DEFAULT_TUNE, path="gemm", gpu=dict(DEFAULT_TUNE["gpu"], gm_gluon=True)),
+    "fused_gemm_triton": dict(DEFAULT_TUNE, path="gemm",
+                              gpu=dict(DEFAULT_TUNE["gpu"], gm_gluon=False)),
     "fused_gemm_p1": dict(DEFAULT_TUNE, path="gemm", gpu=dict(DEFAULT_TUNE["gpu"], gm_persist=1)),
     "fused_gemm_p0": dict(DEFAULT_TUNE, path="gemm", gpu=dict(DEFAULT_TUNE["gpu"], gm_persist=0)),
     "fused_gemm_n128": dict(DEFAULT_TUNE, path="gemm",

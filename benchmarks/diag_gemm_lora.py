@@ -38,6 +38,7 @@ from bench_multi_lora import SHAPES, graph_ms, make_inputs  # noqa: E402
 
 import kernels  # noqa: E402
 from benchmarks.results_csv import append_results  # noqa: E402
+from kernels import launch_gemm  # noqa: E402
 from kernels.launch import TUNE  # noqa: E402
 from kernels.launch_gemm import gemm_lora  # noqa: E402
 
@@ -53,7 +54,35 @@ CFGS = [dict(zip(_G, v, strict=True)) for v in (
     (128, 128, 64, 8, 5, 8, 1),
     (128, 256, 64, 8, 3, 16, 0),
     (128, 256, 32, 8, 5, 8, 0),
-)]  # fmt: skip
+    # 8-11 (2026-11-29, tenth session): two programs per SM (sm_90 compile: 98-116 KB of
+    # shared memory and <= 255 registers x 128 threads each), so that one program's LoRA
+    # epilogue overlaps the other's K loop
+    (128, 128, 64, 4, 2, 8, 2),
+    (128, 128, 64, 4, 2, 8, 0),
+    (64, 256, 64, 4, 2, 8, 2),
+    (128, 64, 64, 4, 3, 8, 2),
+)] + [  # 12-13: the Gluon GEMM (kernels/gemm_lora_gluon.py), LoRA as extra pipeline steps
+    dict(gm_bm=128, gm_bn=256, gm_bk=64, gm_warps=8, gm_stages=3, gm_group=8, gm_persist=1,
+         gm_gluon=True),
+    dict(gm_bm=128, gm_bn=256, gm_bk=64, gm_warps=8, gm_stages=4, gm_group=8, gm_persist=1,
+         gm_gluon=True),
+] + [  # 14-16: 12 with a timing diagnostic (wrong results): 1 no masking pass, 2 and V_a
+    # always adapter 0's (L2-hot), 3 and the LoRA steps' S / V boxes read from x / dY and W
+    dict(gm_bm=128, gm_bn=256, gm_bk=64, gm_warps=8, gm_stages=3, gm_group=8, gm_persist=1,
+         gm_gluon=True, gm_diag=d) for d in (1, 2, 3)
+]  # fmt: skip
+
+
+_GLUON_CALLS = [0]  # calls of the Gluon GEMM, so that a silent fallback cannot pass as it
+_gluon_real = launch_gemm._gemm_lora_gluon
+
+
+def _gluon_counted(*args, **kw):
+    _GLUON_CALLS[0] += 1
+    return _gluon_real(*args, **kw)
+
+
+launch_gemm._gemm_lora_gluon = _gluon_counted
 
 
 def gpu_us(fn) -> float:
@@ -67,16 +96,18 @@ def run_case(shape: str, t: int, meta: dict, out_csv: str, cfgs: list) -> None:
     x, w, a, b, dy = (inp[k].detach() for k in ("x", "w", "a", "b", "dy"))  # contiguous
     lay = kernels.make_layout(inp["seg"], inp["ranks"], inp["scaling"], device="cuda")
     r = lay.block_r
-    s = torch.zeros(t, r, device="cuda", dtype=torch.float32)  # as the shrink writes them
+    # as the shrink writes them: in x's dtype (TUNE narrow_s, shipped; the Gluon GEMM needs it).
+    # Rows before 2026-11-29T11:1xZ used fp32 S / dS.
+    s = torch.zeros(t, r, device="cuda", dtype=x.dtype)
     ds = torch.zeros_like(s)
     for i, (o, n) in enumerate(zip(lay.offsets[:-1], lay.seg_lens, strict=True)):
         ri = lay.ranks[i]
-        s[o:o + n, :ri] = lay.scaling[i] * (x[o:o + n] @ a[i, :ri].t()).float()
-        ds[o:o + n, :ri] = lay.scaling[i] * (dy[o:o + n] @ b[i, :, :ri]).float()
+        s[o:o + n, :ri] = (lay.scaling[i] * (x[o:o + n] @ a[i, :ri].t()).float()).to(x.dtype)
+        ds[o:o + n, :ri] = (lay.scaling[i] * (dy[o:o + n] @ b[i, :, :ri]).float()).to(x.dtype)
     y_ref = kernels.fused_multi_lora_reference(x, w, a, b, lay).float()
     dx_ref = (dy @ w).float()
     for i, (o, n) in enumerate(zip(lay.offsets[:-1], lay.seg_lens, strict=True)):
-        dx_ref[o:o + n] += ds[o:o + n, :lay.ranks[i]] @ a[i, :lay.ranks[i]].float()
+        dx_ref[o:o + n] += ds[o:o + n, :lay.ranks[i]].float() @ a[i, :lay.ranks[i]].float()
     y, dx = torch.empty(t, d_out, device="cuda", dtype=x.dtype), torch.empty_like(x)
     base_flops = 2.0 * t * d_in * d_out
     rows = []
@@ -100,7 +131,10 @@ def run_case(shape: str, t: int, meta: dict, out_csv: str, cfgs: list) -> None:
                 ref = dx_ref
             for lora in (False, True):
                 try:
+                    before = _GLUON_CALLS[0]
                     out = call(lora)
+                    if full.get("gm_gluon") and _GLUON_CALLS[0] == before:
+                        raise RuntimeError("gm_gluon set but the Triton GEMM ran (fallback)")
                     want = ref if lora else (x @ w.t() if direction == "fwd" else dy @ w)
                     err = float((out.float() - want.float()).norm() / want.float().norm())
                     us = gpu_us(functools.partial(call, lora))

@@ -9,10 +9,13 @@ skeleton has one TMA loader warp filling a ring of shared-memory stages (mbarrie
 ready / free pairs), the default partition consuming them with async wgmma, and a TMA store.
 It compiles for sm_90 with Triton 3.6.0 (the H200's) and 3.9.0 (CI's); the PTX has the
 register hand-off between partitions (setmaxnreg), TMA loads completing on mbarriers and
-wgmma. It has **never been launched**: its numerics and speed are unknown. Gluon is
+wgmma. It has **never been launched**: its numerics and speed are unknown. (The gemm path's shipped
+Gluon kernel, kernels/gemm_lora_gluon.py, is not warp-specialised: one software pipeline.) Gluon is
 experimental, and its TMA copies were renamed between 3.6 and 3.9 (shimmed below).
 """
+import os
 import re
+import sys
 from collections import Counter
 
 import triton
@@ -20,17 +23,22 @@ from triton.backends.compiler import GPUTarget
 from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
 from triton.experimental.gluon._runtime import GluonASTSource
-from triton.experimental.gluon.language.nvidia.hopper import (
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+# the version shims for Gluon's renamed TMA copies live with the shipped Gluon kernel
+from kernels.gemm_lora_gluon import (  # noqa: E402
+    _tma_load as tma_load,
+)
+from kernels.gemm_lora_gluon import (
+    _tma_store as tma_store,
+)
+from kernels.gemm_lora_gluon import (
     fence_async_shared,
     mbarrier,
     tma,
     warpgroup_mma,
     warpgroup_mma_wait,
 )
-
-# Gluon renamed its TMA copies between Triton 3.6 (the H200) and 3.9 (CI)
-tma_load = getattr(tma, "async_load", None) or tma.async_copy_global_to_shared
-tma_store = getattr(tma, "async_store", None) or tma.async_copy_shared_to_global
 
 
 @gluon.jit

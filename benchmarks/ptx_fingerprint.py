@@ -58,6 +58,31 @@ def compile_sm90(fn_py, ptrs: dict, consts: dict, ones: list, aligned: list, war
                           options=dict(num_warps=warps, num_stages=stages))  # fmt: skip
 
 
+def compile_gluon_gemm(kmajor: bool, lora: bool = True, bm: int = 128, bn: int = 256,
+                       stages: int = 3, warps: int = 8):
+    """kernels/gemm_lora_gluon.py's kernel compiled for sm_90 in bf16 at the launcher's box
+    shapes (A / S [bm, 64], B / V [bn, 64] k-major or [64, bn], C [bm, bn])."""
+    from triton.experimental.gluon import language as gll
+    from triton.experimental.gluon._runtime import GluonASTSource
+
+    from kernels import gemm_lora_gluon
+
+    lay = lambda shape: repr(gll.NVMMASharedLayout.get_default_for(shape, gll.bfloat16))  # noqa: E731
+    b_box = [bn, 64] if kmajor else [64, bn]
+    a_t = f"tensordesc<bf16[{bm}, 64],{lay([bm, 64])}>"
+    b_t = f"tensordesc<bf16[{b_box[0]}, {b_box[1]}],{lay(b_box)}>"
+    sig = dict(a_desc=a_t, b_desc=b_t, c_desc=f"tensordesc<bf16[{bm}, {bn}],{lay([bm, bn])}>",
+               s_desc=a_t, v_desc=b_t, ROW_AD="*i32", RANKS="*i32", TILE_PLAN="*i32", M="i32", N="i32", K="i32",
+               V_ROWS_PER_AD="i32")  # fmt: skip
+    consts = dict(B_KMAJOR=kmajor, LORA=lora, STAGES=stages, GROUP_M=8, LORA_MASK=True,
+                  num_warps=warps)
+    sig |= {k: "constexpr" for k in consts}
+    names = list(sig)
+    src = GluonASTSource(gemm_lora_gluon.gemm_lora_gluon_kernel, sig,
+                         constexprs={(names.index(k),): v for k, v in consts.items()})  # fmt: skip
+    return triton.compile(src, target=GPUTarget("cuda", 90, 32), options=dict(num_warps=warps))
+
+
 def ptx(kernel) -> str:
     """A compiled kernel's PTX without source-line records and the debug labels ($L__tmpN)
     that mark inlined helper calls: they change with the source layout, not the code."""

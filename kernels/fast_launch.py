@@ -48,6 +48,8 @@ def _arg_key(a) -> object:
         return (a.dtype, a.data_ptr() % 16 == 0)
     if t is TensorDescriptor:  # Triton specialises on the element type and the box
         return (a.base.dtype, tuple(a.block_shape))
+    if hasattr(a, "block_shape") and hasattr(a, "layout"):  # a Gluon descriptor: + its layout
+        return (t, a.base.dtype, tuple(a.block_shape), repr(a.layout))
     return t
 
 
@@ -99,7 +101,7 @@ def launch(jit_fn, grid: tuple, args: tuple, meta: dict) -> None:
     """Launch ``jit_fn[grid](*args, **meta)``; ``args`` must list every runtime argument in the
     kernel's order and ``meta`` its constexprs plus num_warps / num_stages (all of them, so that
     positional order == signature order)."""
-    dev = (args[0].base if type(args[0]) is TensorDescriptor else args[0]).device
+    dev = getattr(args[0], "base", args[0]).device  # a tensor or a (Triton / Gluon) descriptor
     if dev.type != "cuda" or not ENABLED or DISABLED or mlt.interpret_mode():
         jit_fn[grid](*args, **meta)
         return

@@ -55,7 +55,13 @@ TUNE: dict = {
     # gm_*: the gemm path's Triton GEMM (tile rows / columns / K step, warps, stages, GROUP_M
     # row tiles per L2 group, gm_persist programs per SM or 0 = one per tile); from
     # benchmarks/diag_gemm_lora.py (2026-11-29, gemm_lora.csv): 128 x 256 x 64, 8 warps,
-    # 3 stages is at cuBLAS speed, 128 x 128 and 256 x 128 were 5-15 % slower.
+    # 3 stages is at cuBLAS speed, 128 x 128 and 256 x 128 were 5-15 % slower; two programs
+    # per SM (128 x 128 x 2 stages, 4 warps) 25-30 % slower, no smaller LoRA cost (10:56Z).
+    # gm_gluon: on Hopper the gemm path runs kernels/gemm_lora_gluon.py (same tiles; LoRA as
+    # extra pipeline steps) instead: in the layer step (runs 11:02Z, 11:08Z) 5-8 % faster at
+    # 4096->1024 (the k/v projections, where the auto rule takes the gemm path) and 0-3 % at
+    # 4096², T = 4096; the isolated GEMM's LoRA term +29-34 µs against +41-46 at 4096²,
+    # T = 8192, and +16 against +27 in the k/v backward.
     # sx_bn / sx_warps: the stream path's row-streaming expand (no reduction), 256 columns and
     # 8 warps: 0.88-0.93 of 128 / 4 on 8 of the 9 shape x T cases of the 03:50Z sweep
     # (lora_tiles.csv, kernel wg_expand; 1.02 on 4096->1024 at T = 16384). In the layer step
@@ -64,12 +70,12 @@ TUNE: dict = {
                 bn_fused=128, se_fwd_bk=64, se_fwd_stages=4, se_bwd_bk=128, se_bwd_stages=3,
                 se_rows=True, ex_cols=128, ex_stages=1, se_tma="", sh_bm=128, sh_warps=8,
                 gm_bm=128, gm_bn=256, gm_bk=64, gm_warps=8, gm_stages=3, gm_group=8,
-                gm_persist=1, sx_bn=256, sx_warps=8, upcast=False),  # fmt: skip
+                gm_persist=1, gm_gluon=True, sx_bn=256, sx_warps=8, upcast=False),  # fmt: skip
     "interp": dict(bm=32, bk=32, bn=64, bt=32, warps=4, stages=1, wg_stages=1, bm_fused=32,
                    bn_fused=32, se_fwd_bk=32, se_fwd_stages=1, se_bwd_bk=32, se_bwd_stages=1,
                    se_rows=True, ex_cols=64, ex_stages=1, se_tma="", sh_bm=32, sh_warps=4,
                    gm_bm=32, gm_bn=32, gm_bk=32, gm_warps=4, gm_stages=1, gm_group=2,
-                   gm_persist=0, sx_bn=64, sx_warps=4, upcast=True),  # fmt: skip
+                   gm_persist=0, gm_gluon=False, sx_bn=64, sx_warps=4, upcast=True),  # fmt: skip
     "poison": False,  # tests: fill every internally allocated output with NaN first
 }
 

@@ -7,12 +7,14 @@ weight-gradient reductions. 2 Triton launches forward, 4 backward, and no cuBLAS
 
 from __future__ import annotations
 
+import functools
+
 import torch
 from triton.tools.tensor_descriptor import TensorDescriptor
 
 from . import multi_lora_triton as mlt
 from .fast_launch import launch
-from .launch import _empty, _n_sms, _tma_ok, dot_precision
+from .launch import _cuda_props, _empty, _n_sms, _tma_ok, dot_precision
 from .layout import MultiLoraLayout
 
 
@@ -48,6 +50,8 @@ def gemm_lora(a: torch.Tensor, w: torch.Tensor, w_kmajor: bool, layout: MultiLor
     out = _empty((m, n), dev, dtype)
     if m == 0:
         return out
+    if gluon_ok(a, s, cfg):
+        return _gemm_lora_gluon(a, w, w_kmajor, layout, s, v, cfg, out)
     # TMA boxes: keep a box row at 128 bytes (64 bf16, 32 fp32 elements) along K
     bm, bn = cfg["gm_bm"], cfg["gm_bn"]
     bk = cfg["gm_bk"] * 2 // a.element_size()
@@ -74,3 +78,57 @@ def gemm_lora(a: torch.Tensor, w: torch.Tensor, w_kmajor: bool, layout: MultiLor
         num_warps=cfg["gm_warps"], num_stages=cfg["gm_stages"],
     ))  # fmt: skip
     return out
+
+
+def gluon_ok(a: torch.Tensor, s: torch.Tensor | None, cfg: dict) -> bool:
+    """Whether gemm_lora runs the Gluon GEMM: asked for (cfg gm_gluon), compiled CUDA on a
+    Hopper GPU (its wgmma / TMA code is sm_90's), 64-wide K steps and S in a's dtype."""
+    return bool(cfg.get("gm_gluon")) and a.is_cuda and not mlt.interpret_mode() and (
+        _cuda_props(a.device).major == 9 and cfg["gm_bk"] == 64 and (s is None or s.dtype == a.dtype))
+
+
+def _gemm_lora_gluon(a, w, w_kmajor, layout, s, v, cfg, out):
+    """gemm_lora through kernels/gemm_lora_gluon.py (CUDA, Hopper): same operands and result."""
+    from triton.experimental.gluon.nvidia.hopper import TensorDescriptor as GluonDescriptor
+
+    from .gemm_lora_gluon import gemm_lora_gluon_kernel
+
+    m, k = a.shape
+    n = out.shape[1]
+    bm, bn, bk = cfg["gm_bm"], cfg["gm_bn"], 64  # a LoRA step's S / V boxes are 64 ranks wide
+    b_box = [bn, bk] if w_kmajor else [bk, bn]
+    lay_a, lay_b, lay_c = (_smem_layout(tuple(box), a.dtype) for box in ([bm, bk], b_box, [bm, bn]))
+    desc = GluonDescriptor.from_tensor
+    if layout is not None:
+        s_desc, v_desc = desc(s, [bm, bk], lay_a), desc(v.flatten(0, 1), b_box, lay_b)
+        row_ad, ranks, rows_per_ad = layout.row_adapters(a.device), layout.ranks_tensor(a.device), v.shape[1]
+        plan = layout.row_tile_plan(bm, a.device)
+    else:
+        s_desc = v_desc = None
+        row_ad = ranks = plan = out  # never read (LORA is a constexpr)
+        rows_per_ad = 0
+    a_desc, b_desc = desc(a, [bm, bk], lay_a), desc(w, b_box, lay_b)
+    diag = cfg.get("gm_diag", 0)  # timing diagnostics (benchmarks/diag_gemm_lora.py); 0 = off
+    if layout is not None and diag >= 2:  # 2: every LoRA step reads adapter 0's V (L2-hot)
+        rows_per_ad = 0
+        if diag == 3:  # 3: LoRA steps read base tiles (x / dY and W at K = 0) instead
+            s_desc, v_desc = a_desc, b_desc
+    tiles = -(-m // bm) * -(-n // bn)
+    grid = (min(tiles, _n_sms(a.device)),)
+    launch(gemm_lora_gluon_kernel, grid, (
+        a_desc, b_desc, desc(out, [bm, bn], lay_c), s_desc, v_desc,
+        row_ad, ranks, plan, m, n, k, rows_per_ad,
+    ), dict(
+        B_KMAJOR=w_kmajor, LORA=layout is not None, STAGES=cfg["gm_stages"],
+        GROUP_M=cfg["gm_group"], LORA_MASK=diag == 0, num_warps=cfg["gm_warps"],
+    ))  # fmt: skip
+    return out
+
+
+@functools.lru_cache(maxsize=64)
+def _smem_layout(box: tuple, dtype: torch.dtype):
+    """The NVMMA shared-memory layout (widest swizzle) of a TMA box, built once per box."""
+    from triton.experimental.gluon import language as gl
+
+    el = gl.float16 if dtype == torch.float16 else gl.bfloat16
+    return gl.NVMMASharedLayout.get_default_for(list(box), el)

@@ -126,6 +126,19 @@ class MultiLoraLayout:
                 rows.append((i, s, o + n))
         return np.asarray(rows, dtype=np.int32).reshape(-1, 3)
 
+    def row_tile_plan_array(self, block: int) -> np.ndarray:
+        """[cdiv(T, block), 4] int32 numpy table, one row per ``block``-row tile of the tokens:
+        (first adapter owning one of its rows, number of adapters from it to the last one's,
+        rank of the first, rank of the next or 0). Zero-token adapters between two owners are
+        counted (their S rows are masked to nothing)."""
+        row_ad = np.repeat(np.arange(self.num_adapters, dtype=np.int64), self.seg_lens)
+        starts = np.arange(0, self.total_tokens, block)
+        first = row_ad[starts]
+        count = row_ad[np.minimum(starts + block, self.total_tokens) - 1] - first + 1
+        ranks = np.asarray(self.ranks + (0,), dtype=np.int64)
+        second = np.where(count > 1, ranks[np.minimum(first + 1, self.num_adapters)], 0)
+        return np.stack([first, count, ranks[first], second], axis=1).astype(np.int32)
+
     def chunk_array(self, chunk: int) -> np.ndarray:
         """[n_chunks, 3] table (adapter, row_start, chunk_end) for the token-split reductions."""
         rows = []
@@ -158,6 +171,11 @@ class MultiLoraLayout:
     def chunks(self, chunk: int, device: torch.device) -> torch.Tensor:
         """Device int32 [n_chunks, 3] chunk table (see :meth:`chunk_array`)."""
         return self._cached(("chunks", chunk), lambda: _pinned(self.chunk_array(chunk)), device)
+
+    def row_tile_plan(self, block: int, device: torch.device) -> torch.Tensor:
+        """Device int32 [cdiv(T, block), 4] (see :meth:`row_tile_plan_array`)."""
+        build = lambda: _pinned(self.row_tile_plan_array(block))  # noqa: E731
+        return self._cached(("row_tile_plan", block), build, device)
 
     def row_adapters(self, device: torch.device) -> torch.Tensor:
         """Device int32 [T]: the adapter owning each row (zero-token adapters own none)."""

@@ -151,3 +151,25 @@ def test_max_block_r_table_matches_shared_memory(smem, path, elem):
     if elem == 2 and 2 * limit <= 256:
         worst = max(smem(names, 2 * limit).values())
         assert worst > ptx_fingerprint.SM90_SHARED_BYTES, f"{path} fits at {2 * limit} too: raise it"
+
+
+@pytest.mark.parametrize("kmajor", [True, False], ids=["forward", "backward"])
+def test_gluon_gemm_builds_for_sm90(kmajor):
+    """The Gluon GEMM (kernels/gemm_lora_gluon.py; GPU-only, no interpreter) compiles with this
+    Triton for sm_90 at the launcher's tile (128 x 256, 3 stages, 8 warps): its shared memory
+    fits one program (4 stages do not: OutOfResources on the H200, 2026-11-29), its MMAs are
+    wgmma, its operand loads TMA copies completing on mbarriers, the output a TMA store, and
+    the LoRA steps add loads (S, V_a) without a second MMA shape."""
+    plain = ptx_fingerprint.compile_gluon_gemm(kmajor, lora=False)
+    lora = ptx_fingerprint.compile_gluon_gemm(kmajor, lora=True)
+    assert lora.metadata.shared <= ptx_fingerprint.SM90_SHARED_BYTES
+    four = ptx_fingerprint.compile_gluon_gemm(kmajor, lora=True, stages=4)
+    assert four.metadata.shared > ptx_fingerprint.SM90_SHARED_BYTES
+    for kernel in (plain, lora):
+        code = kernel.asm["ptx"]
+        assert set(re.findall(r"wgmma\.mma_async\.[\w.]+", code)) == {
+            "wgmma.mma_async.sync.aligned.m64n256k16.f32.bf16.bf16"}
+        assert re.search(r"cp\.async\.bulk\.tensor\.2d\.shared::\w+\.global\.mbarrier", code)
+        assert re.search(r"cp\.async\.bulk\.tensor\.2d\.global\.shared::cta", code)  # store
+    count = lambda k: len(re.findall(r"cp\.async\.bulk\.tensor\.2d\.shared", k.asm["ptx"]))  # noqa: E731
+    assert count(lora) > count(plain)

@@ -20,6 +20,10 @@ def test_tile_table_worked_example():
         lay.chunk_array(2), [[0, 0, 2], [0, 2, 4], [0, 4, 5], [2, 5, 7], [2, 7, 8]]
     )
     assert lay.max_chunks_per_adapter(2) == 3
+    # per 4-row tile: first adapter, adapters first..last (the empty one between counts), the
+    # ranks of the first and of the next (the Gluon GEMM's plan, kernels/gemm_lora_gluon.py)
+    np.testing.assert_array_equal(lay.row_tile_plan_array(4), [[0, 1, 4, 0], [0, 3, 4, 8]])
+    np.testing.assert_array_equal(lay.row_tile_plan_array(8), [[0, 3, 4, 8]])
 
 
 def test_block_r_padding():

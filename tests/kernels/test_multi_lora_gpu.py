@@ -135,28 +135,54 @@ def test_tma_small_shapes(spread, dtype):
 
 
 @pytest.mark.parametrize("spread", SPREADS)
-@pytest.mark.parametrize("persist", [0, 1], ids=["tile-per-program", "persistent"])
-def test_gemm_small_shapes(spread, persist):
+@pytest.mark.parametrize("persist", [0, 1, "gluon"], ids=["tile-per-program", "persistent", "gluon"])
+def test_gemm_small_shapes(spread, persist, monkeypatch):
     """The gemm path (Triton base GEMM + LoRA per output tile, TMA) at T = 133 (a partial row
     tile), d_in = 520 (not a multiple of the 64-wide K step: zero fill), d_out = 1032 (a partial
-    column tile); persistent: min(tiles, SMs) programs walking the tiles."""
+    column tile); persistent: min(tiles, SMs) programs walking the tiles; gluon: the Gluon GEMM
+    with the LoRA term as extra pipeline steps (kernels/gemm_lora_gluon.py)."""
     ml.TUNE["path"] = "gemm"
-    ml.TUNE["gpu"]["gm_persist"] = persist
+    if persist == "gluon":
+        calls = _count_gluon_calls(monkeypatch)
+    else:  # the Triton GEMM (Hopper's default is the Gluon one)
+        ml.TUNE["gpu"].update(gm_persist=persist, gm_gluon=False)
     tensors, seg, ranks, scaling = make_case(32, spread, 133, 520, 1032, rank_pool=(8, 16, 64),
                                              dtype=BF16, device="cuda", seed=5)  # fmt: skip
     _assert_gemm_taken(tensors, seg, ranks, scaling)
     run_and_compare(tensors, seg, ranks, scaling, BF16)
+    if persist == "gluon":
+        assert len(calls) >= 2  # y and dX (at least once each): no fallback to the Triton GEMM
 
 
-@pytest.mark.parametrize("tune", [dict(), dict(wgrad_chunk=256, gpu=dict(gm_persist=0))],
-                         ids=["gemm-persistent", "gemm-per-tile-atomics"])  # fmt: skip
+def _count_gluon_calls(monkeypatch) -> list:
+    """Switch the gemm path to the Gluon GEMM; the returned list grows by one per call of it."""
+    import kernels.launch_gemm as lg
+
+    ml.TUNE["gpu"]["gm_gluon"] = True
+    calls = []
+    real = lg._gemm_lora_gluon
+
+    def counted(*args, **kw):
+        calls.append(1)
+        return real(*args, **kw)
+
+    monkeypatch.setattr(lg, "_gemm_lora_gluon", counted)
+    return calls
+
+
+@pytest.mark.parametrize("tune", [dict(gpu=dict(gm_gluon=False)),
+                                  dict(wgrad_chunk=256, gpu=dict(gm_persist=0, gm_gluon=False)),
+                                  dict(gpu=dict(gm_gluon=True))],
+                         ids=["gemm-persistent", "gemm-per-tile-atomics", "gemm-gluon"])  # fmt: skip
 @pytest.mark.parametrize("shape", [(4096, 4096), (4096, 1024), (14336, 4096)])
-def test_gemm_full_size(tune, shape):
+def test_gemm_full_size(tune, shape, monkeypatch):
     ml.TUNE.update(tune, path="gemm", gpu=dict(ml.TUNE["gpu"], **tune.get("gpu", {})))
+    calls = _count_gluon_calls(monkeypatch) if ml.TUNE["gpu"].get("gm_gluon") else None
     tensors, seg, ranks, scaling = make_case(32, "zipf", 4096, *shape, rank_pool=(16, 32, 64),
                                              dtype=BF16, device="cuda", seed=1)  # fmt: skip
     _assert_gemm_taken(tensors, seg, ranks, scaling)
     run_and_compare(tensors, seg, ranks, scaling, BF16)
+    assert calls is None or len(calls) >= 2
 
 
 @pytest.mark.parametrize("shape,gemm_calls", [((4096, 1024), 2), ((4096, 4096), 0)],

@@ -1,0 +1,249 @@
+"""The gemm path's GEMM in Gluon: the LoRA term as extra K steps of one software pipeline that
+runs across output tiles (Hopper, CUDA only; experimental, off by default: TUNE gpu gm_gluon).
+
+Computes what kernels/gemm_lora_triton.py computes, for every row m and column n::
+
+    C[m, n] = sum_k A[m, k] B[k, n]  +  sum_r S[m, r] V_a[r, n]        a = adapter owning row m
+
+Why a second kernel: in the Triton one the LoRA term runs after each tile's K loop, behind
+dependent loads that nothing overlaps (+41 µs per GEMM at 4096², T = 8192; docs/kernels.md
+§3e/§3f), because Triton 3.6 cannot issue loads across the tile boundary. Here the program
+itself schedules its loads. Each persistent program walks its tiles as one stream of *steps*:
+a tile is cdiv(K, BK) base steps over (A, B) followed by one step per adapter whose rows it
+holds, over (S, V_a). S boxes [BM, 64] have the shape of A boxes and V boxes that of B boxes,
+so every step uses the same ring of shared-memory stages, and the TMA loads of the next
+STAGES - 1 steps (the next tile's included) are in flight while the current step's wgmma and
+the previous tile's TMA store run.
+
+A LoRA step masks its tiles in shared memory before the MMA: S rows of other adapters (tiles
+holding two or more adapters only) and V's rank padding >= r_a (any values, even NaN, by the
+contract: 0 x NaN would be NaN). S's own padding columns are exact zeros (the shrink writes
+them); boxes past r_max or past the tensors' ends are zero-filled by TMA.
+
+Requires BK = 64 >= block_r, a 16-bit dtype, S in that dtype (TUNE narrow_s), and the operand
+alignment gemm_ok checks. Gluon has no CPU interpreter: this kernel is tested on the GPU only
+(tests/kernels/test_multi_lora_gpu.py) and compiled for sm_90 in CI (test_generated_code.py).
+"""
+
+from __future__ import annotations
+
+from triton.experimental import gluon
+from triton.experimental.gluon import language as gl
+from triton.experimental.gluon.language.nvidia.hopper import (
+    fence_async_shared,
+    mbarrier,
+    tma,
+    warpgroup_mma,
+    warpgroup_mma_init,
+    warpgroup_mma_wait,
+)
+
+# Gluon renamed its TMA copies between Triton 3.6 (the H200's) and 3.9 (CI's)
+_tma_load = getattr(tma, "async_load", None) or tma.async_copy_global_to_shared
+_tma_store = getattr(tma, "async_store", None) or tma.async_copy_shared_to_global
+# ... and its CTA barrier (3.6 thread_barrier, 3.9 barrier)
+_cta_barrier = getattr(gl, "thread_barrier", None) or gl.barrier
+
+
+@gluon.jit
+def _tile_of(tile, tiles_m, tiles_n, GROUP_M: gl.constexpr):
+    """(pid_m, pid_n) of a linear tile id, GROUP_M row tiles per L2 group (as the Triton GEMM)."""
+    per_group = GROUP_M * tiles_n
+    first_m = (tile // per_group) * GROUP_M
+    group_m = gl.minimum(tiles_m - first_m, GROUP_M)
+    pid_m = first_m + (tile % per_group) % group_m
+    pid_n = (tile % per_group) // group_m
+    return pid_m, pid_n
+
+
+@gluon.jit
+def _tile_plan(tile, tiles_m, tiles_n, TILE_PLAN, BM: gl.constexpr, GROUP_M: gl.constexpr,
+               LORA: gl.constexpr):  # fmt: skip
+    """(off_m, pid_n, first adapter, LoRA steps) of one tile: with LORA one step per adapter
+    from the first owning one of its rows to the last (rows are grouped by adapter). Both come
+    from the host's per-row-tile table (MultiLoraLayout.row_tile_plan) and are only loaded
+    here: the program computes nothing from them until the tile's base steps are issued, so
+    the loads' latency hides under those steps (a dependent instruction would stall the warp
+    at once, since warps issue in order)."""
+    pid_m, pid_n = _tile_of(tile, tiles_m, tiles_n, GROUP_M)
+    first = pid_m * 0
+    n_lora = pid_m * 0
+    if LORA:
+        first = gl.load(TILE_PLAN + pid_m * 4)
+        n_lora = gl.load(TILE_PLAN + pid_m * 4 + 1)
+    return pid_m * BM, pid_n, first, n_lora
+
+
+@gluon.jit
+def _issue_step(k, K_STEPS, off_m, off_n, first, a_desc, b_desc, s_desc, v_desc, V_ROWS_PER_AD,
+                a_slot, b_slot, bar, BK: gl.constexpr, B_KMAJOR: gl.constexpr,
+                LORA: gl.constexpr):  # fmt: skip
+    """TMA loads of step k of a tile into one ring stage, completing on ``bar``."""
+    is_base = k < K_STEPS
+    if is_base:
+        mbarrier.expect(bar, a_desc.block_type.nbytes + b_desc.block_type.nbytes)
+        _tma_load(a_desc, [off_m, k * BK], bar, a_slot)
+        if B_KMAJOR:
+            _tma_load(b_desc, [off_n, k * BK], bar, b_slot)
+        else:
+            _tma_load(b_desc, [k * BK, off_n], bar, b_slot)
+    if LORA:
+        if not is_base:
+            ad = first + k - K_STEPS
+            mbarrier.expect(bar, s_desc.block_type.nbytes + v_desc.block_type.nbytes)
+            _tma_load(s_desc, [off_m, 0], bar, a_slot)
+            if B_KMAJOR:  # V_a = B_aᵀ: rows [a·d_out + off_n, +BN) of lora_b viewed 2-D
+                _tma_load(v_desc, [ad * V_ROWS_PER_AD + off_n, 0], bar, b_slot)
+            else:  # V_a = A_a: rows [a·r_max, +64) of lora_a viewed 2-D
+                _tma_load(v_desc, [ad * V_ROWS_PER_AD, off_n], bar, b_slot)
+
+
+@gluon.jit
+def _mask_lora_stage(a_slot, b_slot, ad, rank, row_ad, multi, BN: gl.constexpr,
+                     B_KMAJOR: gl.constexpr, num_warps: gl.constexpr):  # fmt: skip
+    """Zero, in shared memory, S rows not owned by adapter ``ad`` (row_ad: the tile's row ->
+    adapter, only when it holds several adapters) and V_a's rank padding (rank >= r_a)."""
+    rows_k: gl.constexpr = gl.BlockedLayout([1, 8], [8, 4], [num_warps, 1], [1, 0])  # [*, 64]
+    if multi:
+        s = a_slot.load(rows_k)
+        a_slot.store(gl.where((row_ad == ad)[:, None], s, gl.zeros_like(s)))
+    if rank < 64:
+        if B_KMAJOR:  # b_slot [BN, 64]: the rank axis is the column
+            v = b_slot.load(rows_k)
+            offs_r = gl.arange(0, 64, layout=gl.SliceLayout(0, rows_k))
+            b_slot.store(gl.where((offs_r < rank)[None, :], v, gl.zeros_like(v)))
+        else:  # b_slot [64, BN]: the rank axis is the row
+            cols_n: gl.constexpr = gl.BlockedLayout([1, 8], [1, 32], [num_warps, 1], [1, 0])
+            v = b_slot.load(cols_n)
+            offs_r = gl.arange(0, 64, layout=gl.SliceLayout(1, cols_n))
+            b_slot.store(gl.where((offs_r < rank)[:, None], v, gl.zeros_like(v)))
+    fence_async_shared()  # generic-proxy stores before the async-proxy wgmma reads
+    _cta_barrier()
+
+
+@gluon.jit
+def gemm_lora_gluon_kernel(a_desc, b_desc, c_desc, s_desc, v_desc, ROW_AD, RANKS, TILE_PLAN, M,
+                           N, K,
+                           V_ROWS_PER_AD, B_KMAJOR: gl.constexpr, LORA: gl.constexpr,
+                           STAGES: gl.constexpr, GROUP_M: gl.constexpr,
+                           LORA_MASK: gl.constexpr, num_warps: gl.constexpr):  # fmt: skip
+    """Persistent grid; program p owns tiles p, p + grid, ... Shapes: A [M, K] (box [BM, 64]),
+    B = W [N, K] (box [BN, 64], B_KMAJOR) or W [K, N] (box [64, BN]), C [M, N] (box [BM, BN]),
+    S [M, block_r] (box [BM, 64]), V = lora_b [N_ad·N, r_max] (box [BN, 64], B_KMAJOR) or
+    lora_a [N_ad·r_max, N] (box [64, BN])."""
+    BM: gl.constexpr = c_desc.block_type.shape[0]
+    BN: gl.constexpr = c_desc.block_type.shape[1]
+    BK: gl.constexpr = a_desc.block_type.shape[1]
+    dtype: gl.constexpr = a_desc.dtype
+    acc_layout: gl.constexpr = gl.NVMMADistributedLayout(
+        version=[3, 0], warps_per_cta=[num_warps, 1], instr_shape=[16, BN, 16])
+    a_ring = gl.allocate_shared_memory(dtype, [STAGES] + a_desc.block_type.shape, a_desc.layout)
+    b_ring = gl.allocate_shared_memory(dtype, [STAGES] + b_desc.block_type.shape, b_desc.layout)
+    c_smem = gl.allocate_shared_memory(dtype, c_desc.block_type.shape, c_desc.layout)
+    bars = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    for i in gl.static_range(STAGES):
+        mbarrier.init(bars.index(i), count=1)
+
+    tiles_m = gl.cdiv(M, BM)
+    tiles_n = gl.cdiv(N, BN)
+    num_tiles = tiles_m * tiles_n
+    grid = gl.num_programs(0)
+    k_steps = gl.cdiv(K, BK)
+
+    # producer state: the next step to load is step p_k of tile p_tile; `issued` steps so far
+    p_tile = gl.program_id(0)
+    p_off_m, p_pid_n, p_first, p_nlora = _tile_plan(p_tile, tiles_m, tiles_n, TILE_PLAN, BM,
+                                                    GROUP_M, LORA)  # fmt: skip
+    p_k = p_tile * 0
+    issued = p_tile * 0
+    for _ in gl.static_range(STAGES - 1):  # prologue: STAGES - 1 steps ahead
+        p_tile, p_k, p_off_m, p_pid_n, p_first, p_nlora, issued = _produce(
+            p_tile, p_k, p_off_m, p_pid_n, p_first, p_nlora, issued, num_tiles, grid, tiles_m,
+            tiles_n, k_steps, M, a_desc, b_desc, s_desc, v_desc, TILE_PLAN, V_ROWS_PER_AD, a_ring,
+            b_ring, bars, BM, BN, BK, GROUP_M, B_KMAJOR, LORA)  # fmt: skip
+
+    acc = warpgroup_mma_init(gl.zeros((BM, BN), gl.float32, acc_layout))
+    rows_k: gl.constexpr = gl.BlockedLayout([1, 8], [8, 4], [num_warps, 1], [1, 0])  # [*, 64]
+    used = issued * 0  # steps consumed
+    for tile in range(gl.program_id(0), num_tiles, grid):
+        off_m, pid_n, first, n_lora = _tile_plan(tile, tiles_m, tiles_n, TILE_PLAN, BM, GROUP_M,
+                                                 LORA)  # fmt: skip
+        off_n = pid_n * BN
+        if LORA:  # loads issued now, used after the base steps
+            rank0 = gl.load(TILE_PLAN + (off_m // BM) * 4 + 2)
+            rank1 = gl.load(TILE_PLAN + (off_m // BM) * 4 + 3)
+            offs_m = off_m + gl.arange(0, BM, layout=gl.SliceLayout(1, rows_k))
+            row_ad = gl.load(ROW_AD + offs_m, mask=offs_m < M, other=-1)
+        for k in range(k_steps):
+            acc, used = _consume(acc, used, k > 0, a_ring, b_ring, bars, STAGES, B_KMAJOR)
+            if p_tile < num_tiles:  # refill the stage the previous step used
+                p_tile, p_k, p_off_m, p_pid_n, p_first, p_nlora, issued = _produce(
+                    p_tile, p_k, p_off_m, p_pid_n, p_first, p_nlora, issued, num_tiles, grid,
+                    tiles_m, tiles_n, k_steps, M, a_desc, b_desc, s_desc, v_desc, TILE_PLAN,
+                    V_ROWS_PER_AD, a_ring, b_ring, bars, BM, BN, BK, GROUP_M, B_KMAJOR, LORA)  # fmt: skip
+        if LORA:
+            for j in range(n_lora):
+                ad = first + j
+                rank = gl.where(j == 0, rank0, rank1)
+                if j > 1:  # a third adapter in one tile: its rank was not prefetched
+                    rank = gl.load(RANKS + ad)
+                slot = used % STAGES
+                mbarrier.wait(bars.index(slot), (used // STAGES) & 1)
+                if LORA_MASK:  # (False: a timing diagnostic only, wrong results)
+                    _mask_lora_stage(a_ring.index(slot), b_ring.index(slot), ad, rank, row_ad,
+                                     n_lora > 1, BN, B_KMAJOR, num_warps)  # fmt: skip
+                acc, used = _consume(acc, used, True, a_ring, b_ring, bars, STAGES, B_KMAJOR)
+                if p_tile < num_tiles:
+                    p_tile, p_k, p_off_m, p_pid_n, p_first, p_nlora, issued = _produce(
+                        p_tile, p_k, p_off_m, p_pid_n, p_first, p_nlora, issued, num_tiles, grid,
+                        tiles_m, tiles_n, k_steps, M, a_desc, b_desc, s_desc, v_desc, TILE_PLAN,
+                        V_ROWS_PER_AD, a_ring, b_ring, bars, BM, BN, BK, GROUP_M, B_KMAJOR,
+                        LORA)  # fmt: skip
+        # epilogue: the next tile's first loads are already in flight
+        out = warpgroup_mma_wait(0, deps=[acc])
+        tma.store_wait(0)  # the previous tile's store has left c_smem
+        c_smem.store(out.to(dtype))
+        fence_async_shared()
+        _cta_barrier()
+        _tma_store(c_desc, [off_m, off_n], c_smem)
+    tma.store_wait(0)
+    for i in gl.static_range(STAGES):
+        mbarrier.invalidate(bars.index(i))
+
+
+@gluon.jit
+def _consume(acc, used, use_acc, a_ring, b_ring, bars, STAGES: gl.constexpr,
+             B_KMAJOR: gl.constexpr):  # fmt: skip
+    """Wait for step ``used``'s stage, retire the previous wgmma (so its stage may be refilled)
+    and issue this step's, asynchronously."""
+    slot = used % STAGES
+    mbarrier.wait(bars.index(slot), (used // STAGES) & 1)
+    acc = warpgroup_mma_wait(0, deps=[acc])
+    b_s = b_ring.index(slot)
+    if B_KMAJOR:
+        b_s = b_s.permute((1, 0))
+    acc = warpgroup_mma(a_ring.index(slot), b_s, acc, use_acc=use_acc, is_async=True)
+    return acc, used + 1
+
+
+@gluon.jit
+def _produce(p_tile, p_k, p_off_m, p_pid_n, p_first, p_nlora, issued, num_tiles, grid, tiles_m,
+             tiles_n, k_steps, M, a_desc, b_desc, s_desc, v_desc, TILE_PLAN, V_ROWS_PER_AD, a_ring,
+             b_ring, bars, BM: gl.constexpr, BN: gl.constexpr, BK: gl.constexpr,
+             GROUP_M: gl.constexpr, B_KMAJOR: gl.constexpr, LORA: gl.constexpr):  # fmt: skip
+    """Issue the loads of the producer's next step and advance its state to the step after.
+    The tile's LoRA step count is compared only once its base steps are issued, so the table
+    loads of a new tile stay in flight meanwhile."""
+    STAGES: gl.constexpr = a_ring.type.shape[0]
+    slot = issued % STAGES
+    _issue_step(p_k, k_steps, p_off_m, p_pid_n * BN, p_first, a_desc, b_desc, s_desc, v_desc,
+                V_ROWS_PER_AD, a_ring.index(slot), b_ring.index(slot), bars.index(slot), BK,
+                B_KMAJOR, LORA)  # fmt: skip
+    p_k += 1
+    if p_k >= k_steps:
+        if p_k == k_steps + p_nlora:
+            p_tile += grid
+            p_k = p_k * 0
+            p_off_m, p_pid_n, p_first, p_nlora = _tile_plan(p_tile, tiles_m, tiles_n, TILE_PLAN,
+                                                            BM, GROUP_M, LORA)  # fmt: skip
+    return p_tile, p_k, p_off_m, p_pid_n, p_first, p_nlora, issued + 1
