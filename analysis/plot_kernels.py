@@ -39,7 +39,10 @@ STYLES = {8: "-", 32: "--", 64: ":"}
 # too (only T = 4096 / 8192 re-measured; before: 07:00Z, relaxed atomics and vectorised rank-axis
 # loads; stream since 05:54Z, gemm since 06:23Z). Earlier rows measured older kernels and are
 # not drawn as "auto" (rows "fused_at_0aab245" re-measured the 07:00Z kernels at 09:4xZ).
-SHIPPED_SINCE = {"stream": "2026-11-29T10:05Z", "gemm": "2026-11-29T09:40Z"}
+# gemm since 11:15Z: the gemm path's GEMM in Gluon on Hopper (kernels/gemm_lora_gluon.py;
+# rows "fused_gluon" of 11:02Z / 11:08Z measured it before it became the default, rows
+# "fused_gemm_triton" measure the Triton GEMM since).
+SHIPPED_SINCE = {"stream": "2026-11-29T10:05Z", "gemm": "2026-11-29T11:15Z"}
 
 
 def _is_current(variant: str, date: str, rule_variant: str, path: str) -> bool:
