@@ -101,7 +101,8 @@ def launch(jit_fn, grid: tuple, args: tuple, meta: dict) -> None:
     """Launch ``jit_fn[grid](*args, **meta)``; ``args`` must list every runtime argument in the
     kernel's order and ``meta`` its constexprs plus num_warps / num_stages (all of them, so that
     positional order == signature order)."""
-    dev = getattr(args[0], "base", args[0]).device  # a tensor or a (Triton / Gluon) descriptor
+    first = args[0]  # a tensor, or a (Triton / Gluon) TMA descriptor over one
+    dev = (first.base if hasattr(first, "block_shape") else first).device
     if dev.type != "cuda" or not ENABLED or DISABLED or mlt.interpret_mode():
         jit_fn[grid](*args, **meta)
         return
