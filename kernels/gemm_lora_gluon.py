@@ -159,7 +159,7 @@ def gemm_lora_gluon_kernel(a_desc, b_desc, c_desc, s_desc, v_desc, ROW_AD, RANKS
     for _ in gl.static_range(STAGES - 1):  # prologue: STAGES - 1 steps ahead
         p_tile, p_k, p_off_m, p_pid_n, p_first, p_nlora, issued = _produce(
             p_tile, p_k, p_off_m, p_pid_n, p_first, p_nlora, issued, num_tiles, grid, tiles_m,
-            tiles_n, k_steps, M, a_desc, b_desc, s_desc, v_desc, TILE_PLAN, V_ROWS_PER_AD, a_ring,
+            tiles_n, k_steps, a_desc, b_desc, s_desc, v_desc, TILE_PLAN, V_ROWS_PER_AD, a_ring,
             b_ring, bars, BM, BN, BK, GROUP_M, B_KMAJOR, LORA)  # fmt: skip
 
     acc = warpgroup_mma_init(gl.zeros((BM, BN), gl.float32, acc_layout))
@@ -179,7 +179,7 @@ def gemm_lora_gluon_kernel(a_desc, b_desc, c_desc, s_desc, v_desc, ROW_AD, RANKS
             if p_tile < num_tiles:  # refill the stage the previous step used
                 p_tile, p_k, p_off_m, p_pid_n, p_first, p_nlora, issued = _produce(
                     p_tile, p_k, p_off_m, p_pid_n, p_first, p_nlora, issued, num_tiles, grid,
-                    tiles_m, tiles_n, k_steps, M, a_desc, b_desc, s_desc, v_desc, TILE_PLAN,
+                    tiles_m, tiles_n, k_steps, a_desc, b_desc, s_desc, v_desc, TILE_PLAN,
                     V_ROWS_PER_AD, a_ring, b_ring, bars, BM, BN, BK, GROUP_M, B_KMAJOR, LORA)  # fmt: skip
         if LORA:
             for j in range(n_lora):
@@ -196,7 +196,7 @@ def gemm_lora_gluon_kernel(a_desc, b_desc, c_desc, s_desc, v_desc, ROW_AD, RANKS
                 if p_tile < num_tiles:
                     p_tile, p_k, p_off_m, p_pid_n, p_first, p_nlora, issued = _produce(
                         p_tile, p_k, p_off_m, p_pid_n, p_first, p_nlora, issued, num_tiles, grid,
-                        tiles_m, tiles_n, k_steps, M, a_desc, b_desc, s_desc, v_desc, TILE_PLAN,
+                        tiles_m, tiles_n, k_steps, a_desc, b_desc, s_desc, v_desc, TILE_PLAN,
                         V_ROWS_PER_AD, a_ring, b_ring, bars, BM, BN, BK, GROUP_M, B_KMAJOR,
                         LORA)  # fmt: skip
         # epilogue: the next tile's first loads are already in flight
@@ -228,7 +228,7 @@ def _consume(acc, used, use_acc, a_ring, b_ring, bars, STAGES: gl.constexpr,
 
 @gluon.jit
 def _produce(p_tile, p_k, p_off_m, p_pid_n, p_first, p_nlora, issued, num_tiles, grid, tiles_m,
-             tiles_n, k_steps, M, a_desc, b_desc, s_desc, v_desc, TILE_PLAN, V_ROWS_PER_AD, a_ring,
+             tiles_n, k_steps, a_desc, b_desc, s_desc, v_desc, TILE_PLAN, V_ROWS_PER_AD, a_ring,
              b_ring, bars, BM: gl.constexpr, BN: gl.constexpr, BK: gl.constexpr,
              GROUP_M: gl.constexpr, B_KMAJOR: gl.constexpr, LORA: gl.constexpr):  # fmt: skip
     """Issue the loads of the producer's next step and advance its state to the step after.
