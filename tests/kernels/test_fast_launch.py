@@ -23,6 +23,26 @@ def test_tensor_key_separates_dtype_and_alignment():
     assert _arg_key(base[4:]) == _arg_key(base)  # 16-byte offset: aligned again
 
 
+def test_gluon_descriptor_key_separates_dtype_box_and_layout():
+    """The Gluon GEMM's descriptors (kernels/gemm_lora_gluon.py): bf16 and fp16 calls, the
+    forward's and backward's boxes and different swizzles compile to different kernels."""
+    from triton.experimental.gluon import language as gl
+    from triton.experimental.gluon.nvidia.hopper import TensorDescriptor as GluonDescriptor
+
+    lay = lambda box, el: gl.NVMMASharedLayout.get_default_for(box, el)  # noqa: E731
+    x = torch.zeros(256, 512, dtype=torch.bfloat16)
+    key = lambda t, box, el=gl.bfloat16, layout=None: _arg_key(  # noqa: E731
+        GluonDescriptor.from_tensor(t, box, layout or lay(box, el)))
+    assert key(x, [128, 64]) == key(torch.ones(512, 256, dtype=torch.bfloat16), [128, 64])
+    assert key(x, [128, 64]) != key(x.half(), [128, 64], gl.float16)
+    assert key(x, [64, 256]) != key(x, [256, 64])
+    narrow = gl.NVMMASharedLayout(swizzle_byte_width=64, element_bitwidth=16, rank=2)
+    assert key(x, [128, 64]) != key(x, [128, 64], layout=narrow)
+    from triton.tools.tensor_descriptor import TensorDescriptor
+
+    assert key(x, [128, 64]) != _arg_key(TensorDescriptor.from_tensor(x, [128, 64]))
+
+
 def test_bools_keep_their_value():
     assert _arg_key(True) != _arg_key(False)
     assert _arg_key(True) != _arg_key(1)

@@ -108,6 +108,23 @@ def test_gemm_path_spreads(spread, persist, monkeypatch):
     assert counted["gemm_lora"].n == 2  # y and dX (not a fallback to another path)
 
 
+def test_gluon_gemm_only_on_compiled_cuda(monkeypatch):
+    """The Gluon GEMM (Hopper only, no interpreter) is never chosen for CPU tensors, even when
+    asked for: the interpreted Triton GEMM runs and matches the reference."""
+    from kernels.launch_gemm import gluon_ok
+
+    ml.TUNE.update(path="gemm")
+    ml.TUNE["interp"]["gm_gluon"] = True
+    x = torch.zeros(8, 64, dtype=BF16)
+    assert not gluon_ok(x, x, dict(ml.TUNE["interp"]))
+    assert not gluon_ok(x, None, dict(ml.TUNE["interp"], gm_gluon=False))
+    counted = _count_launches(monkeypatch)
+    tensors, seg, ranks, scaling = make_case(3, "zipf", rank_pool=(8, 16, 64), dtype=BF16,
+                                             seed=2, **SMALL)  # fmt: skip
+    run_and_compare(tensors, seg, ranks, scaling, BF16)
+    assert counted["gemm_lora"].n == 2
+
+
 def test_gemm_path_needs_ranks_up_to_64(monkeypatch):
     """A rank-128 adapter (block_r 128) takes the stream path: the S and V tiles would not fit
     next to the GEMM's pipeline in shared memory."""
