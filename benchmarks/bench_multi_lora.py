@@ -125,6 +125,9 @@ FUSED_VARIANTS = {  # TUNE overrides of each fused_multi_lora variant
     "fused_gluon": dict(DEFAULT_TUNE, path="gemm", gpu=dict(DEFAULT_TUNE["gpu"], gm_gluon=True)),
     "fused_gemm_triton": dict(DEFAULT_TUNE, path="gemm",
                               gpu=dict(DEFAULT_TUNE["gpu"], gm_gluon=False)),
+    # the Gluon GEMM with its base steps peeled out of the general step (TUNE gpu gm_peel)
+    "fused_gluon_peel": dict(DEFAULT_TUNE, path="gemm",
+                             gpu=dict(DEFAULT_TUNE["gpu"], gm_gluon=True, gm_peel=True)),
     "fused_gemm_p1": dict(DEFAULT_TUNE, path="gemm", gpu=dict(DEFAULT_TUNE["gpu"], gm_persist=1)),
     "fused_gemm_p0": dict(DEFAULT_TUNE, path="gemm", gpu=dict(DEFAULT_TUNE["gpu"], gm_persist=0)),
     "fused_gemm_n128": dict(DEFAULT_TUNE, path="gemm",

@@ -70,6 +70,9 @@ CFGS = [dict(zip(_G, v, strict=True)) for v in (
     # always adapter 0's (L2-hot), 3 and the LoRA steps' S / V boxes read from x / dY and W
     dict(gm_bm=128, gm_bn=256, gm_bk=64, gm_warps=8, gm_stages=3, gm_group=8, gm_persist=1,
          gm_gluon=True, gm_diag=d) for d in (1, 2, 3)
+] + [  # 17: 12 with the base steps peeled out of the general step (gm_peel; never run yet)
+    dict(gm_bm=128, gm_bn=256, gm_bk=64, gm_warps=8, gm_stages=3, gm_group=8, gm_persist=1,
+         gm_gluon=True, gm_peel=True),
 ]  # fmt: skip
 
 

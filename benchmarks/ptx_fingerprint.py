@@ -59,7 +59,7 @@ def compile_sm90(fn_py, ptrs: dict, consts: dict, ones: list, aligned: list, war
 
 
 def compile_gluon_gemm(kmajor: bool, lora: bool = True, bm: int = 128, bn: int = 256,
-                       stages: int = 3, warps: int = 8):
+                       stages: int = 3, warps: int = 8, peel: bool = False):
     """kernels/gemm_lora_gluon.py's kernel compiled for sm_90 in bf16 at the launcher's box
     shapes (A / S [bm, 64], B / V [bn, 64] k-major or [64, bn], C [bm, bn])."""
     from triton.experimental.gluon import language as gll
@@ -75,7 +75,7 @@ def compile_gluon_gemm(kmajor: bool, lora: bool = True, bm: int = 128, bn: int =
                s_desc=a_t, v_desc=b_t, ROW_AD="*i32", RANKS="*i32", TILE_PLAN="*i32", M="i32", N="i32", K="i32",
                V_ROWS_PER_AD="i32")  # fmt: skip
     consts = dict(B_KMAJOR=kmajor, LORA=lora, STAGES=stages, GROUP_M=8, LORA_MASK=True,
-                  num_warps=warps)
+                  PEEL_BASE=peel, num_warps=warps)
     sig |= {k: "constexpr" for k in consts}
     names = list(sig)
     src = GluonASTSource(gemm_lora_gluon.gemm_lora_gluon_kernel, sig,

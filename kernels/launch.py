@@ -62,6 +62,9 @@ TUNE: dict = {
     # 4096->1024 (the k/v projections, where the auto rule takes the gemm path) and 0-3 % at
     # 4096², T = 4096; the isolated GEMM's LoRA term +29-34 µs against +41-46 at 4096²,
     # T = 8192, and +16 against +27 in the k/v backward.
+    # gm_peel: the Gluon GEMM's base steps in a loop without the producer's tile-switch and
+    # LoRA branches (77-81 SASS instructions and 4 CTA barriers per step against 191-207 and
+    # 7). Written after the last GPU run of 2026-11-29: built for sm_90, never run; off.
     # sx_bn / sx_warps: the stream path's row-streaming expand (no reduction), 256 columns and
     # 8 warps: 0.88-0.93 of 128 / 4 on 8 of the 9 shape x T cases of the 03:50Z sweep
     # (lora_tiles.csv, kernel wg_expand; 1.02 on 4096->1024 at T = 16384). In the layer step
@@ -70,7 +73,8 @@ TUNE: dict = {
                 bn_fused=128, se_fwd_bk=64, se_fwd_stages=4, se_bwd_bk=128, se_bwd_stages=3,
                 se_rows=True, ex_cols=128, ex_stages=1, se_tma="", sh_bm=128, sh_warps=8,
                 gm_bm=128, gm_bn=256, gm_bk=64, gm_warps=8, gm_stages=3, gm_group=8,
-                gm_persist=1, gm_gluon=True, sx_bn=256, sx_warps=8, upcast=False),  # fmt: skip
+                gm_persist=1, gm_gluon=True, gm_peel=False, sx_bn=256, sx_warps=8,
+                upcast=False),  # fmt: skip
     "interp": dict(bm=32, bk=32, bn=64, bt=32, warps=4, stages=1, wg_stages=1, bm_fused=32,
                    bn_fused=32, se_fwd_bk=32, se_fwd_stages=1, se_bwd_bk=32, se_bwd_stages=1,
                    se_rows=True, ex_cols=64, ex_stages=1, se_tma="", sh_bm=32, sh_warps=4,

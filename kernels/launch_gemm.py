@@ -120,7 +120,8 @@ def _gemm_lora_gluon(a, w, w_kmajor, layout, s, v, cfg, out):
         row_ad, ranks, plan, m, n, k, rows_per_ad,
     ), dict(
         B_KMAJOR=w_kmajor, LORA=layout is not None, STAGES=cfg["gm_stages"],
-        GROUP_M=cfg["gm_group"], LORA_MASK=diag == 0, num_warps=cfg["gm_warps"],
+        GROUP_M=cfg["gm_group"], LORA_MASK=diag == 0, PEEL_BASE=bool(cfg.get("gm_peel")),
+        num_warps=cfg["gm_warps"],
     ))  # fmt: skip
     return out
 

@@ -153,17 +153,19 @@ def test_max_block_r_table_matches_shared_memory(smem, path, elem):
         assert worst > ptx_fingerprint.SM90_SHARED_BYTES, f"{path} fits at {2 * limit} too: raise it"
 
 
+@pytest.mark.parametrize("peel", [False, True], ids=["shipped", "peeled"])
 @pytest.mark.parametrize("kmajor", [True, False], ids=["forward", "backward"])
-def test_gluon_gemm_builds_for_sm90(kmajor):
+def test_gluon_gemm_builds_for_sm90(kmajor, peel):
     """The Gluon GEMM (kernels/gemm_lora_gluon.py; GPU-only, no interpreter) compiles with this
     Triton for sm_90 at the launcher's tile (128 x 256, 3 stages, 8 warps): its shared memory
     fits one program (4 stages do not: OutOfResources on the H200, 2026-11-29), its MMAs are
     wgmma, its operand loads TMA copies completing on mbarriers, the output a TMA store, and
-    the LoRA steps add loads (S, V_a) without a second MMA shape."""
-    plain = ptx_fingerprint.compile_gluon_gemm(kmajor, lora=False)
-    lora = ptx_fingerprint.compile_gluon_gemm(kmajor, lora=True)
+    the LoRA steps add loads (S, V_a) without a second MMA shape. "peeled": the opt-in base
+    loop without the producer's tile-switch and LoRA branches (TUNE gpu gm_peel)."""
+    plain = ptx_fingerprint.compile_gluon_gemm(kmajor, lora=False, peel=peel)
+    lora = ptx_fingerprint.compile_gluon_gemm(kmajor, lora=True, peel=peel)
     assert lora.metadata.shared <= ptx_fingerprint.SM90_SHARED_BYTES
-    four = ptx_fingerprint.compile_gluon_gemm(kmajor, lora=True, stages=4)
+    four = ptx_fingerprint.compile_gluon_gemm(kmajor, lora=True, stages=4, peel=peel)
     assert four.metadata.shared > ptx_fingerprint.SM90_SHARED_BYTES
     for kernel in (plain, lora):
         code = kernel.asm["ptx"]

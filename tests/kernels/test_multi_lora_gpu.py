@@ -135,22 +135,24 @@ def test_tma_small_shapes(spread, dtype):
 
 
 @pytest.mark.parametrize("spread", SPREADS)
-@pytest.mark.parametrize("persist", [0, 1, "gluon"], ids=["tile-per-program", "persistent", "gluon"])
+@pytest.mark.parametrize("persist", [0, 1, "gluon", "gluon-peel"],
+                         ids=["tile-per-program", "persistent", "gluon", "gluon-peel"])  # fmt: skip
 def test_gemm_small_shapes(spread, persist, monkeypatch):
     """The gemm path (Triton base GEMM + LoRA per output tile, TMA) at T = 133 (a partial row
     tile), d_in = 520 (not a multiple of the 64-wide K step: zero fill), d_out = 1032 (a partial
     column tile); persistent: min(tiles, SMs) programs walking the tiles; gluon: the Gluon GEMM
     with the LoRA term as extra pipeline steps (kernels/gemm_lora_gluon.py)."""
     ml.TUNE["path"] = "gemm"
-    if persist == "gluon":
+    if str(persist).startswith("gluon"):
         calls = _count_gluon_calls(monkeypatch)
+        ml.TUNE["gpu"]["gm_peel"] = persist == "gluon-peel"
     else:  # the Triton GEMM (Hopper's default is the Gluon one)
         ml.TUNE["gpu"].update(gm_persist=persist, gm_gluon=False)
     tensors, seg, ranks, scaling = make_case(32, spread, 133, 520, 1032, rank_pool=(8, 16, 64),
                                              dtype=BF16, device="cuda", seed=5)  # fmt: skip
     _assert_gemm_taken(tensors, seg, ranks, scaling)
     run_and_compare(tensors, seg, ranks, scaling, BF16)
-    if persist == "gluon":
+    if str(persist).startswith("gluon"):
         assert len(calls) >= 2  # y and dX (at least once each): no fallback to the Triton GEMM
 
 
@@ -172,8 +174,10 @@ def _count_gluon_calls(monkeypatch) -> list:
 
 @pytest.mark.parametrize("tune", [dict(gpu=dict(gm_gluon=False)),
                                   dict(wgrad_chunk=256, gpu=dict(gm_persist=0, gm_gluon=False)),
-                                  dict(gpu=dict(gm_gluon=True))],
-                         ids=["gemm-persistent", "gemm-per-tile-atomics", "gemm-gluon"])  # fmt: skip
+                                  dict(gpu=dict(gm_gluon=True)),
+                                  dict(gpu=dict(gm_gluon=True, gm_peel=True))],
+                         ids=["gemm-persistent", "gemm-per-tile-atomics", "gemm-gluon",
+                              "gemm-gluon-peel"])  # fmt: skip
 @pytest.mark.parametrize("shape", [(4096, 4096), (4096, 1024), (14336, 4096)])
 def test_gemm_full_size(tune, shape, monkeypatch):
     ml.TUNE.update(tune, path="gemm", gpu=dict(ml.TUNE["gpu"], **tune.get("gpu", {})))
