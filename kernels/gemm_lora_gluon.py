@@ -1,5 +1,6 @@
 """The gemm path's GEMM in Gluon: the LoRA term as extra K steps of one software pipeline that
-runs across output tiles (Hopper, CUDA only; experimental, off by default: TUNE gpu gm_gluon).
+runs across output tiles (Hopper, CUDA only; the gemm path's default there since 2026-11-29,
+TUNE gpu gm_gluon; launch_gemm.gluon_ok says when it runs).
 
 Computes what kernels/gemm_lora_triton.py computes, for every row m and column n::
 
@@ -19,6 +20,11 @@ A LoRA step masks its tiles in shared memory before the MMA: S rows of other ada
 holding two or more adapters only) and V's rank padding >= r_a (any values, even NaN, by the
 contract: 0 x NaN would be NaN). S's own padding columns are exact zeros (the shrink writes
 them); boxes past r_max or past the tensors' ends are zero-filled by TMA.
+
+Measured on the H200 (docs/kernels.md §3i): the LoRA term costs +29-35 µs per GEMM at 4096²,
+T = 8192 (Triton GEMM: +41-46), and the k/v layer step is 5-8 % faster than with the Triton
+GEMM. Constexpr switches: LORA_MASK=False is a timing diagnostic (wrong results); PEEL_BASE
+(TUNE gpu gm_peel, off, never run on a GPU) runs the base steps in a branch-free loop.
 
 Requires BK = 64 >= block_r, a 16-bit dtype, S in that dtype (TUNE narrow_s), and the operand
 alignment gemm_ok checks. Gluon has no CPU interpreter: this kernel is tested on the GPU only
