@@ -125,6 +125,27 @@ def test_gluon_gemm_only_on_compiled_cuda(monkeypatch):
     assert counted["gemm_lora"].n == 2
 
 
+def test_gluon_gemm_failure_falls_back_to_triton(monkeypatch):
+    """If the Gluon GEMM cannot build or launch (e.g. another Triton's Gluon API), the call
+    runs the Triton GEMM instead, warns, and records why (gluon_ok is False from then on)."""
+    import kernels.launch_gemm as lg
+
+    def broken(*args, **kw):
+        raise RuntimeError("no such Gluon op")
+
+    monkeypatch.setattr(lg, "GLUON_FAILED", [])
+    monkeypatch.setattr(lg, "_gemm_lora_gluon", broken)
+    monkeypatch.setattr(lg, "gluon_ok", lambda a, s, cfg: not lg.GLUON_FAILED)
+    ml.TUNE.update(path="gemm")
+    counted = _count_launches(monkeypatch)
+    tensors, seg, ranks, scaling = make_case(3, "zipf", rank_pool=(8, 16, 64), dtype=BF16,
+                                             seed=2, **SMALL)  # fmt: skip
+    with pytest.warns(UserWarning, match="Gluon GEMM failed"):
+        run_and_compare(tensors, seg, ranks, scaling, BF16)
+    assert counted["gemm_lora"].n == 2  # both GEMMs ran in Triton
+    assert len(lg.GLUON_FAILED) == 1 and "no such Gluon op" in lg.GLUON_FAILED[0]
+
+
 def test_gemm_path_needs_ranks_up_to_64(monkeypatch):
     """A rank-128 adapter (block_r 128) takes the stream path: the S and V tiles would not fit
     next to the GEMM's pipeline in shared memory."""
