@@ -136,8 +136,7 @@ def _mask_lora_stage(a_slot, b_slot, ad, rank, row_ad, multi, BN: gl.constexpr,
 
 @gluon.jit
 def gemm_lora_gluon_kernel(a_desc, b_desc, c_desc, s_desc, v_desc, ROW_AD, RANKS, TILE_PLAN, M,
-                           N, K,
-                           V_ROWS_PER_AD, B_KMAJOR: gl.constexpr, LORA: gl.constexpr,
+                           N, K, V_ROWS_PER_AD, B_KMAJOR: gl.constexpr, LORA: gl.constexpr,
                            STAGES: gl.constexpr, GROUP_M: gl.constexpr,
                            LORA_MASK: gl.constexpr, PEEL_BASE: gl.constexpr,
                            num_warps: gl.constexpr):  # fmt: skip
