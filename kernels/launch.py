@@ -223,9 +223,11 @@ def _wgrad_chunk(layout: MultiLoraLayout, n_cols: int, cfg: dict, device: torch.
 
 
 def _wgrad_plan(layout: MultiLoraLayout, n_cols: int, cfg: dict, device: torch.device,
-                reduce: bool = True):  # fmt: skip
+                reduce: bool = True, rank_rows: int = 0):  # fmt: skip
     """(chunk table, atomic, needs_zero) of a weight-gradient launch over n_cols columns,
-    built once per layout (memoised on it under the current tile settings). A reduction
+    built once per layout (memoised on it under the current tile settings). needs_zero: the
+    output must start zeroed, also when its ``rank_rows`` (the adapter tensors' rank extent)
+    pass block_r: those rows belong to no program's tile. A reduction
     (``reduce``) splits segments over token chunks only while its unsplit grid would have
     fewer than TUNE["wgrad_waves"] waves of programs: a split costs fp32 atomics, a zeroed
     buffer and a cast. The expand-only launch (no reduction, no atomics) aims at 2 waves."""
@@ -236,7 +238,9 @@ def _wgrad_plan(layout: MultiLoraLayout, n_cols: int, cfg: dict, device: torch.d
         atomic = reduce and layout.max_chunks_per_adapter(chunk) > 1
         return layout.chunks(chunk, device), atomic, atomic or 0 in layout.seg_lens
 
-    return layout.memo(_plan_key(cfg, "wgrad", n_cols, device, waves, reduce), build)
+    chunks, atomic, needs_zero = layout.memo(
+        _plan_key(cfg, "wgrad", n_cols, device, waves, reduce), build)
+    return chunks, atomic, needs_zero or rank_rows > layout.block_r
 
 
 # Split-K scratch that is all zeros between launches, per (device, stream): a launch's
@@ -315,10 +319,8 @@ def _wgrad(p, q, like, transpose_out: bool, layout, scale: bool, cfg,
     v_strides = (adapter, rank, n) strides of V (the backward's dX delta: p = dS, V_i = A_i).
     """
     dev, n_cols = q.device, q.shape[1]
-    chunks, atomic, needs_zero = _wgrad_plan(layout, n_cols, cfg, dev)
     r_ext = rank_extent(like, n_cols)
-    # rank rows at or past block_r belong to no program's tile: zero them up front
-    needs_zero = needs_zero or r_ext > layout.block_r
+    chunks, atomic, needs_zero = _wgrad_plan(layout, n_cols, cfg, dev, rank_rows=r_ext)
     buf_dtype = torch.float32 if atomic else like.dtype
     out = (torch.zeros if needs_zero else _empty)(like.shape, device=dev, dtype=buf_dtype)
     s_a, s_r, s_n = (out.stride(0), out.stride(2), out.stride(1)) if transpose_out else out.stride()

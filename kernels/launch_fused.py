@@ -116,8 +116,7 @@ def wgrad_pair(ds, x, s, dy, lora_a, lora_b, layout, cfg, need_a: bool, need_b: 
     d_in, d_out = lora_a.shape[2], lora_b.shape[1]
     n1, n2 = (d_in if need_a else 0), (d_out if need_b else 0)
     nb1, nb2 = -(-n1 // cfg["bn"]), -(-n2 // cfg["bn"])
-    chunks, atomic, needs_zero = _wgrad_plan(layout, n1 + n2, cfg, dev)
-    needs_zero = needs_zero or r_max > layout.block_r  # rows no program's tile covers
+    chunks, atomic, needs_zero = _wgrad_plan(layout, n1 + n2, cfg, dev, rank_rows=r_max)
     size_a, size_b = n * r_max * n1, n * r_max * n2
     buf_dtype = torch.float32 if atomic else lora_a.dtype
     flat = (torch.zeros if needs_zero else _empty)((size_a + size_b,), device=dev, dtype=buf_dtype)

@@ -126,12 +126,16 @@ class MultiLoraLayout:
                 rows.append((i, s, o + n))
         return np.asarray(rows, dtype=np.int32).reshape(-1, 3)
 
+    def row_adapter_array(self) -> np.ndarray:
+        """[T] int32 numpy table: the adapter owning each row (zero-token adapters own none)."""
+        return np.repeat(np.arange(self.num_adapters, dtype=np.int32), self.seg_lens)
+
     def row_tile_plan_array(self, block: int) -> np.ndarray:
         """[cdiv(T, block), 4] int32 numpy table, one row per ``block``-row tile of the tokens:
         (first adapter owning one of its rows, number of adapters from it to the last one's,
         rank of the first, rank of the next or 0). Zero-token adapters between two owners are
         counted (their S rows are masked to nothing)."""
-        row_ad = np.repeat(np.arange(self.num_adapters, dtype=np.int64), self.seg_lens)
+        row_ad = self.row_adapter_array()
         starts = np.arange(0, self.total_tokens, block)
         first = row_ad[starts]
         count = row_ad[np.minimum(starts + block, self.total_tokens) - 1] - first + 1
@@ -179,9 +183,7 @@ class MultiLoraLayout:
 
     def row_adapters(self, device: torch.device) -> torch.Tensor:
         """Device int32 [T]: the adapter owning each row (zero-token adapters own none)."""
-        build = lambda: _pinned(np.repeat(np.arange(self.num_adapters, dtype=np.int32),  # noqa: E731
-                                          self.seg_lens))  # fmt: skip
-        return self._cached(("row_adapters",), build, device)
+        return self._cached(("row_adapters",), lambda: _pinned(self.row_adapter_array()), device)
 
     def ranks_tensor(self, device: torch.device) -> torch.Tensor:
         """Device int32 [N] ranks."""
