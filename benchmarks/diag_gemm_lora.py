@@ -81,8 +81,9 @@ _gluon_real = launch_gemm._gemm_lora_gluon
 
 
 def _gluon_counted(*args, **kw):
-    _GLUON_CALLS[0] += 1
-    return _gluon_real(*args, **kw)
+    out = _gluon_real(*args, **kw)
+    _GLUON_CALLS[0] += 1  # after it returned: a failure falls back to the Triton GEMM
+    return out
 
 
 launch_gemm._gemm_lora_gluon = _gluon_counted
