@@ -128,6 +128,11 @@ FUSED_VARIANTS = {  # TUNE overrides of each fused_multi_lora variant
     # the Gluon GEMM with its base steps peeled out of the general step (TUNE gpu gm_peel)
     "fused_gluon_peel": dict(DEFAULT_TUNE, path="gemm",
                              gpu=dict(DEFAULT_TUNE["gpu"], gm_gluon=True, gm_peel=True)),
+    # the shrinks through the Triton kernel instead of the Gluon one (TUNE gpu sh_gluon, the
+    # default on Hopper since 2026-11-29, session 11), on the shipped path and on the gemm path
+    "fused_sh_triton": dict(DEFAULT_TUNE, gpu=dict(DEFAULT_TUNE["gpu"], sh_gluon=False)),
+    "fused_gemm_sh_triton": dict(DEFAULT_TUNE, path="gemm",
+                                 gpu=dict(DEFAULT_TUNE["gpu"], sh_gluon=False)),
     "fused_gemm_p1": dict(DEFAULT_TUNE, path="gemm", gpu=dict(DEFAULT_TUNE["gpu"], gm_persist=1)),
     "fused_gemm_p0": dict(DEFAULT_TUNE, path="gemm", gpu=dict(DEFAULT_TUNE["gpu"], gm_persist=0)),
     "fused_gemm_n128": dict(DEFAULT_TUNE, path="gemm",

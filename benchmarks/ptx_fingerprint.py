@@ -83,6 +83,30 @@ def compile_gluon_gemm(kmajor: bool, lora: bool = True, bm: int = 128, bn: int =
     return triton.compile(src, target=GPUTarget("cuda", 90, 32), options=dict(num_warps=warps))
 
 
+def compile_gluon_shrink(kmajor: bool, split_k: bool = True, bm: int = 128, stages: int = 4,
+                         warps: int = 4):
+    """kernels/shrink_gluon.py's kernel compiled for sm_90 in bf16 at the launcher's box shapes
+    (X [bm, 64], W [64, 64]; the forward's W_a = A_a is k-contiguous: kmajor)."""
+    from triton.experimental.gluon import language as gll
+    from triton.experimental.gluon._runtime import GluonASTSource
+
+    from kernels import shrink_gluon
+
+    lay = lambda shape: repr(gll.NVMMASharedLayout.get_default_for(shape, gll.bfloat16))  # noqa: E731
+    sig = dict(x_desc=f"tensordesc<bf16[{bm}, 64],{lay([bm, 64])}>",
+               w_desc=f"tensordesc<bf16[64, 64],{lay([64, 64])}>", OUT="*bf16", PART="*fp32",
+               TICKETS="*i32", TILES="*i32", RANKS="*i32", SCALES="*fp32", N_ITEMS="i32",
+               SPLIT="i32", STEPS_PER_SPLIT="i32", K_STEPS="i32", W_ROWS_PER_AD="i32",
+               WIDTH="i32", stride_om="i32", part_stride="i32")  # fmt: skip
+    consts = dict(W_KMAJOR=kmajor, APPLY_SCALE=True, SPLIT_K=split_k, STAGES=stages,
+                  num_warps=warps)
+    sig |= {k: "constexpr" for k in consts}
+    names = list(sig)
+    src = GluonASTSource(shrink_gluon.shrink_gluon_kernel, sig,
+                         constexprs={(names.index(k),): v for k, v in consts.items()})  # fmt: skip
+    return triton.compile(src, target=GPUTarget("cuda", 90, 32), options=dict(num_warps=warps))
+
+
 def ptx(kernel) -> str:
     """A compiled kernel's PTX without source-line records and the debug labels ($L__tmpN)
     that mark inlined helper calls: they change with the source layout, not the code."""

@@ -29,6 +29,7 @@ from bench_multi_lora import SHAPES, graph_ms, make_inputs  # noqa: E402
 import kernels  # noqa: E402
 from benchmarks.results_csv import append_results  # noqa: E402
 from kernels import launch  # noqa: E402
+from kernels import multi_lora as ml  # noqa: E402
 from kernels.launch_fused import shrink_expand  # noqa: E402
 
 CASES = [(s, t) for s in SHAPES for t in (8192, 16384)] + [("4096x4096", 4096)]
@@ -80,13 +81,20 @@ SH_CFGS_6 = [dict(), dict(split_k=1), dict(split_k=2), dict(split_k=4), dict(spl
 WG_CFGS_6 = [dict(), dict(chunk=256), dict(chunk=512), dict(chunk=2048)]
 # Round 7 (commit fe52fa1, reverted after it): the weight-gradient kernel walking wg_cols /
 # sx_cols column blocks per program in one flat loop; measured no gain (docs/kernels.md §3g).
+# Round 8 (session 11): the Gluon shrink (kernels/shrink_gluon.py, TUNE gpu sh_gluon) against
+# the Triton one, its programs per SM, ring depth and K split. (Its first build, 12:5xZ, summed
+# the splits with fp32 atomics; rows since 13:1xZ are the plain-store build.)
+SH_CFGS_8 = [dict(sh_gluon=False), dict(), dict(sh_gl_stages=8), dict(sh_gl_progs=2, sh_gl_stages=4),
+             dict(split_k=2), dict(split_k=4), dict(split_k=8), dict(split_k=1, sh_gl_stages=8),
+             dict(sh_gl_stages=4)]  # fmt: skip
 ROUNDS = {1: dict(se=SE_CFGS, wg=WG_CFGS), 2: dict(se=SE_CFGS_2, wg=WG_CFGS_2),
           3: dict(se=SE_CFGS_3, wg=WG_CFGS_3), 4: dict(se=SE_CFGS_4),
-          5: dict(wg=WG_CFGS_5, sh=SH_CFGS_5), 6: dict(sh=SH_CFGS_6, wg=WG_CFGS_6)}
+          5: dict(wg=WG_CFGS_5, sh=SH_CFGS_5), 6: dict(sh=SH_CFGS_6, wg=WG_CFGS_6),
+          8: dict(sh=SH_CFGS_8)}
 # TUNE["gpu"] settings each round started from (round 3: the shipped ones)
 _SE_SHARED = dict(se_fwd_bk=64, se_fwd_stages=3, se_bwd_bk=64, se_bwd_stages=3)
 ROUND_BASE = {1: dict(_SE_SHARED, wg_stages=3), 2: dict(_SE_SHARED, wg_stages=2), 3: {}, 4: {},
-              5: {}, 6: {}}
+              5: {}, 6: {}, 8: {}}
 
 
 def kernel_fns(inp: dict, cfg: dict) -> dict:
@@ -103,6 +111,7 @@ def kernel_fns(inp: dict, cfg: dict) -> dict:
     s = shrink_expand(x, a, a_str, b, b_str, y, d_out, lay, False, True, False, cfg)
     ds = shrink_expand(dy, b, bt_str, a, at_str, dx, d_in, lay, True, False, False, cfg)
     r2 = 2 * t * lay.block_r
+    s_dt = ml._s_dtype(x.dtype)
     s32, b_rn = s.float(), (b.stride(0), b.stride(2), b.stride(1))  # the stream path's S, V_i = B_iᵀ
     return {
         "se_fwd": (lambda: shrink_expand(x, a, a_str, b, b_str, y, d_out, lay, False, True,
@@ -115,8 +124,9 @@ def kernel_fns(inp: dict, cfg: dict) -> dict:
                                           expand=(a, a_str, dx, False)), 4 * t * d_in + r2),
         "wg_expand": (lambda: launch._stream_expand(s32, b, b_rn, y, False, lay, cfg),
                       2 * t * d_out + 2 * r2),
-        "sh_dY": (lambda: launch._shrink(dy, b, bt_str, lay, True, cfg), 2 * t * d_out + 2 * r2),
-        "sh_x": (lambda: launch._shrink(x, a, a_str, lay, True, cfg), 2 * t * d_in + 2 * r2),
+        # (S in x's dtype, as the shipped paths keep it, since round 8; rounds 5-6: fp32)
+        "sh_dY": (lambda: launch._shrink(dy, b, bt_str, lay, True, cfg, s_dt), 2 * t * d_out + r2),
+        "sh_x": (lambda: launch._shrink(x, a, a_str, lay, True, cfg, s_dt), 2 * t * d_in + r2),
     }  # fmt: skip
 
 
@@ -131,8 +141,11 @@ def main() -> None:
     p.add_argument("--kernels", default="se,wg,sh")
     p.add_argument("--round", type=int, default=3,
                    help="1: tile sizes; 2: column splits; 3: operand orientation; 4: TMA; "
-                   "5: dX in the dA kernel; 6: split-K and chunks with relaxed atomics")
+                   "5: dX in the dA kernel; 6: split-K and chunks with relaxed atomics; "
+                   "8: the Gluon shrink")
     p.add_argument("--adapters", default="32", help="adapter counts N, comma-separated")
+    p.add_argument("--cases", default=None,
+                   help="SHAPExT pairs, comma-separated (e.g. 4096x1024x4096); default: CASES")
     p.add_argument("--limit", type=int, default=None, help="only the first LIMIT configurations")
     p.add_argument("--label", default="", help="recorded in each row's cfg as 'label' (e.g. "
                    "which build of the kernels ran)")  # fmt: skip
@@ -140,7 +153,9 @@ def main() -> None:
     t0 = time.time()
     meta = dict(date=dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%MZ"),
                 gpu=torch.cuda.get_device_name(), triton=triton.__version__)  # fmt: skip
-    inputs = {(*c, n): make_inputs(*SHAPES[c[0]], c[1], n) for c in CASES
+    cases = CASES if args.cases is None else [
+        (c.rsplit("x", 1)[0], int(c.rsplit("x", 1)[1])) for c in args.cases.split(",")]
+    inputs = {(*c, n): make_inputs(*SHAPES[c[0]], c[1], n) for c in cases
               for n in (int(v) for v in args.adapters.split(","))}  # fmt: skip
     base = dict(launch.TUNE["gpu"], **ROUND_BASE[args.round])
     # alternate the families, so a budget cut leaves both partly swept

@@ -21,6 +21,8 @@ docs/kernels.md):
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 
 from . import multi_lora_triton as mlt
@@ -65,6 +67,12 @@ TUNE: dict = {
     # gm_peel: the Gluon GEMM's base steps in a loop without the producer's tile-switch and
     # LoRA branches (77-81 SASS instructions and 4 CTA barriers per step against 191-207 and
     # 7). Written after the last GPU run of 2026-11-29: built for sm_90, never run; off.
+    # sh_gluon: on Hopper the split-K shrink (x and dY, stream and gemm paths) runs
+    # kernels/shrink_gluon.py: TMA ring of sh_gl_stages steps, sh_gl_progs programs per SM,
+    # K split only below sh_gl_items row tiles (launch_shrink_gluon.gluon_split). Sweep round 8
+    # (session 11, lora_tiles.csv, N = 32, alone): at T = 8192 24-26 µs for 67 MB against the
+    # Triton shrink's 29.6-30.2, 7.1 against 13.5 for dY of the k/v projections; T = 4096 within
+    # +-0.5 µs unsplit with 8 stages (17.7 / 17.2, 6.8 / 9.7).
     # sx_bn / sx_warps: the stream path's row-streaming expand (no reduction), 256 columns and
     # 8 warps: 0.88-0.93 of 128 / 4 on 8 of the 9 shape x T cases of the 03:50Z sweep
     # (lora_tiles.csv, kernel wg_expand; 1.02 on 4096->1024 at T = 16384). In the layer step
@@ -74,12 +82,16 @@ TUNE: dict = {
                 se_rows=True, ex_cols=128, ex_stages=1, se_tma="", sh_bm=128, sh_warps=8,
                 gm_bm=128, gm_bn=256, gm_bk=64, gm_warps=8, gm_stages=3, gm_group=8,
                 gm_persist=1, gm_gluon=True, gm_peel=False, sx_bn=256, sx_warps=8,
+                sh_gluon=True, sh_gl_progs=1, sh_gl_stages=8, sh_gl_warps=4, sh_gl_items=32,
+                sh_gl_min_steps=16,
                 upcast=False),  # fmt: skip
     "interp": dict(bm=32, bk=32, bn=64, bt=32, warps=4, stages=1, wg_stages=1, bm_fused=32,
                    bn_fused=32, se_fwd_bk=32, se_fwd_stages=1, se_bwd_bk=32, se_bwd_stages=1,
                    se_rows=True, ex_cols=64, ex_stages=1, se_tma="", sh_bm=32, sh_warps=4,
                    gm_bm=32, gm_bn=32, gm_bk=32, gm_warps=4, gm_stages=1, gm_group=2,
-                   gm_persist=0, gm_gluon=False, sx_bn=64, sx_warps=4, upcast=True),  # fmt: skip
+                   gm_persist=0, gm_gluon=False, sx_bn=64, sx_warps=4, sh_gluon=False,
+                   sh_gl_progs=1, sh_gl_stages=1, sh_gl_warps=4, sh_gl_items=32,
+                   sh_gl_min_steps=16, upcast=True),  # fmt: skip
     "poison": False,  # tests: fill every internally allocated output with NaN first
 }
 
@@ -277,6 +289,8 @@ def _shrink(x, w, w_strides, layout, scale: bool, cfg, out_dtype=torch.float32) 
     out = _empty((t, layout.block_r), dev, out_dtype)
     if tiles.shape[0] == 0:
         return out
+    if _shrink_gluon(x, w, w_strides, out, layout, scale, cfg):
+        return out
     acc, tickets = zeroed_workspace(dev, out.numel(), tiles.shape[0]) if split > 1 else (out, out)
     launch(mlt.get_kernels().shrink, (tiles.shape[0], split), (
         x, w, out, acc, tickets, tiles, layout.ranks_tensor(dev), layout.scaling_tensor(dev),
@@ -287,6 +301,27 @@ def _shrink(x, w, w_strides, layout, scale: bool, cfg, out_dtype=torch.float32) 
         GPU_FENCE=not mlt.interpret_mode(), num_warps=cfg["sh_warps"], num_stages=cfg["stages"],
     ))
     return out
+
+
+def _shrink_gluon(x, w, w_strides, out, layout, scale: bool, cfg) -> bool:
+    """Run the shrink through the Gluon kernel (kernels/launch_shrink_gluon.py) where it can
+    run; False (nothing launched) elsewhere. A failure to build or launch it warns, lands in
+    launch_gemm.GLUON_FAILED (which turns every Gluon kernel off) and returns False."""
+    if w_strides[2] != 1 and w_strides[1] != 1:
+        return False  # W_i is neither k- nor rank-contiguous: not a plain lora_a / lora_b
+    from .launch_gemm import GLUON_FAILED
+    from .launch_shrink_gluon import shrink_gluon, shrink_gluon_ok
+
+    kmajor = w_strides[2] == 1
+    if not shrink_gluon_ok(x, w, kmajor, layout, cfg):
+        return False
+    try:
+        shrink_gluon(x, w, kmajor, out, layout, scale, cfg)
+        return True
+    except Exception as exc:  # noqa: BLE001 - a Triton without this Gluon API: fall back
+        GLUON_FAILED.append(repr(exc)[:500])
+        warnings.warn(f"Gluon shrink failed, using the Triton shrink: {exc!r}", stacklevel=3)
+        return False
 
 
 def _expand(s, v, v_strides, out, layout, scale: bool, add: bool, cfg) -> None:

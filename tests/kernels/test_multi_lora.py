@@ -470,3 +470,56 @@ def test_deterministic_mode_is_bitwise_repeatable():
         torch.use_deterministic_algorithms(prev)
     (y1, g1), (y2, g2) = outs
     assert torch.equal(y1, y2) and all(torch.equal(p, q) for p, q in zip(g1, g2, strict=True))
+
+
+def test_gluon_shrink_split_rule():
+    """The Gluon shrink's K split (kernels/launch_shrink_gluon.gluon_split): none from 32 row
+    tiles up, else enough splits for 32 items at >= 16 K steps each, never an empty split; TUNE
+    split_k overrides, deterministic mode never splits. Hand-computed."""
+    from kernels import launch_shrink_gluon as lsg
+
+    cfg = dict(sh_gl_items=32, sh_gl_min_steps=16)
+    assert lsg.gluon_split(32, 64, cfg) == (1, 64)  # T = 4096, K = 4096: 32 tiles
+    assert lsg.gluon_split(80, 16, cfg) == (1, 16)
+    assert lsg.gluon_split(16, 64, cfg) == (2, 32)  # T = 2048
+    assert lsg.gluon_split(3, 224, cfg) == (11, 21)  # K = 14336: 11 x 21 >= 224 > 10 x 21
+    assert lsg.gluon_split(3, 40, cfg) == (2, 20)  # >= 16 steps: 2 splits, not 11
+    assert lsg.gluon_split(1, 15, cfg) == (1, 15)  # too short to split
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setitem(ml.TUNE, "split_k", 3)
+        assert lsg.gluon_split(32, 64, cfg) == (3, 22)
+        assert lsg.gluon_split(32, 4, cfg) == (2, 2)  # 3 splits of 2 steps: the last is empty
+    torch.use_deterministic_algorithms(True)
+    try:
+        assert lsg.gluon_split(3, 224, cfg) == (1, 224)
+    finally:
+        torch.use_deterministic_algorithms(False)
+
+
+def test_gluon_shrink_only_on_compiled_cuda(monkeypatch):
+    """The Gluon shrink is never chosen for CPU tensors even when asked for (the interpreted
+    Triton shrink runs and matches the reference), and a failure of it falls back to the
+    Triton shrink with a warning and a record in GLUON_FAILED."""
+    import kernels.launch_gemm as lg
+    import kernels.launch_shrink_gluon as lsg
+
+    x = torch.zeros(8, 64, dtype=BF16)
+    tensors, seg, ranks, scaling = make_case(3, "zipf", rank_pool=(8, 16, 64), dtype=BF16,
+                                             seed=2, **SMALL)  # fmt: skip
+    layout = kernels.MultiLoraLayout(seg, ranks, scaling)
+    assert not lsg.shrink_gluon_ok(x, tensors["lora_a"], True, layout,
+                                dict(ml.TUNE["interp"], sh_gluon=True))
+
+    def broken(*args, **kw):
+        raise RuntimeError("no such Gluon op")
+
+    monkeypatch.setattr(lg, "GLUON_FAILED", [])
+    monkeypatch.setattr(lsg, "GLUON_FAILED", lg.GLUON_FAILED)
+    monkeypatch.setattr(lsg, "shrink_gluon", broken)
+    monkeypatch.setattr(lsg, "shrink_gluon_ok", lambda *a: not lg.GLUON_FAILED)
+    ml.TUNE.update(path="stream")
+    counted = _count_launches(monkeypatch)
+    with pytest.warns(UserWarning, match="Gluon shrink failed"):
+        run_and_compare(tensors, seg, ranks, scaling, BF16)
+    assert counted["shrink"].n == 2  # x and dY, both by the Triton shrink
+    assert len(lg.GLUON_FAILED) == 1 and "no such Gluon op" in lg.GLUON_FAILED[0]

@@ -90,16 +90,20 @@ def test_large_ranks_run_compiled(path, dtype, ranks, monkeypatch):
     run_and_compare(tensors, seg, ranks_, scaling, dtype)
 
 
+@pytest.mark.parametrize("gluon", [False, True], ids=["triton-shrink", "gluon-shrink"])
 @pytest.mark.parametrize("path", ["stream", "gemm"])
-def test_split_k_workspace_under_real_concurrency(path, monkeypatch):
-    """The split-K shrink's last-arriving program per row tile reads the fp32 sum that the
-    other programs' relaxed atomics built (a fence, a barrier and an acquire-release ticket
-    order them) and re-zeroes the workspace. 20 full-size calls (4096², T = 8192, 5 K-splits
-    per row tile, thousands of concurrent programs): every output matches the fp64 oracle, and
-    the workspace is all zeros at the end. An ordering bug shows up as a partial sum."""
+def test_split_k_workspace_under_real_concurrency(path, gluon, monkeypatch):
+    """The split-K shrink's last-arriving program per row tile reads the sum of the others'
+    partials (Triton: relaxed fp32 atomics into the workspace; Gluon: plain stores of each
+    split's partial; a fence, a barrier and an acquire-release ticket order them) and re-zeroes
+    the workspace and its ticket. 20 full-size calls (4096², T = 8192, 5 K-splits per row tile,
+    hundreds of concurrent programs): every output matches the fp64 oracle, and the workspace
+    is all zeros at the end. An ordering bug shows up as a partial sum."""
     from kernels import launch
 
     monkeypatch.setitem(ml.TUNE, "path", path)
+    monkeypatch.setitem(ml.TUNE, "split_k", 5)  # (the Gluon shrink would not split here)
+    monkeypatch.setitem(ml.TUNE, "gpu", dict(ml.TUNE["gpu"], sh_gluon=gluon))
     monkeypatch.setattr(launch, "_WORKSPACES", {})
     tensors, seg, ranks, scaling = make_case(32, "uniform", 8192, 4096, 4096, rank_pool=(16, 32, 64),
                                              dtype=BF16, device="cuda", seed=4)  # fmt: skip
@@ -154,6 +158,35 @@ def test_gemm_small_shapes(spread, persist, monkeypatch):
     run_and_compare(tensors, seg, ranks, scaling, BF16)
     if str(persist).startswith("gluon"):
         assert len(calls) >= 2  # y and dX (at least once each): no fallback to the Triton GEMM
+
+
+@pytest.mark.parametrize("spread", SPREADS)
+@pytest.mark.parametrize("case", ["split-k", "one-split", "odd-d_out", "gemm-path", "fp32-s"])
+def test_gluon_shrink_small_shapes(spread, case, monkeypatch):
+    """The Gluon shrink (kernels/shrink_gluon.py) for x (forward, A_i k-contiguous) and dY
+    (backward, B_i rank-contiguous) at T = 133 (partial row tiles, boxes past T), d_in = 520
+    (zero-filled K tail); split-k: 3 K splits (partial sums, tickets; the launcher's rule
+    would not split 32 adapters' tiles); one-split: direct stores; odd-d_out: d_out = 1032 is no multiple of 64, so the
+    backward's shrink falls back to Triton; gemm-path: feeding the Gluon GEMM; fp32-s: S kept
+    in fp32 (TUNE narrow_s off)."""
+    import kernels.launch_shrink_gluon as lsg
+
+    d_out = 1032 if case == "odd-d_out" else 1024
+    ml.TUNE.update(path="gemm" if case == "gemm-path" else "stream",
+                   split_k={"split-k": 3, "one-split": 1}.get(case), narrow_s=case != "fp32-s")  # fmt: skip
+    calls = []
+    real = lsg.shrink_gluon
+
+    def counted(*args, **kw):
+        real(*args, **kw)
+        calls.append(args[2])  # kmajor: True for x (forward), False for dY
+
+    monkeypatch.setattr(lsg, "shrink_gluon", counted)
+    tensors, seg, ranks, scaling = make_case(32, spread, 133, 520, d_out, rank_pool=(8, 16, 64),
+                                             dtype=BF16, device="cuda", seed=7)  # fmt: skip
+    run_and_compare(tensors, seg, ranks, scaling, BF16)
+    assert sorted(calls) == ([True] if case == "odd-d_out" else [False, True])
+    assert lsg.GLUON_FAILED == []
 
 
 def _count_gluon_calls(monkeypatch) -> list:

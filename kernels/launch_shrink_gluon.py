@@ -1,0 +1,85 @@
+"""Launcher of the Gluon shrink (kernels/shrink_gluon.py): the split-K shrink of the stream and
+gemm paths on Hopper. ``launch._shrink`` calls :func:`shrink_gluon` when :func:`shrink_gluon_ok`;
+anywhere else (and after any Gluon failure, launch_gemm.GLUON_FAILED) the Triton shrink runs."""
+
+from __future__ import annotations
+
+import torch
+
+from . import multi_lora_triton as mlt
+from .fast_launch import launch
+from .launch import TUNE, _cuda_props, _n_sms, _plan_key, _tma_ok, zeroed_workspace
+from .launch_gemm import GLUON_FAILED, _smem_layout
+from .layout import MultiLoraLayout
+
+BOX = 64  # K per step and ranks per W box (kernels/shrink_gluon.py BOX_K)
+
+
+def shrink_gluon_ok(x: torch.Tensor, w: torch.Tensor, kmajor: bool, layout: MultiLoraLayout,
+                    cfg: dict) -> bool:  # fmt: skip
+    """Whether ``launch._shrink`` runs the Gluon shrink: asked for (cfg sh_gluon), compiled
+    CUDA on a Hopper GPU, no earlier Gluon failure, 16-bit x and w of one dtype, ranks <= 64,
+    w contiguous (viewed 2-D), TMA-able rows, and in the backward (w = lora_b, rank-contiguous)
+    K a multiple of 64 (see the kernel's docstring)."""
+    if not (cfg.get("sh_gluon") and not GLUON_FAILED and x.is_cuda and not mlt.interpret_mode()):
+        return False
+    if _cuda_props(x.device).major != 9 or x.dtype not in (torch.bfloat16, torch.float16):
+        return False
+    if w.dtype != x.dtype or layout.block_r > BOX or not w.is_contiguous():
+        return False
+    if cfg["sh_bm"] not in (64, 128) or (not kmajor and x.shape[1] % BOX):
+        return False
+    return _tma_ok(x) and _tma_ok(w.flatten(0, 1))
+
+
+def gluon_split(n_tiles: int, k_steps: int, cfg: dict) -> tuple[int, int]:
+    """(split, steps per split): K splits per row tile. One program per item, and splits only
+    while there are fewer than cfg sh_gl_items row tiles, keeping >= sh_gl_min_steps K steps per
+    item. Measured on the H200 (sweep round 8, lora_tiles.csv, N = 32): every split costs
+    time (4096², T = 8192: 24 µs unsplit, 24 / 37 / 47 µs at 2 / 4 / 8 splits), and 32 row tiles
+    unsplit (T = 4096) beat 4 splits over 128 programs (17.7 against 18.6 µs): a program
+    streaming one long K range moves about 60 GB/s, while each item's end (a drained pipeline,
+    the partial-sum store, a GPU-scope fence and the ticket) costs microseconds. TUNE split_k
+    overrides; deterministic mode: 1 (the sum's order then never varies)."""
+    split = TUNE["split_k"]
+    if torch.are_deterministic_algorithms_enabled():
+        split = 1
+    if split is None:
+        want = -(-cfg["sh_gl_items"] // max(n_tiles, 1))
+        split = max(1, min(want, k_steps // cfg["sh_gl_min_steps"]))
+    per = -(-k_steps // split)
+    return -(-k_steps // per), per
+
+
+def shrink_gluon(x, w, kmajor: bool, out, layout: MultiLoraLayout, scale: bool, cfg) -> None:
+    """OUT[T, block_r] = c_i x_i W_iᵀ (c_i when ``scale``) through the Gluon kernel; w is lora_a
+    [N, r_max, K] (``kmajor``: W_i = A_i) or lora_b [N, K, r_max] (W_i = B_iᵀ)."""
+    from triton.experimental.gluon.nvidia.hopper import TensorDescriptor as GluonDescriptor
+
+    from .shrink_gluon import shrink_gluon_kernel
+
+    dev, k = x.device, x.shape[1]
+    bm, k_steps = cfg["sh_bm"], -(-k // BOX)
+    tiles, split, per = layout.memo(_plan_key(cfg, "shrink_gluon", k, dev), lambda: (
+        (tl := layout.tiles(bm, dev)), *gluon_split(tl.shape[0], k_steps, cfg)))  # fmt: skip
+    n_tiles = tiles.shape[0]
+    if n_tiles == 0:
+        return
+    n_items = n_tiles * split
+    if split > 1:  # partial sums (no zeros needed) and the tiles' tickets (all zeros)
+        part = torch.empty((split, *out.shape), device=dev, dtype=torch.float32)
+        tickets = zeroed_workspace(dev, 1, n_tiles)[1]
+    else:
+        part = tickets = out  # never read
+    desc = GluonDescriptor.from_tensor
+    x_desc = desc(x, [bm, BOX], _smem_layout((bm, BOX), x.dtype))
+    w_desc = desc(w.flatten(0, 1), [BOX, BOX], _smem_layout((BOX, BOX), x.dtype))
+    grid = min(n_items, cfg["sh_gl_progs"] * _n_sms(dev))  # (persistent beyond that)
+    launch(shrink_gluon_kernel, (grid,), (
+        x_desc, w_desc, out, part, tickets, tiles, layout.ranks_tensor(dev),
+        layout.scaling_tensor(dev), n_items, split, per, k_steps, w.shape[1], out.shape[1],
+        out.stride(0), out.numel(),
+    ), dict(
+        W_KMAJOR=kmajor, APPLY_SCALE=scale, SPLIT_K=split > 1, STAGES=cfg["sh_gl_stages"],
+        num_warps=cfg["sh_gl_warps"],
+    ))  # fmt: skip

@@ -1,0 +1,182 @@
+"""The split-K shrink in Gluon: OUT = c_i x_i W_iᵀ for every adapter's rows, as one persistent
+stream of TMA-fed steps (Hopper, CUDA only; launch.shrink_gluon_ok says when it runs).
+
+Computes what multi_lora_triton._shrink_kernel computes, for every row m of adapter a::
+
+    OUT[m, r] = c_a * sum_k X[m, k] W_a[r, k]   (r < r_a; exact zeros for r_a <= r < width)
+
+W_a is A_a (forward: lora_a [N, r_max, K], k-contiguous) or B_aᵀ (backward: lora_b [N, K, r_max],
+rank-contiguous). Why a second kernel: the Triton shrink moves x at 1.3-2.0 TB/s inside the
+layer step (ncu, 4096->1024, T = 4096 / 8192: 25 / 33 µs against 8 / 16 µs of bytes), and its
+time grows by x's bytes at the copy rate, so most of it is a fixed cost per program: table
+loads before the first load, a pipeline to fill, the split-K epilogue. Here each program walks
+several work items (row tile x K split) and its TMA loads run STAGES - 1 steps ahead across
+item boundaries, so the next item's loads are in flight during this item's last steps and its
+epilogue; the next item's table row is loaded one item ahead.
+
+Work items: item i is K split ``i % SPLIT`` of the layout's row tile ``i // SPLIT`` (the
+segment-aligned tile table the Triton shrink uses: (adapter, first row, end row), at most BM
+rows). A step loads an x box [BM, 64] and a W_a box of 64 ranks x 64 k. The x box may run into
+the next segment's rows: those rows are computed and discarded at the store, since rows are
+independent in X Wᵀ. W_a's rank padding (any values, even NaN, by the contract) and a box
+running into the next adapter's ranks reach only OUT columns >= r_a, which are zeroed: no
+shared-memory masking pass. A tile's K splits store their fp32 partial sums in a scratch buffer
+(plain stores: fp32 atomics into one sum cost about 2.8 µs per split at T = 8192 on the H200,
+sweep round 8), and the last split to take the tile's ticket adds them up and writes OUT, then
+zeroes the ticket again (launch.zeroed_workspace's tickets stay all zeros between launches).
+
+Requires 64 >= block_r, a 16-bit dtype, K a multiple of 64 in the backward (a W box past K
+would read the next adapter's rows, whose padding may be NaN, against x's zero fill) and the
+TMA alignment launch._tma_ok checks. Gluon has no CPU interpreter: CI compiles this kernel for
+sm_90 (tests/kernels/test_generated_code.py) and the GPU tests run it.
+"""
+
+from __future__ import annotations
+
+from triton.experimental import gluon
+from triton.experimental.gluon import language as gl
+from triton.experimental.gluon.language.nvidia.hopper import (
+    mbarrier,
+    warpgroup_mma,
+    warpgroup_mma_init,
+    warpgroup_mma_wait,
+)
+
+from .gemm_lora_gluon import _cta_barrier, _tma_load
+
+BOX_K = gl.constexpr(64)  # K per step, and the rank box (block_r <= 64)
+
+
+@gluon.jit
+def _item_row(TILES, item, n_items, SPLIT):
+    """(adapter, first row, end row) of work item ``item``'s row tile; zeros past the end."""
+    ok = item < n_items
+    row = (item // SPLIT) * 3
+    ad = gl.load(TILES + row, mask=ok, other=0)
+    row0 = gl.load(TILES + row + 1, mask=ok, other=0)
+    row_end = gl.load(TILES + row + 2, mask=ok, other=0)
+    return ad, row0, row_end
+
+
+@gluon.jit
+def _item_start(TILES, item, n_items, SPLIT):
+    """(adapter, first row) of work item ``item``'s row tile, what its loads need."""
+    ok = item < n_items
+    row = (item // SPLIT) * 3
+    return gl.load(TILES + row, mask=ok, other=0), gl.load(TILES + row + 1, mask=ok, other=0)
+
+
+@gluon.jit
+def _issue(step, row0, ad, x_desc, w_desc, W_ROWS_PER_AD, x_slot, w_slot, bar,
+           W_KMAJOR: gl.constexpr):  # fmt: skip
+    """TMA loads of K step ``step`` (absolute) of a row tile into one ring stage."""
+    mbarrier.expect(bar, x_desc.block_type.nbytes + w_desc.block_type.nbytes)
+    _tma_load(x_desc, [row0, step * BOX_K], bar, x_slot)
+    if W_KMAJOR:  # W_a = A_a: rows [a·r_max, +64) of lora_a viewed [N·r_max, K]
+        _tma_load(w_desc, [ad * W_ROWS_PER_AD, step * BOX_K], bar, w_slot)
+    else:  # W_aᵀ = B_a: rows [a·K + k, +64) of lora_b viewed [N·K, r_max]
+        _tma_load(w_desc, [ad * W_ROWS_PER_AD + step * BOX_K, 0], bar, w_slot)
+
+
+@gluon.jit
+def shrink_gluon_kernel(x_desc, w_desc, OUT, PART, TICKETS, TILES, RANKS, SCALES, N_ITEMS, SPLIT,
+                        STEPS_PER_SPLIT, K_STEPS, W_ROWS_PER_AD, WIDTH, stride_om,
+                        part_stride,
+                        W_KMAJOR: gl.constexpr, APPLY_SCALE: gl.constexpr,
+                        SPLIT_K: gl.constexpr, STAGES: gl.constexpr,
+                        num_warps: gl.constexpr):  # fmt: skip
+    """Persistent grid; program p owns items p, p + grid, ... Shapes: X [T, K] (box [BM, 64]),
+    W = lora_a [N·r_max, K] (box [64, 64], W_KMAJOR) or lora_b [N·K, r_max] (box [64, 64]),
+    OUT [T, WIDTH] (row stride stride_om), PART [SPLIT, T, WIDTH] fp32 scratch (any contents),
+    TILES [n_tiles, 3] int32, TICKETS [n_tiles] int32 (zeros), N_ITEMS = n_tiles · SPLIT."""
+    BM: gl.constexpr = x_desc.block_type.shape[0]
+    dtype: gl.constexpr = x_desc.dtype
+    acc_layout: gl.constexpr = gl.NVMMADistributedLayout(
+        version=[3, 0], warps_per_cta=[num_warps, 1], instr_shape=[16, BOX_K, 16])
+    x_ring = gl.allocate_shared_memory(dtype, [STAGES] + x_desc.block_type.shape, x_desc.layout)
+    w_ring = gl.allocate_shared_memory(dtype, [STAGES] + w_desc.block_type.shape, w_desc.layout)
+    bars = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    for i in gl.static_range(STAGES):
+        mbarrier.init(bars.index(i), count=1)
+    grid = gl.num_programs(0)
+
+    # producer: the next load is step p_s of item p_item (p_end: its last step + 1); the row of
+    # item p_item + grid is loaded one item ahead (n_*) so that a switch never waits on a load
+    p_item = gl.program_id(0)
+    p_ad, p_row0 = _item_start(TILES, p_item, N_ITEMS, SPLIT)
+    n_ad, n_row0 = _item_start(TILES, p_item + grid, N_ITEMS, SPLIT)
+    p_s = (p_item % SPLIT) * STEPS_PER_SPLIT
+    p_end = gl.minimum(p_s + STEPS_PER_SPLIT, K_STEPS)
+    issued = p_item * 0
+    for _i in gl.static_range(STAGES - 1):  # prologue: STAGES - 1 steps ahead
+        if p_item < N_ITEMS:
+            slot = issued % STAGES
+            _issue(p_s, p_row0, p_ad, x_desc, w_desc, W_ROWS_PER_AD, x_ring.index(slot),
+                   w_ring.index(slot), bars.index(slot), W_KMAJOR)  # fmt: skip
+            issued += 1
+            p_s += 1
+            if p_s == p_end:
+                p_item += grid
+                p_ad, p_row0 = n_ad, n_row0
+                n_ad, n_row0 = _item_start(TILES, p_item + grid, N_ITEMS, SPLIT)
+                p_s = (p_item % SPLIT) * STEPS_PER_SPLIT
+                p_end = gl.minimum(p_s + STEPS_PER_SPLIT, K_STEPS)
+
+    acc = warpgroup_mma_init(gl.zeros((BM, BOX_K), gl.float32, acc_layout))
+    offs_r = gl.arange(0, BOX_K, layout=gl.SliceLayout(0, acc_layout))
+    used = issued * 0
+    for item in range(gl.program_id(0), N_ITEMS, grid):
+        ad, row0, row_end = _item_row(TILES, item, N_ITEMS, SPLIT)
+        rank = gl.load(RANKS + ad)  # (used in the epilogue: latency hidden by the steps)
+        k_lo = (item % SPLIT) * STEPS_PER_SPLIT
+        n_steps = gl.minimum(k_lo + STEPS_PER_SPLIT, K_STEPS) - k_lo
+        for k in range(n_steps):
+            slot = used % STAGES
+            mbarrier.wait(bars.index(slot), (used // STAGES) & 1)
+            acc = warpgroup_mma_wait(0, deps=[acc])  # the previous step's stage is free now
+            w_s = w_ring.index(slot)
+            if W_KMAJOR:
+                w_s = w_s.permute((1, 0))
+            acc = warpgroup_mma(x_ring.index(slot), w_s, acc, use_acc=k > 0, is_async=True)
+            used += 1
+            if p_item < N_ITEMS:  # refill the stage the previous step used
+                slot = issued % STAGES
+                _issue(p_s, p_row0, p_ad, x_desc, w_desc, W_ROWS_PER_AD, x_ring.index(slot),
+                       w_ring.index(slot), bars.index(slot), W_KMAJOR)  # fmt: skip
+                issued += 1
+                p_s += 1
+                if p_s == p_end:
+                    p_item += grid
+                    p_ad, p_row0 = n_ad, n_row0
+                    n_ad, n_row0 = _item_start(TILES, p_item + grid, N_ITEMS, SPLIT)
+                    p_s = (p_item % SPLIT) * STEPS_PER_SPLIT
+                    p_end = gl.minimum(p_s + STEPS_PER_SPLIT, K_STEPS)
+        part = warpgroup_mma_wait(0, deps=[acc])
+        # epilogue (the next item's loads are already in flight): rows past the tile and
+        # columns >= r_a (W's padding, the next adapter's ranks) are dropped or zeroed
+        part = gl.where((offs_r < rank)[None, :], part, gl.zeros_like(part))
+        if APPLY_SCALE:
+            part = part * gl.load(SCALES + ad)
+        offs_m = row0 + gl.arange(0, BM, layout=gl.SliceLayout(1, acc_layout))
+        off = offs_m.to(gl.int64)[:, None] * stride_om + offs_r[None, :]
+        mask = (offs_m < row_end)[:, None] & (offs_r < WIDTH)[None, :]
+        if SPLIT_K:  # store this split's partial sum; the tile's last split adds them all
+            gl.store(PART + (item % SPLIT).to(gl.int64) * part_stride + off, part, mask=mask)
+            # every thread's stores before the ticket (as multi_lora_triton._last_to_arrive)
+            one: gl.constexpr = gl.BlockedLayout([1], [32], [num_warps], [0])  # 1 per thread
+            gl.inline_asm_elementwise("fence.acq_rel.gpu;\n mov.u32 $0, $1;", "=r,r",
+                                      [gl.full([1], 0, gl.int32, layout=one)], dtype=gl.int32,
+                                      is_pure=False, pack=1)  # fmt: skip
+            _cta_barrier()
+            ticket = gl.atomic_add(TICKETS + item // SPLIT, 1, sem="acq_rel")
+            if ticket == SPLIT - 1:  # the last split of this tile: sum, write OUT, re-zero
+                total = gl.zeros_like(part)
+                for s in range(SPLIT):
+                    total += gl.load(PART + s.to(gl.int64) * part_stride + off, mask=mask,
+                                     other=0.0, cache_modifier=".cg")  # fmt: skip
+                gl.store(TICKETS + item // SPLIT, 0)
+                gl.store(OUT + off, total.to(OUT.dtype.element_ty), mask=mask)
+        else:
+            gl.store(OUT + off, part.to(OUT.dtype.element_ty), mask=mask)
+    for i in gl.static_range(STAGES):
+        mbarrier.invalidate(bars.index(i))
