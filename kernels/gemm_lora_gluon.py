@@ -220,7 +220,7 @@ def gemm_lora_gluon_kernel(a_desc, b_desc, c_desc, s_desc, v_desc, ROW_AD, RANKS
                 if LORA_MASK:  # (False: a timing diagnostic only, wrong results)
                     _mask_lora_stage(a_ring.index(slot), b_ring.index(slot), ad, rank, row_ad,
                                      n_lora > 1, BN, B_KMAJOR, num_warps)  # fmt: skip
-                acc, used = _consume(acc, used, True, a_ring, b_ring, bars, STAGES, B_KMAJOR)
+                acc, used = _mma_step(acc, used, True, a_ring, b_ring, STAGES, B_KMAJOR)
                 if p_tile < num_tiles:
                     p_tile, p_k, p_off_m, p_pid_n, p_first, p_nlora, issued = _produce(
                         p_tile, p_k, p_off_m, p_pid_n, p_first, p_nlora, issued, num_tiles, grid,
@@ -244,8 +244,15 @@ def _consume(acc, used, use_acc, a_ring, b_ring, bars, STAGES: gl.constexpr,
              B_KMAJOR: gl.constexpr):  # fmt: skip
     """Wait for step ``used``'s stage, retire the previous wgmma (so its stage may be refilled)
     and issue this step's, asynchronously."""
+    mbarrier.wait(bars.index(used % STAGES), (used // STAGES) & 1)
+    return _mma_step(acc, used, use_acc, a_ring, b_ring, STAGES, B_KMAJOR)
+
+
+@gluon.jit
+def _mma_step(acc, used, use_acc, a_ring, b_ring, STAGES: gl.constexpr, B_KMAJOR: gl.constexpr):
+    """Issue step ``used``'s wgmma (its stage has landed: the caller waited on its barrier)
+    after retiring the previous one, whose stage the producer may then refill."""
     slot = used % STAGES
-    mbarrier.wait(bars.index(slot), (used // STAGES) & 1)
     acc = warpgroup_mma_wait(0, deps=[acc])
     b_s = b_ring.index(slot)
     if B_KMAJOR:

@@ -67,6 +67,13 @@ def _item_start(TILES, item, n_items, SPLIT):
 
 
 @gluon.jit
+def _step_range(item, SPLIT, STEPS_PER_SPLIT, K_STEPS):
+    """(first K step, end K step) of work item ``item`` (its split of the tile's K steps)."""
+    first = (item % SPLIT) * STEPS_PER_SPLIT
+    return first, gl.minimum(first + STEPS_PER_SPLIT, K_STEPS)
+
+
+@gluon.jit
 def _issue(step, row0, ad, x_desc, w_desc, W_ROWS_PER_AD, x_slot, w_slot, bar,
            W_KMAJOR: gl.constexpr):  # fmt: skip
     """TMA loads of K step ``step`` (absolute) of a row tile into one ring stage."""
@@ -105,22 +112,14 @@ def shrink_gluon_kernel(x_desc, w_desc, OUT, PART, TICKETS, TILES, RANKS, SCALES
     p_item = gl.program_id(0)
     p_ad, p_row0 = _item_start(TILES, p_item, N_ITEMS, SPLIT)
     n_ad, n_row0 = _item_start(TILES, p_item + grid, N_ITEMS, SPLIT)
-    p_s = (p_item % SPLIT) * STEPS_PER_SPLIT
-    p_end = gl.minimum(p_s + STEPS_PER_SPLIT, K_STEPS)
+    p_s, p_end = _step_range(p_item, SPLIT, STEPS_PER_SPLIT, K_STEPS)
     issued = p_item * 0
     for _i in gl.static_range(STAGES - 1):  # prologue: STAGES - 1 steps ahead
         if p_item < N_ITEMS:
-            slot = issued % STAGES
-            _issue(p_s, p_row0, p_ad, x_desc, w_desc, W_ROWS_PER_AD, x_ring.index(slot),
-                   w_ring.index(slot), bars.index(slot), W_KMAJOR)  # fmt: skip
-            issued += 1
-            p_s += 1
-            if p_s == p_end:
-                p_item += grid
-                p_ad, p_row0 = n_ad, n_row0
-                n_ad, n_row0 = _item_start(TILES, p_item + grid, N_ITEMS, SPLIT)
-                p_s = (p_item % SPLIT) * STEPS_PER_SPLIT
-                p_end = gl.minimum(p_s + STEPS_PER_SPLIT, K_STEPS)
+            p_item, p_s, p_end, p_ad, p_row0, n_ad, n_row0, issued = _produce(
+                p_item, p_s, p_end, p_ad, p_row0, n_ad, n_row0, issued, grid, N_ITEMS, SPLIT,
+                STEPS_PER_SPLIT, K_STEPS, TILES, x_desc, w_desc, W_ROWS_PER_AD, x_ring, w_ring,
+                bars, W_KMAJOR)  # fmt: skip
 
     acc = warpgroup_mma_init(gl.zeros((BM, BOX_K), gl.float32, acc_layout))
     offs_r = gl.arange(0, BOX_K, layout=gl.SliceLayout(0, acc_layout))
@@ -128,9 +127,8 @@ def shrink_gluon_kernel(x_desc, w_desc, OUT, PART, TICKETS, TILES, RANKS, SCALES
     for item in range(gl.program_id(0), N_ITEMS, grid):
         ad, row0, row_end = _item_row(TILES, item, N_ITEMS, SPLIT)
         rank = gl.load(RANKS + ad)  # (used in the epilogue: latency hidden by the steps)
-        k_lo = (item % SPLIT) * STEPS_PER_SPLIT
-        n_steps = gl.minimum(k_lo + STEPS_PER_SPLIT, K_STEPS) - k_lo
-        for k in range(n_steps):
+        k_lo, k_hi = _step_range(item, SPLIT, STEPS_PER_SPLIT, K_STEPS)
+        for k in range(k_hi - k_lo):
             slot = used % STAGES
             mbarrier.wait(bars.index(slot), (used // STAGES) & 1)
             acc = warpgroup_mma_wait(0, deps=[acc])  # the previous step's stage is free now
@@ -140,17 +138,10 @@ def shrink_gluon_kernel(x_desc, w_desc, OUT, PART, TICKETS, TILES, RANKS, SCALES
             acc = warpgroup_mma(x_ring.index(slot), w_s, acc, use_acc=k > 0, is_async=True)
             used += 1
             if p_item < N_ITEMS:  # refill the stage the previous step used
-                slot = issued % STAGES
-                _issue(p_s, p_row0, p_ad, x_desc, w_desc, W_ROWS_PER_AD, x_ring.index(slot),
-                       w_ring.index(slot), bars.index(slot), W_KMAJOR)  # fmt: skip
-                issued += 1
-                p_s += 1
-                if p_s == p_end:
-                    p_item += grid
-                    p_ad, p_row0 = n_ad, n_row0
-                    n_ad, n_row0 = _item_start(TILES, p_item + grid, N_ITEMS, SPLIT)
-                    p_s = (p_item % SPLIT) * STEPS_PER_SPLIT
-                    p_end = gl.minimum(p_s + STEPS_PER_SPLIT, K_STEPS)
+                p_item, p_s, p_end, p_ad, p_row0, n_ad, n_row0, issued = _produce(
+                    p_item, p_s, p_end, p_ad, p_row0, n_ad, n_row0, issued, grid, N_ITEMS, SPLIT,
+                    STEPS_PER_SPLIT, K_STEPS, TILES, x_desc, w_desc, W_ROWS_PER_AD, x_ring, w_ring,
+                    bars, W_KMAJOR)  # fmt: skip
         part = warpgroup_mma_wait(0, deps=[acc])
         # epilogue (the next item's loads are already in flight): rows past the tile and
         # columns >= r_a (W's padding, the next adapter's ranks) are dropped or zeroed
@@ -180,3 +171,23 @@ def shrink_gluon_kernel(x_desc, w_desc, OUT, PART, TICKETS, TILES, RANKS, SCALES
             gl.store(OUT + off, part.to(OUT.dtype.element_ty), mask=mask)
     for i in gl.static_range(STAGES):
         mbarrier.invalidate(bars.index(i))
+
+
+@gluon.jit
+def _produce(p_item, p_s, p_end, p_ad, p_row0, n_ad, n_row0, issued, grid, N_ITEMS, SPLIT,
+             STEPS_PER_SPLIT, K_STEPS, TILES, x_desc, w_desc, W_ROWS_PER_AD, x_ring, w_ring, bars,
+             W_KMAJOR: gl.constexpr):  # fmt: skip
+    """Issue the producer's next step (step p_s of item p_item) into the next ring stage and
+    advance its state; at an item's last step move to item p_item + grid, whose table row
+    (n_ad, n_row0) was loaded one item ahead, and load the row of the item after it."""
+    STAGES: gl.constexpr = x_ring.type.shape[0]
+    slot = issued % STAGES
+    _issue(p_s, p_row0, p_ad, x_desc, w_desc, W_ROWS_PER_AD, x_ring.index(slot),
+           w_ring.index(slot), bars.index(slot), W_KMAJOR)  # fmt: skip
+    p_s += 1
+    if p_s == p_end:
+        p_item += grid
+        p_ad, p_row0 = n_ad, n_row0
+        n_ad, n_row0 = _item_start(TILES, p_item + grid, N_ITEMS, SPLIT)
+        p_s, p_end = _step_range(p_item, SPLIT, STEPS_PER_SPLIT, K_STEPS)
+    return p_item, p_s, p_end, p_ad, p_row0, n_ad, n_row0, issued + 1
