@@ -10,7 +10,8 @@ CUDA graph (gpu_ratio_vs_base; runs from 2026-11-29 on, base and fused variants 
 latest row per (gpu, shape, T, N, variant) is used; the dotted line is the 1.2x target.
 "auto" (thick) is the latest row that measured the shipped code: the path
 kernels.launch.auto_path picks (fused_stream, or fused_gemm for the k/v projection) or the
-default "fused" from runs of the shipped code (N = 8, 32 and 64 at T = 4,096 to 16,384).
+default "fused" from runs of the shipped code (N = 8, 32 and 64; since the Gluon shrink of
+session 11 only T = 4,096 and 8,192 were re-measured).
 """
 
 from __future__ import annotations
@@ -42,7 +43,10 @@ STYLES = {8: "-", 32: "--", 64: ":"}
 # gemm since 11:15Z: the gemm path's GEMM in Gluon on Hopper (kernels/gemm_lora_gluon.py;
 # rows "fused_gluon" of 11:02Z / 11:08Z measured it before it became the default, rows
 # "fused_gemm_triton" measure the Triton GEMM since).
-SHIPPED_SINCE = {"stream": "2026-11-29T10:05Z", "gemm": "2026-11-29T11:15Z"}
+# Both since 12:23Z (session 11): the x and dY shrinks in Gluon on Hopper (kernels/shrink_gluon.py;
+# rows "fused_sh_triton" measure the Triton shrink since, rows "fused_shgluon_*" its first
+# builds; T = 4096 / 8192 only re-measured).
+SHIPPED_SINCE = {"stream": "2026-11-29T12:23Z", "gemm": "2026-11-29T12:23Z"}
 
 
 def _is_current(variant: str, date: str, rule_variant: str, path: str) -> bool:
