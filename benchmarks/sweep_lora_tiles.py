@@ -82,8 +82,9 @@ WG_CFGS_6 = [dict(), dict(chunk=256), dict(chunk=512), dict(chunk=2048)]
 # Round 7 (commit fe52fa1, reverted after it): the weight-gradient kernel walking wg_cols /
 # sx_cols column blocks per program in one flat loop; measured no gain (docs/kernels.md §3g).
 # Round 8 (session 11): the Gluon shrink (kernels/shrink_gluon.py, TUNE gpu sh_gluon) against
-# the Triton one, its programs per SM, ring depth and K split. (Its first build, 12:5xZ, summed
-# the splits with fp32 atomics; rows since 13:1xZ are the plain-store build.)
+# the Triton one, its programs per SM, ring depth and K split. (Rows labelled bf16s-atomics: its
+# first build, splits summed by fp32 atomics, 4 stages, 2 programs per SM; bf16s-part-s6p1-fill:
+# partial sums stored, 6 stages, 1 program per SM, split to fill the SMs once.)
 SH_CFGS_8 = [dict(sh_gluon=False), dict(), dict(sh_gl_stages=8), dict(sh_gl_progs=2, sh_gl_stages=4),
              dict(split_k=2), dict(split_k=4), dict(split_k=8), dict(split_k=1, sh_gl_stages=8),
              dict(sh_gl_stages=4)]  # fmt: skip

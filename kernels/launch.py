@@ -71,8 +71,9 @@ TUNE: dict = {
     # kernels/shrink_gluon.py: TMA ring of sh_gl_stages steps, sh_gl_progs programs per SM,
     # K split only below sh_gl_items row tiles (launch_shrink_gluon.gluon_split). Sweep round 8
     # (session 11, lora_tiles.csv, N = 32, alone): at T = 8192 24-26 µs for 67 MB against the
-    # Triton shrink's 29.6-30.2, 7.1 against 13.5 for dY of the k/v projections; T = 4096 within
-    # +-0.5 µs unsplit with 8 stages (17.7 / 17.2, 6.8 / 9.7).
+    # Triton shrink's 29.6-30.2, 7.1 against 13.5 for dY of the k/v projections; at T = 4096
+    # x 17.7 against 17.2 µs and dY of k/v 6.8 against 9.7. In the layer step (run 12:23Z)
+    # faster in 18 of 24 cases (docs/kernels.md §3j).
     # sx_bn / sx_warps: the stream path's row-streaming expand (no reduction), 256 columns and
     # 8 warps: 0.88-0.93 of 128 / 4 on 8 of the 9 shape x T cases of the 03:50Z sweep
     # (lora_tiles.csv, kernel wg_expand; 1.02 on 4096->1024 at T = 16384). In the layer step

@@ -36,10 +36,11 @@ def gluon_split(n_tiles: int, k_steps: int, cfg: dict) -> tuple[int, int]:
     """(split, steps per split): K splits per row tile. One program per item, and splits only
     while there are fewer than cfg sh_gl_items row tiles, keeping >= sh_gl_min_steps K steps per
     item. Measured on the H200 (sweep round 8, lora_tiles.csv, N = 32): every split costs
-    time (4096², T = 8192: 24 µs unsplit, 24 / 37 / 47 µs at 2 / 4 / 8 splits), and 32 row tiles
-    unsplit (T = 4096) beat 4 splits over 128 programs (17.7 against 18.6 µs): a program
-    streaming one long K range moves about 60 GB/s, while each item's end (a drained pipeline,
-    the partial-sum store, a GPU-scope fence and the ticket) costs microseconds. TUNE split_k
+    time (x of 4096², T = 8192, 80 row tiles: 24.3 µs unsplit, 37.0 / 46.7 / 97.7 at 2 / 4 / 8
+    splits), and 45 row tiles unsplit (T = 4096) beat 2 splits (17.7 against 18.6-18.9 µs): a
+    program streaming one long K range moves about 40-60 GB/s, while each item's end (a
+    drained pipeline, the partial-sum store, a GPU-scope fence and the ticket) costs
+    microseconds; why so many was not found. TUNE split_k
     overrides; deterministic mode: 1 (the sum's order then never varies)."""
     split = TUNE["split_k"]
     if torch.are_deterministic_algorithms_enabled():

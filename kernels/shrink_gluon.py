@@ -21,9 +21,10 @@ the next segment's rows: those rows are computed and discarded at the store, sin
 independent in X Wᵀ. W_a's rank padding (any values, even NaN, by the contract) and a box
 running into the next adapter's ranks reach only OUT columns >= r_a, which are zeroed: no
 shared-memory masking pass. A tile's K splits store their fp32 partial sums in a scratch buffer
-(plain stores: fp32 atomics into one sum cost about 2.8 µs per split at T = 8192 on the H200,
-sweep round 8), and the last split to take the tile's ticket adds them up and writes OUT, then
-zeroes the ticket again (launch.zeroed_workspace's tickets stay all zeros between launches).
+(plain stores, no zeroed accumulator to keep), and the last split to take the tile's ticket adds
+them up and writes OUT, then zeroes the ticket again (launch.zeroed_workspace's tickets stay
+all zeros between launches). The launcher splits only tiles too few to fill the GPU: on the
+H200 every split cost time, whether summed this way or by fp32 atomics (docs/kernels.md §3j).
 
 Requires 64 >= block_r, a 16-bit dtype, K a multiple of 64 in the backward (a W box past K
 would read the next adapter's rows, whose padding may be NaN, against x's zero fill) and the

@@ -184,7 +184,7 @@ def test_gluon_shrink_builds_for_sm90(kmajor, split_k):
     at the launcher's shapes (x box 128 x 64, W box 64 x 64, 6 stages, 4 warps): one program
     fits an SM's shared memory, and so would 8 stages; the MMAs are wgmma of 64 ranks, both
     operands arrive by TMA, and the only atomic is the split-K build's ticket (partial sums are
-    plain stores; fp32 atomics cost about 2.8 µs per split at T = 8192 on the H200)."""
+    plain stores into a scratch buffer, read back by the tile's last split)."""
     kernel = ptx_fingerprint.compile_gluon_shrink(kmajor, split_k, stages=6)
     assert kernel.metadata.shared <= ptx_fingerprint.SM90_SHARED_BYTES
     eight = ptx_fingerprint.compile_gluon_shrink(kmajor, split_k, stages=8)
