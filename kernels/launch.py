@@ -261,9 +261,12 @@ def _wgrad_plan(layout: MultiLoraLayout, n_cols: int, cfg: dict, device: torch.d
 # multi_lora_triton._shrink_kernel). Keyed on the stream so that launches on concurrent streams
 # never share one; grown (never shrunk) to the largest call seen. CUDA graphs captured on one
 # stream share that stream's workspace: replay them one at a time (or on one stream), never
-# concurrently. (Replacing a grown workspace is safe: work queued on the stream that used the
-# old one runs before anything the allocator hands its memory to on that stream.)
+# concurrently. An outgrown workspace is kept alive (_RETIRED_WORKSPACES), never freed: a CUDA
+# graph captured while it was current replays into its addresses. (Not handled: a workspace
+# first created *during* a capture is zeroed only when the graph first replays, so eager calls
+# on the capturing stream must not precede that replay.) The Gluon shrink uses only the tickets.
 _WORKSPACES: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+_RETIRED_WORKSPACES: list[tuple[torch.Tensor, torch.Tensor]] = []  # outgrown, kept alive
 
 
 def zeroed_workspace(dev: torch.device, n_acc: int, n_tickets: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -273,6 +276,8 @@ def zeroed_workspace(dev: torch.device, n_acc: int, n_tickets: int) -> tuple[tor
     key = (dev, stream)
     acc, tickets = _WORKSPACES.get(key, (None, None))
     if acc is None or acc.numel() < n_acc or tickets.numel() < n_tickets:
+        if acc is not None:  # CUDA graphs captured with it keep its addresses: never free it
+            _RETIRED_WORKSPACES.append((acc, tickets))
         n_acc = max(n_acc, 0 if acc is None else acc.numel())
         n_tickets = max(n_tickets, 0 if tickets is None else tickets.numel())
         acc = torch.zeros(n_acc, device=dev, dtype=torch.float32)
@@ -319,6 +324,8 @@ def _shrink_gluon(x, w, w_strides, out, layout, scale: bool, cfg) -> bool:
     try:
         shrink_gluon(x, w, kmajor, out, layout, scale, cfg)
         return True
+    except torch.OutOfMemoryError:
+        raise  # (the partial-sum scratch): not a Gluon failure, so no reason to turn Gluon off
     except Exception as exc:  # noqa: BLE001 - a Triton without this Gluon API: fall back
         GLUON_FAILED.append(repr(exc)[:500])
         warnings.warn(f"Gluon shrink failed, using the Triton shrink: {exc!r}", stacklevel=3)

@@ -18,18 +18,29 @@ BOX = 64  # K per step and ranks per W box (kernels/shrink_gluon.py BOX_K)
 def shrink_gluon_ok(x: torch.Tensor, w: torch.Tensor, kmajor: bool, layout: MultiLoraLayout,
                     cfg: dict) -> bool:  # fmt: skip
     """Whether ``launch._shrink`` runs the Gluon shrink: asked for (cfg sh_gluon), compiled
-    CUDA on a Hopper GPU, no earlier Gluon failure, 16-bit x and w of one dtype, ranks <= 64,
-    w contiguous (viewed 2-D), TMA-able rows, and in the backward (w = lora_b, rank-contiguous)
-    K a multiple of 64 (see the kernel's docstring)."""
+    CUDA on a Hopper GPU, no earlier Gluon failure, and :func:`shrink_gluon_fits`."""
     if not (cfg.get("sh_gluon") and not GLUON_FAILED and x.is_cuda and not mlt.interpret_mode()):
         return False
-    if _cuda_props(x.device).major != 9 or x.dtype not in (torch.bfloat16, torch.float16):
+    if _cuda_props(x.device).major != 9:
         return False
-    if w.dtype != x.dtype or layout.block_r > BOX or not w.is_contiguous():
+    return shrink_gluon_fits(x, w, kmajor, layout, cfg) and _tma_ok(x) and _tma_ok(w.flatten(0, 1))
+
+
+def shrink_gluon_fits(x: torch.Tensor, w: torch.Tensor, kmajor: bool, layout: MultiLoraLayout,
+                      cfg: dict) -> bool:  # fmt: skip
+    """The kernel's own requirements, whatever the device: 16-bit x and w of one dtype, ranks
+    <= 64, w contiguous (viewed 2-D), K > 0 and in the backward (w = lora_b, rank-contiguous)
+    a multiple of 64 (see the kernel's docstring), a ring of >= 2 stages (the producer runs
+    STAGES - 1 steps ahead: with 1 the first wait never returns) and no more warps than the
+    row tile has 16-row MMA slices."""
+    if x.dtype not in (torch.bfloat16, torch.float16) or w.dtype != x.dtype:
         return False
-    if cfg["sh_bm"] not in (64, 128) or (not kmajor and x.shape[1] % BOX):
+    if layout.block_r > BOX or not w.is_contiguous():
         return False
-    return _tma_ok(x) and _tma_ok(w.flatten(0, 1))
+    bm, k = cfg["sh_bm"], x.shape[1]
+    if bm not in (64, 128) or 16 * cfg["sh_gl_warps"] > bm or cfg["sh_gl_stages"] < 2:
+        return False
+    return k > 0 and (kmajor or k % BOX == 0)
 
 
 def gluon_split(n_tiles: int, k_steps: int, cfg: dict) -> tuple[int, int]:
@@ -59,6 +70,8 @@ def shrink_gluon(x, w, kmajor: bool, out, layout: MultiLoraLayout, scale: bool, 
 
     from .shrink_gluon import shrink_gluon_kernel
 
+    if not out.is_contiguous():  # OUT and PART share one row stride (out.stride(0))
+        raise ValueError("shrink_gluon: out must be contiguous")
     dev, k = x.device, x.shape[1]
     bm, k_steps = cfg["sh_bm"], -(-k // BOX)
     tiles, split, per = layout.memo(_plan_key(cfg, "shrink_gluon", k, dev), lambda: (

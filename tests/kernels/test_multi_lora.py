@@ -523,3 +523,25 @@ def test_gluon_shrink_only_on_compiled_cuda(monkeypatch):
         run_and_compare(tensors, seg, ranks, scaling, BF16)
     assert counted["shrink"].n == 2  # x and dY, both by the Triton shrink
     assert len(lg.GLUON_FAILED) == 1 and "no such Gluon op" in lg.GLUON_FAILED[0]
+
+
+def test_gluon_shrink_refuses_configs_it_cannot_run():
+    """The Gluon shrink's own requirements (launch_shrink_gluon.shrink_gluon_fits, checked
+    after the device ones): one ring stage (the first wait would never return), more warps
+    than 16-row MMA slices of the row tile, K = 0, a backward K that is no multiple of 64, fp32,
+    ranks above 64."""
+    from kernels.launch_shrink_gluon import shrink_gluon_fits as fits
+
+    lay = kernels.MultiLoraLayout([4, 4], [8, 16], [1.0, 1.0])
+    cfg = dict(sh_bm=128, sh_gl_warps=4, sh_gl_stages=8)
+    x, w = torch.zeros(8, 128, dtype=BF16), torch.zeros(2, 16, 128, dtype=BF16)
+    assert fits(x, w, True, lay, cfg)
+    assert not fits(x, w, True, lay, dict(cfg, sh_gl_stages=1))
+    assert not fits(x, w, True, lay, dict(cfg, sh_bm=64, sh_gl_warps=8))
+    assert fits(x, w, True, lay, dict(cfg, sh_gl_warps=8))
+    assert not fits(x[:, :0], w[:, :, :0], True, lay, cfg)
+    assert fits(torch.zeros(8, 72, dtype=BF16), torch.zeros(2, 16, 72, dtype=BF16), True, lay, cfg)
+    assert not fits(torch.zeros(8, 72, dtype=BF16), torch.zeros(2, 72, 16, dtype=BF16), False, lay, cfg)
+    assert not fits(x.float(), w.float(), True, lay, cfg)
+    wide = kernels.MultiLoraLayout([4, 4], [8, 128], [1.0, 1.0])
+    assert not fits(x, torch.zeros(2, 128, 128, dtype=BF16), True, wide, cfg)

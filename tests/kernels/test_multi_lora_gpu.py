@@ -161,14 +161,17 @@ def test_gemm_small_shapes(spread, persist, monkeypatch):
 
 
 @pytest.mark.parametrize("spread", SPREADS)
-@pytest.mark.parametrize("case", ["split-k", "one-split", "odd-d_out", "gemm-path", "fp32-s"])
+@pytest.mark.parametrize("case", ["split-k", "one-split", "odd-d_out", "gemm-path", "fp32-s",
+                                  "narrow-ranks"])
 def test_gluon_shrink_small_shapes(spread, case, monkeypatch):
     """The Gluon shrink (kernels/shrink_gluon.py) for x (forward, A_i k-contiguous) and dY
     (backward, B_i rank-contiguous) at T = 133 (partial row tiles, boxes past T), d_in = 520
     (zero-filled K tail); split-k: 3 K splits (partial sums, tickets; the launcher's rule
     would not split 32 adapters' tiles); one-split: direct stores; odd-d_out: d_out = 1032 is no multiple of 64, so the
     backward's shrink falls back to Triton; gemm-path: feeding the Gluon GEMM; fp32-s: S kept
-    in fp32 (TUNE narrow_s off)."""
+    in fp32 (TUNE narrow_s off); narrow-ranks: ranks 8 / 16, so r_max <= 16 < 64: the
+    forward's W box spans the next adapters' ranks (NaN padding included) and the backward's
+    is zero-filled past r_max (added after the session's last GPU run: not yet run)."""
     import kernels.launch_shrink_gluon as lsg
 
     d_out = 1032 if case == "odd-d_out" else 1024
@@ -182,7 +185,8 @@ def test_gluon_shrink_small_shapes(spread, case, monkeypatch):
         calls.append(args[2])  # kmajor: True for x (forward), False for dY
 
     monkeypatch.setattr(lsg, "shrink_gluon", counted)
-    tensors, seg, ranks, scaling = make_case(32, spread, 133, 520, d_out, rank_pool=(8, 16, 64),
+    pool = (8, 16) if case == "narrow-ranks" else (8, 16, 64)
+    tensors, seg, ranks, scaling = make_case(32, spread, 133, 520, d_out, rank_pool=pool,
                                              dtype=BF16, device="cuda", seed=7)  # fmt: skip
     run_and_compare(tensors, seg, ranks, scaling, BF16)
     assert sorted(calls) == ([True] if case == "odd-d_out" else [False, True])
