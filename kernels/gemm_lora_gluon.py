@@ -52,6 +52,20 @@ _cta_barrier = getattr(gl, "thread_barrier", None) or gl.barrier
 
 
 @gluon.jit
+def tma_ring(a_desc, b_desc, STAGES: gl.constexpr):
+    """A STAGES-deep ring in shared memory for the TMA boxes of two descriptors (one step's
+    operands per stage) and one initialised mbarrier per stage (count 1: the TMA's bytes)."""
+    a_ring = gl.allocate_shared_memory(a_desc.dtype, [STAGES] + a_desc.block_type.shape,
+                                       a_desc.layout)  # fmt: skip
+    b_ring = gl.allocate_shared_memory(b_desc.dtype, [STAGES] + b_desc.block_type.shape,
+                                       b_desc.layout)  # fmt: skip
+    bars = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    for i in gl.static_range(STAGES):
+        mbarrier.init(bars.index(i), count=1)
+    return a_ring, b_ring, bars
+
+
+@gluon.jit
 def _tile_of(tile, tiles_m, tiles_n, GROUP_M: gl.constexpr):
     """(pid_m, pid_n) of a linear tile id, GROUP_M row tiles per L2 group (as the Triton GEMM)."""
     per_group = GROUP_M * tiles_n
@@ -150,12 +164,8 @@ def gemm_lora_gluon_kernel(a_desc, b_desc, c_desc, s_desc, v_desc, ROW_AD, RANKS
     dtype: gl.constexpr = a_desc.dtype
     acc_layout: gl.constexpr = gl.NVMMADistributedLayout(
         version=[3, 0], warps_per_cta=[num_warps, 1], instr_shape=[16, BN, 16])
-    a_ring = gl.allocate_shared_memory(dtype, [STAGES] + a_desc.block_type.shape, a_desc.layout)
-    b_ring = gl.allocate_shared_memory(dtype, [STAGES] + b_desc.block_type.shape, b_desc.layout)
+    a_ring, b_ring, bars = tma_ring(a_desc, b_desc, STAGES)
     c_smem = gl.allocate_shared_memory(dtype, c_desc.block_type.shape, c_desc.layout)
-    bars = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
-    for i in gl.static_range(STAGES):
-        mbarrier.init(bars.index(i), count=1)
 
     tiles_m = gl.cdiv(M, BM)
     tiles_n = gl.cdiv(N, BN)

@@ -43,7 +43,7 @@ from triton.experimental.gluon.language.nvidia.hopper import (
     warpgroup_mma_wait,
 )
 
-from .gemm_lora_gluon import _cta_barrier, _tma_load
+from .gemm_lora_gluon import _cta_barrier, _tma_load, tma_ring
 
 BOX_K = gl.constexpr(64)  # K per step, and the rank box (block_r <= 64)
 
@@ -98,14 +98,9 @@ def shrink_gluon_kernel(x_desc, w_desc, OUT, PART, TICKETS, TILES, RANKS, SCALES
     OUT [T, WIDTH] (row stride stride_om), PART [SPLIT, T, WIDTH] fp32 scratch (any contents),
     TILES [n_tiles, 3] int32, TICKETS [n_tiles] int32 (zeros), N_ITEMS = n_tiles · SPLIT."""
     BM: gl.constexpr = x_desc.block_type.shape[0]
-    dtype: gl.constexpr = x_desc.dtype
     acc_layout: gl.constexpr = gl.NVMMADistributedLayout(
         version=[3, 0], warps_per_cta=[num_warps, 1], instr_shape=[16, BOX_K, 16])
-    x_ring = gl.allocate_shared_memory(dtype, [STAGES] + x_desc.block_type.shape, x_desc.layout)
-    w_ring = gl.allocate_shared_memory(dtype, [STAGES] + w_desc.block_type.shape, w_desc.layout)
-    bars = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
-    for i in gl.static_range(STAGES):
-        mbarrier.init(bars.index(i), count=1)
+    x_ring, w_ring, bars = tma_ring(x_desc, w_desc, STAGES)
     grid = gl.num_programs(0)
 
     # producer: the next load is step p_s of item p_item (p_end: its last step + 1); the row of
