@@ -48,8 +48,9 @@ host-bound. gpu_ms: the same fwd+bwd step captured in a CUDA graph and replayed
 (triton.testing.do_bench_cudagraph, median), the GPU time alone, as in a training step that is
 graph-captured or whose host runs ahead of the GPU. Launches: CUDA kernels + memsets seen by
 torch.profiler in one fwd+bwd step. FLOPs: base 4·T·d_in·d_out (fwd + dX), LoRA
-6·Σ_i n_i·r_i·(d_in + d_out). lora_bytes: bytes the LoRA part adds in the fused design (see
-docs/kernels.md), lora_floor_ms = lora_bytes / measured copy bandwidth.
+6·Σ_i n_i·r_i·(d_in + d_out). lora_bytes: bytes the LoRA part adds in the variant's kernel path
+(lora_model; the gemm path has no delta round trips; rows before 2026-11-29 13:0xZ used the
+delta design with fp32 S for every variant), lora_floor_ms = lora_bytes / measured copy bandwidth.
 """
 
 from __future__ import annotations
@@ -235,13 +236,26 @@ def count_launches(fn) -> int:
     return sum(1 for e in prof.events() if e.device_type.name == "CUDA")
 
 
-def lora_model(d_in, d_out, t, seg, ranks, block_r) -> tuple[float, float]:
-    """(LoRA FLOPs, LoRA bytes) of one fwd+bwd in the fused design, bf16 activations."""
+def lora_model(d_in, d_out, t, seg, ranks, block_r, path: str = "split") -> tuple[float, float]:
+    """(LoRA FLOPs, LoRA bytes) of one fwd+bwd, bf16 activations, in a kernel path's design:
+    "gemm" adds the LoRA term inside the base GEMMs (no delta round trips); the others write
+    the forward and dX deltas and cuBLAS's epilogue reads them back. Either way x and dY are
+    read twice (shrink and weight gradient), A and B once per pass, the gradients written once,
+    and S and dS written once and read twice (bf16, fp32 on the split path)."""
     flops = 6.0 * sum(n * r for n, r in zip(seg, ranks, strict=True)) * (d_in + d_out)
-    act = 2 * t * (4 * d_in + 4 * d_out)  # x, delta(w+r), dY x2, dX delta(w+r), X  (see docs)
+    act = 2 * t * (2 * d_in + 2 * d_out)  # x twice, dY twice
+    if path != "gemm":
+        act += 2 * t * (2 * d_out + 2 * d_in)  # y delta and dX delta, each written and read
     wts = 3 * 2 * len(seg) * max(ranks) * (d_in + d_out)  # A, B read fwd + bwd, grads written
-    s_bufs = 6 * 4 * t * block_r  # S and dS (fp32): written once, read twice each
+    s_bufs = 6 * (4 if path == "split" else 2) * t * block_r  # S and dS
     return flops, float(act + wts + s_bufs)
+
+
+def variant_path(variant: str, t: int, d_in: int, d_out: int) -> str:
+    """The kernel path a variant runs: its TUNE path, "auto" resolved by the shipped rule
+    (the eager loop and separate jobs are given the split path's design, as a yardstick)."""
+    path = FUSED_VARIANTS.get(variant, {}).get("path", "split")
+    return kernels.launch.auto_path(t, d_in, d_out)[0] if path == "auto" else path
 
 
 def bench_case(shape: str, t: int, n: int, args, meta: dict, bw: float) -> None:
@@ -251,7 +265,7 @@ def bench_case(shape: str, t: int, n: int, args, meta: dict, bw: float) -> None:
     graph_vars = set(args.graph_variants.split(","))
     inp = make_inputs(d_in, d_out, t, n)
     lay = kernels.make_layout(inp["seg"], inp["ranks"], inp["scaling"], device="cuda")
-    lflops, lbytes = lora_model(d_in, d_out, t, inp["seg"], inp["ranks"], lay.block_r)
+    lflops, _ = lora_model(d_in, d_out, t, inp["seg"], inp["ranks"], lay.block_r)
     bflops = 4.0 * t * d_in * d_out
     base_ms = base_gpu = None
     res = {}
@@ -286,6 +300,8 @@ def bench_case(shape: str, t: int, n: int, args, meta: dict, bw: float) -> None:
         base_ms = med if var == "base" else base_ms
         base_gpu = gpu if var == "base" else base_gpu
         flops = bflops + (0.0 if var == "base" else lflops)
+        lbytes = lora_model(d_in, d_out, t, inp["seg"], inp["ranks"], lay.block_r,
+                            variant_path(var, t, d_in, d_out))[1]  # fmt: skip
         res[var] = med
         append_results(args.out, COLUMNS, [dict(
             meta, shape=shape, T=t, N=n,
