@@ -33,7 +33,7 @@ RULE_VARIANT = {("split", False): "fused_split", ("fused", False): "fused_one",
 STYLES = {8: "-", 32: "--", 64: ":"}
 
 
-# Rows that measured today's shipped code (docs/kernels.md §3e-§3g): the rule's own variant
+# Rows that measured today's shipped code (docs/kernels_log.md §3e-§3g): the rule's own variant
 # or the shipped default "fused", from SHIPPED_SINCE[path] on, path = what the auto rule picks
 # for the shape. gemm since 09:40Z, the first run with the ticketed split-K shrink and the
 # rank-granular adapter tiles; stream since 10:05Z, with P fed untouched to the expand's dot

@@ -6,7 +6,7 @@ What it isolates: everything the op does on the host *except* launching kernels:
 checks, the autograd Function, launch-plan lookups, buffer allocations, the two cuBLAS addmm
 calls (here on CPU, tiny). It runs on any CPU (the kernels are selected through the
 interpreter switch but never executed), so host-side changes can be measured without a GPU.
-The GPU host adds the launches themselves on top (docs/kernels.md §3b). Reports the best of
+The GPU host adds the launches themselves on top (docs/kernels_log.md §3b). Reports the best of
 5 repeats of 2,000 calls per path, next to a plain F.linear fwd+bwd, and appends a row per
 path to benchmarks/results/host_overhead.csv.
 """

@@ -22,7 +22,7 @@ Variants (all compute the same function; the frozen base weight never gets a gra
   fused_stream_x128  the stream path with its forward expand at 128 columns / 4 warps (the
              setting before 2026-11-29 05:5xZ; since: sx_bn 256, sx_warps 8)
   (rows of 2026-11-29 09:4xZ named fused_at_0aab245: the shipped path of commit 0aab245, run
-  from an archive of that commit in the same device session, as the A/B of docs/kernels.md §3h)
+  from an archive of that commit in the same device session, as the A/B of docs/kernels_log.md §3h)
   fused_w1 / fused_w0  the weight-gradient reductions split long segments over token chunks
              (fp32 atomics, zeroed buffer, cast) only below 1 wave of programs / never
              (TUNE wgrad_waves; shipped: 2)

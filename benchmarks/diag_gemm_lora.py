@@ -9,9 +9,9 @@ At Llama-3.1-8B projection shapes, N = 32 adapters, GPU-only time (CUDA-graph re
   tma+lora      the same with the LoRA term (S and B_aᵀ / A_a per adapter of each tile).
 Each result is checked against torch first. Rows: benchmarks/results/gemm_lora.csv (the
 variants "triton" / "triton+lora" of 2026-11-29 02:30Z were an earlier pointer-load kernel,
-docs/kernels.md §3c). Rows of 04:3xZ loaded
+docs/kernels_log.md §3c). Rows of 04:3xZ loaded
 S and V through pointers (that kernel spilled); rows whose cfg holds gm_flatten / gm_diag
-(04:5xZ) came from temporary kernel switches, since removed (docs/kernels.md §3e):
+(04:5xZ) came from temporary kernel switches, since removed (docs/kernels_log.md §3e):
 gm_flatten = tl.range(flatten=True) over the tiles; gm_diag 1 = V's rank mask off, 2 = the
 first adapter of each tile only, 3 = one pre-masked bf16 S tile straight from TMA into the MMA
 (no register pass), 4 = two such S tiles per output tile. Modes 1-4 compute a different
@@ -19,7 +19,7 @@ function (their rel_err is large) and only time what the epilogue's parts cost. 
 05:01Z timed a reverted variant that loaded S and the first adapter's V before the K loop.
 Rows of 05:5xZ timed a reverted variant with S slotted ([T, 2r] bf16, adapter i's columns at
 (i % 2)·r, zeros elsewhere: no row or rank mask on S for tiles of one or two adapters;
-docs/kernels.md §3f): +41 / +42 µs over the plain GEMM, as before.
+docs/kernels_log.md §3f): +41 / +42 µs over the plain GEMM, as before.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
     python3 benchmarks/gluon_ws_probe.py          # any machine with Triton; no GPU needed
 
 The gemm path's LoRA epilogue costs +41 µs per GEMM at 4096², T = 8192, as latency that
-nothing overlaps (docs/kernels.md §3e, §3f), and Triton's `tl.range(warp_specialize=True)`
+nothing overlaps (docs/kernels_log.md §3e, §3f), and Triton's `tl.range(warp_specialize=True)`
 does not warp-specialise on Hopper in 3.6. Gluon (`triton.experimental.gluon`) does. This
 skeleton has one TMA loader warp filling a ring of shared-memory stages (mbarrier
 ready / free pairs), the default partition consuming them with async wgmma, and a TMA store.

@@ -80,7 +80,7 @@ SH_CFGS_6 = [dict(), dict(split_k=1), dict(split_k=2), dict(split_k=4), dict(spl
              dict(split_k=16), dict(stages=4)]  # fmt: skip
 WG_CFGS_6 = [dict(), dict(chunk=256), dict(chunk=512), dict(chunk=2048)]
 # Round 7 (commit fe52fa1, reverted after it): the weight-gradient kernel walking wg_cols /
-# sx_cols column blocks per program in one flat loop; measured no gain (docs/kernels.md §3g).
+# sx_cols column blocks per program in one flat loop; measured no gain (docs/kernels_log.md §3g).
 # Round 8 (session 11): the Gluon shrink (kernels/shrink_gluon.py, TUNE gpu sh_gluon) against
 # the Triton one, its programs per SM, ring depth and K split. (Rows labelled bf16s-atomics: its
 # first build, splits summed by fp32 atomics, 4 stages, 2 programs per SM; bf16s-part-s6p1-fill:

@@ -4,7 +4,7 @@
 looks the kernel up on every call. Here the first call of each *specialisation* goes through
 Triton as usual and returns its ``CompiledKernel``; later calls with the same specialisation call
 that kernel's launcher directly. Measured on the H200 host: 130–300 µs less per layer fwd+bwd
-(4–6 launches), 10–25 % of the op's host time (docs/kernels.md §3b): Triton's binding was not
+(4–6 launches), 10–25 % of the op's host time (docs/kernels_log.md §3b): Triton's binding was not
 the main host cost, the launches themselves and the torch-side work are.
 
 The specialisation key reproduces what Triton specialises on, conservatively:

@@ -7,7 +7,7 @@ Computes what kernels/gemm_lora_triton.py computes, for every row m and column n
     C[m, n] = sum_k A[m, k] B[k, n]  +  sum_r S[m, r] V_a[r, n]        a = adapter owning row m
 
 Why a second kernel: in the Triton one the LoRA term runs after each tile's K loop, behind
-dependent loads that nothing overlaps (+41 µs per GEMM at 4096², T = 8192; docs/kernels.md
+dependent loads that nothing overlaps (+41 µs per GEMM at 4096², T = 8192; docs/kernels_log.md
 §3e/§3f), because Triton 3.6 cannot issue loads across the tile boundary. Here the program
 itself schedules its loads. Each persistent program walks its tiles as one stream of *steps*:
 a tile is cdiv(K, BK) base steps over (A, B) followed by one step per adapter whose rows it
@@ -21,7 +21,7 @@ holding two or more adapters only) and V's rank padding >= r_a (any values, even
 contract: 0 x NaN would be NaN). S's own padding columns are exact zeros (the shrink writes
 them); boxes past r_max or past the tensors' ends are zero-filled by TMA.
 
-Measured on the H200 (docs/kernels.md §3i): the LoRA term costs +29-35 µs per GEMM at 4096²,
+Measured on the H200 (docs/kernels_log.md §3i): the LoRA term costs +29-35 µs per GEMM at 4096²,
 T = 8192 (Triton GEMM: +41-46), and the k/v layer step is 5-8 % faster than with the Triton
 GEMM. Constexpr switches: LORA_MASK=False is a timing diagnostic (wrong results); PEEL_BASE
 (TUNE gpu gm_peel, off, never run on a GPU) runs the base steps in a branch-free loop.

@@ -73,7 +73,7 @@ TUNE: dict = {
     # (session 11, lora_tiles.csv, N = 32, alone): at T = 8192 24-26 µs for 67 MB against the
     # Triton shrink's 29.6-30.2, 7.1 against 13.5 for dY of the k/v projections; at T = 4096
     # x 17.7 against 17.2 µs and dY of k/v 6.8 against 9.7. In the layer step (run 12:23Z)
-    # faster in 18 of 24 cases (docs/kernels.md §3j).
+    # faster in 18 of 24 cases (docs/kernels_log.md §3j).
     # sx_bn / sx_warps: the stream path's row-streaming expand (no reduction), 256 columns and
     # 8 warps: 0.88-0.93 of 128 / 4 on 8 of the 9 shape x T cases of the 03:50Z sweep
     # (lora_tiles.csv, kernel wg_expand; 1.02 on 4096->1024 at T = 16384). In the layer step
@@ -103,7 +103,7 @@ def auto_path(t: int, d_in: int, d_out: int) -> tuple[str, bool]:
     """(path, wgrad_pair) the "auto" rule picks for a layer d_in -> d_out over t tokens.
 
     Rule from the GPU-only (CUDA-graph) step times of benchmarks/bench_multi_lora.py on the H200
-    (Llama-3.1-8B shapes, N = 8 / 32 / 64; docs/kernels.md §3d-§3f):
+    (Llama-3.1-8B shapes, N = 8 / 32 / 64; docs/kernels_log.md §3d-§3f):
     * narrow outputs (d_out <= d_in / 4, the k/v projections): the gemm path. With S and dS
       narrowed it was as fast or faster than the stream path in all 11 runs of 4096->1024
       (runs 05:11Z, 05:54Z, 06:00Z: 0-14 %, most with 8 adapters), and again in all 9 of

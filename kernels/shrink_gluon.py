@@ -24,7 +24,7 @@ shared-memory masking pass. A tile's K splits store their fp32 partial sums in a
 (plain stores, no zeroed accumulator to keep), and the last split to take the tile's ticket adds
 them up and writes OUT, then zeroes the ticket again (launch.zeroed_workspace's tickets stay
 all zeros between launches). The launcher splits only tiles too few to fill the GPU: on the
-H200 every split cost time, whether summed this way or by fp32 atomics (docs/kernels.md §3j).
+H200 every split cost time, whether summed this way or by fp32 atomics (docs/kernels_log.md §3j).
 
 Requires 64 >= block_r, a 16-bit dtype, K a multiple of 64 in the backward (a W box past K
 would read the next adapter's rows, whose padding may be NaN, against x's zero fill) and the

@@ -2,7 +2,7 @@
 
 Compiled on the CPU (no GPU needed) by benchmarks/ptx_fingerprint.py with the shipped tile
 sizes. Both properties below were lost once without any numerical test noticing, and each
-cost measured time on the H200 (docs/kernels.md §3g):
+cost measured time on the H200 (docs/kernels_log.md §3g):
 
 * the split-K and weight-gradient reductions use relaxed fp32 atomics: tl.atomic_add's default
   (acq_rel) compiled every one to a fence, a returning atomic and an L1 invalidate;
@@ -103,7 +103,7 @@ def test_forward_expand_fits_two_programs_per_sm():
     """The stream path's forward expand (8 warps) needs <= 128 registers per thread for two
     programs per SM (65,536 registers). Zeroing P's padding in registers before the dot kept
     P out of shared memory and took it to 138 (one program per SM); feeding P untouched gives
-    98 with Triton 3.6 and 3.9 (docs/kernels.md §3h)."""
+    98 with Triton 3.6 and 3.9 (docs/kernels_log.md §3h)."""
     with _compiled_mode():
         regs = ptx_fingerprint.registers(["wgrad_stream_bf16"])
     if not regs:
@@ -140,7 +140,7 @@ def test_max_block_r_table_matches_shared_memory(smem, path, elem):
     (OutOfResources at launch), is safe: at the listed rank padding every kernel of the path
     fits in sm_90's 227 KB per program. For 16-bit operands it is also tight where the next
     padding is at most 256 (some kernel does not fit there); fp32 compiles of large tiles take
-    minutes on a CPU, so fp32's tightness is only in docs/kernels.md §3g."""
+    minutes on a CPU, so fp32's tightness is only in docs/kernels_log.md §3g."""
     from kernels.launch import MAX_BLOCK_R
 
     limit = MAX_BLOCK_R[path][elem]

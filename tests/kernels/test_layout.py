@@ -100,7 +100,7 @@ def test_missing_layout_arguments():
 
 
 def test_choose_path_rule_and_overrides():
-    """The auto rule (docs/kernels.md §3) and explicit TUNE choices."""
+    """The auto rule (docs/kernels_log.md §3) and explicit TUNE choices."""
     from kernels import launch
 
     assert launch.TUNE["path"] == "auto"
