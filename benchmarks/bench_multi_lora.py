@@ -134,6 +134,9 @@ FUSED_VARIANTS = {  # TUNE overrides of each fused_multi_lora variant
     "fused_sh_triton": dict(DEFAULT_TUNE, gpu=dict(DEFAULT_TUNE["gpu"], sh_gluon=False)),
     "fused_gemm_sh_triton": dict(DEFAULT_TUNE, path="gemm",
                                  gpu=dict(DEFAULT_TUNE["gpu"], sh_gluon=False)),
+    # the weight-gradient reductions through the Gluon kernel (TUNE gpu wg_gluon; off, not yet
+    # run on a GPU when added in session 11)
+    "fused_wg_gluon": dict(DEFAULT_TUNE, gpu=dict(DEFAULT_TUNE["gpu"], wg_gluon=True)),
     "fused_gemm_p1": dict(DEFAULT_TUNE, path="gemm", gpu=dict(DEFAULT_TUNE["gpu"], gm_persist=1)),
     "fused_gemm_p0": dict(DEFAULT_TUNE, path="gemm", gpu=dict(DEFAULT_TUNE["gpu"], gm_persist=0)),
     "fused_gemm_n128": dict(DEFAULT_TUNE, path="gemm",

@@ -107,6 +107,28 @@ def compile_gluon_shrink(kmajor: bool, split_k: bool = True, bm: int = 128, stag
     return triton.compile(src, target=GPUTarget("cuda", 90, 32), options=dict(num_warps=warps))
 
 
+def compile_gluon_wgrad(transpose_out: bool = False, bn: int = 128, stages: int = 8,
+                        warps: int = 4):
+    """kernels/wgrad_gluon.py's kernel compiled for sm_90 in bf16 at the launcher's box shapes
+    (P [64, 64], Q [64, bn]); transpose_out only changes the output strides (runtime)."""
+    from triton.experimental.gluon import language as gll
+    from triton.experimental.gluon._runtime import GluonASTSource
+
+    from kernels import wgrad_gluon
+
+    lay = lambda shape: repr(gll.NVMMASharedLayout.get_default_for(shape, gll.bfloat16))  # noqa: E731
+    sig = dict(p_desc=f"tensordesc<bf16[64, 64],{lay([64, 64])}>",
+               q_desc=f"tensordesc<bf16[64, {bn}],{lay([64, bn])}>", OUT="*bf16",
+               TABLE="*i32", SCALES="*fp32", N_ITEMS="i32", N_CB="i32", N_COLS="i32",
+               R_STORE="i32", stride_oa="i32", stride_or="i32", stride_on="i32")  # fmt: skip
+    consts = dict(APPLY_SCALE=transpose_out, STAGES=stages, num_warps=warps)
+    sig |= {k: "constexpr" for k in consts}
+    names = list(sig)
+    src = GluonASTSource(wgrad_gluon.wgrad_gluon_kernel, sig,
+                         constexprs={(names.index(k),): v for k, v in consts.items()})  # fmt: skip
+    return triton.compile(src, target=GPUTarget("cuda", 90, 32), options=dict(num_warps=warps))
+
+
 def ptx(kernel) -> str:
     """A compiled kernel's PTX without source-line records and the debug labels ($L__tmpN)
     that mark inlined helper calls: they change with the source layout, not the code."""

@@ -88,14 +88,19 @@ WG_CFGS_6 = [dict(), dict(chunk=256), dict(chunk=512), dict(chunk=2048)]
 SH_CFGS_8 = [dict(sh_gluon=False), dict(), dict(sh_gl_stages=8), dict(sh_gl_progs=2, sh_gl_stages=4),
              dict(split_k=2), dict(split_k=4), dict(split_k=8), dict(split_k=1, sh_gl_stages=8),
              dict(sh_gl_stages=4)]  # fmt: skip
+# Round 9 (written in session 11, not yet run): the Gluon weight-gradient reduction
+# (kernels/wgrad_gluon.py, TUNE gpu wg_gluon) against the Triton kernel, its column block and
+# ring depth (wg_dA / wg_dB; the dA + dX and expand kernels stay in Triton).
+WG_CFGS_9 = [dict(), dict(wg_gluon=True), dict(wg_gluon=True, wg_gl_bn=256),
+             dict(wg_gluon=True, wg_gl_bn=64), dict(wg_gluon=True, wg_gl_stages=4)]  # fmt: skip
 ROUNDS = {1: dict(se=SE_CFGS, wg=WG_CFGS), 2: dict(se=SE_CFGS_2, wg=WG_CFGS_2),
           3: dict(se=SE_CFGS_3, wg=WG_CFGS_3), 4: dict(se=SE_CFGS_4),
           5: dict(wg=WG_CFGS_5, sh=SH_CFGS_5), 6: dict(sh=SH_CFGS_6, wg=WG_CFGS_6),
-          8: dict(sh=SH_CFGS_8)}
+          8: dict(sh=SH_CFGS_8), 9: dict(wg=WG_CFGS_9)}
 # TUNE["gpu"] settings each round started from (round 3: the shipped ones)
 _SE_SHARED = dict(se_fwd_bk=64, se_fwd_stages=3, se_bwd_bk=64, se_bwd_stages=3)
 ROUND_BASE = {1: dict(_SE_SHARED, wg_stages=3), 2: dict(_SE_SHARED, wg_stages=2), 3: {}, 4: {},
-              5: {}, 6: {}, 8: {}}
+              5: {}, 6: {}, 8: {}, 9: {}}
 
 
 def kernel_fns(inp: dict, cfg: dict) -> dict:
@@ -143,7 +148,7 @@ def main() -> None:
     p.add_argument("--round", type=int, default=3,
                    help="1: tile sizes; 2: column splits; 3: operand orientation; 4: TMA; "
                    "5: dX in the dA kernel; 6: split-K and chunks with relaxed atomics; "
-                   "8: the Gluon shrink")
+                   "8: the Gluon shrink; 9: the Gluon weight-gradient reduction")
     p.add_argument("--adapters", default="32", help="adapter counts N, comma-separated")
     p.add_argument("--cases", default=None,
                    help="SHAPExT pairs, comma-separated (e.g. 4096x1024x4096); default: CASES")

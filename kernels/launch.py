@@ -21,8 +21,6 @@ docs/kernels.md):
 
 from __future__ import annotations
 
-import warnings
-
 import torch
 
 from . import multi_lora_triton as mlt
@@ -74,6 +72,9 @@ TUNE: dict = {
     # Triton shrink's 29.6-30.2, 7.1 against 13.5 for dY of the k/v projections; at T = 4096
     # x 17.7 against 17.2 µs and dY of k/v 6.8 against 9.7. In the layer step (run 12:23Z)
     # faster in 18 of 24 cases (docs/kernels_log.md §3j).
+    # wg_gluon: the weight-gradient reductions (dA, dB; not the stream path's dA + dX) through
+    # kernels/wgrad_gluon.py on Hopper, wg_gl_stages-deep TMA ring, wg_gl_bn columns per item.
+    # Off: built and compiled for sm_90 (CI), never run on a GPU (session 11).
     # sx_bn / sx_warps: the stream path's row-streaming expand (no reduction), 256 columns and
     # 8 warps: 0.88-0.93 of 128 / 4 on 8 of the 9 shape x T cases of the 03:50Z sweep
     # (lora_tiles.csv, kernel wg_expand; 1.02 on 4096->1024 at T = 16384). In the layer step
@@ -84,7 +85,7 @@ TUNE: dict = {
                 gm_bm=128, gm_bn=256, gm_bk=64, gm_warps=8, gm_stages=3, gm_group=8,
                 gm_persist=1, gm_gluon=True, gm_peel=False, sx_bn=256, sx_warps=8,
                 sh_gluon=True, sh_gl_progs=1, sh_gl_stages=8, sh_gl_warps=4, sh_gl_items=32,
-                sh_gl_min_steps=16,
+                sh_gl_min_steps=16, wg_gluon=False, wg_gl_stages=8, wg_gl_bn=128,
                 upcast=False),  # fmt: skip
     "interp": dict(bm=32, bk=32, bn=64, bt=32, warps=4, stages=1, wg_stages=1, bm_fused=32,
                    bn_fused=32, se_fwd_bk=32, se_fwd_stages=1, se_bwd_bk=32, se_bwd_stages=1,
@@ -92,7 +93,8 @@ TUNE: dict = {
                    gm_bm=32, gm_bn=32, gm_bk=32, gm_warps=4, gm_stages=1, gm_group=2,
                    gm_persist=0, gm_gluon=False, sx_bn=64, sx_warps=4, sh_gluon=False,
                    sh_gl_progs=1, sh_gl_stages=1, sh_gl_warps=4, sh_gl_items=32,
-                   sh_gl_min_steps=16, upcast=True),  # fmt: skip
+                   sh_gl_min_steps=16, wg_gluon=False, wg_gl_stages=1, wg_gl_bn=64,
+                   upcast=True),  # fmt: skip
     "poison": False,  # tests: fill every internally allocated output with NaN first
 }
 
@@ -311,25 +313,16 @@ def _shrink(x, w, w_strides, layout, scale: bool, cfg, out_dtype=torch.float32) 
 
 def _shrink_gluon(x, w, w_strides, out, layout, scale: bool, cfg) -> bool:
     """Run the shrink through the Gluon kernel (kernels/launch_shrink_gluon.py) where it can
-    run; False (nothing launched) elsewhere. A failure to build or launch it warns, lands in
-    launch_gemm.GLUON_FAILED (which turns every Gluon kernel off) and returns False."""
+    run; False (nothing launched, or a Gluon failure: launch_gemm.try_gluon) elsewhere."""
     if w_strides[2] != 1 and w_strides[1] != 1:
         return False  # W_i is neither k- nor rank-contiguous: not a plain lora_a / lora_b
-    from .launch_gemm import GLUON_FAILED
+    from .launch_gemm import try_gluon
     from .launch_shrink_gluon import shrink_gluon, shrink_gluon_ok
 
     kmajor = w_strides[2] == 1
     if not shrink_gluon_ok(x, w, kmajor, layout, cfg):
         return False
-    try:
-        shrink_gluon(x, w, kmajor, out, layout, scale, cfg)
-        return True
-    except torch.OutOfMemoryError:
-        raise  # (the partial-sum scratch): not a Gluon failure, so no reason to turn Gluon off
-    except Exception as exc:  # noqa: BLE001 - a Triton without this Gluon API: fall back
-        GLUON_FAILED.append(repr(exc)[:500])
-        warnings.warn(f"Gluon shrink failed, using the Triton shrink: {exc!r}", stacklevel=3)
-        return False
+    return try_gluon("shrink", shrink_gluon, x, w, kmajor, out, layout, scale, cfg) is not None
 
 
 def _expand(s, v, v_strides, out, layout, scale: bool, add: bool, cfg) -> None:
@@ -361,6 +354,15 @@ def _wgrad(p, q, like, transpose_out: bool, layout, scale: bool, cfg,
     ``expand = (v, v_strides, y, add)`` also writes y[T, n] (+)= p_i @ V_i in the same launch,
     v_strides = (adapter, rank, n) strides of V (the backward's dX delta: p = dS, V_i = A_i).
     """
+    if expand is None:  # Hopper, TUNE gpu wg_gluon (off): kernels/launch_wgrad_gluon.py
+        from .launch_gemm import try_gluon
+        from .launch_wgrad_gluon import wgrad_gluon, wgrad_gluon_ok
+
+        if wgrad_gluon_ok(p, q, layout, cfg):
+            out = try_gluon("weight gradient", wgrad_gluon, p, q, like, transpose_out, layout,
+                            scale, cfg)  # fmt: skip
+            if out is not None:
+                return out
     dev, n_cols = q.device, q.shape[1]
     r_ext = rank_extent(like, n_cols)
     chunks, atomic, needs_zero = _wgrad_plan(layout, n_cols, cfg, dev, rank_rows=r_ext)

@@ -52,11 +52,9 @@ def gemm_lora(a: torch.Tensor, w: torch.Tensor, w_kmajor: bool, layout: MultiLor
     if m == 0:
         return out
     if gluon_ok(a, s, cfg):
-        try:
-            return _gemm_lora_gluon(a, w, w_kmajor, layout, s, v, cfg, out)
-        except Exception as exc:  # noqa: BLE001 - a Triton without this Gluon API: fall back
-            GLUON_FAILED.append(repr(exc)[:500])
-            warnings.warn(f"Gluon GEMM failed, using the Triton GEMM: {exc!r}", stacklevel=2)
+        done = try_gluon("GEMM", _gemm_lora_gluon, a, w, w_kmajor, layout, s, v, cfg, out)
+        if done is not None:
+            return done
     # TMA boxes: keep a box row at 128 bytes (64 bf16, 32 fp32 elements) along K
     bm, bn = cfg["gm_bm"], cfg["gm_bn"]
     bk = cfg["gm_bk"] * 2 // a.element_size()
@@ -85,10 +83,25 @@ def gemm_lora(a: torch.Tensor, w: torch.Tensor, w_kmajor: bool, layout: MultiLor
     return out
 
 
-# If the Gluon GEMM ever fails to build or launch (Gluon is experimental; its API moves between
-# Triton versions), the reason lands here and every later call runs the Triton GEMM.
-# tests/kernels/test_multi_lora_gpu.py asserts this stays empty on the H200.
+# If a Gluon kernel (this GEMM, the shrink, the weight-gradient reduction) ever fails to build
+# or launch (Gluon is experimental; its API moves between Triton versions), the reason lands
+# here and every later call runs the Triton kernels. tests/kernels/test_multi_lora_gpu.py
+# asserts this stays empty on the H200.
 GLUON_FAILED: list[str] = []
+
+
+def try_gluon(what: str, fn, *args):
+    """fn(*args), a Gluon kernel's launcher; None if it failed to build or launch, after a
+    warning and a record in GLUON_FAILED (which turns every Gluon kernel off). Running out of
+    memory is no Gluon failure: re-raised."""
+    try:
+        return fn(*args)
+    except torch.OutOfMemoryError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - a Triton without this Gluon API: fall back
+        GLUON_FAILED.append(repr(exc)[:500])
+        warnings.warn(f"Gluon {what} failed, using the Triton {what}: {exc!r}", stacklevel=3)
+        return None
 
 
 def gluon_ok(a: torch.Tensor, s: torch.Tensor | None, cfg: dict) -> bool:

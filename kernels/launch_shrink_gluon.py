@@ -63,9 +63,10 @@ def gluon_split(n_tiles: int, k_steps: int, cfg: dict) -> tuple[int, int]:
     return -(-k_steps // per), per
 
 
-def shrink_gluon(x, w, kmajor: bool, out, layout: MultiLoraLayout, scale: bool, cfg) -> None:
+def shrink_gluon(x, w, kmajor: bool, out, layout: MultiLoraLayout, scale: bool,
+                 cfg) -> torch.Tensor:  # fmt: skip
     """OUT[T, block_r] = c_i x_i W_iᵀ (c_i when ``scale``) through the Gluon kernel; w is lora_a
-    [N, r_max, K] (``kmajor``: W_i = A_i) or lora_b [N, K, r_max] (W_i = B_iᵀ)."""
+    [N, r_max, K] (``kmajor``: W_i = A_i) or lora_b [N, K, r_max] (W_i = B_iᵀ). Returns out."""
     from triton.experimental.gluon.nvidia.hopper import TensorDescriptor as GluonDescriptor
 
     from .shrink_gluon import shrink_gluon_kernel
@@ -78,7 +79,7 @@ def shrink_gluon(x, w, kmajor: bool, out, layout: MultiLoraLayout, scale: bool, 
         (tl := layout.tiles(bm, dev)), *gluon_split(tl.shape[0], k_steps, cfg)))  # fmt: skip
     n_tiles = tiles.shape[0]
     if n_tiles == 0:
-        return
+        return out
     n_items = n_tiles * split
     if split > 1:  # partial sums (no zeros needed) and the tiles' tickets (all zeros)
         part = torch.empty((split, *out.shape), device=dev, dtype=torch.float32)
@@ -97,3 +98,4 @@ def shrink_gluon(x, w, kmajor: bool, out, layout: MultiLoraLayout, scale: bool, 
         W_KMAJOR=kmajor, APPLY_SCALE=scale, SPLIT_K=split > 1, STAGES=cfg["sh_gl_stages"],
         num_warps=cfg["sh_gl_warps"],
     ))  # fmt: skip
+    return out

@@ -199,3 +199,21 @@ def test_gluon_shrink_builds_for_sm90(kmajor, split_k):
         assert "fence.acq_rel.gpu" in code and "ld.global.cg" in code
     else:
         assert atomics == [] and "ld.global.cg" not in code
+
+
+@pytest.mark.parametrize("scale", [False, True], ids=["gemm-stream", "scaled"])
+def test_gluon_wgrad_builds_for_sm90(scale):
+    """The Gluon weight-gradient reduction (kernels/wgrad_gluon.py; GPU-only, off by default,
+    never run on a GPU yet) compiles with this Triton for sm_90 at the launcher's shapes (P box
+    64 x 64, Q box 64 x 128, 8 stages, 4 warps): one program fits an SM's shared memory, the
+    MMA is a 64-rank x 128-column wgmma with P transposed in shared memory, both operands
+    arrive by TMA, the segment-end mask writes shared memory, and there are no atomics."""
+    kernel = ptx_fingerprint.compile_gluon_wgrad(scale)
+    assert kernel.metadata.shared <= ptx_fingerprint.SM90_SHARED_BYTES
+    code = kernel.asm["ptx"]
+    assert set(re.findall(r"wgmma\.mma_async\.[\w.]+", code)) == {
+        "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16"}
+    assert re.search(r"wgmma\.mma_async[^;]*, 1, 1, 1, 1;", code)  # A (P) read transposed
+    assert len(re.findall(r"cp\.async\.bulk\.tensor\.2d\.shared::\w+\.global\.mbarrier", code)) >= 2
+    assert "st.shared" in code and "fence.proxy.async" in code
+    assert re.findall(r"\b(?:atom|red)\.global", code) == []

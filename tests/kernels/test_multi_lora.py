@@ -545,3 +545,50 @@ def test_gluon_shrink_refuses_configs_it_cannot_run():
     assert not fits(x.float(), w.float(), True, lay, cfg)
     wide = kernels.MultiLoraLayout([4, 4], [8, 128], [1.0, 1.0])
     assert not fits(x, torch.zeros(2, 128, 128, dtype=BF16), True, wide, cfg)
+
+
+def test_gluon_wgrad_requirements_and_items():
+    """The Gluon weight-gradient reduction's own requirements (wgrad_gluon_fits: 16-bit P and
+    Q of one dtype, ranks <= 64, >= 2 stages, 64 / 128 / 256 columns) and its work-item count
+    (non-empty segments x column blocks, hand-computed)."""
+    from kernels.launch_wgrad_gluon import wgrad_gluon_fits as fits
+    from kernels.launch_wgrad_gluon import wgrad_items
+
+    lay = kernels.MultiLoraLayout([5, 0, 7], [8, 16, 64], [1.0] * 3)
+    cfg = dict(wg_gl_stages=8, wg_gl_bn=128)
+    p, q = torch.zeros(12, 64, dtype=BF16), torch.zeros(12, 300, dtype=BF16)
+    assert fits(p, q, lay, cfg)
+    assert not fits(p.float(), q.float(), lay, cfg)
+    assert not fits(p, q.half(), lay, cfg)
+    assert not fits(p, q, lay, dict(cfg, wg_gl_stages=1))
+    assert not fits(p, q, lay, dict(cfg, wg_gl_bn=96))
+    assert not fits(p, q, kernels.MultiLoraLayout([6, 6], [8, 128], [1.0, 1.0]), cfg)
+    assert wgrad_items(lay, 300, cfg) == 2 * 3  # 2 non-empty segments x cdiv(300, 128)
+    assert wgrad_items(lay, 256, dict(cfg, wg_gl_bn=256)) == 2
+
+
+def test_gluon_wgrad_failure_falls_back_to_triton(monkeypatch):
+    """If the Gluon weight-gradient reduction cannot build or launch, the Triton kernel runs
+    instead (same gradients as the reference), with a warning and a record in GLUON_FAILED;
+    on CPU tensors it is never chosen, even when asked for."""
+    import kernels.launch_gemm as lg
+    import kernels.launch_wgrad_gluon as lwg
+
+    tensors, seg, ranks, scaling = make_case(3, "zipf", rank_pool=(8, 16, 64), dtype=BF16,
+                                             seed=2, **SMALL)  # fmt: skip
+    layout = kernels.MultiLoraLayout(seg, ranks, scaling)
+    x = tensors["x"]
+    assert not lwg.wgrad_gluon_ok(x, x, layout, dict(ml.TUNE["interp"], wg_gluon=True))
+
+    def broken(*args, **kw):
+        raise RuntimeError("no such Gluon op")
+
+    monkeypatch.setattr(lg, "GLUON_FAILED", [])
+    monkeypatch.setattr(lwg, "wgrad_gluon", broken)
+    monkeypatch.setattr(lwg, "wgrad_gluon_ok", lambda *a: not lg.GLUON_FAILED)
+    ml.TUNE.update(path="gemm")
+    counted = _count_launches(monkeypatch)
+    with pytest.warns(UserWarning, match="Gluon weight gradient failed"):
+        run_and_compare(tensors, seg, ranks, scaling, BF16)
+    assert counted["wgrad"].n == 2  # dA and dB, both by the Triton kernel
+    assert len(lg.GLUON_FAILED) == 1 and "no such Gluon op" in lg.GLUON_FAILED[0]

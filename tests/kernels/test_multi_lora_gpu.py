@@ -181,8 +181,9 @@ def test_gluon_shrink_small_shapes(spread, case, monkeypatch):
     real = lsg.shrink_gluon
 
     def counted(*args, **kw):
-        real(*args, **kw)
+        out = real(*args, **kw)
         calls.append(args[2])  # kmajor: True for x (forward), False for dY
+        return out
 
     monkeypatch.setattr(lsg, "shrink_gluon", counted)
     pool = (8, 16) if case == "narrow-ranks" else (8, 16, 64)
@@ -191,6 +192,56 @@ def test_gluon_shrink_small_shapes(spread, case, monkeypatch):
     run_and_compare(tensors, seg, ranks, scaling, BF16)
     assert sorted(calls) == ([True] if case == "odd-d_out" else [False, True])
     assert lsg.GLUON_FAILED == []
+
+
+def _count_wgrad_gluon(monkeypatch, sms: int | None = None) -> list:
+    """Turn the Gluon weight-gradient reduction on; the returned list grows by one per call
+    of it that returned. ``sms``: pretend the GPU has that many SMs (fewer programs than
+    items: several items per program, the pipeline crossing item boundaries)."""
+    import kernels.launch_wgrad_gluon as lwg
+
+    ml.TUNE["gpu"]["wg_gluon"] = True
+    if sms is not None:
+        monkeypatch.setattr(lwg, "_n_sms", lambda dev: sms)
+    calls = []
+    real = lwg.wgrad_gluon
+
+    def counted(*args, **kw):
+        out = real(*args, **kw)
+        calls.append(args[3])  # transpose_out: False for dA, True for dB
+        return out
+
+    monkeypatch.setattr(lwg, "wgrad_gluon", counted)
+    return calls
+
+
+@pytest.mark.parametrize("spread", SPREADS)
+@pytest.mark.parametrize("path", ["stream", "gemm"])
+def test_gluon_wgrad_small_shapes(spread, path, monkeypatch):
+    """The Gluon weight-gradient reduction (kernels/wgrad_gluon.py; off by default; added in
+    session 11 after its last GPU run: **not yet run on a GPU**) at T = 133, d = 520 -> 1024,
+    32 adapters of ranks 8 / 16 / 64 with NaN rank padding, 4 programs walking every item:
+    dB on the stream path (its dA is the dA + dX kernel), dA and dB on the gemm path."""
+    import kernels.launch_gemm as lg
+
+    ml.TUNE["path"] = path
+    calls = _count_wgrad_gluon(monkeypatch, sms=4)
+    tensors, seg, ranks, scaling = make_case(32, spread, 133, 520, 1024, rank_pool=(8, 16, 64),
+                                             dtype=BF16, device="cuda", seed=9)  # fmt: skip
+    run_and_compare(tensors, seg, ranks, scaling, BF16)
+    assert sorted(calls) == ([True] if path == "stream" else [False, True])
+    assert lg.GLUON_FAILED == []
+
+
+@pytest.mark.parametrize("shape", [(4096, 1024), (4096, 4096)])
+def test_gluon_wgrad_full_size(shape, monkeypatch):
+    """The Gluon weight-gradient reduction at full size (T = 4096, 32 adapters, zipf), on the
+    path the auto rule picks (not yet run on a GPU, like the test above)."""
+    calls = _count_wgrad_gluon(monkeypatch)
+    tensors, seg, ranks, scaling = make_case(32, "zipf", 4096, *shape, rank_pool=(16, 32, 64),
+                                             dtype=BF16, device="cuda", seed=3)  # fmt: skip
+    run_and_compare(tensors, seg, ranks, scaling, BF16)
+    assert len(calls) >= 1
 
 
 def _count_gluon_calls(monkeypatch) -> list:

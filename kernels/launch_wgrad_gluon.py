@@ -1,0 +1,73 @@
+"""Launcher of the Gluon weight-gradient reduction (kernels/wgrad_gluon.py): dA and dB of the
+stream and gemm paths on Hopper, when TUNE gpu ``wg_gluon`` asks for it (off: the kernel was
+built and compiled for sm_90 in CI, never run on a GPU). ``launch._wgrad`` calls
+:func:`wgrad_gluon` when :func:`wgrad_gluon_ok`; anywhere else the Triton kernel runs."""
+
+from __future__ import annotations
+
+import torch
+
+from . import multi_lora_triton as mlt
+from .fast_launch import launch
+from .launch import _cuda_props, _empty, _n_sms, _tma_ok, rank_extent
+from .launch_gemm import GLUON_FAILED, _smem_layout
+from .layout import MultiLoraLayout
+
+BOX = 64  # tokens per step and ranks per P box (kernels/wgrad_gluon.py BOX_T, BOX_R)
+
+
+def wgrad_gluon_ok(p: torch.Tensor, q: torch.Tensor, layout: MultiLoraLayout, cfg: dict) -> bool:
+    """Whether ``launch._wgrad`` runs the Gluon reduction: asked for (cfg wg_gluon), compiled
+    CUDA on a Hopper GPU, no earlier Gluon failure, and :func:`wgrad_gluon_fits`."""
+    if not (cfg.get("wg_gluon") and not GLUON_FAILED and p.is_cuda and not mlt.interpret_mode()):
+        return False
+    if _cuda_props(p.device).major != 9:
+        return False
+    items = wgrad_items(layout, q.shape[1], cfg)
+    return (wgrad_gluon_fits(p, q, layout, cfg) and items >= _n_sms(p.device)
+            and _tma_ok(p) and _tma_ok(q))  # fmt: skip
+
+
+def wgrad_gluon_fits(p: torch.Tensor, q: torch.Tensor, layout: MultiLoraLayout, cfg: dict) -> bool:
+    """The kernel's own requirements, whatever the device: 16-bit P and Q of one dtype (P = S
+    or dS as the stream and gemm paths keep them, TUNE narrow_s), ranks <= 64, a ring of >= 2
+    stages (with 1 the first wait never returns) and a column block of 64, 128 or 256."""
+    if p.dtype not in (torch.bfloat16, torch.float16) or q.dtype != p.dtype:
+        return False
+    return layout.block_r <= BOX and cfg["wg_gl_stages"] >= 2 and cfg["wg_gl_bn"] in (64, 128, 256)
+
+
+def wgrad_items(layout: MultiLoraLayout, n_cols: int, cfg: dict) -> int:
+    """Work items of one launch: non-empty segments x column blocks. No token splits: the
+    launcher leaves layouts with fewer items than SMs (few adapters, narrow outputs) to the
+    Triton kernel, which splits long segments over token chunks."""
+    return sum(1 for n in layout.seg_lens if n) * -(-n_cols // cfg["wg_gl_bn"])
+
+
+def wgrad_gluon(p, q, like, transpose_out: bool, layout: MultiLoraLayout, scale: bool,
+                cfg) -> torch.Tensor:  # fmt: skip
+    """Per-adapter sum over the segment's tokens of p[t, r] q[t, n], shaped like ``like``
+    (lora_a [N, r_max, n], or lora_b [N, n, r_max] when ``transpose_out``), c_i-scaled when
+    ``scale``: what launch._wgrad returns, through the Gluon kernel."""
+    from triton.experimental.gluon.nvidia.hopper import TensorDescriptor as GluonDescriptor
+
+    from .wgrad_gluon import wgrad_gluon_kernel
+
+    dev, n_cols, bn = q.device, q.shape[1], cfg["wg_gl_bn"]
+    r_ext = rank_extent(like, n_cols)
+    # rows of empty segments and ranks past the 64 the kernel computes are never stored
+    zero = 0 in layout.seg_lens or r_ext > BOX
+    out = (torch.zeros if zero else _empty)(like.shape, device=dev, dtype=like.dtype)
+    table = layout.chunks(max(1, layout.total_tokens), dev)  # one row per non-empty segment
+    n_items = table.shape[0] * -(-n_cols // bn)
+    if n_items == 0:
+        return out
+    s_a, s_r, s_n = (out.stride(0), out.stride(2), out.stride(1)) if transpose_out else out.stride()
+    desc = GluonDescriptor.from_tensor
+    p_desc = desc(p, [BOX, BOX], _smem_layout((BOX, BOX), p.dtype))
+    q_desc = desc(q, [BOX, bn], _smem_layout((BOX, bn), q.dtype))
+    launch(wgrad_gluon_kernel, (min(n_items, _n_sms(dev)),), (
+        p_desc, q_desc, out, table, layout.scaling_tensor(dev), n_items, -(-n_cols // bn),
+        n_cols, min(r_ext, BOX), s_a, s_r, s_n,
+    ), dict(APPLY_SCALE=scale, STAGES=cfg["wg_gl_stages"], num_warps=4))  # fmt: skip
+    return out
