@@ -19,9 +19,10 @@ deep TMA ring that runs ahead across item boundaries; this kernel does the same 
 Work items: item i is column block ``i % N_CB`` of the non-empty adapter segment ``i // N_CB``
 (host table TABLE [n_segments, 3]: adapter, first row, end row; no token splits, so no
 atomics). A step loads a P box [64 tokens, 64 ranks] and a Q box [64 tokens, BN columns] and
-issues acc[64 ranks, BN] += Pᵀ Q (wgmma, A operand transposed in shared memory). P boxes start
+issues acc[64 ranks, BN] += Pᵀ Q (wgmma, A operand transposed in shared memory). Boxes start
 at the segment's first row; on a segment's last step the rows past its end (the next
-segment's P rows, which are not zero) are zeroed in shared memory before the MMA. P's columns
+segment's rows, not zero, and NaN if that adapter diverged) are zeroed in shared memory in
+both boxes before the MMA, as the Triton kernel's masked loads drop them. P's columns
 past r_a are the exact zeros the shrink wrote, and past block_r TMA zero-fills them, so OUT's
 rows r_a <= r < min(64, r_ext) come out zero without a mask.
 
@@ -85,14 +86,13 @@ def _produce(p_item, p_s, p_steps, p_row0, p_col, n_row0, n_steps, issued, grid,
 
 
 @gluon.jit
-def _zero_rows_past(p_slot, row0, row_end, num_warps: gl.constexpr):
-    """Zero, in shared memory, the P box's token rows >= row_end (the box starts at row0)."""
-    rows_r: gl.constexpr = gl.BlockedLayout([1, 8], [8, 4], [num_warps, 1], [1, 0])  # [*, 64]
-    v = p_slot.load(rows_r)
-    offs = row0 + gl.arange(0, BOX_T, layout=gl.SliceLayout(1, rows_r))
-    p_slot.store(gl.where((offs < row_end)[:, None], v, gl.zeros_like(v)))
-    fence_async_shared()  # generic-proxy stores before the async-proxy wgmma reads
-    _cta_barrier()
+def _zero_rows_past(slot, row0, row_end, num_warps: gl.constexpr):
+    """Zero, in shared memory, a [64 tokens, *] box's rows >= row_end (the box starts at row0).
+    The caller fences and synchronises before the MMA reads the box."""
+    rows: gl.constexpr = gl.BlockedLayout([1, 8], [8, 4], [num_warps, 1], [1, 0])
+    v = slot.load(rows)
+    offs = row0 + gl.arange(0, BOX_T, layout=gl.SliceLayout(1, rows))
+    slot.store(gl.where((offs < row_end)[:, None], v, gl.zeros_like(v)))
 
 
 @gluon.jit
@@ -134,7 +134,12 @@ def wgrad_gluon_kernel(p_desc, q_desc, OUT, TABLE, SCALES, N_ITEMS, N_CB, N_COLS
             mbarrier.wait(bars.index(slot), (used // STAGES) & 1)
             acc = warpgroup_mma_wait(0, deps=[acc])  # the previous step's stage is free now
             if row0 + (k + 1) * BOX_T > row_end:  # the segment's last step: drop later rows
+                # of both operands, so that a NaN or inf in another adapter's rows (a diverged
+                # config) cannot reach this adapter's gradient as 0 x NaN
                 _zero_rows_past(p_ring.index(slot), row0 + k * BOX_T, row_end, num_warps)
+                _zero_rows_past(q_ring.index(slot), row0 + k * BOX_T, row_end, num_warps)
+                fence_async_shared()  # generic-proxy stores before the async-proxy wgmma reads
+                _cta_barrier()
             acc = warpgroup_mma(p_ring.index(slot).permute((1, 0)), q_ring.index(slot), acc,
                                 use_acc=k > 0, is_async=True)  # fmt: skip
             used += 1
