@@ -110,7 +110,9 @@ def compile_gluon_shrink(kmajor: bool, split_k: bool = True, bm: int = 128, stag
 def compile_gluon_wgrad(transpose_out: bool = False, bn: int = 128, stages: int = 8,
                         warps: int = 4):
     """kernels/wgrad_gluon.py's kernel compiled for sm_90 in bf16 at the launcher's box shapes
-    (P [64, 64], Q [64, bn]); transpose_out only changes the output strides (runtime)."""
+    (P [64, 64], Q [64, bn]), as launched: dA (columns contiguous: stride_on = 1) or, with
+    ``transpose_out``, dB (ranks contiguous: stride_or = 1, and scaled as the fused path
+    asks); the stride that is 1 is specialised, as Triton's launcher does."""
     from triton.experimental.gluon import language as gll
     from triton.experimental.gluon._runtime import GluonASTSource
 
@@ -119,9 +121,10 @@ def compile_gluon_wgrad(transpose_out: bool = False, bn: int = 128, stages: int 
     lay = lambda shape: repr(gll.NVMMASharedLayout.get_default_for(shape, gll.bfloat16))  # noqa: E731
     sig = dict(p_desc=f"tensordesc<bf16[64, 64],{lay([64, 64])}>",
                q_desc=f"tensordesc<bf16[64, {bn}],{lay([64, bn])}>", OUT="*bf16",
-               TABLE="*i32", SCALES="*fp32", N_ITEMS="i32", N_CB="i32", N_COLS="i32",
-               R_STORE="i32", stride_oa="i32", stride_or="i32", stride_on="i32")  # fmt: skip
-    consts = dict(APPLY_SCALE=transpose_out, STAGES=stages, num_warps=warps)
+               TABLE="*i32", RANKS="*i32", SCALES="*fp32", N_ITEMS="i32", N_CB="i32",
+               N_COLS="i32", R_STORE="i32", stride_oa="i32", stride_or="i32", stride_on="i32")  # fmt: skip
+    one = "stride_or" if transpose_out else "stride_on"
+    consts = {one: 1, "APPLY_SCALE": transpose_out, "STAGES": stages, "num_warps": warps}
     sig |= {k: "constexpr" for k in consts}
     names = list(sig)
     src = GluonASTSource(wgrad_gluon.wgrad_gluon_kernel, sig,
@@ -137,9 +140,7 @@ def ptx(kernel) -> str:
     return re.sub(r"\.section\s+\.debug.*", "", code, flags=re.S)
 
 
-# Shared memory one program may use on an H200 (sm_90: 227 KB per block); a kernel above it
-# compiles but fails at launch (OutOfResources).
-SM90_SHARED_BYTES = 232448
+from kernels.launch import SM90_SHARED_BYTES  # noqa: E402, F401 (tests read it from here)
 
 
 def configurations(names=None, block_r: int = 64) -> dict[str, str]:

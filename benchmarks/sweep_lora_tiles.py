@@ -91,7 +91,7 @@ SH_CFGS_8 = [dict(sh_gluon=False), dict(), dict(sh_gl_stages=8), dict(sh_gl_prog
 # Round 9 (written in session 11, not yet run): the Gluon weight-gradient reduction
 # (kernels/wgrad_gluon.py, TUNE gpu wg_gluon) against the Triton kernel, its column block and
 # ring depth (wg_dA / wg_dB; the dA + dX and expand kernels stay in Triton).
-WG_CFGS_9 = [dict(), dict(wg_gluon=True), dict(wg_gluon=True, wg_gl_bn=256),
+WG_CFGS_9 = [dict(), dict(wg_gluon=True), dict(wg_gluon=True, wg_gl_bn=256, wg_gl_stages=5),
              dict(wg_gluon=True, wg_gl_bn=64), dict(wg_gluon=True, wg_gl_stages=4)]  # fmt: skip
 ROUNDS = {1: dict(se=SE_CFGS, wg=WG_CFGS), 2: dict(se=SE_CFGS_2, wg=WG_CFGS_2),
           3: dict(se=SE_CFGS_3, wg=WG_CFGS_3), 4: dict(se=SE_CFGS_4),

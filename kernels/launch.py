@@ -99,6 +99,9 @@ TUNE: dict = {
 }
 
 _PROPS: dict[int, object] = {}
+# Shared memory one program may use on an H200 (sm_90: 227 KB per block); a kernel above it
+# compiles but fails at launch (OutOfResources).
+SM90_SHARED_BYTES = 232448
 
 
 def auto_path(t: int, d_in: int, d_out: int) -> tuple[str, bool]:

@@ -9,7 +9,7 @@ import torch
 
 from . import multi_lora_triton as mlt
 from .fast_launch import launch
-from .launch import _cuda_props, _empty, _n_sms, _tma_ok, rank_extent
+from .launch import SM90_SHARED_BYTES, _cuda_props, _empty, _n_sms, _tma_ok, rank_extent
 from .launch_gemm import GLUON_FAILED, _smem_layout
 from .layout import MultiLoraLayout
 
@@ -23,25 +23,34 @@ def wgrad_gluon_ok(p: torch.Tensor, q: torch.Tensor, layout: MultiLoraLayout, cf
         return False
     if _cuda_props(p.device).major != 9:
         return False
-    items = wgrad_items(layout, q.shape[1], cfg)
-    return (wgrad_gluon_fits(p, q, layout, cfg) and items >= _n_sms(p.device)
-            and _tma_ok(p) and _tma_ok(q))  # fmt: skip
+    return (wgrad_gluon_fits(p, q, layout, cfg) and wgrad_balanced(layout, q.shape[1], cfg,
+            _n_sms(p.device)) and _tma_ok(p) and _tma_ok(q))  # fmt: skip
 
 
 def wgrad_gluon_fits(p: torch.Tensor, q: torch.Tensor, layout: MultiLoraLayout, cfg: dict) -> bool:
     """The kernel's own requirements, whatever the device: 16-bit P and Q of one dtype (P = S
-    or dS as the stream and gemm paths keep them, TUNE narrow_s), ranks <= 64, a ring of >= 2
-    stages (with 1 the first wait never returns) and a column block of 64, 128 or 256."""
+    or dS as the stream, gemm and fused paths keep them), ranks <= 64, a ring of >= 2 stages
+    (with 1 the first wait never returns), a column block of 64, 128 or 256, and the ring
+    within one program's shared memory (SM90_SHARED_BYTES: at 128 columns 9 stages, at 256
+    only 5)."""
     if p.dtype not in (torch.bfloat16, torch.float16) or q.dtype != p.dtype:
         return False
-    return layout.block_r <= BOX and cfg["wg_gl_stages"] >= 2 and cfg["wg_gl_bn"] in (64, 128, 256)
+    stages, bn = cfg["wg_gl_stages"], cfg["wg_gl_bn"]
+    ring = stages * (BOX * BOX + BOX * bn) * p.element_size() + 1024  # (+ barriers, slack)
+    return layout.block_r <= BOX and stages >= 2 and bn in (64, 128, 256) and ring <= SM90_SHARED_BYTES
 
 
-def wgrad_items(layout: MultiLoraLayout, n_cols: int, cfg: dict) -> int:
-    """Work items of one launch: non-empty segments x column blocks. No token splits: the
-    launcher leaves layouts with fewer items than SMs (few adapters, narrow outputs) to the
-    Triton kernel, which splits long segments over token chunks."""
-    return sum(1 for n in layout.seg_lens if n) * -(-n_cols // cfg["wg_gl_bn"])
+def wgrad_balanced(layout: MultiLoraLayout, n_cols: int, cfg: dict, n_sms: int) -> bool:
+    """Whether the items (non-empty segments x column blocks, no token splits) fill the SMs
+    and balance: at least one item per SM, and the longest item at most twice a program's
+    mean share of the steps. Elsewhere (few adapters, narrow outputs, one dominant segment)
+    the Triton kernel runs: it splits long segments over token chunks."""
+    n_cb = -(-n_cols // cfg["wg_gl_bn"])
+    steps = [-(-n // BOX) for n in layout.seg_lens if n]
+    items = len(steps) * n_cb
+    if items < n_sms:
+        return False
+    return max(steps) <= 2 * sum(steps) * n_cb / min(items, n_sms)
 
 
 def wgrad_gluon(p, q, like, transpose_out: bool, layout: MultiLoraLayout, scale: bool,
@@ -58,7 +67,7 @@ def wgrad_gluon(p, q, like, transpose_out: bool, layout: MultiLoraLayout, scale:
     # rows of empty segments and ranks past the 64 the kernel computes are never stored
     zero = 0 in layout.seg_lens or r_ext > BOX
     out = (torch.zeros if zero else _empty)(like.shape, device=dev, dtype=like.dtype)
-    table = layout.chunks(max(1, layout.total_tokens), dev)  # one row per non-empty segment
+    table = layout.segments_longest_first(dev)  # one row per non-empty segment
     n_items = table.shape[0] * -(-n_cols // bn)
     if n_items == 0:
         return out
@@ -67,7 +76,8 @@ def wgrad_gluon(p, q, like, transpose_out: bool, layout: MultiLoraLayout, scale:
     p_desc = desc(p, [BOX, BOX], _smem_layout((BOX, BOX), p.dtype))
     q_desc = desc(q, [BOX, bn], _smem_layout((BOX, bn), q.dtype))
     launch(wgrad_gluon_kernel, (min(n_items, _n_sms(dev)),), (
-        p_desc, q_desc, out, table, layout.scaling_tensor(dev), n_items, -(-n_cols // bn),
+        p_desc, q_desc, out, table, layout.ranks_tensor(dev), layout.scaling_tensor(dev), n_items,
+        -(-n_cols // bn),
         n_cols, min(r_ext, BOX), s_a, s_r, s_n,
     ), dict(APPLY_SCALE=scale, STAGES=cfg["wg_gl_stages"], num_warps=4))  # fmt: skip
     return out

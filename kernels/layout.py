@@ -172,6 +172,16 @@ class MultiLoraLayout:
         """Device int32 [n_tiles, 3] tile table (see :meth:`tile_array`)."""
         return self._cached(("tiles", block), lambda: _pinned(self.tile_array(block)), device)
 
+    def segments_longest_first(self, device: torch.device) -> torch.Tensor:
+        """Device int32 [n_nonempty, 3] table (adapter, row_start, row_end), one row per
+        non-empty segment, longest first (a persistent grid then starts the longest work)."""
+        def build():
+            rows = self.chunk_array(max(1, self.total_tokens))
+            order = np.argsort(-(rows[:, 2] - rows[:, 1]), kind="stable")
+            return _pinned(np.ascontiguousarray(rows[order]))
+
+        return self._cached(("segments_longest_first",), build, device)
+
     def chunks(self, chunk: int, device: torch.device) -> torch.Tensor:
         """Device int32 [n_chunks, 3] chunk table (see :meth:`chunk_array`)."""
         return self._cached(("chunks", chunk), lambda: _pinned(self.chunk_array(chunk)), device)

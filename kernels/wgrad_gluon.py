@@ -17,14 +17,14 @@ from the dY shrink (13.5 -> 7.1 µs at T = 8192, 4096->1024) by streaming work i
 deep TMA ring that runs ahead across item boundaries; this kernel does the same here.
 
 Work items: item i is column block ``i % N_CB`` of the non-empty adapter segment ``i // N_CB``
-(host table TABLE [n_segments, 3]: adapter, first row, end row; no token splits, so no
-atomics). A step loads a P box [64 tokens, 64 ranks] and a Q box [64 tokens, BN columns] and
+(host table TABLE [n_segments, 3]: adapter, first row, end row, longest segment first; no
+token splits, so no atomics). A step loads a P box [64 tokens, 64 ranks] and a Q box [64 tokens, BN columns] and
 issues acc[64 ranks, BN] += Pᵀ Q (wgmma, A operand transposed in shared memory). Boxes start
 at the segment's first row; on a segment's last step the rows past its end (the next
 segment's rows, not zero, and NaN if that adapter diverged) are zeroed in shared memory in
-both boxes before the MMA, as the Triton kernel's masked loads drop them. P's columns
-past r_a are the exact zeros the shrink wrote, and past block_r TMA zero-fills them, so OUT's
-rows r_a <= r < min(64, r_ext) come out zero without a mask.
+both boxes before the MMA, as the Triton kernel's masked loads drop them. OUT's rows
+r_a <= r < min(64, r_ext) are zeroed at the store (not left as 0 x Q sums, which an inf in Q
+would make NaN). Segments are walked longest first (MultiLoraLayout.segments_longest_first).
 
 Requires a 16-bit P and Q of one dtype, block_r <= 64, whole rows of OUT up to 64 ranks (the
 launcher zero-fills OUT when a segment is empty or the rank extent passes 64), and the TMA
@@ -96,7 +96,7 @@ def _zero_rows_past(slot, row0, row_end, num_warps: gl.constexpr):
 
 
 @gluon.jit
-def wgrad_gluon_kernel(p_desc, q_desc, OUT, TABLE, SCALES, N_ITEMS, N_CB, N_COLS, R_STORE,
+def wgrad_gluon_kernel(p_desc, q_desc, OUT, TABLE, RANKS, SCALES, N_ITEMS, N_CB, N_COLS, R_STORE,
                        stride_oa, stride_or, stride_on, APPLY_SCALE: gl.constexpr,
                        STAGES: gl.constexpr, num_warps: gl.constexpr):  # fmt: skip
     """Persistent grid; program p owns items p, p + grid, ... Shapes: P [T, block_r] (box
@@ -126,8 +126,12 @@ def wgrad_gluon_kernel(p_desc, q_desc, OUT, TABLE, SCALES, N_ITEMS, N_CB, N_COLS
     acc = warpgroup_mma_init(gl.zeros((BOX_R, BN), gl.float32, acc_layout))
     offs_r = gl.arange(0, BOX_R, layout=gl.SliceLayout(1, acc_layout))
     used = issued * 0
+    # the consumer's segment, loaded one item ahead as well (the k loop's bound needs it)
+    c_ad, c_row0, c_end = _segment(TABLE, gl.program_id(0), N_ITEMS, N_CB)
     for item in range(gl.program_id(0), N_ITEMS, grid):
-        ad, row0, row_end = _segment(TABLE, item, N_ITEMS, N_CB)
+        ad, row0, row_end = c_ad, c_row0, c_end
+        c_ad, c_row0, c_end = _segment(TABLE, item + grid, N_ITEMS, N_CB)
+        rank = gl.load(RANKS + ad)  # (used in the epilogue)
         k_steps = gl.cdiv(row_end - row0, BOX_T)
         for k in range(k_steps):
             slot = used % STAGES
@@ -148,6 +152,9 @@ def wgrad_gluon_kernel(p_desc, q_desc, OUT, TABLE, SCALES, N_ITEMS, N_CB, N_COLS
                     p_item, p_s, p_steps, p_row0, p_col, n_row0, n_steps, issued, grid,
                     N_ITEMS, N_CB, TABLE, p_desc, q_desc, p_ring, q_ring, bars)  # fmt: skip
         part = warpgroup_mma_wait(0, deps=[acc])
+        # rows >= r_a exactly zero, as the Triton kernel's: P's zero columns times an inf or
+        # NaN in this adapter's own x / dY rows would make them NaN
+        part = gl.where((offs_r < rank)[:, None], part, gl.zeros_like(part))
         if APPLY_SCALE:
             part = part * gl.load(SCALES + ad)
         offs_n = (item % N_CB) * BN + gl.arange(0, BN, layout=gl.SliceLayout(0, acc_layout))

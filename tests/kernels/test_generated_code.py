@@ -201,14 +201,16 @@ def test_gluon_shrink_builds_for_sm90(kmajor, split_k):
         assert atomics == [] and "ld.global.cg" not in code
 
 
-@pytest.mark.parametrize("scale", [False, True], ids=["gemm-stream", "scaled"])
-def test_gluon_wgrad_builds_for_sm90(scale):
+@pytest.mark.parametrize("transpose_out", [False, True], ids=["dA", "dB"])
+def test_gluon_wgrad_builds_for_sm90(transpose_out):
     """The Gluon weight-gradient reduction (kernels/wgrad_gluon.py; GPU-only, off by default,
     never run on a GPU yet) compiles with this Triton for sm_90 at the launcher's shapes (P box
     64 x 64, Q box 64 x 128, 8 stages, 4 warps): one program fits an SM's shared memory, the
     MMA is a 64-rank x 128-column wgmma with P transposed in shared memory, both operands
-    arrive by TMA, the segment-end mask writes shared memory, and there are no atomics."""
-    kernel = ptx_fingerprint.compile_gluon_wgrad(scale)
+    arrive by TMA, the segment-end mask writes shared memory, and there are no atomics. dA's
+    stores are 4-byte pairs of bf16 along the columns; dB's go one rank-contiguous element at
+    a time into lora_b's layout (2-byte stores: dB is small, 4 MB at the k/v shape)."""
+    kernel = ptx_fingerprint.compile_gluon_wgrad(transpose_out)
     assert kernel.metadata.shared <= ptx_fingerprint.SM90_SHARED_BYTES
     code = kernel.asm["ptx"]
     assert set(re.findall(r"wgmma\.mma_async\.[\w.]+", code)) == {

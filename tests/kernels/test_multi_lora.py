@@ -547,12 +547,13 @@ def test_gluon_shrink_refuses_configs_it_cannot_run():
     assert not fits(x, torch.zeros(2, 128, 128, dtype=BF16), True, wide, cfg)
 
 
-def test_gluon_wgrad_requirements_and_items():
+def test_gluon_wgrad_requirements_and_balance():
     """The Gluon weight-gradient reduction's own requirements (wgrad_gluon_fits: 16-bit P and
-    Q of one dtype, ranks <= 64, >= 2 stages, 64 / 128 / 256 columns) and its work-item count
-    (non-empty segments x column blocks, hand-computed)."""
+    Q of one dtype, ranks <= 64, >= 2 stages, 64 / 128 / 256 columns, the ring within one
+    program's shared memory) and when its items (segments x column blocks, no token splits)
+    fill and balance the SMs (wgrad_balanced), hand-computed."""
+    from kernels.launch_wgrad_gluon import wgrad_balanced as balanced
     from kernels.launch_wgrad_gluon import wgrad_gluon_fits as fits
-    from kernels.launch_wgrad_gluon import wgrad_items
 
     lay = kernels.MultiLoraLayout([5, 0, 7], [8, 16, 64], [1.0] * 3)
     cfg = dict(wg_gl_stages=8, wg_gl_bn=128)
@@ -563,8 +564,20 @@ def test_gluon_wgrad_requirements_and_items():
     assert not fits(p, q, lay, dict(cfg, wg_gl_stages=1))
     assert not fits(p, q, lay, dict(cfg, wg_gl_bn=96))
     assert not fits(p, q, kernels.MultiLoraLayout([6, 6], [8, 128], [1.0, 1.0]), cfg)
-    assert wgrad_items(lay, 300, cfg) == 2 * 3  # 2 non-empty segments x cdiv(300, 128)
-    assert wgrad_items(lay, 256, dict(cfg, wg_gl_bn=256)) == 2
+    # ring bytes: stages x (64 x 64 + 64 x bn) x 2 + 1024 <= 232448
+    assert fits(p, q, lay, dict(cfg, wg_gl_stages=9)) and not fits(p, q, lay, dict(cfg, wg_gl_stages=10))
+    assert fits(p, q, lay, dict(cfg, wg_gl_bn=256, wg_gl_stages=5))
+    assert not fits(p, q, lay, dict(cfg, wg_gl_bn=256, wg_gl_stages=6))
+    # 2 non-empty segments (1 step each) x cdiv(300, 128) = 6 items
+    assert balanced(lay, 300, cfg, n_sms=6) and not balanced(lay, 300, cfg, n_sms=7)
+    # 4 segments of 640, 64, 64, 64 tokens (10, 1, 1, 1 steps) x 8 column blocks = 32 items on
+    # 8 SMs: mean share 13 x 8 / 8 = 13 steps >= 10 / 2; with 8 more short segments it is not
+    skew = kernels.MultiLoraLayout([640, 64, 64, 64], [8] * 4, [1.0] * 4)
+    assert balanced(skew, 1024, cfg, n_sms=8)
+    skew2 = kernels.MultiLoraLayout([1280] + [64] * 3, [8] * 4, [1.0] * 4)
+    assert not balanced(skew2, 1024, cfg, n_sms=32)  # 20 steps > 2 x 23 x 8 / 32 = 11.5
+    table = skew2.segments_longest_first(torch.device("cpu"))
+    assert table[:, 0].tolist() == [0, 1, 2, 3] and table[0, 2].item() == 1280
 
 
 def test_gluon_wgrad_failure_falls_back_to_triton(monkeypatch):

@@ -216,12 +216,13 @@ def _count_wgrad_gluon(monkeypatch, sms: int | None = None) -> list:
 
 
 @pytest.mark.parametrize("spread", SPREADS)
-@pytest.mark.parametrize("path", ["stream", "gemm"])
+@pytest.mark.parametrize("path", ["stream", "gemm", "fused"])
 def test_gluon_wgrad_small_shapes(spread, path, monkeypatch):
     """The Gluon weight-gradient reduction (kernels/wgrad_gluon.py; off by default; added in
     session 11 after its last GPU run: **not yet run on a GPU**) at T = 133, d = 520 -> 1024,
     32 adapters of ranks 8 / 16 / 64 with NaN rank padding, 4 programs walking every item:
-    dB on the stream path (its dA is the dA + dX kernel), dA and dB on the gemm path."""
+    dB on the stream path (its dA is the dA + dX kernel), dA and dB on the gemm and fused
+    paths (the fused path's dB scaled in the kernel)."""
     import kernels.launch_gemm as lg
 
     ml.TUNE["path"] = path
