@@ -66,6 +66,18 @@ def tma_ring(a_desc, b_desc, STAGES: gl.constexpr):
 
 
 @gluon.jit
+def table_row(TABLE, item, N_ITEMS, PER):
+    """(adapter, first row, end row) from row ``item // PER`` of a host [n, 3] int32 table
+    (PER work items per row); zeros for items past N_ITEMS."""
+    ok = item < N_ITEMS
+    row = (item // PER) * 3
+    ad = gl.load(TABLE + row, mask=ok, other=0)
+    start = gl.load(TABLE + row + 1, mask=ok, other=0)
+    end = gl.load(TABLE + row + 2, mask=ok, other=0)
+    return ad, start, end
+
+
+@gluon.jit
 def _tile_of(tile, tiles_m, tiles_n, GROUP_M: gl.constexpr):
     """(pid_m, pid_n) of a linear tile id, GROUP_M row tiles per L2 group (as the Triton GEMM)."""
     per_group = GROUP_M * tiles_n

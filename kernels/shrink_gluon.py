@@ -43,20 +43,9 @@ from triton.experimental.gluon.language.nvidia.hopper import (
     warpgroup_mma_wait,
 )
 
-from .gemm_lora_gluon import _cta_barrier, _tma_load, tma_ring
+from .gemm_lora_gluon import _cta_barrier, _tma_load, table_row, tma_ring
 
 BOX_K = gl.constexpr(64)  # K per step, and the rank box (block_r <= 64)
-
-
-@gluon.jit
-def _item_row(TILES, item, n_items, SPLIT):
-    """(adapter, first row, end row) of work item ``item``'s row tile; zeros past the end."""
-    ok = item < n_items
-    row = (item // SPLIT) * 3
-    ad = gl.load(TILES + row, mask=ok, other=0)
-    row0 = gl.load(TILES + row + 1, mask=ok, other=0)
-    row_end = gl.load(TILES + row + 2, mask=ok, other=0)
-    return ad, row0, row_end
 
 
 @gluon.jit
@@ -121,7 +110,7 @@ def shrink_gluon_kernel(x_desc, w_desc, OUT, PART, TICKETS, TILES, RANKS, SCALES
     offs_r = gl.arange(0, BOX_K, layout=gl.SliceLayout(0, acc_layout))
     used = issued * 0
     for item in range(gl.program_id(0), N_ITEMS, grid):
-        ad, row0, row_end = _item_row(TILES, item, N_ITEMS, SPLIT)
+        ad, row0, row_end = table_row(TILES, item, N_ITEMS, SPLIT)
         rank = gl.load(RANKS + ad)  # (used in the epilogue: latency hidden by the steps)
         k_lo, k_hi = _step_range(item, SPLIT, STEPS_PER_SPLIT, K_STEPS)
         for k in range(k_hi - k_lo):

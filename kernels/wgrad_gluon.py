@@ -43,21 +43,10 @@ from triton.experimental.gluon.language.nvidia.hopper import (
     warpgroup_mma_wait,
 )
 
-from .gemm_lora_gluon import _cta_barrier, _tma_load, tma_ring
+from .gemm_lora_gluon import _cta_barrier, _tma_load, table_row, tma_ring
 
 BOX_T = gl.constexpr(64)  # tokens per step (the MMA's K)
 BOX_R = gl.constexpr(64)  # ranks per P box (block_r <= 64; the MMA's M)
-
-
-@gluon.jit
-def _segment(TABLE, item, N_ITEMS, N_CB):
-    """(adapter, first row, end row) of work item ``item``'s segment; zeros past the end."""
-    ok = item < N_ITEMS
-    row = (item // N_CB) * 3
-    ad = gl.load(TABLE + row, mask=ok, other=0)
-    start = gl.load(TABLE + row + 1, mask=ok, other=0)
-    end = gl.load(TABLE + row + 2, mask=ok, other=0)
-    return ad, start, end
 
 
 @gluon.jit
@@ -80,7 +69,7 @@ def _produce(p_item, p_s, p_steps, p_row0, p_col, n_row0, n_steps, issued, grid,
         p_s = p_s * 0
         p_row0, p_steps = n_row0, n_steps
         p_col = (p_item % N_CB) * BN
-        _ad, start, end = _segment(TABLE, p_item + grid, N_ITEMS, N_CB)
+        _ad, start, end = table_row(TABLE, p_item + grid, N_ITEMS, N_CB)
         n_row0, n_steps = start, gl.cdiv(end - start, BOX_T)
     return p_item, p_s, p_steps, p_row0, p_col, n_row0, n_steps, issued + 1
 
@@ -110,10 +99,10 @@ def wgrad_gluon_kernel(p_desc, q_desc, OUT, TABLE, RANKS, SCALES, N_ITEMS, N_CB,
 
     # producer state (see _produce); the next item's segment is loaded one item ahead
     p_item = gl.program_id(0)
-    _ad0, start, end = _segment(TABLE, p_item, N_ITEMS, N_CB)
+    _ad0, start, end = table_row(TABLE, p_item, N_ITEMS, N_CB)
     p_row0, p_steps = start, gl.cdiv(end - start, BOX_T)
     p_col = (p_item % N_CB) * BN
-    _ad1, start, end = _segment(TABLE, p_item + grid, N_ITEMS, N_CB)
+    _ad1, start, end = table_row(TABLE, p_item + grid, N_ITEMS, N_CB)
     n_row0, n_steps = start, gl.cdiv(end - start, BOX_T)
     p_s = p_item * 0
     issued = p_item * 0
@@ -127,10 +116,10 @@ def wgrad_gluon_kernel(p_desc, q_desc, OUT, TABLE, RANKS, SCALES, N_ITEMS, N_CB,
     offs_r = gl.arange(0, BOX_R, layout=gl.SliceLayout(1, acc_layout))
     used = issued * 0
     # the consumer's segment, loaded one item ahead as well (the k loop's bound needs it)
-    c_ad, c_row0, c_end = _segment(TABLE, gl.program_id(0), N_ITEMS, N_CB)
+    c_ad, c_row0, c_end = table_row(TABLE, gl.program_id(0), N_ITEMS, N_CB)
     for item in range(gl.program_id(0), N_ITEMS, grid):
         ad, row0, row_end = c_ad, c_row0, c_end
-        c_ad, c_row0, c_end = _segment(TABLE, item + grid, N_ITEMS, N_CB)
+        c_ad, c_row0, c_end = table_row(TABLE, item + grid, N_ITEMS, N_CB)
         rank = gl.load(RANKS + ad)  # (used in the epilogue)
         k_steps = gl.cdiv(row_end - row0, BOX_T)
         for k in range(k_steps):

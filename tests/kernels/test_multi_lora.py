@@ -125,25 +125,40 @@ def test_gluon_gemm_only_on_compiled_cuda(monkeypatch):
     assert counted["gemm_lora"].n == 2
 
 
-def test_gluon_gemm_failure_falls_back_to_triton(monkeypatch):
-    """If the Gluon GEMM cannot build or launch (e.g. another Triton's Gluon API), the call
-    runs the Triton GEMM instead, warns, and records why (gluon_ok is False from then on)."""
+def _assert_gluon_failure_falls_back(monkeypatch, module, launcher: str, ok: str, what: str,
+                                     path: str, kernel: str, launches: int) -> None:
+    """Make ``module.launcher`` (a Gluon kernel's launcher) raise and ``module.ok`` say yes
+    until a failure is recorded; then the ``path`` layer step must warn "Gluon <what>
+    failed", match the reference through the Triton ``kernel`` (``launches`` times) and leave
+    exactly one record in launch_gemm.GLUON_FAILED."""
     import kernels.launch_gemm as lg
 
     def broken(*args, **kw):
         raise RuntimeError("no such Gluon op")
 
     monkeypatch.setattr(lg, "GLUON_FAILED", [])
-    monkeypatch.setattr(lg, "_gemm_lora_gluon", broken)
-    monkeypatch.setattr(lg, "gluon_ok", lambda a, s, cfg: not lg.GLUON_FAILED)
-    ml.TUNE.update(path="gemm")
+    if hasattr(module, "GLUON_FAILED"):
+        monkeypatch.setattr(module, "GLUON_FAILED", lg.GLUON_FAILED)
+    monkeypatch.setattr(module, launcher, broken)
+    monkeypatch.setattr(module, ok, lambda *a: not lg.GLUON_FAILED)
+    ml.TUNE.update(path=path)
     counted = _count_launches(monkeypatch)
     tensors, seg, ranks, scaling = make_case(3, "zipf", rank_pool=(8, 16, 64), dtype=BF16,
                                              seed=2, **SMALL)  # fmt: skip
-    with pytest.warns(UserWarning, match="Gluon GEMM failed"):
+    with pytest.warns(UserWarning, match=f"Gluon {what} failed"):
         run_and_compare(tensors, seg, ranks, scaling, BF16)
-    assert counted["gemm_lora"].n == 2  # both GEMMs ran in Triton
+    assert counted[kernel].n == launches
     assert len(lg.GLUON_FAILED) == 1 and "no such Gluon op" in lg.GLUON_FAILED[0]
+
+
+def test_gluon_gemm_failure_falls_back_to_triton(monkeypatch):
+    """If the Gluon GEMM cannot build or launch (e.g. another Triton's Gluon API), the call
+    runs the Triton GEMM instead (y and dX), warns, and records why (gluon_ok is False from
+    then on)."""
+    import kernels.launch_gemm as lg
+
+    _assert_gluon_failure_falls_back(monkeypatch, lg, "_gemm_lora_gluon", "gluon_ok", "GEMM",
+                                     "gemm", "gemm_lora", 2)  # fmt: skip
 
 
 def test_gemm_path_needs_ranks_up_to_64(monkeypatch):
@@ -497,10 +512,8 @@ def test_gluon_shrink_split_rule():
 
 
 def test_gluon_shrink_only_on_compiled_cuda(monkeypatch):
-    """The Gluon shrink is never chosen for CPU tensors even when asked for (the interpreted
-    Triton shrink runs and matches the reference), and a failure of it falls back to the
-    Triton shrink with a warning and a record in GLUON_FAILED."""
-    import kernels.launch_gemm as lg
+    """The Gluon shrink is never chosen for CPU tensors even when asked for, and a failure of
+    it falls back to the Triton shrink (x and dY) with a warning and a record in GLUON_FAILED."""
     import kernels.launch_shrink_gluon as lsg
 
     x = torch.zeros(8, 64, dtype=BF16)
@@ -508,21 +521,9 @@ def test_gluon_shrink_only_on_compiled_cuda(monkeypatch):
                                              seed=2, **SMALL)  # fmt: skip
     layout = kernels.MultiLoraLayout(seg, ranks, scaling)
     assert not lsg.shrink_gluon_ok(x, tensors["lora_a"], True, layout,
-                                dict(ml.TUNE["interp"], sh_gluon=True))
-
-    def broken(*args, **kw):
-        raise RuntimeError("no such Gluon op")
-
-    monkeypatch.setattr(lg, "GLUON_FAILED", [])
-    monkeypatch.setattr(lsg, "GLUON_FAILED", lg.GLUON_FAILED)
-    monkeypatch.setattr(lsg, "shrink_gluon", broken)
-    monkeypatch.setattr(lsg, "shrink_gluon_ok", lambda *a: not lg.GLUON_FAILED)
-    ml.TUNE.update(path="stream")
-    counted = _count_launches(monkeypatch)
-    with pytest.warns(UserWarning, match="Gluon shrink failed"):
-        run_and_compare(tensors, seg, ranks, scaling, BF16)
-    assert counted["shrink"].n == 2  # x and dY, both by the Triton shrink
-    assert len(lg.GLUON_FAILED) == 1 and "no such Gluon op" in lg.GLUON_FAILED[0]
+                                   dict(ml.TUNE["interp"], sh_gluon=True))  # fmt: skip
+    _assert_gluon_failure_falls_back(monkeypatch, lsg, "shrink_gluon", "shrink_gluon_ok",
+                                     "shrink", "stream", "shrink", 2)  # fmt: skip
 
 
 def test_gluon_shrink_refuses_configs_it_cannot_run():
@@ -582,9 +583,8 @@ def test_gluon_wgrad_requirements_and_balance():
 
 def test_gluon_wgrad_failure_falls_back_to_triton(monkeypatch):
     """If the Gluon weight-gradient reduction cannot build or launch, the Triton kernel runs
-    instead (same gradients as the reference), with a warning and a record in GLUON_FAILED;
-    on CPU tensors it is never chosen, even when asked for."""
-    import kernels.launch_gemm as lg
+    instead (dA and dB, same gradients as the reference), with a warning and a record in
+    GLUON_FAILED; on CPU tensors it is never chosen, even when asked for."""
     import kernels.launch_wgrad_gluon as lwg
 
     tensors, seg, ranks, scaling = make_case(3, "zipf", rank_pool=(8, 16, 64), dtype=BF16,
@@ -592,16 +592,5 @@ def test_gluon_wgrad_failure_falls_back_to_triton(monkeypatch):
     layout = kernels.MultiLoraLayout(seg, ranks, scaling)
     x = tensors["x"]
     assert not lwg.wgrad_gluon_ok(x, x, layout, dict(ml.TUNE["interp"], wg_gluon=True))
-
-    def broken(*args, **kw):
-        raise RuntimeError("no such Gluon op")
-
-    monkeypatch.setattr(lg, "GLUON_FAILED", [])
-    monkeypatch.setattr(lwg, "wgrad_gluon", broken)
-    monkeypatch.setattr(lwg, "wgrad_gluon_ok", lambda *a: not lg.GLUON_FAILED)
-    ml.TUNE.update(path="gemm")
-    counted = _count_launches(monkeypatch)
-    with pytest.warns(UserWarning, match="Gluon weight gradient failed"):
-        run_and_compare(tensors, seg, ranks, scaling, BF16)
-    assert counted["wgrad"].n == 2  # dA and dB, both by the Triton kernel
-    assert len(lg.GLUON_FAILED) == 1 and "no such Gluon op" in lg.GLUON_FAILED[0]
+    _assert_gluon_failure_falls_back(monkeypatch, lwg, "wgrad_gluon", "wgrad_gluon_ok",
+                                     "weight gradient", "gemm", "wgrad", 2)  # fmt: skip
