@@ -594,3 +594,46 @@ def test_gluon_wgrad_failure_falls_back_to_triton(monkeypatch):
     assert not lwg.wgrad_gluon_ok(x, x, layout, dict(ml.TUNE["interp"], wg_gluon=True))
     _assert_gluon_failure_falls_back(monkeypatch, lwg, "wgrad_gluon", "wgrad_gluon_ok",
                                      "weight gradient", "gemm", "wgrad", 2)  # fmt: skip
+
+
+def test_gluon_success_results_are_used(monkeypatch):
+    """When a Gluon launcher returns, its result is what the layer uses and the Triton kernel
+    does not run (launch_gemm.try_gluon passes results through: a launcher returning None
+    would read as a failure and run the Triton kernel as well). Fakes stand in for the three
+    Gluon launchers, each filling its output with a sentinel."""
+    import kernels.launch_gemm as lg
+    import kernels.launch_shrink_gluon as lsg
+    import kernels.launch_wgrad_gluon as lwg
+    from kernels import launch
+
+    def fake_shrink(x, w, kmajor, out, layout, scale, cfg):
+        return out.fill_(3.0)
+
+    def fake_wgrad(p, q, like, transpose_out, layout, scale, cfg):
+        return torch.full_like(like, 5.0)
+
+    def fake_gemm(a, w, w_kmajor, layout, s, v, cfg, out):
+        return out.fill_(7.0)
+
+    monkeypatch.setattr(lg, "GLUON_FAILED", [])
+    monkeypatch.setattr(lsg, "GLUON_FAILED", lg.GLUON_FAILED)
+    for module, name, fake in ((lsg, "shrink_gluon", fake_shrink), (lwg, "wgrad_gluon", fake_wgrad),
+                               (lg, "_gemm_lora_gluon", fake_gemm)):  # fmt: skip
+        monkeypatch.setattr(module, name, fake)
+    monkeypatch.setattr(lsg, "shrink_gluon_ok", lambda *a: True)
+    monkeypatch.setattr(lwg, "wgrad_gluon_ok", lambda *a: True)
+    monkeypatch.setattr(lg, "gluon_ok", lambda *a: True)
+    counted = _count_launches(monkeypatch)
+    tensors, seg, ranks, scaling = make_case(3, "zipf", rank_pool=(8, 16, 64), dtype=BF16,
+                                             seed=2, **SMALL)  # fmt: skip
+    layout = kernels.MultiLoraLayout(seg, ranks, scaling)
+    x, a, b = tensors["x"], tensors["lora_a"], tensors["lora_b"]
+    cfg = launch._cfg(x.device)
+    s = launch._shrink(x, a, a.stride(), layout, True, cfg, BF16)
+    assert (s == 3.0).all()
+    da = launch._wgrad(s, x, a, False, layout, False, cfg)
+    assert da.shape == a.shape and (da == 5.0).all()
+    y = lg.gemm_lora(x, tensors["weight"], True, layout, s, b, cfg)
+    assert (y == 7.0).all()
+    assert counted["shrink"].n == counted["wgrad"].n == counted["gemm_lora"].n == 0
+    assert lg.GLUON_FAILED == []
