@@ -104,13 +104,19 @@ def try_gluon(what: str, fn, *args):
         return None
 
 
+def gluon_device_ok(t: torch.Tensor, cfg: dict, flag: str) -> bool:
+    """What every Gluon kernel needs before its own checks: asked for (cfg ``flag``), no
+    earlier Gluon failure (GLUON_FAILED), and compiled CUDA on a Hopper GPU (their wgmma and
+    TMA code is sm_90's; Gluon has no interpreter)."""
+    return (bool(cfg.get(flag)) and not GLUON_FAILED and t.is_cuda
+            and not mlt.interpret_mode() and _cuda_props(t.device).major == 9)  # fmt: skip
+
+
 def gluon_ok(a: torch.Tensor, s: torch.Tensor | None, cfg: dict) -> bool:
-    """Whether gemm_lora runs the Gluon GEMM: asked for (cfg gm_gluon), compiled CUDA on a
-    Hopper GPU (its wgmma / TMA code is sm_90's), 64-wide K steps, S in a's dtype, and no
-    earlier failure of it (GLUON_FAILED)."""
-    return (bool(cfg.get("gm_gluon")) and not GLUON_FAILED and a.is_cuda
-            and not mlt.interpret_mode() and _cuda_props(a.device).major == 9
-            and cfg["gm_bk"] == 64 and (s is None or s.dtype == a.dtype))  # fmt: skip
+    """Whether gemm_lora runs the Gluon GEMM: gluon_device_ok (cfg gm_gluon), 64-wide K steps
+    and S in a's dtype."""
+    return (gluon_device_ok(a, cfg, "gm_gluon") and cfg["gm_bk"] == 64
+            and (s is None or s.dtype == a.dtype))  # fmt: skip
 
 
 def _gemm_lora_gluon(a, w, w_kmajor, layout, s, v, cfg, out):

@@ -6,10 +6,9 @@ from __future__ import annotations
 
 import torch
 
-from . import multi_lora_triton as mlt
 from .fast_launch import launch
-from .launch import TUNE, _cuda_props, _n_sms, _plan_key, _tma_ok, zeroed_workspace
-from .launch_gemm import GLUON_FAILED, _smem_layout
+from .launch import TUNE, _n_sms, _plan_key, _tma_ok, zeroed_workspace
+from .launch_gemm import _smem_layout, gluon_device_ok
 from .layout import MultiLoraLayout
 
 BOX = 64  # K per step and ranks per W box (kernels/shrink_gluon.py BOX_K)
@@ -17,11 +16,9 @@ BOX = 64  # K per step and ranks per W box (kernels/shrink_gluon.py BOX_K)
 
 def shrink_gluon_ok(x: torch.Tensor, w: torch.Tensor, kmajor: bool, layout: MultiLoraLayout,
                     cfg: dict) -> bool:  # fmt: skip
-    """Whether ``launch._shrink`` runs the Gluon shrink: asked for (cfg sh_gluon), compiled
-    CUDA on a Hopper GPU, no earlier Gluon failure, and :func:`shrink_gluon_fits`."""
-    if not (cfg.get("sh_gluon") and not GLUON_FAILED and x.is_cuda and not mlt.interpret_mode()):
-        return False
-    if _cuda_props(x.device).major != 9:
+    """Whether ``launch._shrink`` runs the Gluon shrink: launch_gemm.gluon_device_ok (cfg
+    sh_gluon), :func:`shrink_gluon_fits` and TMA-able x and w."""
+    if not gluon_device_ok(x, cfg, "sh_gluon"):
         return False
     return shrink_gluon_fits(x, w, kmajor, layout, cfg) and _tma_ok(x) and _tma_ok(w.flatten(0, 1))
 

@@ -7,24 +7,24 @@ from __future__ import annotations
 
 import torch
 
-from . import multi_lora_triton as mlt
 from .fast_launch import launch
-from .launch import SM90_SHARED_BYTES, _cuda_props, _empty, _n_sms, _tma_ok, rank_extent
-from .launch_gemm import GLUON_FAILED, _smem_layout
+from .launch import SM90_SHARED_BYTES, _empty, _n_sms, _plan_key, _tma_ok, rank_extent
+from .launch_gemm import _smem_layout, gluon_device_ok
 from .layout import MultiLoraLayout
 
 BOX = 64  # tokens per step and ranks per P box (kernels/wgrad_gluon.py BOX_T, BOX_R)
 
 
 def wgrad_gluon_ok(p: torch.Tensor, q: torch.Tensor, layout: MultiLoraLayout, cfg: dict) -> bool:
-    """Whether ``launch._wgrad`` runs the Gluon reduction: asked for (cfg wg_gluon), compiled
-    CUDA on a Hopper GPU, no earlier Gluon failure, and :func:`wgrad_gluon_fits`."""
-    if not (cfg.get("wg_gluon") and not GLUON_FAILED and p.is_cuda and not mlt.interpret_mode()):
+    """Whether ``launch._wgrad`` runs the Gluon reduction: launch_gemm.gluon_device_ok (cfg
+    wg_gluon), :func:`wgrad_gluon_fits`, :func:`wgrad_balanced` (memoised on the layout) and
+    TMA-able P and Q."""
+    if not (gluon_device_ok(p, cfg, "wg_gluon") and wgrad_gluon_fits(p, q, layout, cfg)):
         return False
-    if _cuda_props(p.device).major != 9:
-        return False
-    return (wgrad_gluon_fits(p, q, layout, cfg) and wgrad_balanced(layout, q.shape[1], cfg,
-            _n_sms(p.device)) and _tma_ok(p) and _tma_ok(q))  # fmt: skip
+    n_cols, sms = q.shape[1], _n_sms(p.device)
+    balanced = layout.memo(_plan_key(cfg, "wgrad_gluon_balanced", n_cols, sms),
+                           lambda: wgrad_balanced(layout, n_cols, cfg, sms))  # fmt: skip
+    return balanced and _tma_ok(p) and _tma_ok(q)
 
 
 def wgrad_gluon_fits(p: torch.Tensor, q: torch.Tensor, layout: MultiLoraLayout, cfg: dict) -> bool:
@@ -68,7 +68,8 @@ def wgrad_gluon(p, q, like, transpose_out: bool, layout: MultiLoraLayout, scale:
     zero = 0 in layout.seg_lens or r_ext > BOX
     out = (torch.zeros if zero else _empty)(like.shape, device=dev, dtype=like.dtype)
     table = layout.segments_longest_first(dev)  # one row per non-empty segment
-    n_items = table.shape[0] * -(-n_cols // bn)
+    n_cb = -(-n_cols // bn)
+    n_items = table.shape[0] * n_cb
     if n_items == 0:
         return out
     s_a, s_r, s_n = (out.stride(0), out.stride(2), out.stride(1)) if transpose_out else out.stride()
@@ -77,7 +78,6 @@ def wgrad_gluon(p, q, like, transpose_out: bool, layout: MultiLoraLayout, scale:
     q_desc = desc(q, [BOX, bn], _smem_layout((BOX, bn), q.dtype))
     launch(wgrad_gluon_kernel, (min(n_items, _n_sms(dev)),), (
         p_desc, q_desc, out, table, layout.ranks_tensor(dev), layout.scaling_tensor(dev), n_items,
-        -(-n_cols // bn),
-        n_cols, min(r_ext, BOX), s_a, s_r, s_n,
+        n_cb, n_cols, min(r_ext, BOX), s_a, s_r, s_n,
     ), dict(APPLY_SCALE=scale, STAGES=cfg["wg_gl_stages"], num_warps=4))  # fmt: skip
     return out

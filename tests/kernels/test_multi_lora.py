@@ -137,8 +137,6 @@ def _assert_gluon_failure_falls_back(monkeypatch, module, launcher: str, ok: str
         raise RuntimeError("no such Gluon op")
 
     monkeypatch.setattr(lg, "GLUON_FAILED", [])
-    if hasattr(module, "GLUON_FAILED"):
-        monkeypatch.setattr(module, "GLUON_FAILED", lg.GLUON_FAILED)
     monkeypatch.setattr(module, launcher, broken)
     monkeypatch.setattr(module, ok, lambda *a: not lg.GLUON_FAILED)
     ml.TUNE.update(path=path)
@@ -616,7 +614,6 @@ def test_gluon_success_results_are_used(monkeypatch):
         return out.fill_(7.0)
 
     monkeypatch.setattr(lg, "GLUON_FAILED", [])
-    monkeypatch.setattr(lsg, "GLUON_FAILED", lg.GLUON_FAILED)
     for module, name, fake in ((lsg, "shrink_gluon", fake_shrink), (lwg, "wgrad_gluon", fake_wgrad),
                                (lg, "_gemm_lora_gluon", fake_gemm)):  # fmt: skip
         monkeypatch.setattr(module, name, fake)
