@@ -58,53 +58,55 @@ def compile_sm90(fn_py, ptrs: dict, consts: dict, ones: list, aligned: list, war
                           options=dict(num_warps=warps, num_stages=stages))  # fmt: skip
 
 
+def _bf16_desc(box: list) -> str:
+    """Signature type of a bf16 Gluon TMA descriptor with this box, in the NVMMA shared layout
+    the launchers give it (launch_gemm._smem_layout: the widest swizzle)."""
+    from triton.experimental.gluon import language as gll
+
+    return f"tensordesc<bf16{box},{gll.NVMMASharedLayout.get_default_for(box, gll.bfloat16)!r}>"
+
+
+def _compile_gluon_sm90(kernel, sig: dict, consts: dict):
+    """A Gluon kernel compiled for sm_90 with runtime argument types ``sig`` and the
+    constexprs ``consts`` (num_warps among them), as its launcher would specialise it."""
+    from triton.experimental.gluon._runtime import GluonASTSource
+
+    sig = sig | {k: "constexpr" for k in consts}
+    names = list(sig)
+    src = GluonASTSource(kernel, sig, constexprs={(names.index(k),): v for k, v in consts.items()})
+    return triton.compile(src, target=GPUTarget("cuda", 90, 32),
+                          options=dict(num_warps=consts["num_warps"]))  # fmt: skip
+
+
 def compile_gluon_gemm(kmajor: bool, lora: bool = True, bm: int = 128, bn: int = 256,
                        stages: int = 3, warps: int = 8, peel: bool = False):
     """kernels/gemm_lora_gluon.py's kernel compiled for sm_90 in bf16 at the launcher's box
     shapes (A / S [bm, 64], B / V [bn, 64] k-major or [64, bn], C [bm, bn])."""
-    from triton.experimental.gluon import language as gll
-    from triton.experimental.gluon._runtime import GluonASTSource
-
     from kernels import gemm_lora_gluon
 
-    lay = lambda shape: repr(gll.NVMMASharedLayout.get_default_for(shape, gll.bfloat16))  # noqa: E731
     b_box = [bn, 64] if kmajor else [64, bn]
-    a_t = f"tensordesc<bf16[{bm}, 64],{lay([bm, 64])}>"
-    b_t = f"tensordesc<bf16[{b_box[0]}, {b_box[1]}],{lay(b_box)}>"
-    sig = dict(a_desc=a_t, b_desc=b_t, c_desc=f"tensordesc<bf16[{bm}, {bn}],{lay([bm, bn])}>",
+    a_t, b_t = _bf16_desc([bm, 64]), _bf16_desc(b_box)
+    sig = dict(a_desc=a_t, b_desc=b_t, c_desc=_bf16_desc([bm, bn]),
                s_desc=a_t, v_desc=b_t, ROW_AD="*i32", RANKS="*i32", TILE_PLAN="*i32", M="i32", N="i32", K="i32",
                V_ROWS_PER_AD="i32")  # fmt: skip
     consts = dict(B_KMAJOR=kmajor, LORA=lora, STAGES=stages, GROUP_M=8, LORA_MASK=True,
                   PEEL_BASE=peel, num_warps=warps)
-    sig |= {k: "constexpr" for k in consts}
-    names = list(sig)
-    src = GluonASTSource(gemm_lora_gluon.gemm_lora_gluon_kernel, sig,
-                         constexprs={(names.index(k),): v for k, v in consts.items()})  # fmt: skip
-    return triton.compile(src, target=GPUTarget("cuda", 90, 32), options=dict(num_warps=warps))
+    return _compile_gluon_sm90(gemm_lora_gluon.gemm_lora_gluon_kernel, sig, consts)
 
 
 def compile_gluon_shrink(kmajor: bool, split_k: bool = True, bm: int = 128, stages: int = 4,
                          warps: int = 4):
     """kernels/shrink_gluon.py's kernel compiled for sm_90 in bf16 at the launcher's box shapes
     (X [bm, 64], W [64, 64]; the forward's W_a = A_a is k-contiguous: kmajor)."""
-    from triton.experimental.gluon import language as gll
-    from triton.experimental.gluon._runtime import GluonASTSource
-
     from kernels import shrink_gluon
 
-    lay = lambda shape: repr(gll.NVMMASharedLayout.get_default_for(shape, gll.bfloat16))  # noqa: E731
-    sig = dict(x_desc=f"tensordesc<bf16[{bm}, 64],{lay([bm, 64])}>",
-               w_desc=f"tensordesc<bf16[64, 64],{lay([64, 64])}>", OUT="*bf16", PART="*fp32",
+    sig = dict(x_desc=_bf16_desc([bm, 64]), w_desc=_bf16_desc([64, 64]), OUT="*bf16", PART="*fp32",
                TICKETS="*i32", TILES="*i32", RANKS="*i32", SCALES="*fp32", N_ITEMS="i32",
                SPLIT="i32", STEPS_PER_SPLIT="i32", K_STEPS="i32", W_ROWS_PER_AD="i32",
                WIDTH="i32", stride_om="i32", part_stride="i32")  # fmt: skip
     consts = dict(W_KMAJOR=kmajor, APPLY_SCALE=True, SPLIT_K=split_k, STAGES=stages,
                   num_warps=warps)
-    sig |= {k: "constexpr" for k in consts}
-    names = list(sig)
-    src = GluonASTSource(shrink_gluon.shrink_gluon_kernel, sig,
-                         constexprs={(names.index(k),): v for k, v in consts.items()})  # fmt: skip
-    return triton.compile(src, target=GPUTarget("cuda", 90, 32), options=dict(num_warps=warps))
+    return _compile_gluon_sm90(shrink_gluon.shrink_gluon_kernel, sig, consts)
 
 
 def compile_gluon_wgrad(transpose_out: bool = False, bn: int = 128, stages: int = 8,
@@ -113,23 +115,14 @@ def compile_gluon_wgrad(transpose_out: bool = False, bn: int = 128, stages: int 
     (P [64, 64], Q [64, bn]), as launched: dA (columns contiguous: stride_on = 1) or, with
     ``transpose_out``, dB (ranks contiguous: stride_or = 1, and scaled as the fused path
     asks); the stride that is 1 is specialised, as Triton's launcher does."""
-    from triton.experimental.gluon import language as gll
-    from triton.experimental.gluon._runtime import GluonASTSource
-
     from kernels import wgrad_gluon
 
-    lay = lambda shape: repr(gll.NVMMASharedLayout.get_default_for(shape, gll.bfloat16))  # noqa: E731
-    sig = dict(p_desc=f"tensordesc<bf16[64, 64],{lay([64, 64])}>",
-               q_desc=f"tensordesc<bf16[64, {bn}],{lay([64, bn])}>", OUT="*bf16",
+    sig = dict(p_desc=_bf16_desc([64, 64]), q_desc=_bf16_desc([64, bn]), OUT="*bf16",
                TABLE="*i32", RANKS="*i32", SCALES="*fp32", N_ITEMS="i32", N_CB="i32",
                N_COLS="i32", R_STORE="i32", stride_oa="i32", stride_or="i32", stride_on="i32")  # fmt: skip
     one = "stride_or" if transpose_out else "stride_on"
     consts = {one: 1, "APPLY_SCALE": transpose_out, "STAGES": stages, "num_warps": warps}
-    sig |= {k: "constexpr" for k in consts}
-    names = list(sig)
-    src = GluonASTSource(wgrad_gluon.wgrad_gluon_kernel, sig,
-                         constexprs={(names.index(k),): v for k, v in consts.items()})  # fmt: skip
-    return triton.compile(src, target=GPUTarget("cuda", 90, 32), options=dict(num_warps=warps))
+    return _compile_gluon_sm90(wgrad_gluon.wgrad_gluon_kernel, sig, consts)
 
 
 def ptx(kernel) -> str:
