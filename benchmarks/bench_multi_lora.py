@@ -129,6 +129,10 @@ FUSED_VARIANTS = {  # TUNE overrides of each fused_multi_lora variant
     # the Gluon GEMM with its base steps peeled out of the general step (TUNE gpu gm_peel)
     "fused_gluon_peel": dict(DEFAULT_TUNE, path="gemm",
                              gpu=dict(DEFAULT_TUNE["gpu"], gm_gluon=True, gm_peel=True)),
+    # the gemm path's Gluon GEMM with its LoRA MMA over all 64 ranks and V's rank padding
+    # masked in shared memory (TUNE gpu gm_rank_k off: the kernel before session 12)
+    "fused_gluon_full_k": dict(DEFAULT_TUNE, path="gemm",
+                               gpu=dict(DEFAULT_TUNE["gpu"], gm_gluon=True, gm_rank_k=False)),
     # the shrinks through the Triton kernel instead of the Gluon one (TUNE gpu sh_gluon, the
     # default on Hopper since 2026-11-29, session 11), on the shipped path and on the gemm path
     "fused_sh_triton": dict(DEFAULT_TUNE, gpu=dict(DEFAULT_TUNE["gpu"], sh_gluon=False)),

@@ -73,6 +73,10 @@ CFGS = [dict(zip(_G, v, strict=True)) for v in (
 ] + [  # 17: 12 with the base steps peeled out of the general step (gm_peel; never run yet)
     dict(gm_bm=128, gm_bn=256, gm_bk=64, gm_warps=8, gm_stages=3, gm_group=8, gm_persist=1,
          gm_gluon=True, gm_peel=True),
+] + [  # 18: 12 with its LoRA MMA over all 64 ranks and V's padding masked (gm_rank_k off: the
+    # kernel before session 12; 12-17 take the shipped gm_rank_k)
+    dict(gm_bm=128, gm_bn=256, gm_bk=64, gm_warps=8, gm_stages=3, gm_group=8, gm_persist=1,
+         gm_gluon=True, gm_rank_k=False),
 ]  # fmt: skip
 
 

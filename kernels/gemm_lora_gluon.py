@@ -139,14 +139,20 @@ def _issue_step(k, K_STEPS, off_m, off_n, first, a_desc, b_desc, s_desc, v_desc,
 
 @gluon.jit
 def _mask_lora_stage(a_slot, b_slot, ad, rank, row_ad, multi, BN: gl.constexpr,
-                     B_KMAJOR: gl.constexpr, num_warps: gl.constexpr):  # fmt: skip
+                     B_KMAJOR: gl.constexpr, RANK_K: gl.constexpr,
+                     num_warps: gl.constexpr):  # fmt: skip
     """Zero, in shared memory, S rows not owned by adapter ``ad`` (row_ad: the tile's row ->
-    adapter, only when it holds several adapters) and V_a's rank padding (rank >= r_a)."""
+    adapter, only when it holds several adapters) and V_a's rank padding (rank >= r_a; with
+    RANK_K only for ranks other than 16, 32 and 64, since _lora_mma reads no further)."""
     rows_k: gl.constexpr = gl.BlockedLayout([1, 8], [8, 4], [num_warps, 1], [1, 0])  # [*, 64]
     if multi:
         s = a_slot.load(rows_k)
         a_slot.store(gl.where((row_ad == ad)[:, None], s, gl.zeros_like(s)))
-    if rank < 64:
+    if RANK_K:  # _lora_mma reads 16, 32 or 64 ranks: padding only if r_a is none of them
+        v_pad = (rank != 16) & (rank != 32) & (rank < 64)
+    else:
+        v_pad = rank < 64
+    if v_pad:
         if B_KMAJOR:  # b_slot [BN, 64]: the rank axis is the column
             v = b_slot.load(rows_k)
             offs_r = gl.arange(0, 64, layout=gl.SliceLayout(0, rows_k))
@@ -165,7 +171,7 @@ def gemm_lora_gluon_kernel(a_desc, b_desc, c_desc, s_desc, v_desc, ROW_AD, RANKS
                            N, K, V_ROWS_PER_AD, B_KMAJOR: gl.constexpr, LORA: gl.constexpr,
                            STAGES: gl.constexpr, GROUP_M: gl.constexpr,
                            LORA_MASK: gl.constexpr, PEEL_BASE: gl.constexpr,
-                           num_warps: gl.constexpr):  # fmt: skip
+                           RANK_K: gl.constexpr, num_warps: gl.constexpr):  # fmt: skip
     """Persistent grid; program p owns tiles p, p + grid, ... Shapes: A [M, K] (box [BM, 64]),
     B = W [N, K] (box [BN, 64], B_KMAJOR) or W [K, N] (box [64, BN]), C [M, N] (box [BM, BN]),
     S [M, block_r] (box [BM, 64]), V = lora_b [N_ad·N, r_max] (box [BN, 64], B_KMAJOR) or
@@ -241,8 +247,9 @@ def gemm_lora_gluon_kernel(a_desc, b_desc, c_desc, s_desc, v_desc, ROW_AD, RANKS
                 mbarrier.wait(bars.index(slot), (used // STAGES) & 1)
                 if LORA_MASK:  # (False: a timing diagnostic only, wrong results)
                     _mask_lora_stage(a_ring.index(slot), b_ring.index(slot), ad, rank, row_ad,
-                                     n_lora > 1, BN, B_KMAJOR, num_warps)  # fmt: skip
-                acc, used = _mma_step(acc, used, True, a_ring, b_ring, STAGES, B_KMAJOR)
+                                     n_lora > 1, BN, B_KMAJOR, RANK_K, num_warps)  # fmt: skip
+                acc, used = _lora_mma(acc, used, rank, a_ring, b_ring, STAGES, B_KMAJOR,
+                                      RANK_K)  # fmt: skip
                 if p_tile < num_tiles:
                     p_tile, p_k, p_off_m, p_pid_n, p_first, p_nlora, issued = _produce(
                         p_tile, p_k, p_off_m, p_pid_n, p_first, p_nlora, issued, num_tiles, grid,
@@ -281,6 +288,44 @@ def _mma_step(acc, used, use_acc, a_ring, b_ring, STAGES: gl.constexpr, B_KMAJOR
         b_s = b_s.permute((1, 0))
     acc = warpgroup_mma(a_ring.index(slot), b_s, acc, use_acc=use_acc, is_async=True)
     return acc, used + 1
+
+
+@gluon.jit
+def _lora_mma(acc, used, rank, a_ring, b_ring, STAGES: gl.constexpr, B_KMAJOR: gl.constexpr,
+              RANK_K: gl.constexpr):  # fmt: skip
+    """A LoRA step's wgmma (as _mma_step) over the first 16, 32 or 64 ranks (the least that
+    holds r_a; Gluon's shared-memory views need power-of-two shapes), with RANK_K: rank
+    columns of S and rank rows of V_a past them are never read, so V's padding needs no
+    masking pass for ranks 16, 32 and 64 (_mask_lora_stage), and a rank-16 adapter costs a
+    quarter of the 64-rank MMA. Slices are static, so each width is its own branch.
+    Without RANK_K: all 64 ranks, V's padding zeroed by _mask_lora_stage (the kernel before
+    2026-11-29, session 12)."""
+    if RANK_K:
+        slot = used % STAGES
+        prev = warpgroup_mma_wait(0, deps=[acc])
+        a_s = a_ring.index(slot)
+        b_s = b_ring.index(slot)
+        if rank <= 16:
+            nxt = _mma_ranks(a_s, b_s, prev, 16, B_KMAJOR)
+        elif rank <= 32:
+            nxt = _mma_ranks(a_s, b_s, prev, 32, B_KMAJOR)
+        else:
+            nxt = _mma_ranks(a_s, b_s, prev, 64, B_KMAJOR)
+        return nxt, used + 1
+    else:
+        return _mma_step(acc, used, True, a_ring, b_ring, STAGES, B_KMAJOR)
+
+
+@gluon.jit
+def _mma_ranks(a_s, b_s, acc, KR: gl.constexpr, B_KMAJOR: gl.constexpr):
+    """acc += S[:, :KR] V[:KR, :] (asynchronous): the stage's S box [BM, 64] and V box ([BN, 64]
+    rank-contiguous with B_KMAJOR, else [64, BN]) cut to their first KR ranks."""
+    a_k = a_s.slice(0, KR, dim=1)
+    if B_KMAJOR:
+        b_k = b_s.slice(0, KR, dim=1).permute((1, 0))
+    else:
+        b_k = b_s.slice(0, KR, dim=0)
+    return warpgroup_mma(a_k, b_k, acc, use_acc=True, is_async=True)
 
 
 @gluon.jit

@@ -160,7 +160,8 @@ def test_gluon_gemm_builds_for_sm90(kmajor, peel):
     Triton for sm_90 at the launcher's tile (128 x 256, 3 stages, 8 warps): its shared memory
     fits one program (4 stages do not: OutOfResources on the H200, 2026-11-29), its MMAs are
     wgmma, its operand loads TMA copies completing on mbarriers, the output a TMA store, and
-    the LoRA steps add loads (S, V_a) without a second MMA shape. "peeled": the opt-in base
+    the LoRA steps add loads (S, V_a) without a second MMA shape, their MMA cut to the rank
+    (1, 2 or 4 k16 steps) unless gm_rank_k is off. "peeled": the opt-in base
     loop without the producer's tile-switch and LoRA branches (TUNE gpu gm_peel)."""
     plain = ptx_fingerprint.compile_gluon_gemm(kmajor, lora=False, peel=peel)
     lora = ptx_fingerprint.compile_gluon_gemm(kmajor, lora=True, peel=peel)
@@ -175,6 +176,11 @@ def test_gluon_gemm_builds_for_sm90(kmajor, peel):
         assert re.search(r"cp\.async\.bulk\.tensor\.2d\.global\.shared::cta", code)  # store
     count = lambda k: len(re.findall(r"cp\.async\.bulk\.tensor\.2d\.shared", k.asm["ptx"]))  # noqa: E731
     assert count(lora) > count(plain)
+    # the LoRA MMA cut to the adapter's rank (gm_rank_k, shipped): one wgmma branch per width,
+    # 16 / 32 / 64 ranks = 1 / 2 / 4 k16 instructions, against the full 64 ranks' 4
+    full_k = ptx_fingerprint.compile_gluon_gemm(kmajor, lora=True, peel=peel, rank_k=False)
+    wgmma = lambda k: len(re.findall(r"wgmma\.mma_async", k.asm["ptx"]))  # noqa: E731
+    assert wgmma(full_k) == wgmma(plain) + 4 and wgmma(lora) == wgmma(plain) + 1 + 2 + 4
 
 
 @pytest.mark.parametrize("split_k", [True, False], ids=["split-k", "one-split"])

@@ -139,21 +139,27 @@ def test_tma_small_shapes(spread, dtype):
 
 
 @pytest.mark.parametrize("spread", SPREADS)
-@pytest.mark.parametrize("persist", [0, 1, "gluon", "gluon-peel"],
-                         ids=["tile-per-program", "persistent", "gluon", "gluon-peel"])  # fmt: skip
+@pytest.mark.parametrize("persist", [0, 1, "gluon", "gluon-peel", "gluon-full-k"],
+                         ids=["tile-per-program", "persistent", "gluon", "gluon-peel",
+                              "gluon-full-k"])  # fmt: skip
 def test_gemm_small_shapes(spread, persist, monkeypatch):
     """The gemm path (Triton base GEMM + LoRA per output tile, TMA) at T = 133 (a partial row
     tile), d_in = 520 (not a multiple of the 64-wide K step: zero fill), d_out = 1032 (a partial
     column tile); persistent: min(tiles, SMs) programs walking the tiles; gluon: the Gluon GEMM
-    with the LoRA term as extra pipeline steps (kernels/gemm_lora_gluon.py)."""
+    with the LoRA term as extra pipeline steps (kernels/gemm_lora_gluon.py), its LoRA MMA cut
+    to 16 / 32 / 64 ranks (gm_rank_k, the default) or over all 64 with the masking pass
+    (gluon-full-k). The rank pool has ranks at each width (16, 32, 64) and inside each
+    (8, 24, 40), whose NaN padding the cut MMA reads and the masking pass must zero."""
     ml.TUNE["path"] = "gemm"
     if str(persist).startswith("gluon"):
         calls = _count_gluon_calls(monkeypatch)
         ml.TUNE["gpu"]["gm_peel"] = persist == "gluon-peel"
+        ml.TUNE["gpu"]["gm_rank_k"] = persist != "gluon-full-k"
     else:  # the Triton GEMM (Hopper's default is the Gluon one)
         ml.TUNE["gpu"].update(gm_persist=persist, gm_gluon=False)
-    tensors, seg, ranks, scaling = make_case(32, spread, 133, 520, 1032, rank_pool=(8, 16, 64),
-                                             dtype=BF16, device="cuda", seed=5)  # fmt: skip
+    tensors, seg, ranks, scaling = make_case(32, spread, 133, 520, 1032,
+                                             rank_pool=(8, 16, 24, 32, 40, 64), dtype=BF16,
+                                             device="cuda", seed=5)  # fmt: skip
     _assert_gemm_taken(tensors, seg, ranks, scaling)
     run_and_compare(tensors, seg, ranks, scaling, BF16)
     if str(persist).startswith("gluon"):
