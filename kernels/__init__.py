@@ -9,7 +9,8 @@ Public API (stable; the executor relies on it):
 * :func:`make_layout` (seg_lens, ranks, scaling, device=None) -> :class:`MultiLoraLayout`:
   build once per batch layout, pass to every layer (``layout=`` or in place of seg_lens).
 * :data:`TUNE`: launch settings; ``TUNE["path"]`` = "auto" (default: per layer shape, see
-  :func:`kernels.launch.auto_path`: "gemm" for d_out <= d_in / 4, else "stream"), "split",
+  :func:`kernels.launch.auto_path`: "gemm" where the harmonic mean of d_in and d_out is at
+  most 4096, as for the k/v and square projections of Llama-3.1-8B, else "stream"), "split",
   "fused", "stream" or "gemm" (the base GEMM in Triton with the LoRA expand folded in,
   kernels/launch_gemm.py).
 """

@@ -111,21 +111,26 @@ SM90_SHARED_BYTES = 232448
 def auto_path(t: int, d_in: int, d_out: int) -> tuple[str, bool]:
     """(path, wgrad_pair) the "auto" rule picks for a layer d_in -> d_out over t tokens.
 
-    Rule from the GPU-only (CUDA-graph) step times of benchmarks/bench_multi_lora.py on the H200
-    (Llama-3.1-8B shapes, N = 8 / 32 / 64; docs/kernels_log.md §3d-§3f):
-    * narrow outputs (d_out <= d_in / 4, the k/v projections): the gemm path. With S and dS
-      narrowed it was as fast or faster than the stream path in all 11 runs of 4096->1024
-      (runs 05:11Z, 05:54Z, 06:00Z: 0-14 %, most with 8 adapters), and again in all 9 of
-      run 06:23Z with this rule in place, because it drops the 4·T·d_in-byte dX delta (its
-      write and cuBLAS's read), the biggest LoRA cost there.
-      Where it cannot run (no TMA, fp32, rank > 64, unaligned rows) the call takes "stream".
-    * every other shape, at every T: the stream path. Below T = 8192 it was the fastest or
-      within noise since 2026-11-29 03:51Z; from 8192 on it beat the fused path on 7 of 8
-      cases by 1.6-4.9 % once S and dS were narrowed (run 05:11Z). The gemm path was slower
-      there on the MLP shapes and with 64 adapters (§3e, §3f).
+    The gemm path replaces the stream path's LoRA deltas (y's in the forward, dX's in the
+    backward: a write by the LoRA kernel and a read by cuBLAS's epilogue, 4·T·(d_out + d_in)
+    bytes in 16 bits) with LoRA steps inside its own GEMM, which runs 0-4 % behind cuBLAS on
+    the base work (4·T·d_in·d_out FLOPs). What it saves, relative to what it risks, scales
+    with 1/d_in + 1/d_out, so the rule is a threshold on that sum: the gemm path when
+    ``1/d_in + 1/d_out >= 2/4096``, i.e. d_in·d_out <= 2048·(d_in + d_out) (harmonic mean of
+    the two sizes <= 4096), else the stream path. Where the gemm path cannot run (no TMA,
+    fp32, rank > 64, unaligned rows) the call takes "stream" (multi_lora.py).
+
+    Evidence: GPU-only (CUDA-graph) step times of benchmarks/bench_multi_lora.py on the H200
+    (Llama-3.1-8B shapes, N = 8 / 32 / 64; docs/kernels_log.md §3f, §3k):
+    * 4096->1024 (k/v; harmonic mean 819): the gemm path as fast or faster than the stream
+      path in all 11 runs before it became the rule (§3f), 0-14 %.
+    * 4096² (2048): since the Gluon GEMM's LoRA MMA stops at the rank (TUNE gpu gm_rank_k,
+      session 12) the gemm path was faster in 17 of 18 cases at T = 2048-16384 (0.4-5 %; a
+      tie at T = 8192, N = 64); before it, 2-5 % ahead at T <= 4096 and behind at 8192.
+    * 4096<->14336 (3186): the stream path ahead in 9 of 12 cases (to 5 %; session 12).
     wgrad_pair saves one launch of host time but is 10-30 % slower on the GPU: never picked.
     """
-    return ("gemm" if 4 * d_out <= d_in else "stream"), False
+    return ("gemm" if d_in * d_out <= 2048 * (d_in + d_out) else "stream"), False
 
 
 # Largest rank padding (layout.block_r) at which each path's kernels fit in the 227 KB of shared

@@ -104,11 +104,14 @@ def test_choose_path_rule_and_overrides():
     from kernels import launch
 
     assert launch.TUNE["path"] == "auto"
-    for t, d_in, d_out in ((2048, 4096, 4096), (4096, 4096, 1025), (8191, 4096, 14336),
-                           (8192, 4096, 4096), (16384, 14336, 4096), (65536, 2048, 8192)):
-        assert launch.choose_path(t, d_in, d_out) == ("stream", False)  # every T (§3e)
-    for t, d_in, d_out in ((2048, 4096, 1024), (16384, 4096, 1024), (4096, 2048, 512)):
-        assert launch.choose_path(t, d_in, d_out) == ("gemm", False)  # k/v projections (§3f)
+    # gemm where the harmonic mean of d_in and d_out is <= 4096, at every T
+    for t, d_in, d_out in ((8191, 4096, 14336), (16384, 14336, 4096), (65536, 4096, 4097),
+                           (2048, 8192, 8192), (4096, 5120, 4096)):  # means 3186, 4096.5, 8192, 4551
+        assert launch.choose_path(t, d_in, d_out) == ("stream", False)
+    for t, d_in, d_out in ((2048, 4096, 1024), (16384, 4096, 1024), (4096, 2048, 512),
+                           (2048, 4096, 4096), (16384, 4096, 4096), (4096, 576, 1536),
+                           (4096, 2048, 8192)):  # k/v (§3f), square (§3k), small and MLP shapes
+        assert launch.choose_path(t, d_in, d_out) == ("gemm", False)
     launch.TUNE.update(path="split", wgrad_pair=True)
     assert launch.choose_path(8192, 4096, 1024) == ("split", True)
 

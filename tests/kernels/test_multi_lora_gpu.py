@@ -287,11 +287,13 @@ def test_gemm_full_size(tune, shape, monkeypatch):
     assert calls is None or len(calls) >= 2
 
 
-@pytest.mark.parametrize("shape,gemm_calls", [((4096, 1024), 2), ((4096, 4096), 0)],
-                         ids=["kv-gemm", "square-stream"])  # fmt: skip
+@pytest.mark.parametrize("shape,gemm_calls", [((4096, 1024), 2), ((4096, 4096), 2),
+                                              ((4096, 14336), 0)],
+                         ids=["kv-gemm", "square-gemm", "mlp-stream"])  # fmt: skip
 def test_default_path_by_shape(shape, gemm_calls, monkeypatch):
-    """The auto rule at full size: the k/v projection (d_out = d_in / 4) runs the gemm kernel
-    for y and dX, the square projection none (stream path); both match the oracle."""
+    """The auto rule at full size (launch.auto_path): the k/v and square projections run the
+    gemm kernel for y and dX, the MLP's up projection none (stream path); all match the
+    oracle."""
     calls = []
 
     def counted(*args, **kw):
