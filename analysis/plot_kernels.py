@@ -9,9 +9,8 @@ host's launch cost included (do_bench); bottom row: GPU time alone, the step rep
 CUDA graph (gpu_ratio_vs_base; runs from 2026-11-29 on, base and fused variants only). The
 latest row per (gpu, shape, T, N, variant) is used; the dotted line is the 1.2x target.
 "auto" (thick) is the latest row that measured the shipped code: the path
-kernels.launch.auto_path picks (fused_stream, or fused_gemm for the k/v projection) or the
-default "fused" from runs of the shipped code (N = 8, 32 and 64; since the Gluon shrink of
-session 11 only T = 4,096 and 8,192 were re-measured).
+kernels.launch.auto_path picks (fused_stream, or fused_gemm for the k/v and square
+projections) or the default "fused" from runs of the shipped code (N = 8, 32 and 64).
 """
 
 from __future__ import annotations
@@ -46,7 +45,10 @@ STYLES = {8: "-", 32: "--", 64: ":"}
 # Both since 12:23Z (session 11): the x and dY shrinks in Gluon on Hopper (kernels/shrink_gluon.py;
 # rows "fused_sh_triton" measure the Triton shrink since, rows "fused_shgluon_*" its first
 # builds; T = 4096 / 8192 only re-measured).
-SHIPPED_SINCE = {"stream": "2026-11-29T12:23Z", "gemm": "2026-11-29T12:23Z"}
+# gemm since 13:56Z (session 12): the Gluon GEMM's LoRA MMA cut to the rank (gm_rank_k), and
+# the auto rule sending 4096² to the gemm path (its "fused" rows before measured the stream
+# path); that run re-measured T = 2048-16384.
+SHIPPED_SINCE = {"stream": "2026-11-29T12:23Z", "gemm": "2026-11-29T13:56Z"}
 
 
 def _is_current(variant: str, date: str, rule_variant: str, path: str) -> bool:

@@ -78,7 +78,13 @@ TUNE: dict = {
     # faster in 18 of 24 cases (docs/kernels_log.md §3j).
     # wg_gluon: the weight-gradient reductions (dA, dB; not the stream path's dA + dX) through
     # kernels/wgrad_gluon.py on Hopper, wg_gl_stages-deep TMA ring, wg_gl_bn columns per item.
-    # Off: built and compiled for sm_90 (CI), never run on a GPU (session 11).
+    # Off: correct on the GPU (20 tests, session 12) but slower than the Triton kernel in
+    # sweep round 9 (lora_tiles.csv, N = 32, alone): dA 29.4 / 38.1-38.9 µs against 16.7 / 26.0
+    # at 4096->1024 T = 4096 / 8192 and 4096², T = 8192; dB 5.5-7.1 against 5.5 at T = 4096;
+    # and in the layer step (run 13:42Z) within -9 to +21 % of the shipped step, mostly behind.
+    # Likely cause (not profiled): each item (a segment x 128 columns, 2-4 steps at these T / N)
+    # ends with a shared-memory pass zeroing both boxes' rows past the segment and a store
+    # from the MMA layout, with one program per SM, so nothing overlaps them.
     # sx_bn / sx_warps: the stream path's row-streaming expand (no reduction), 256 columns and
     # 8 warps: 0.88-0.93 of 128 / 4 on 8 of the 9 shape x T cases of the 03:50Z sweep
     # (lora_tiles.csv, kernel wg_expand; 1.02 on 4096->1024 at T = 16384). In the layer step
