@@ -137,6 +137,9 @@ FUSED_VARIANTS = {  # TUNE overrides of each fused_multi_lora variant
     # the shrinks through the Triton kernel instead of the Gluon one (TUNE gpu sh_gluon, the
     # default on Hopper since 2026-11-29, session 11), on the shipped path and on the gemm path
     "fused_sh_triton": dict(DEFAULT_TUNE, gpu=dict(DEFAULT_TUNE["gpu"], sh_gluon=False)),
+    # the Gluon shrink with whole row tiles per program (TUNE gpu sh_gl_stream_k off: session
+    # 11's scheme) instead of the stream-K split shipped in session 12
+    "fused_shgl_whole": dict(DEFAULT_TUNE, gpu=dict(DEFAULT_TUNE["gpu"], sh_gl_stream_k=False)),
     "fused_gemm_sh_triton": dict(DEFAULT_TUNE, path="gemm",
                                  gpu=dict(DEFAULT_TUNE["gpu"], sh_gluon=False)),
     # the weight-gradient reductions through the Gluon kernel (TUNE gpu wg_gluon; off, not yet

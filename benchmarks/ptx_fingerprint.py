@@ -102,9 +102,9 @@ def compile_gluon_shrink(kmajor: bool, split_k: bool = True, bm: int = 128, stag
     from kernels import shrink_gluon
 
     sig = dict(x_desc=_bf16_desc([bm, 64]), w_desc=_bf16_desc([64, 64]), OUT="*bf16", PART="*fp32",
-               TICKETS="*i32", TILES="*i32", RANKS="*i32", SCALES="*fp32", N_ITEMS="i32",
-               SPLIT="i32", STEPS_PER_SPLIT="i32", K_STEPS="i32", W_ROWS_PER_AD="i32",
-               WIDTH="i32", stride_om="i32", part_stride="i32")  # fmt: skip
+               TICKETS="*i32", TILES="*i32", RANKS="*i32", SCALES="*fp32", N_TILES="i32",
+               K_STEPS="i32", UNITS="i32", W_ROWS_PER_AD="i32", WIDTH="i32", stride_om="i32",
+               part_stride="i32")  # fmt: skip
     consts = dict(W_KMAJOR=kmajor, APPLY_SCALE=True, SPLIT_K=split_k, STAGES=stages,
                   num_warps=warps)
     return _compile_gluon_sm90(shrink_gluon.shrink_gluon_kernel, sig, consts)

@@ -93,14 +93,19 @@ SH_CFGS_8 = [dict(sh_gluon=False), dict(), dict(sh_gl_stages=8), dict(sh_gl_prog
 # ring depth (wg_dA / wg_dB; the dA + dX and expand kernels stay in Triton).
 WG_CFGS_9 = [dict(), dict(wg_gluon=True), dict(wg_gluon=True, wg_gl_bn=256, wg_gl_stages=5),
              dict(wg_gluon=True, wg_gl_bn=64), dict(wg_gluon=True, wg_gl_stages=4)]  # fmt: skip
+# Round 10 (session 12): the Gluon shrink's stream-K split (TUNE gpu sh_gl_stream_k, shipped)
+# against whole tiles per program (session 11's scheme), its minimum steps per program, and
+# the Triton shrink.
+SH_CFGS_10 = [dict(), dict(sh_gl_stream_k=False), dict(sh_gl_min_steps=8),
+              dict(sh_gl_min_steps=32), dict(sh_gluon=False)]  # fmt: skip
 ROUNDS = {1: dict(se=SE_CFGS, wg=WG_CFGS), 2: dict(se=SE_CFGS_2, wg=WG_CFGS_2),
           3: dict(se=SE_CFGS_3, wg=WG_CFGS_3), 4: dict(se=SE_CFGS_4),
           5: dict(wg=WG_CFGS_5, sh=SH_CFGS_5), 6: dict(sh=SH_CFGS_6, wg=WG_CFGS_6),
-          8: dict(sh=SH_CFGS_8), 9: dict(wg=WG_CFGS_9)}
+          8: dict(sh=SH_CFGS_8), 9: dict(wg=WG_CFGS_9), 10: dict(sh=SH_CFGS_10)}
 # TUNE["gpu"] settings each round started from (round 3: the shipped ones)
 _SE_SHARED = dict(se_fwd_bk=64, se_fwd_stages=3, se_bwd_bk=64, se_bwd_stages=3)
 ROUND_BASE = {1: dict(_SE_SHARED, wg_stages=3), 2: dict(_SE_SHARED, wg_stages=2), 3: {}, 4: {},
-              5: {}, 6: {}, 8: {}, 9: {}}
+              5: {}, 6: {}, 8: {}, 9: {}, 10: {}}
 
 
 def kernel_fns(inp: dict, cfg: dict) -> dict:
@@ -148,7 +153,8 @@ def main() -> None:
     p.add_argument("--round", type=int, default=3,
                    help="1: tile sizes; 2: column splits; 3: operand orientation; 4: TMA; "
                    "5: dX in the dA kernel; 6: split-K and chunks with relaxed atomics; "
-                   "8: the Gluon shrink; 9: the Gluon weight-gradient reduction")
+                   "8: the Gluon shrink; 9: the Gluon weight-gradient reduction; "
+                        "10: the Gluon shrink's stream-K split")
     p.add_argument("--adapters", default="32", help="adapter counts N, comma-separated")
     p.add_argument("--cases", default=None,
                    help="SHAPExT pairs, comma-separated (e.g. 4096x1024x4096); default: CASES")

@@ -70,12 +70,14 @@ TUNE: dict = {
     # multiples of 16 (the pass cost about 6 µs per forward and 20 per backward GEMM at 4096²,
     # T = 8192, §3i). Session 12.
     # sh_gluon: on Hopper the split-K shrink (x and dY, stream and gemm paths) runs
-    # kernels/shrink_gluon.py: TMA ring of sh_gl_stages steps, sh_gl_progs programs per SM,
-    # K split only below sh_gl_items row tiles (launch_shrink_gluon.gluon_split). Sweep round 8
-    # (session 11, lora_tiles.csv, N = 32, alone): at T = 8192 24-26 µs for 67 MB against the
-    # Triton shrink's 29.6-30.2, 7.1 against 13.5 for dY of the k/v projections; at T = 4096
-    # x 17.7 against 17.2 µs and dY of k/v 6.8 against 9.7. In the layer step (run 12:23Z)
-    # faster in 18 of 24 cases (docs/kernels_log.md §3j).
+    # kernels/shrink_gluon.py: TMA ring of sh_gl_stages steps, at most sh_gl_progs programs per
+    # SM. sh_gl_stream_k: the row tiles' K steps shared evenly by the programs (stream-K,
+    # session 12; launch_shrink_gluon.gluon_units), each taking >= sh_gl_min_steps; off: whole
+    # tiles per program (session 11's scheme, which left SMs idle below 132 tiles). Sweep
+    # round 8 (session 11, lora_tiles.csv, N = 32, alone, whole tiles): at T = 8192 24-26 µs
+    # for 67 MB against the Triton shrink's 29.6-30.2, 7.1 against 13.5 for dY of the k/v
+    # projections; at T = 4096 x 17.7 against 17.2 µs and dY of k/v 6.8 against 9.7. In the
+    # layer step (run 12:23Z) faster in 18 of 24 cases (docs/kernels_log.md §3j).
     # wg_gluon: the weight-gradient reductions (dA, dB; not the stream path's dA + dX) through
     # kernels/wgrad_gluon.py on Hopper, wg_gl_stages-deep TMA ring, wg_gl_bn columns per item.
     # Off: correct on the GPU (20 tests, session 12) but slower than the Triton kernel in
@@ -94,7 +96,7 @@ TUNE: dict = {
                 se_rows=True, ex_cols=128, ex_stages=1, se_tma="", sh_bm=128, sh_warps=8,
                 gm_bm=128, gm_bn=256, gm_bk=64, gm_warps=8, gm_stages=3, gm_group=8,
                 gm_persist=1, gm_gluon=True, gm_peel=False, gm_rank_k=True, sx_bn=256, sx_warps=8,
-                sh_gluon=True, sh_gl_progs=1, sh_gl_stages=8, sh_gl_warps=4, sh_gl_items=32,
+                sh_gluon=True, sh_gl_progs=1, sh_gl_stages=8, sh_gl_warps=4, sh_gl_stream_k=True,
                 sh_gl_min_steps=16, wg_gluon=False, wg_gl_stages=8, wg_gl_bn=128,
                 upcast=False),  # fmt: skip
     "interp": dict(bm=32, bk=32, bn=64, bt=32, warps=4, stages=1, wg_stages=1, bm_fused=32,
@@ -102,7 +104,7 @@ TUNE: dict = {
                    se_rows=True, ex_cols=64, ex_stages=1, se_tma="", sh_bm=32, sh_warps=4,
                    gm_bm=32, gm_bn=32, gm_bk=32, gm_warps=4, gm_stages=1, gm_group=2,
                    gm_persist=0, gm_gluon=False, gm_rank_k=False, sx_bn=64, sx_warps=4, sh_gluon=False,
-                   sh_gl_progs=1, sh_gl_stages=1, sh_gl_warps=4, sh_gl_items=32,
+                   sh_gl_progs=1, sh_gl_stages=1, sh_gl_warps=4, sh_gl_stream_k=False,
                    sh_gl_min_steps=16, wg_gluon=False, wg_gl_stages=1, wg_gl_bn=64,
                    upcast=True),  # fmt: skip
     "poison": False,  # tests: fill every internally allocated output with NaN first

@@ -40,24 +40,28 @@ def shrink_gluon_fits(x: torch.Tensor, w: torch.Tensor, kmajor: bool, layout: Mu
     return k > 0 and (kmajor or k % BOX == 0)
 
 
-def gluon_split(n_tiles: int, k_steps: int, cfg: dict) -> tuple[int, int]:
-    """(split, steps per split): K splits per row tile. One program per item, and splits only
-    while there are fewer than cfg sh_gl_items row tiles, keeping >= sh_gl_min_steps K steps per
-    item. Measured on the H200 (sweep round 8, lora_tiles.csv, N = 32): every split costs
-    time (x of 4096², T = 8192, 80 row tiles: 24.3 µs unsplit, 37.0 / 46.7 / 97.7 at 2 / 4 / 8
-    splits), and 45 row tiles unsplit (T = 4096) beat 2 splits (17.7 against 18.6-18.9 µs): a
-    program streaming one long K range moves about 40-60 GB/s, while each item's end (a
-    drained pipeline, the partial-sum store, a GPU-scope fence and the ticket) costs
-    microseconds; why so many was not found. TUNE split_k
-    overrides; deterministic mode: 1 (the sum's order then never varies)."""
+def gluon_units(n_tiles: int, k_steps: int, n_progs: int, cfg: dict) -> int:
+    """K steps (units) per program of the stream-K shrink: the n_tiles · k_steps units shared
+    evenly by at most ``n_progs`` programs, each taking at least cfg sh_gl_min_steps (or one
+    whole tile if shorter), so that a piece's epilogue is not paid for a handful of steps.
+    cfg sh_gl_stream_k off, deterministic mode, or TUNE split_k == 1: whole tiles only, as
+    evenly as whole tiles allow (no partial sums). TUNE split_k = s > 1 (tests): ranges of
+    cdiv(k_steps, s) units, so most tiles are shared by s or s + 1 programs."""
     split = TUNE["split_k"]
-    if torch.are_deterministic_algorithms_enabled():
-        split = 1
-    if split is None:
-        want = -(-cfg["sh_gl_items"] // max(n_tiles, 1))
-        split = max(1, min(want, k_steps // cfg["sh_gl_min_steps"]))
-    per = -(-k_steps // split)
-    return -(-k_steps // per), per
+    whole = (not cfg.get("sh_gl_stream_k") or split == 1
+             or torch.are_deterministic_algorithms_enabled())  # fmt: skip
+    if whole:
+        return k_steps * -(-n_tiles // n_progs)
+    if split is not None:
+        return -(-k_steps // split)
+    per = -(-(n_tiles * k_steps) // n_progs)
+    return max(per, min(cfg["sh_gl_min_steps"], k_steps))
+
+
+def gluon_part_slots(k_steps: int, units: int) -> int:
+    """The most programs that can share one tile: a tile's k_steps consecutive units meet at
+    most ceil((k_steps - 1) / units) + 1 ranges of ``units``."""
+    return -(-(k_steps - 1) // units) + 1
 
 
 def shrink_gluon(x, w, kmajor: bool, out, layout: MultiLoraLayout, scale: bool,
@@ -72,27 +76,29 @@ def shrink_gluon(x, w, kmajor: bool, out, layout: MultiLoraLayout, scale: bool,
         raise ValueError("shrink_gluon: out must be contiguous")
     dev, k = x.device, x.shape[1]
     bm, k_steps = cfg["sh_bm"], -(-k // BOX)
-    tiles, split, per = layout.memo(_plan_key(cfg, "shrink_gluon", k, dev), lambda: (
-        (tl := layout.tiles(bm, dev)), *gluon_split(tl.shape[0], k_steps, cfg)))  # fmt: skip
+    progs = cfg["sh_gl_progs"] * _n_sms(dev)
+    tiles, units = layout.memo(_plan_key(cfg, "shrink_gluon", k, dev), lambda: (
+        (tl := layout.tiles(bm, dev)), gluon_units(tl.shape[0], k_steps, progs, cfg)))  # fmt: skip
     n_tiles = tiles.shape[0]
     if n_tiles == 0:
         return out
-    n_items = n_tiles * split
-    if split > 1:  # partial sums (no zeros needed) and the tiles' tickets (all zeros)
-        part = torch.empty((split, *out.shape), device=dev, dtype=torch.float32)
+    split = units % k_steps != 0  # some tile shared by two or more programs
+    if split:  # partial sums (no zeros needed) and the tiles' tickets (all zeros)
+        part = torch.empty((gluon_part_slots(k_steps, units), *out.shape), device=dev,
+                           dtype=torch.float32)  # fmt: skip
         tickets = zeroed_workspace(dev, 1, n_tiles)[1]
     else:
         part = tickets = out  # never read
     desc = GluonDescriptor.from_tensor
     x_desc = desc(x, [bm, BOX], _smem_layout((bm, BOX), x.dtype))
     w_desc = desc(w.flatten(0, 1), [BOX, BOX], _smem_layout((BOX, BOX), x.dtype))
-    grid = min(n_items, cfg["sh_gl_progs"] * _n_sms(dev))  # (persistent beyond that)
+    grid = -(-(n_tiles * k_steps) // units)  # every program has work
     launch(shrink_gluon_kernel, (grid,), (
         x_desc, w_desc, out, part, tickets, tiles, layout.ranks_tensor(dev),
-        layout.scaling_tensor(dev), n_items, split, per, k_steps, w.shape[1], out.shape[1],
+        layout.scaling_tensor(dev), n_tiles, k_steps, units, w.shape[1], out.shape[1],
         out.stride(0), out.numel(),
     ), dict(
-        W_KMAJOR=kmajor, APPLY_SCALE=scale, SPLIT_K=split > 1, STAGES=cfg["sh_gl_stages"],
+        W_KMAJOR=kmajor, APPLY_SCALE=scale, SPLIT_K=split, STAGES=cfg["sh_gl_stages"],
         num_warps=cfg["sh_gl_warps"],
     ))  # fmt: skip
     return out

@@ -9,22 +9,26 @@ W_a is A_a (forward: lora_a [N, r_max, K], k-contiguous) or B_aᵀ (backward: lo
 rank-contiguous). Why a second kernel: the Triton shrink moves x at 1.3-2.0 TB/s inside the
 layer step (ncu, 4096->1024, T = 4096 / 8192: 25 / 33 µs against 8 / 16 µs of bytes), and its
 time grows by x's bytes at the copy rate, so most of it is a fixed cost per program: table
-loads before the first load, a pipeline to fill, the split-K epilogue. Here each program walks
-several work items (row tile x K split) and its TMA loads run STAGES - 1 steps ahead across
-item boundaries, so the next item's loads are in flight during this item's last steps and its
-epilogue; the next item's table row is loaded one item ahead.
+loads before the first load, a pipeline to fill, the split-K epilogue. Here the TMA loads of
+each program run STAGES - 1 steps ahead across tile boundaries, so the next tile's loads are in
+flight during this tile's last steps and its epilogue; the next tile's table row is loaded one
+tile ahead.
 
-Work items: item i is K split ``i % SPLIT`` of the layout's row tile ``i // SPLIT`` (the
-segment-aligned tile table the Triton shrink uses: (adapter, first row, end row), at most BM
-rows). A step loads an x box [BM, 64] and a W_a box of 64 ranks x 64 k. The x box may run into
+Work split (stream-K, session 12): the row tiles (the segment-aligned tile table the Triton
+shrink uses: (adapter, first row, end row), at most BM rows) times their K steps form one
+sequence of units, cut into equal ranges, one per program (see the kernel's docstring). With
+a tile per program instead (session 11), 45-80 tiles at T = 4096-8192 left 52-87 of the 132
+SMs idle, and 160 tiles at T = 16384 ran in two waves; K splits of whole tiles
+did not help, since 2 splits of 80 tiles is 160 items on 132 programs (two waves again): what
+§3j measured as "every split costs 5-10 µs" was mostly this wave quantisation.
+A step loads an x box [BM, 64] and a W_a box of 64 ranks x 64 k. The x box may run into
 the next segment's rows: those rows are computed and discarded at the store, since rows are
 independent in X Wᵀ. W_a's rank padding (any values, even NaN, by the contract) and a box
 running into the next adapter's ranks reach only OUT columns >= r_a, which are zeroed: no
-shared-memory masking pass. A tile's K splits store their fp32 partial sums in a scratch buffer
-(plain stores, no zeroed accumulator to keep), and the last split to take the tile's ticket adds
-them up and writes OUT, then zeroes the ticket again (launch.zeroed_workspace's tickets stay
-all zeros between launches). The launcher splits only tiles too few to fill the GPU: on the
-H200 every split cost time, whether summed this way or by fp32 atomics (docs/kernels_log.md §3j).
+shared-memory masking pass. A tile shared by several programs gets their fp32 partial sums in
+a scratch buffer (plain stores, no zeroed accumulator to keep), and the last to take the
+tile's ticket adds them up and writes OUT, then zeroes the ticket again
+(launch.zeroed_workspace's tickets stay all zeros between launches).
 
 Requires 64 >= block_r, a 16-bit dtype, K a multiple of 64 in the backward (a W box past K
 would read the next adapter's rows, whose padding may be NaN, against x's zero fill) and the
@@ -49,18 +53,11 @@ BOX_K = gl.constexpr(64)  # K per step, and the rank box (block_r <= 64)
 
 
 @gluon.jit
-def _item_start(TILES, item, n_items, SPLIT):
-    """(adapter, first row) of work item ``item``'s row tile, what its loads need."""
-    ok = item < n_items
-    row = (item // SPLIT) * 3
-    return gl.load(TILES + row, mask=ok, other=0), gl.load(TILES + row + 1, mask=ok, other=0)
-
-
-@gluon.jit
-def _step_range(item, SPLIT, STEPS_PER_SPLIT, K_STEPS):
-    """(first K step, end K step) of work item ``item`` (its split of the tile's K steps)."""
-    first = (item % SPLIT) * STEPS_PER_SPLIT
-    return first, gl.minimum(first + STEPS_PER_SPLIT, K_STEPS)
+def _tile_start(TILES, tile, N_TILES):
+    """(adapter, first row) of row tile ``tile`` (zeros past the table), what its loads need."""
+    ok = tile < N_TILES
+    return gl.load(TILES + tile * 3, mask=ok, other=0), gl.load(TILES + tile * 3 + 1, mask=ok,
+                                                                other=0)  # fmt: skip
 
 
 @gluon.jit
@@ -76,43 +73,53 @@ def _issue(step, row0, ad, x_desc, w_desc, W_ROWS_PER_AD, x_slot, w_slot, bar,
 
 
 @gluon.jit
-def shrink_gluon_kernel(x_desc, w_desc, OUT, PART, TICKETS, TILES, RANKS, SCALES, N_ITEMS, SPLIT,
-                        STEPS_PER_SPLIT, K_STEPS, W_ROWS_PER_AD, WIDTH, stride_om,
-                        part_stride,
+def shrink_gluon_kernel(x_desc, w_desc, OUT, PART, TICKETS, TILES, RANKS, SCALES, N_TILES,
+                        K_STEPS, UNITS, W_ROWS_PER_AD, WIDTH, stride_om, part_stride,
                         W_KMAJOR: gl.constexpr, APPLY_SCALE: gl.constexpr,
                         SPLIT_K: gl.constexpr, STAGES: gl.constexpr,
                         num_warps: gl.constexpr):  # fmt: skip
-    """Persistent grid; program p owns items p, p + grid, ... Shapes: X [T, K] (box [BM, 64]),
-    W = lora_a [N·r_max, K] (box [64, 64], W_KMAJOR) or lora_b [N·K, r_max] (box [64, 64]),
-    OUT [T, WIDTH] (row stride stride_om), PART [SPLIT, T, WIDTH] fp32 scratch (any contents),
-    TILES [n_tiles, 3] int32, TICKETS [n_tiles] int32 (zeros), N_ITEMS = n_tiles · SPLIT."""
+    """Stream-K grid: the work is the N_TILES · K_STEPS units (row tile t, K step k) in order
+    u = t · K_STEPS + k, and program p takes units [p · UNITS, (p + 1) · UNITS), so every
+    program streams the same number of steps whatever the tile count (a tile per program left
+    SMs idle or ran a second wave). A program's range covers the end of one tile, whole tiles
+    and the start of another; each part of a tile it covers is a *piece*. A tile covered by one
+    program is stored directly; otherwise each program stores its piece's fp32 partial sum in
+    PART slot (p - first program of the tile), and the last to take the tile's ticket adds the
+    slots up in slot order (deterministic) and writes OUT. SPLIT_K=False (UNITS a multiple of
+    K_STEPS: whole tiles only) compiles the partial path out.
+    Shapes: X [T, K] (box [BM, 64]), W = lora_a [N·r_max, K] (box [64, 64], W_KMAJOR) or
+    lora_b [N·K, r_max] (box [64, 64]), OUT [T, WIDTH] (row stride stride_om), PART
+    [slots, T, WIDTH] fp32 scratch (any contents; slots >= the most programs on one tile),
+    TILES [N_TILES, 3] int32, TICKETS [N_TILES] int32 (zeros)."""
     BM: gl.constexpr = x_desc.block_type.shape[0]
     acc_layout: gl.constexpr = gl.NVMMADistributedLayout(
         version=[3, 0], warps_per_cta=[num_warps, 1], instr_shape=[16, BOX_K, 16])
     x_ring, w_ring, bars = tma_ring(x_desc, w_desc, STAGES)
-    grid = gl.num_programs(0)
+    pid = gl.program_id(0)
+    u0 = pid * UNITS
+    u1 = gl.minimum(u0 + UNITS, N_TILES * K_STEPS)
 
-    # producer: the next load is step p_s of item p_item (p_end: its last step + 1); the row of
-    # item p_item + grid is loaded one item ahead (n_*) so that a switch never waits on a load
-    p_item = gl.program_id(0)
-    p_ad, p_row0 = _item_start(TILES, p_item, N_ITEMS, SPLIT)
-    n_ad, n_row0 = _item_start(TILES, p_item + grid, N_ITEMS, SPLIT)
-    p_s, p_end = _step_range(p_item, SPLIT, STEPS_PER_SPLIT, K_STEPS)
-    issued = p_item * 0
+    # producer: the next load is unit pu (tile p_tile, whose row is p_ad / p_row0); the row of
+    # the tile after it is loaded one tile ahead (n_*) so that a switch never waits on a load
+    pu = u0
+    p_tile = u0 // K_STEPS
+    p_ad, p_row0 = _tile_start(TILES, p_tile, N_TILES)
+    n_ad, n_row0 = _tile_start(TILES, p_tile + 1, N_TILES)
+    issued = pid * 0
     for _i in gl.static_range(STAGES - 1):  # prologue: STAGES - 1 steps ahead
-        if p_item < N_ITEMS:
-            p_item, p_s, p_end, p_ad, p_row0, n_ad, n_row0, issued = _produce(
-                p_item, p_s, p_end, p_ad, p_row0, n_ad, n_row0, issued, grid, N_ITEMS, SPLIT,
-                STEPS_PER_SPLIT, K_STEPS, TILES, x_desc, w_desc, W_ROWS_PER_AD, x_ring, w_ring,
-                bars, W_KMAJOR)  # fmt: skip
+        if pu < u1:
+            pu, p_tile, p_ad, p_row0, n_ad, n_row0, issued = _produce(
+                pu, p_tile, p_ad, p_row0, n_ad, n_row0, issued, N_TILES, K_STEPS, TILES, x_desc,
+                w_desc, W_ROWS_PER_AD, x_ring, w_ring, bars, W_KMAJOR)  # fmt: skip
 
     acc = warpgroup_mma_init(gl.zeros((BM, BOX_K), gl.float32, acc_layout))
     offs_r = gl.arange(0, BOX_K, layout=gl.SliceLayout(0, acc_layout))
     used = issued * 0
-    for item in range(gl.program_id(0), N_ITEMS, grid):
-        ad, row0, row_end = table_row(TILES, item, N_ITEMS, SPLIT)
+    for tile in range(u0 // K_STEPS, (u1 + K_STEPS - 1) // K_STEPS):
+        ad, row0, row_end = table_row(TILES, tile, N_TILES, 1)
         rank = gl.load(RANKS + ad)  # (used in the epilogue: latency hidden by the steps)
-        k_lo, k_hi = _step_range(item, SPLIT, STEPS_PER_SPLIT, K_STEPS)
+        k_lo = gl.maximum(u0 - tile * K_STEPS, 0)
+        k_hi = gl.minimum(u1 - tile * K_STEPS, K_STEPS)
         for k in range(k_hi - k_lo):
             slot = used % STAGES
             mbarrier.wait(bars.index(slot), (used // STAGES) & 1)
@@ -122,13 +129,12 @@ def shrink_gluon_kernel(x_desc, w_desc, OUT, PART, TICKETS, TILES, RANKS, SCALES
                 w_s = w_s.permute((1, 0))
             acc = warpgroup_mma(x_ring.index(slot), w_s, acc, use_acc=k > 0, is_async=True)
             used += 1
-            if p_item < N_ITEMS:  # refill the stage the previous step used
-                p_item, p_s, p_end, p_ad, p_row0, n_ad, n_row0, issued = _produce(
-                    p_item, p_s, p_end, p_ad, p_row0, n_ad, n_row0, issued, grid, N_ITEMS, SPLIT,
-                    STEPS_PER_SPLIT, K_STEPS, TILES, x_desc, w_desc, W_ROWS_PER_AD, x_ring, w_ring,
-                    bars, W_KMAJOR)  # fmt: skip
+            if pu < u1:  # refill the stage the previous step used
+                pu, p_tile, p_ad, p_row0, n_ad, n_row0, issued = _produce(
+                    pu, p_tile, p_ad, p_row0, n_ad, n_row0, issued, N_TILES, K_STEPS, TILES,
+                    x_desc, w_desc, W_ROWS_PER_AD, x_ring, w_ring, bars, W_KMAJOR)  # fmt: skip
         part = warpgroup_mma_wait(0, deps=[acc])
-        # epilogue (the next item's loads are already in flight): rows past the tile and
+        # epilogue (the next piece's loads are already in flight): rows past the tile and
         # columns >= r_a (W's padding, the next adapter's ranks) are dropped or zeroed
         part = gl.where((offs_r < rank)[None, :], part, gl.zeros_like(part))
         if APPLY_SCALE:
@@ -136,22 +142,27 @@ def shrink_gluon_kernel(x_desc, w_desc, OUT, PART, TICKETS, TILES, RANKS, SCALES
         offs_m = row0 + gl.arange(0, BM, layout=gl.SliceLayout(1, acc_layout))
         off = offs_m.to(gl.int64)[:, None] * stride_om + offs_r[None, :]
         mask = (offs_m < row_end)[:, None] & (offs_r < WIDTH)[None, :]
-        if SPLIT_K:  # store this split's partial sum; the tile's last split adds them all
-            gl.store(PART + (item % SPLIT).to(gl.int64) * part_stride + off, part, mask=mask)
-            # every thread's stores before the ticket (as multi_lora_triton._last_to_arrive)
-            one: gl.constexpr = gl.BlockedLayout([1], [32], [num_warps], [0])  # 1 per thread
-            gl.inline_asm_elementwise("fence.acq_rel.gpu;\n mov.u32 $0, $1;", "=r,r",
-                                      [gl.full([1], 0, gl.int32, layout=one)], dtype=gl.int32,
-                                      is_pure=False, pack=1)  # fmt: skip
-            _cta_barrier()
-            ticket = gl.atomic_add(TICKETS + item // SPLIT, 1, sem="acq_rel")
-            if ticket == SPLIT - 1:  # the last split of this tile: sum, write OUT, re-zero
-                total = gl.zeros_like(part)
-                for s in range(SPLIT):
-                    total += gl.load(PART + s.to(gl.int64) * part_stride + off, mask=mask,
-                                     other=0.0, cache_modifier=".cg")  # fmt: skip
-                gl.store(TICKETS + item // SPLIT, 0)
-                gl.store(OUT + off, total.to(OUT.dtype.element_ty), mask=mask)
+        if SPLIT_K:
+            first = (tile * K_STEPS) // UNITS  # the programs covering this tile
+            n_parts = ((tile + 1) * K_STEPS - 1) // UNITS - first + 1
+            if n_parts == 1:
+                gl.store(OUT + off, part.to(OUT.dtype.element_ty), mask=mask)
+            else:  # store this piece's partial sum; the tile's last piece adds them all
+                gl.store(PART + (pid - first).to(gl.int64) * part_stride + off, part, mask=mask)
+                # every thread's stores before the ticket (as multi_lora_triton._last_to_arrive)
+                one: gl.constexpr = gl.BlockedLayout([1], [32], [num_warps], [0])  # 1 per thread
+                gl.inline_asm_elementwise("fence.acq_rel.gpu;\n mov.u32 $0, $1;", "=r,r",
+                                          [gl.full([1], 0, gl.int32, layout=one)], dtype=gl.int32,
+                                          is_pure=False, pack=1)  # fmt: skip
+                _cta_barrier()
+                ticket = gl.atomic_add(TICKETS + tile, 1, sem="acq_rel")
+                if ticket == n_parts - 1:  # the last piece of this tile: sum, write, re-zero
+                    total = gl.zeros_like(part)
+                    for s in range(n_parts):
+                        total += gl.load(PART + s.to(gl.int64) * part_stride + off, mask=mask,
+                                         other=0.0, cache_modifier=".cg")  # fmt: skip
+                    gl.store(TICKETS + tile, 0)
+                    gl.store(OUT + off, total.to(OUT.dtype.element_ty), mask=mask)
         else:
             gl.store(OUT + off, part.to(OUT.dtype.element_ty), mask=mask)
     for i in gl.static_range(STAGES):
@@ -159,20 +170,18 @@ def shrink_gluon_kernel(x_desc, w_desc, OUT, PART, TICKETS, TILES, RANKS, SCALES
 
 
 @gluon.jit
-def _produce(p_item, p_s, p_end, p_ad, p_row0, n_ad, n_row0, issued, grid, N_ITEMS, SPLIT,
-             STEPS_PER_SPLIT, K_STEPS, TILES, x_desc, w_desc, W_ROWS_PER_AD, x_ring, w_ring, bars,
-             W_KMAJOR: gl.constexpr):  # fmt: skip
-    """Issue the producer's next step (step p_s of item p_item) into the next ring stage and
-    advance its state; at an item's last step move to item p_item + grid, whose table row
-    (n_ad, n_row0) was loaded one item ahead, and load the row of the item after it."""
+def _produce(pu, p_tile, p_ad, p_row0, n_ad, n_row0, issued, N_TILES, K_STEPS, TILES, x_desc,
+             w_desc, W_ROWS_PER_AD, x_ring, w_ring, bars, W_KMAJOR: gl.constexpr):  # fmt: skip
+    """Issue the producer's next unit (tile p_tile, step pu - p_tile · K_STEPS) into the next
+    ring stage and advance; past a tile's last step move to the next tile, whose row (n_ad,
+    n_row0) was loaded one tile ahead, and load the row of the tile after it."""
     STAGES: gl.constexpr = x_ring.type.shape[0]
     slot = issued % STAGES
-    _issue(p_s, p_row0, p_ad, x_desc, w_desc, W_ROWS_PER_AD, x_ring.index(slot),
-           w_ring.index(slot), bars.index(slot), W_KMAJOR)  # fmt: skip
-    p_s += 1
-    if p_s == p_end:
-        p_item += grid
+    _issue(pu - p_tile * K_STEPS, p_row0, p_ad, x_desc, w_desc, W_ROWS_PER_AD,
+           x_ring.index(slot), w_ring.index(slot), bars.index(slot), W_KMAJOR)  # fmt: skip
+    pu += 1
+    if pu == (p_tile + 1) * K_STEPS:
+        p_tile += 1
         p_ad, p_row0 = n_ad, n_row0
-        n_ad, n_row0 = _item_start(TILES, p_item + grid, N_ITEMS, SPLIT)
-        p_s, p_end = _step_range(p_item, SPLIT, STEPS_PER_SPLIT, K_STEPS)
-    return p_item, p_s, p_end, p_ad, p_row0, n_ad, n_row0, issued + 1
+        n_ad, n_row0 = _tile_start(TILES, p_tile + 1, N_TILES)
+    return pu, p_tile, p_ad, p_row0, n_ad, n_row0, issued + 1

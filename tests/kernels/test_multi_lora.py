@@ -485,28 +485,70 @@ def test_deterministic_mode_is_bitwise_repeatable():
     assert torch.equal(y1, y2) and all(torch.equal(p, q) for p, q in zip(g1, g2, strict=True))
 
 
-def test_gluon_shrink_split_rule():
-    """The Gluon shrink's K split (kernels/launch_shrink_gluon.gluon_split): none from 32 row
-    tiles up, else enough splits for 32 items at >= 16 K steps each, never an empty split; TUNE
-    split_k overrides, deterministic mode never splits. Hand-computed."""
+def test_gluon_shrink_stream_k_rule():
+    """The Gluon shrink's work split (kernels/launch_shrink_gluon.gluon_units): the tiles' K
+    steps shared evenly by the SMs, >= 16 steps each; whole tiles when stream-K is off, in
+    deterministic mode or with TUNE split_k = 1; TUNE split_k = s: ranges of cdiv(K steps, s).
+    Hand-computed (H200: 132 SMs)."""
     from kernels import launch_shrink_gluon as lsg
 
-    cfg = dict(sh_gl_items=32, sh_gl_min_steps=16)
-    assert lsg.gluon_split(32, 64, cfg) == (1, 64)  # T = 4096, K = 4096: 32 tiles
-    assert lsg.gluon_split(80, 16, cfg) == (1, 16)
-    assert lsg.gluon_split(16, 64, cfg) == (2, 32)  # T = 2048
-    assert lsg.gluon_split(3, 224, cfg) == (11, 21)  # K = 14336: 11 x 21 >= 224 > 10 x 21
-    assert lsg.gluon_split(3, 40, cfg) == (2, 20)  # >= 16 steps: 2 splits, not 11
-    assert lsg.gluon_split(1, 15, cfg) == (1, 15)  # too short to split
+    cfg = dict(sh_gl_stream_k=True, sh_gl_min_steps=16)
+    assert lsg.gluon_units(80, 64, 132, cfg) == 39  # 4096², T = 8192: 5120 steps / 132
+    assert lsg.gluon_units(32, 64, 132, cfg) == 16  # 2048 / 132 = 15.5
+    assert lsg.gluon_units(160, 64, 132, cfg) == 78  # T = 16384: no second wave
+    assert lsg.gluon_units(64, 16, 132, cfg) == 16  # dY of k/v: >= 16 steps = whole tiles
+    assert lsg.gluon_units(3, 10, 132, cfg) == 10  # a tile shorter than 16 steps: whole
+    assert lsg.gluon_part_slots(64, 39) == 3  # e.g. tile [64, 128) meets [39, 78), [78, 117), [117, 156)
+    assert lsg.gluon_part_slots(64, 64) == 2 and lsg.gluon_part_slots(64, 128) == 2
+    assert lsg.gluon_units(160, 64, 132, dict(cfg, sh_gl_stream_k=False)) == 128  # 2 tiles each
     with pytest.MonkeyPatch.context() as mp:
         mp.setitem(ml.TUNE, "split_k", 3)
-        assert lsg.gluon_split(32, 64, cfg) == (3, 22)
-        assert lsg.gluon_split(32, 4, cfg) == (2, 2)  # 3 splits of 2 steps: the last is empty
+        assert lsg.gluon_units(32, 64, 132, cfg) == 22
+        mp.setitem(ml.TUNE, "split_k", 1)
+        assert lsg.gluon_units(32, 64, 132, cfg) == 64
     torch.use_deterministic_algorithms(True)
     try:
-        assert lsg.gluon_split(3, 224, cfg) == (1, 224)
+        assert lsg.gluon_units(80, 64, 132, cfg) == 64
     finally:
         torch.use_deterministic_algorithms(False)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_gluon_shrink_stream_k_covers_every_step_once(seed):
+    """Property: for random tile counts, K steps and SM counts, the programs the launcher
+    starts (cdiv(units total, units per program)) cover every (tile, K step) exactly once,
+    each has work, and for every tile the kernel's own arithmetic (first program
+    (t·K) // U, n_parts ((t+1)·K - 1) // U - first + 1) names exactly the programs that cover
+    it, with slots below gluon_part_slots: what PART and the tickets rely on."""
+    import random
+
+    from kernels import launch_shrink_gluon as lsg
+
+    rng = random.Random(seed)
+    cfg = dict(sh_gl_stream_k=True, sh_gl_min_steps=16)
+    for _ in range(300):
+        n_tiles, k, progs = rng.randint(1, 200), rng.randint(1, 230), rng.randint(1, 140)
+        forced = rng.choice([None, None, 1, 2, 5])
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setitem(ml.TUNE, "split_k", forced)
+            units = lsg.gluon_units(n_tiles, k, progs, cfg)
+        total = n_tiles * k
+        grid = -(-total // units)
+        assert grid <= progs or (forced or 0) > 1  # one wave unless a test forces splits
+        covered = [0] * total
+        for p in range(grid):
+            lo, hi = p * units, min((p + 1) * units, total)
+            assert lo < hi  # every program has work
+            for u in range(lo, hi):
+                covered[u] += 1
+        assert covered == [1] * total
+        for t in range(n_tiles):
+            owners = [p for p in range(grid) if p * units < (t + 1) * k and (p + 1) * units > t * k]
+            first = (t * k) // units
+            n_parts = ((t + 1) * k - 1) // units - first + 1
+            assert owners == list(range(first, first + n_parts))
+            assert n_parts <= lsg.gluon_part_slots(k, units)
+            assert (n_parts > 1) <= (units % k != 0)  # shared tiles only when the kernel splits
 
 
 def test_gluon_shrink_only_on_compiled_cuda(monkeypatch):
