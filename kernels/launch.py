@@ -71,9 +71,9 @@ TUNE: dict = {
     # T = 8192, §3i). Session 12.
     # sh_gluon: on Hopper the split-K shrink (x and dY, stream and gemm paths) runs
     # kernels/shrink_gluon.py: TMA ring of sh_gl_stages steps, at most sh_gl_progs programs per
-    # SM. sh_gl_stream_k: the row tiles' K steps shared evenly by the programs (stream-K,
-    # session 12; launch_shrink_gluon.gluon_units), each taking >= sh_gl_min_steps; off: whole
-    # tiles per program (session 11's scheme, which left SMs idle below 132 tiles). Sweep
+    # SM. sh_gl_stream_k: while the row tiles fill at most a third of the SMs, their K steps
+    # shared evenly by the programs (stream-K, session 12; launch_shrink_gluon.gluon_units),
+    # each taking >= sh_gl_min_steps; else, and off, whole tiles per program. Sweep
     # round 8 (session 11, lora_tiles.csv, N = 32, alone, whole tiles): at T = 8192 24-26 µs
     # for 67 MB against the Triton shrink's 29.6-30.2, 7.1 against 13.5 for dY of the k/v
     # projections; at T = 4096 x 17.7 against 17.2 µs and dY of k/v 6.8 against 9.7. In the

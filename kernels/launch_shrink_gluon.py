@@ -40,20 +40,32 @@ def shrink_gluon_fits(x: torch.Tensor, w: torch.Tensor, kmajor: bool, layout: Mu
     return k > 0 and (kmajor or k % BOX == 0)
 
 
+STREAM_K_MAX_TILES = 1 / 3  # stream-K only while the row tiles fill at most this share of programs
+
+
 def gluon_units(n_tiles: int, k_steps: int, n_progs: int, cfg: dict) -> int:
-    """K steps (units) per program of the stream-K shrink: the n_tiles · k_steps units shared
-    evenly by at most ``n_progs`` programs, each taking at least cfg sh_gl_min_steps (or one
-    whole tile if shorter), so that a piece's epilogue is not paid for a handful of steps.
-    cfg sh_gl_stream_k off, deterministic mode, or TUNE split_k == 1: whole tiles only, as
-    evenly as whole tiles allow (no partial sums). TUNE split_k = s > 1 (tests): ranges of
-    cdiv(k_steps, s) units, so most tiles are shared by s or s + 1 programs."""
+    """K steps (units) per program of the Gluon shrink. While the row tiles are few (at most
+    STREAM_K_MAX_TILES of the ``n_progs`` programs), stream-K: their n_tiles · k_steps units
+    shared evenly by the programs, each taking at least cfg sh_gl_min_steps (or one whole tile
+    if shorter), so that a piece's epilogue is not paid for a handful of steps. Otherwise, or
+    with cfg sh_gl_stream_k off, in deterministic mode or with TUNE split_k == 1: whole tiles,
+    as evenly as whole tiles allow (no partial sums). TUNE split_k = s > 1 (tests): ranges of
+    cdiv(k_steps, s) units, so most tiles are shared by s or s + 1 programs.
+
+    Why the gate (sweep round 10 and the layer step, session 12, H200, 132 programs): a tile
+    shared by programs costs each of them about 5 µs more (partial store, fence, ticket, sum;
+    the cause inside that was not profiled), which the idle SMs repay only when most are idle:
+    x of 4096², N = 32 alone at 32 tiles (T = 2048) 12.3 µs stream-K against 16.0 whole; 45
+    tiles (T = 4096) 22.7 against 18.0; 80 tiles (T = 8192) 35.2 against 25.6. In the layer
+    step 37 tiles (T = 4096, N = 8): 0.450 against 0.472 ms; at 69-157 tiles whole tiles were
+    as fast or faster (up to 3 %)."""
     split = TUNE["split_k"]
-    whole = (not cfg.get("sh_gl_stream_k") or split == 1
-             or torch.are_deterministic_algorithms_enabled())  # fmt: skip
-    if whole:
-        return k_steps * -(-n_tiles // n_progs)
-    if split is not None:
+    if split is not None and split > 1 and cfg.get("sh_gl_stream_k"):
         return -(-k_steps // split)
+    few = n_tiles <= STREAM_K_MAX_TILES * n_progs
+    if (not few or not cfg.get("sh_gl_stream_k") or split == 1
+            or torch.are_deterministic_algorithms_enabled()):  # fmt: skip
+        return k_steps * -(-n_tiles // n_progs)
     per = -(-(n_tiles * k_steps) // n_progs)
     return max(per, min(cfg["sh_gl_min_steps"], k_steps))
 

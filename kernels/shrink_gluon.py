@@ -14,13 +14,12 @@ each program run STAGES - 1 steps ahead across tile boundaries, so the next tile
 flight during this tile's last steps and its epilogue; the next tile's table row is loaded one
 tile ahead.
 
-Work split (stream-K, session 12): the row tiles (the segment-aligned tile table the Triton
-shrink uses: (adapter, first row, end row), at most BM rows) times their K steps form one
-sequence of units, cut into equal ranges, one per program (see the kernel's docstring). With
-a tile per program instead (session 11), 45-80 tiles at T = 4096-8192 left 52-87 of the 132
-SMs idle, and 160 tiles at T = 16384 ran in two waves; K splits of whole tiles
-did not help, since 2 splits of 80 tiles is 160 items on 132 programs (two waves again): what
-§3j measured as "every split costs 5-10 µs" was mostly this wave quantisation.
+Work split: whole row tiles per program (the segment-aligned tile table the Triton shrink uses:
+(adapter, first row, end row), at most BM rows), or, while the tiles are few enough to leave
+most SMs idle (launch_shrink_gluon.gluon_units), stream-K: the tiles' K steps form one
+sequence of units cut into equal ranges, one per program (see the kernel's docstring).
+Sharing a tile costs each program several µs (measured, cause not profiled), so stream-K pays
+only below about a third of the SMs in tiles (T = 2048, or few adapters at T = 4096).
 A step loads an x box [BM, 64] and a W_a box of 64 ranks x 64 k. The x box may run into
 the next segment's rows: those rows are computed and discarded at the store, since rows are
 independent in X Wᵀ. W_a's rank padding (any values, even NaN, by the contract) and a box

@@ -486,29 +486,31 @@ def test_deterministic_mode_is_bitwise_repeatable():
 
 
 def test_gluon_shrink_stream_k_rule():
-    """The Gluon shrink's work split (kernels/launch_shrink_gluon.gluon_units): the tiles' K
-    steps shared evenly by the SMs, >= 16 steps each; whole tiles when stream-K is off, in
-    deterministic mode or with TUNE split_k = 1; TUNE split_k = s: ranges of cdiv(K steps, s).
-    Hand-computed (H200: 132 SMs)."""
+    """The Gluon shrink's work split (kernels/launch_shrink_gluon.gluon_units): while the row
+    tiles fill at most a third of the programs, their K steps shared evenly, >= 16 steps each;
+    else, with stream-K off, in deterministic mode or with TUNE split_k = 1, whole tiles; TUNE
+    split_k = s: ranges of cdiv(K steps, s). Hand-computed (H200: 132 SMs)."""
     from kernels import launch_shrink_gluon as lsg
 
     cfg = dict(sh_gl_stream_k=True, sh_gl_min_steps=16)
-    assert lsg.gluon_units(80, 64, 132, cfg) == 39  # 4096², T = 8192: 5120 steps / 132
-    assert lsg.gluon_units(32, 64, 132, cfg) == 16  # 2048 / 132 = 15.5
-    assert lsg.gluon_units(160, 64, 132, cfg) == 78  # T = 16384: no second wave
-    assert lsg.gluon_units(64, 16, 132, cfg) == 16  # dY of k/v: >= 16 steps = whole tiles
+    assert lsg.gluon_units(32, 64, 132, cfg) == 16  # 4096², T = 2048: 2048 steps / 132 = 15.5
+    assert lsg.gluon_units(44, 64, 132, cfg) == 22  # 44 = 132 / 3 tiles: still stream-K
+    assert lsg.gluon_units(45, 64, 132, cfg) == 64  # T = 4096, N = 32: whole tiles
+    assert lsg.gluon_units(80, 64, 132, cfg) == 64  # T = 8192
+    assert lsg.gluon_units(160, 64, 132, cfg) == 128  # T = 16384: two tiles per program
+    assert lsg.gluon_units(20, 16, 132, cfg) == 16  # dY of k/v: >= 16 steps = whole tiles
     assert lsg.gluon_units(3, 10, 132, cfg) == 10  # a tile shorter than 16 steps: whole
     assert lsg.gluon_part_slots(64, 39) == 3  # e.g. tile [64, 128) meets [39, 78), [78, 117), [117, 156)
     assert lsg.gluon_part_slots(64, 64) == 2 and lsg.gluon_part_slots(64, 128) == 2
-    assert lsg.gluon_units(160, 64, 132, dict(cfg, sh_gl_stream_k=False)) == 128  # 2 tiles each
+    assert lsg.gluon_units(32, 64, 132, dict(cfg, sh_gl_stream_k=False)) == 64
     with pytest.MonkeyPatch.context() as mp:
         mp.setitem(ml.TUNE, "split_k", 3)
-        assert lsg.gluon_units(32, 64, 132, cfg) == 22
+        assert lsg.gluon_units(80, 64, 132, cfg) == 22
         mp.setitem(ml.TUNE, "split_k", 1)
         assert lsg.gluon_units(32, 64, 132, cfg) == 64
     torch.use_deterministic_algorithms(True)
     try:
-        assert lsg.gluon_units(80, 64, 132, cfg) == 64
+        assert lsg.gluon_units(32, 64, 132, cfg) == 64
     finally:
         torch.use_deterministic_algorithms(False)
 
