@@ -48,7 +48,8 @@ STYLES = {8: "-", 32: "--", 64: ":"}
 # gemm since 13:56Z (session 12): the Gluon GEMM's LoRA MMA cut to the rank (gm_rank_k), and
 # the auto rule sending 4096² to the gemm path (its "fused" rows before measured the stream
 # path); that run re-measured T = 2048-16384.
-SHIPPED_SINCE = {"stream": "2026-11-29T12:23Z", "gemm": "2026-11-29T13:56Z"}
+# Both since 14:08Z (the last run of session 12): the Gluon shrink's gated stream-K split.
+SHIPPED_SINCE = {"stream": "2026-11-29T14:08Z", "gemm": "2026-11-29T14:08Z"}
 
 
 def _is_current(variant: str, date: str, rule_variant: str, path: str) -> bool:
