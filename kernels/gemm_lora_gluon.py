@@ -24,7 +24,10 @@ them); boxes past r_max or past the tensors' ends are zero-filled by TMA.
 Measured on the H200 (docs/kernels_log.md §3i): the LoRA term costs +29-35 µs per GEMM at 4096²,
 T = 8192 (Triton GEMM: +41-46), and the k/v layer step is 5-8 % faster than with the Triton
 GEMM. Constexpr switches: LORA_MASK=False is a timing diagnostic (wrong results); PEEL_BASE
-(TUNE gpu gm_peel, off, never run on a GPU) runs the base steps in a branch-free loop.
+(TUNE gpu gm_peel, off; within 0-2 % in the layer step, §3j) runs the base steps in a
+branch-free loop. RANK_K (TUNE gpu gm_rank_k, shipped since session 12, §3k) cuts each LoRA
+step's wgmma to 16, 32 or 64 ranks, so V's padding needs no masking pass for those ranks:
+-14 to -19 µs per 4096² layer step at T = 8192.
 
 Requires BK = 64 >= block_r, a 16-bit dtype, S in that dtype (TUNE narrow_s), and the operand
 alignment gemm_ok checks. Gluon has no CPU interpreter: this kernel is tested on the GPU only

@@ -1,6 +1,6 @@
 """Launcher of the Gluon weight-gradient reduction (kernels/wgrad_gluon.py): dA and dB of the
-stream and gemm paths on Hopper, when TUNE gpu ``wg_gluon`` asks for it (off: the kernel was
-built and compiled for sm_90 in CI, never run on a GPU). ``launch._wgrad`` calls
+stream and gemm paths on Hopper, when TUNE gpu ``wg_gluon`` asks for it (off: correct on the
+H200 but slower than the Triton kernel, docs/kernels_log.md §3k). ``launch._wgrad`` calls
 :func:`wgrad_gluon` when :func:`wgrad_gluon_ok`; anywhere else the Triton kernel runs."""
 
 from __future__ import annotations

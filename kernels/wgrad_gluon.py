@@ -1,6 +1,7 @@
 """The weight-gradient reduction in Gluon (Hopper, CUDA only): dA and dB of the gemm and stream
-paths as one persistent stream of TMA-fed token steps. **Built and compiled for sm_90 in CI,
-never run on a GPU; off by default** (TUNE gpu ``wg_gluon``; launch_wgrad_gluon.wgrad_gluon_ok).
+paths as one persistent stream of TMA-fed token steps. **Off by default** (TUNE gpu
+``wg_gluon``; launch_wgrad_gluon.wgrad_gluon_ok): correct on the H200 (its GPU tests, session
+12) but slower than the Triton kernel there, dA by 8-13 µs (docs/kernels_log.md §3k).
 
 Computes what multi_lora_triton's weight-gradient kernel computes with its reduction on and
 no expand, for every adapter a and column n::
