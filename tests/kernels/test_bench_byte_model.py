@@ -26,10 +26,12 @@ def test_lora_bytes_by_path():
 
 def test_variant_path_resolves_the_auto_rule():
     """A variant's path: its TUNE override, the shipped rule for "fused" (auto: the gemm path
-    for the k/v projection, the stream path for a square one), the split design as the
-    yardstick for the eager loop and separate jobs."""
+    for the k/v and square projections, the stream path for the MLP ones), the split design
+    as the yardstick for the eager loop and separate jobs."""
     assert bench.variant_path("fused_gemm", 4096, 4096, 4096) == "gemm"
     assert bench.variant_path("fused", 4096, 4096, 1024) == "gemm"
-    assert bench.variant_path("fused", 4096, 4096, 4096) == "stream"
+    assert bench.variant_path("fused", 4096, 4096, 4096) == "gemm"
+    assert bench.variant_path("fused", 4096, 4096, 14336) == "stream"
+    assert bench.variant_path("fused_stream", 4096, 4096, 4096) == "stream"
     assert bench.variant_path("loop", 4096, 4096, 4096) == "split"
     assert bench.variant_path("separate", 4096, 4096, 1024) == "split"
