@@ -80,7 +80,7 @@ class _FusedMultiLora(torch.autograd.Function):
         cfg, kadd = _cfg(x.device), TUNE["fuse_add"] == "kernel"
         a_str = (lora_a.stride(0), lora_a.stride(1), lora_a.stride(2))  # W_i[r, k] = A_i[r, k]
         b_str = (lora_b.stride(0), lora_b.stride(1), lora_b.stride(2))  # V_i[n, r] = B_i[n, r]
-        path, pair = choose_path(x.shape[0], x.shape[1], weight.shape[0])
+        path, pair = choose_path(x.shape[0], x.shape[1], weight.shape[0], x.device)
         if path == "gemm" and not gemm_ok(x, weight, lora_a, lora_b, layout):
             path = "stream"  # (gemm_ok: TMA-able rows, Hopper, 16-bit on CUDA, ranks <= 64)
         # a path whose tiles would not fit in shared memory at this rank padding hands over

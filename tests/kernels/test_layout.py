@@ -112,8 +112,15 @@ def test_choose_path_rule_and_overrides():
                            (2048, 4096, 4096), (16384, 4096, 4096), (4096, 576, 1536),
                            (4096, 2048, 8192)):  # k/v (§3f), square (§3k), small and MLP shapes
         assert launch.choose_path(t, d_in, d_out) == ("gemm", False)
+    # interpreted (CPU): only the narrow outputs take the gemm path (its base GEMM would be
+    # interpreted too)
+    cpu = torch.device("cpu")
+    assert launch.choose_path(4096, 4096, 1024, cpu) == ("gemm", False)
+    assert launch.choose_path(4096, 4096, 4096, cpu) == ("stream", False)
+    assert launch.choose_path(4096, 576, 1536, cpu) == ("stream", False)
     launch.TUNE.update(path="split", wgrad_pair=True)
     assert launch.choose_path(8192, 4096, 1024) == ("split", True)
+    assert launch.choose_path(8192, 4096, 1024, cpu) == ("split", True)
 
 
 def test_shrink_expand_column_split_rule(monkeypatch):
