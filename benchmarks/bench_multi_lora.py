@@ -134,6 +134,10 @@ FUSED_VARIANTS = {  # TUNE overrides of each fused_multi_lora variant
     # masked in shared memory (TUNE gpu gm_rank_k off: the kernel before session 12)
     "fused_gluon_full_k": dict(DEFAULT_TUNE, path="gemm",
                                gpu=dict(DEFAULT_TUNE["gpu"], gm_gluon=True, gm_rank_k=False)),
+    # the gemm path's Gluon GEMM masking S's rows in registers (TUNE gpu gm_s_regs; off, never
+    # run on a GPU when added at the end of session 12)
+    "fused_gluon_s_regs": dict(DEFAULT_TUNE, path="gemm",
+                               gpu=dict(DEFAULT_TUNE["gpu"], gm_gluon=True, gm_s_regs=True)),
     # the shrinks through the Triton kernel instead of the Gluon one (TUNE gpu sh_gluon, the
     # default on Hopper since 2026-11-29, session 11), on the shipped path and on the gemm path
     "fused_sh_triton": dict(DEFAULT_TUNE, gpu=dict(DEFAULT_TUNE["gpu"], sh_gluon=False)),

@@ -77,6 +77,9 @@ CFGS = [dict(zip(_G, v, strict=True)) for v in (
     # kernel before session 12; 12-17 take the shipped gm_rank_k)
     dict(gm_bm=128, gm_bn=256, gm_bk=64, gm_warps=8, gm_stages=3, gm_group=8, gm_persist=1,
          gm_gluon=True, gm_rank_k=False),
+] + [  # 19: 12 with S's rows masked in registers (gm_s_regs; never run yet)
+    dict(gm_bm=128, gm_bn=256, gm_bk=64, gm_warps=8, gm_stages=3, gm_group=8, gm_persist=1,
+         gm_gluon=True, gm_s_regs=True),
 ]  # fmt: skip
 
 

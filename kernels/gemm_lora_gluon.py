@@ -142,15 +142,16 @@ def _issue_step(k, K_STEPS, off_m, off_n, first, a_desc, b_desc, s_desc, v_desc,
 
 @gluon.jit
 def _mask_lora_stage(a_slot, b_slot, ad, rank, row_ad, multi, BN: gl.constexpr,
-                     B_KMAJOR: gl.constexpr, RANK_K: gl.constexpr,
+                     B_KMAJOR: gl.constexpr, RANK_K: gl.constexpr, S_REGS: gl.constexpr,
                      num_warps: gl.constexpr):  # fmt: skip
     """Zero, in shared memory, S rows not owned by adapter ``ad`` (row_ad: the tile's row ->
     adapter, only when it holds several adapters) and V_a's rank padding (rank >= r_a; with
     RANK_K only for ranks other than 16, 32 and 64, since _lora_mma reads no further)."""
     rows_k: gl.constexpr = gl.BlockedLayout([1, 8], [8, 4], [num_warps, 1], [1, 0])  # [*, 64]
-    if multi:
-        s = a_slot.load(rows_k)
-        a_slot.store(gl.where((row_ad == ad)[:, None], s, gl.zeros_like(s)))
+    if not S_REGS:  # (S_REGS: _lora_mma_s_regs masks S's rows in registers instead)
+        if multi:
+            s = a_slot.load(rows_k)
+            a_slot.store(gl.where((row_ad == ad)[:, None], s, gl.zeros_like(s)))
     if RANK_K:  # _lora_mma reads 16, 32 or 64 ranks: padding only if r_a is none of them
         v_pad = (rank != 16) & (rank != 32) & (rank < 64)
     else:
@@ -174,7 +175,8 @@ def gemm_lora_gluon_kernel(a_desc, b_desc, c_desc, s_desc, v_desc, ROW_AD, RANKS
                            N, K, V_ROWS_PER_AD, B_KMAJOR: gl.constexpr, LORA: gl.constexpr,
                            STAGES: gl.constexpr, GROUP_M: gl.constexpr,
                            LORA_MASK: gl.constexpr, PEEL_BASE: gl.constexpr,
-                           RANK_K: gl.constexpr, num_warps: gl.constexpr):  # fmt: skip
+                           RANK_K: gl.constexpr, S_REGS: gl.constexpr,
+                           num_warps: gl.constexpr):  # fmt: skip
     """Persistent grid; program p owns tiles p, p + grid, ... Shapes: A [M, K] (box [BM, 64]),
     B = W [N, K] (box [BN, 64], B_KMAJOR) or W [K, N] (box [64, BN]), C [M, N] (box [BM, BN]),
     S [M, block_r] (box [BM, 64]), V = lora_b [N_ad·N, r_max] (box [BN, 64], B_KMAJOR) or
@@ -208,6 +210,8 @@ def gemm_lora_gluon_kernel(a_desc, b_desc, c_desc, s_desc, v_desc, ROW_AD, RANKS
 
     acc = warpgroup_mma_init(gl.zeros((BM, BN), gl.float32, acc_layout))
     rows_k: gl.constexpr = gl.BlockedLayout([1, 8], [8, 4], [num_warps, 1], [1, 0])  # [*, 64]
+    # S as wgmma's A operand in registers (S_REGS): 16-bit, two elements per 32-bit register
+    s_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=acc_layout, k_width=2)
     used = issued * 0  # steps consumed
     for tile in range(gl.program_id(0), num_tiles, grid):
         off_m, pid_n, first, n_lora = _tile_plan(tile, tiles_m, tiles_n, TILE_PLAN, BM, GROUP_M,
@@ -216,7 +220,10 @@ def gemm_lora_gluon_kernel(a_desc, b_desc, c_desc, s_desc, v_desc, ROW_AD, RANKS
         if LORA:  # loads issued now, used after the base steps
             rank0 = gl.load(TILE_PLAN + (off_m // BM) * 4 + 2)
             rank1 = gl.load(TILE_PLAN + (off_m // BM) * 4 + 3)
-            offs_m = off_m + gl.arange(0, BM, layout=gl.SliceLayout(1, rows_k))
+            if S_REGS:  # the rows' adapters where _lora_mma's S registers hold them
+                offs_m = off_m + gl.arange(0, BM, layout=gl.SliceLayout(1, s_layout))
+            else:
+                offs_m = off_m + gl.arange(0, BM, layout=gl.SliceLayout(1, rows_k))
             row_ad = gl.load(ROW_AD + offs_m, mask=offs_m < M, other=-1)
         k_rest = k_steps * 0
         if PEEL_BASE:
@@ -250,9 +257,14 @@ def gemm_lora_gluon_kernel(a_desc, b_desc, c_desc, s_desc, v_desc, ROW_AD, RANKS
                 mbarrier.wait(bars.index(slot), (used // STAGES) & 1)
                 if LORA_MASK:  # (False: a timing diagnostic only, wrong results)
                     _mask_lora_stage(a_ring.index(slot), b_ring.index(slot), ad, rank, row_ad,
-                                     n_lora > 1, BN, B_KMAJOR, RANK_K, num_warps)  # fmt: skip
-                acc, used = _lora_mma(acc, used, rank, a_ring, b_ring, STAGES, B_KMAJOR,
-                                      RANK_K)  # fmt: skip
+                                     n_lora > 1, BN, B_KMAJOR, RANK_K, S_REGS,
+                                     num_warps)  # fmt: skip
+                if S_REGS:
+                    acc, used = _lora_mma_s_regs(acc, used, rank, ad, row_ad, n_lora > 1,
+                                                 a_ring, b_ring, STAGES, B_KMAJOR, s_layout)  # fmt: skip
+                else:
+                    acc, used = _lora_mma(acc, used, rank, a_ring, b_ring, STAGES, B_KMAJOR,
+                                          RANK_K)  # fmt: skip
                 if p_tile < num_tiles:
                     p_tile, p_k, p_off_m, p_pid_n, p_first, p_nlora, issued = _produce(
                         p_tile, p_k, p_off_m, p_pid_n, p_first, p_nlora, issued, num_tiles, grid,
@@ -317,6 +329,48 @@ def _lora_mma(acc, used, rank, a_ring, b_ring, STAGES: gl.constexpr, B_KMAJOR: g
         return nxt, used + 1
     else:
         return _mma_step(acc, used, True, a_ring, b_ring, STAGES, B_KMAJOR)
+
+
+@gluon.jit
+def _lora_mma_s_regs(acc, used, rank, ad, row_ad, multi, a_ring, b_ring, STAGES: gl.constexpr,
+                     B_KMAJOR: gl.constexpr, s_layout: gl.constexpr):  # fmt: skip
+    """_lora_mma (rank-cut widths) with, in a tile holding several adapters, S read into
+    registers as the wgmma's A operand and its rows of other adapters zeroed there (row_ad in
+    s_layout's row slice): no shared-memory store, fence or CTA barrier, which the masking
+    pass needs for every such step (TUNE gpu gm_s_regs, off; written in session 12, after its
+    last GPU run: compiled for sm_90, never run on a GPU)."""
+    slot = used % STAGES
+    prev = warpgroup_mma_wait(0, deps=[acc])
+    a_s = a_ring.index(slot)
+    b_s = b_ring.index(slot)
+    if multi:
+        if rank <= 16:
+            nxt = _mma_ranks_masked(a_s, b_s, prev, ad, row_ad, 16, B_KMAJOR, s_layout)
+        elif rank <= 32:
+            nxt = _mma_ranks_masked(a_s, b_s, prev, ad, row_ad, 32, B_KMAJOR, s_layout)
+        else:
+            nxt = _mma_ranks_masked(a_s, b_s, prev, ad, row_ad, 64, B_KMAJOR, s_layout)
+    else:
+        if rank <= 16:
+            nxt = _mma_ranks(a_s, b_s, prev, 16, B_KMAJOR)
+        elif rank <= 32:
+            nxt = _mma_ranks(a_s, b_s, prev, 32, B_KMAJOR)
+        else:
+            nxt = _mma_ranks(a_s, b_s, prev, 64, B_KMAJOR)
+    return nxt, used + 1
+
+
+@gluon.jit
+def _mma_ranks_masked(a_s, b_s, acc, ad, row_ad, KR: gl.constexpr, B_KMAJOR: gl.constexpr,
+                      s_layout: gl.constexpr):  # fmt: skip
+    """acc += (S[:, :KR] with rows of other adapters zeroed) V[:KR, :], S from registers."""
+    s = a_s.slice(0, KR, dim=1).load(s_layout)
+    s = gl.where((row_ad == ad)[:, None], s, gl.zeros_like(s))
+    if B_KMAJOR:
+        b_k = b_s.slice(0, KR, dim=1).permute((1, 0))
+    else:
+        b_k = b_s.slice(0, KR, dim=0)
+    return warpgroup_mma(s, b_k, acc, use_acc=True, is_async=True)
 
 
 @gluon.jit

@@ -69,6 +69,10 @@ TUNE: dict = {
     # up to 16 instead of all 64, so V's rank padding needs no masking pass for ranks that are
     # multiples of 16 (the pass cost about 6 µs per forward and 20 per backward GEMM at 4096²,
     # T = 8192, §3i). Session 12.
+    # gm_s_regs (needs gm_rank_k): in tiles holding several adapters, S goes to the LoRA wgmma
+    # from registers with other adapters' rows zeroed there, instead of a shared-memory
+    # masking pass (store, fence, CTA barrier) per step. Off: written after session 12's last
+    # GPU run; compiled for sm_90 (240 registers, no spills), never run on a GPU.
     # sh_gluon: on Hopper the split-K shrink (x and dY, stream and gemm paths) runs
     # kernels/shrink_gluon.py: TMA ring of sh_gl_stages steps, at most sh_gl_progs programs per
     # SM. sh_gl_stream_k: while the row tiles fill at most a third of the SMs, their K steps
@@ -95,7 +99,8 @@ TUNE: dict = {
                 bn_fused=128, se_fwd_bk=64, se_fwd_stages=4, se_bwd_bk=128, se_bwd_stages=3,
                 se_rows=True, ex_cols=128, ex_stages=1, se_tma="", sh_bm=128, sh_warps=8,
                 gm_bm=128, gm_bn=256, gm_bk=64, gm_warps=8, gm_stages=3, gm_group=8,
-                gm_persist=1, gm_gluon=True, gm_peel=False, gm_rank_k=True, sx_bn=256, sx_warps=8,
+                gm_persist=1, gm_gluon=True, gm_peel=False, gm_rank_k=True, gm_s_regs=False,
+                sx_bn=256, sx_warps=8,
                 sh_gluon=True, sh_gl_progs=1, sh_gl_stages=8, sh_gl_warps=4, sh_gl_stream_k=True,
                 sh_gl_min_steps=16, wg_gluon=False, wg_gl_stages=8, wg_gl_bn=128,
                 upcast=False),  # fmt: skip
@@ -103,7 +108,8 @@ TUNE: dict = {
                    bn_fused=32, se_fwd_bk=32, se_fwd_stages=1, se_bwd_bk=32, se_bwd_stages=1,
                    se_rows=True, ex_cols=64, ex_stages=1, se_tma="", sh_bm=32, sh_warps=4,
                    gm_bm=32, gm_bn=32, gm_bk=32, gm_warps=4, gm_stages=1, gm_group=2,
-                   gm_persist=0, gm_gluon=False, gm_rank_k=False, sx_bn=64, sx_warps=4, sh_gluon=False,
+                   gm_persist=0, gm_gluon=False, gm_rank_k=False, gm_s_regs=False, sx_bn=64,
+                   sx_warps=4, sh_gluon=False,
                    sh_gl_progs=1, sh_gl_stages=1, sh_gl_warps=4, sh_gl_stream_k=False,
                    sh_gl_min_steps=16, wg_gluon=False, wg_gl_stages=1, wg_gl_bn=64,
                    upcast=True),  # fmt: skip

@@ -153,7 +153,8 @@ def _gemm_lora_gluon(a, w, w_kmajor, layout, s, v, cfg, out):
     ), dict(
         B_KMAJOR=w_kmajor, LORA=layout is not None, STAGES=cfg["gm_stages"],
         GROUP_M=cfg["gm_group"], LORA_MASK=diag == 0, PEEL_BASE=bool(cfg.get("gm_peel")),
-        RANK_K=bool(cfg.get("gm_rank_k")), num_warps=cfg["gm_warps"],
+        RANK_K=bool(cfg.get("gm_rank_k")),
+        S_REGS=bool(cfg.get("gm_rank_k") and cfg.get("gm_s_regs")), num_warps=cfg["gm_warps"],
     ))  # fmt: skip
     return out
 
