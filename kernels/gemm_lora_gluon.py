@@ -148,7 +148,7 @@ def _mask_lora_stage(a_slot, b_slot, ad, rank, row_ad, multi, BN: gl.constexpr,
     adapter, only when it holds several adapters) and V_a's rank padding (rank >= r_a; with
     RANK_K only for ranks other than 16, 32 and 64, since _lora_mma reads no further)."""
     rows_k: gl.constexpr = gl.BlockedLayout([1, 8], [8, 4], [num_warps, 1], [1, 0])  # [*, 64]
-    if not S_REGS:  # (S_REGS: _lora_mma_s_regs masks S's rows in registers instead)
+    if not S_REGS:  # (S_REGS: _lora_mma masks S's rows in registers instead)
         if multi:
             s = a_slot.load(rows_k)
             a_slot.store(gl.where((row_ad == ad)[:, None], s, gl.zeros_like(s)))
@@ -259,12 +259,8 @@ def gemm_lora_gluon_kernel(a_desc, b_desc, c_desc, s_desc, v_desc, ROW_AD, RANKS
                     _mask_lora_stage(a_ring.index(slot), b_ring.index(slot), ad, rank, row_ad,
                                      n_lora > 1, BN, B_KMAJOR, RANK_K, S_REGS,
                                      num_warps)  # fmt: skip
-                if S_REGS:
-                    acc, used = _lora_mma_s_regs(acc, used, rank, ad, row_ad, n_lora > 1,
-                                                 a_ring, b_ring, STAGES, B_KMAJOR, s_layout)  # fmt: skip
-                else:
-                    acc, used = _lora_mma(acc, used, rank, a_ring, b_ring, STAGES, B_KMAJOR,
-                                          RANK_K)  # fmt: skip
+                acc, used = _lora_mma(acc, used, rank, ad, row_ad, n_lora > 1, a_ring, b_ring,
+                                      STAGES, B_KMAJOR, RANK_K, S_REGS, s_layout)  # fmt: skip
                 if p_tile < num_tiles:
                     p_tile, p_k, p_off_m, p_pid_n, p_first, p_nlora, issued = _produce(
                         p_tile, p_k, p_off_m, p_pid_n, p_first, p_nlora, issued, num_tiles, grid,
@@ -306,78 +302,60 @@ def _mma_step(acc, used, use_acc, a_ring, b_ring, STAGES: gl.constexpr, B_KMAJOR
 
 
 @gluon.jit
-def _lora_mma(acc, used, rank, a_ring, b_ring, STAGES: gl.constexpr, B_KMAJOR: gl.constexpr,
-              RANK_K: gl.constexpr):  # fmt: skip
+def _lora_mma(acc, used, rank, ad, row_ad, multi, a_ring, b_ring, STAGES: gl.constexpr,
+              B_KMAJOR: gl.constexpr, RANK_K: gl.constexpr, S_REGS: gl.constexpr,
+              s_layout: gl.constexpr):  # fmt: skip
     """A LoRA step's wgmma (as _mma_step) over the first 16, 32 or 64 ranks (the least that
     holds r_a; Gluon's shared-memory views need power-of-two shapes), with RANK_K: rank
     columns of S and rank rows of V_a past them are never read, so V's padding needs no
     masking pass for ranks 16, 32 and 64 (_mask_lora_stage), and a rank-16 adapter costs a
-    quarter of the 64-rank MMA. Slices are static, so each width is its own branch.
-    Without RANK_K: all 64 ranks, V's padding zeroed by _mask_lora_stage (the kernel before
-    2026-11-29, session 12)."""
+    quarter of the 64-rank MMA. Without RANK_K: all 64 ranks, V's padding zeroed by
+    _mask_lora_stage (the kernel before 2026-11-29, session 12).
+    S_REGS (needs RANK_K; TUNE gpu gm_s_regs, off: written after session 12's last GPU run,
+    compiled for sm_90, never run on a GPU): in a tile holding several adapters, S goes to the
+    wgmma from registers, its rows of other adapters zeroed there (row_ad in s_layout's row
+    slice), instead of _mask_lora_stage's shared-memory pass (store, fence, CTA barrier)."""
     if RANK_K:
         slot = used % STAGES
         prev = warpgroup_mma_wait(0, deps=[acc])
         a_s = a_ring.index(slot)
         b_s = b_ring.index(slot)
-        if rank <= 16:
-            nxt = _mma_ranks(a_s, b_s, prev, 16, B_KMAJOR)
-        elif rank <= 32:
-            nxt = _mma_ranks(a_s, b_s, prev, 32, B_KMAJOR)
+        if S_REGS:
+            if multi:
+                nxt = _mma_rank_cut(a_s, b_s, prev, rank, ad, row_ad, True, B_KMAJOR, s_layout)
+            else:
+                nxt = _mma_rank_cut(a_s, b_s, prev, rank, ad, row_ad, False, B_KMAJOR, s_layout)
         else:
-            nxt = _mma_ranks(a_s, b_s, prev, 64, B_KMAJOR)
+            nxt = _mma_rank_cut(a_s, b_s, prev, rank, ad, row_ad, False, B_KMAJOR, s_layout)
         return nxt, used + 1
     else:
         return _mma_step(acc, used, True, a_ring, b_ring, STAGES, B_KMAJOR)
 
 
 @gluon.jit
-def _lora_mma_s_regs(acc, used, rank, ad, row_ad, multi, a_ring, b_ring, STAGES: gl.constexpr,
-                     B_KMAJOR: gl.constexpr, s_layout: gl.constexpr):  # fmt: skip
-    """_lora_mma (rank-cut widths) with, in a tile holding several adapters, S read into
-    registers as the wgmma's A operand and its rows of other adapters zeroed there (row_ad in
-    s_layout's row slice): no shared-memory store, fence or CTA barrier, which the masking
-    pass needs for every such step (TUNE gpu gm_s_regs, off; written in session 12, after its
-    last GPU run: compiled for sm_90, never run on a GPU)."""
-    slot = used % STAGES
-    prev = warpgroup_mma_wait(0, deps=[acc])
-    a_s = a_ring.index(slot)
-    b_s = b_ring.index(slot)
-    if multi:
-        if rank <= 16:
-            nxt = _mma_ranks_masked(a_s, b_s, prev, ad, row_ad, 16, B_KMAJOR, s_layout)
-        elif rank <= 32:
-            nxt = _mma_ranks_masked(a_s, b_s, prev, ad, row_ad, 32, B_KMAJOR, s_layout)
-        else:
-            nxt = _mma_ranks_masked(a_s, b_s, prev, ad, row_ad, 64, B_KMAJOR, s_layout)
+def _mma_rank_cut(a_s, b_s, acc, rank, ad, row_ad, MASK_ROWS: gl.constexpr,
+                  B_KMAJOR: gl.constexpr, s_layout: gl.constexpr):  # fmt: skip
+    """_mma_ranks at the least width of 16, 32, 64 that holds ``rank`` (a static slice each,
+    so each width is its own branch)."""
+    if rank <= 16:
+        out = _mma_ranks(a_s, b_s, acc, ad, row_ad, 16, MASK_ROWS, B_KMAJOR, s_layout)
+    elif rank <= 32:
+        out = _mma_ranks(a_s, b_s, acc, ad, row_ad, 32, MASK_ROWS, B_KMAJOR, s_layout)
     else:
-        if rank <= 16:
-            nxt = _mma_ranks(a_s, b_s, prev, 16, B_KMAJOR)
-        elif rank <= 32:
-            nxt = _mma_ranks(a_s, b_s, prev, 32, B_KMAJOR)
-        else:
-            nxt = _mma_ranks(a_s, b_s, prev, 64, B_KMAJOR)
-    return nxt, used + 1
+        out = _mma_ranks(a_s, b_s, acc, ad, row_ad, 64, MASK_ROWS, B_KMAJOR, s_layout)
+    return out
 
 
 @gluon.jit
-def _mma_ranks_masked(a_s, b_s, acc, ad, row_ad, KR: gl.constexpr, B_KMAJOR: gl.constexpr,
-                      s_layout: gl.constexpr):  # fmt: skip
-    """acc += (S[:, :KR] with rows of other adapters zeroed) V[:KR, :], S from registers."""
-    s = a_s.slice(0, KR, dim=1).load(s_layout)
-    s = gl.where((row_ad == ad)[:, None], s, gl.zeros_like(s))
-    if B_KMAJOR:
-        b_k = b_s.slice(0, KR, dim=1).permute((1, 0))
-    else:
-        b_k = b_s.slice(0, KR, dim=0)
-    return warpgroup_mma(s, b_k, acc, use_acc=True, is_async=True)
-
-
-@gluon.jit
-def _mma_ranks(a_s, b_s, acc, KR: gl.constexpr, B_KMAJOR: gl.constexpr):
+def _mma_ranks(a_s, b_s, acc, ad, row_ad, KR: gl.constexpr, MASK_ROWS: gl.constexpr,
+               B_KMAJOR: gl.constexpr, s_layout: gl.constexpr):  # fmt: skip
     """acc += S[:, :KR] V[:KR, :] (asynchronous): the stage's S box [BM, 64] and V box ([BN, 64]
-    rank-contiguous with B_KMAJOR, else [64, BN]) cut to their first KR ranks."""
+    rank-contiguous with B_KMAJOR, else [64, BN]) cut to their first KR ranks. MASK_ROWS: S
+    from registers with the rows of adapters other than ``ad`` zeroed."""
     a_k = a_s.slice(0, KR, dim=1)
+    if MASK_ROWS:
+        s = a_k.load(s_layout)
+        a_k = gl.where((row_ad == ad)[:, None], s, gl.zeros_like(s))
     if B_KMAJOR:
         b_k = b_s.slice(0, KR, dim=1).permute((1, 0))
     else:
