@@ -147,6 +147,14 @@ def auto_path(t: int, d_in: int, d_out: int) -> tuple[str, bool]:
     return ("gemm" if d_in * d_out <= 2048 * (d_in + d_out) else "stream"), False
 
 
+def narrow_outputs_rule(d_in: int, d_out: int) -> tuple[str, bool]:
+    """The auto rule before session 12 (docs/kernels_log.md §3f): the gemm path only for narrow
+    outputs (4·d_out <= d_in, the k/v projections), else the stream path. What "auto" picks
+    under the Triton interpreter (choose_path), and the A/B baseline of
+    benchmarks/ab_executor_rule.py."""
+    return ("gemm" if 4 * d_out <= d_in else "stream"), False
+
+
 # Largest rank padding (layout.block_r) at which each path's kernels fit in the 227 KB of shared
 # memory one program may use on sm_90, by operand size in bytes: from Triton 3.6's compile
 # metadata for the shipped tile settings (benchmarks/ptx_fingerprint.shared_memory, 2026-11-29;
@@ -185,7 +193,7 @@ def choose_path(t: int, d_in: int, d_out: int, device: torch.device | None = Non
     (10.5 against 5 minutes, session 12). The narrow outputs keep the gemm path under test."""
     if TUNE["path"] == "auto":
         if device is not None and (device.type != "cuda" or mlt.interpret_mode()):
-            return ("gemm" if 4 * d_out <= d_in else "stream"), False
+            return narrow_outputs_rule(d_in, d_out)
         return auto_path(t, d_in, d_out)
     return TUNE["path"], bool(TUNE["wgrad_pair"])
 
