@@ -121,25 +121,21 @@ def gluon_ok(a: torch.Tensor, s: torch.Tensor | None, cfg: dict) -> bool:
 
 def _gemm_lora_gluon(a, w, w_kmajor, layout, s, v, cfg, out):
     """gemm_lora through kernels/gemm_lora_gluon.py (CUDA, Hopper): same operands and result."""
-    from triton.experimental.gluon.nvidia.hopper import TensorDescriptor as GluonDescriptor
-
     from .gemm_lora_gluon import gemm_lora_gluon_kernel
 
     m, k = a.shape
     n = out.shape[1]
     bm, bn, bk = cfg["gm_bm"], cfg["gm_bn"], 64  # a LoRA step's S / V boxes are 64 ranks wide
     b_box = [bn, bk] if w_kmajor else [bk, bn]
-    lay_a, lay_b, lay_c = (_smem_layout(tuple(box), a.dtype) for box in ([bm, bk], b_box, [bm, bn]))
-    desc = GluonDescriptor.from_tensor
-    if layout is not None:
-        s_desc, v_desc = desc(s, [bm, bk], lay_a), desc(v.flatten(0, 1), b_box, lay_b)
+    if layout is not None:  # (s and v have a's dtype: gluon_ok, _validate)
+        s_desc, v_desc = gluon_desc(s, [bm, bk]), gluon_desc(v.flatten(0, 1), b_box)
         row_ad, ranks, rows_per_ad = layout.row_adapters(a.device), layout.ranks_tensor(a.device), v.shape[1]
         plan = layout.row_tile_plan(bm, a.device)
     else:
         s_desc = v_desc = None
         row_ad = ranks = plan = out  # never read (LORA is a constexpr)
         rows_per_ad = 0
-    a_desc, b_desc = desc(a, [bm, bk], lay_a), desc(w, b_box, lay_b)
+    a_desc, b_desc = gluon_desc(a, [bm, bk]), gluon_desc(w, b_box)
     diag = cfg.get("gm_diag", 0)  # timing diagnostics (benchmarks/diag_gemm_lora.py); 0 = off
     if layout is not None and diag >= 2:  # 2: every LoRA step reads adapter 0's V (L2-hot)
         rows_per_ad = 0
@@ -148,7 +144,7 @@ def _gemm_lora_gluon(a, w, w_kmajor, layout, s, v, cfg, out):
     tiles = -(-m // bm) * -(-n // bn)
     grid = (min(tiles, _n_sms(a.device)),)
     launch(gemm_lora_gluon_kernel, grid, (
-        a_desc, b_desc, desc(out, [bm, bn], lay_c), s_desc, v_desc,
+        a_desc, b_desc, gluon_desc(out, [bm, bn]), s_desc, v_desc,
         row_ad, ranks, plan, m, n, k, rows_per_ad,
     ), dict(
         B_KMAJOR=w_kmajor, LORA=layout is not None, STAGES=cfg["gm_stages"],
@@ -157,6 +153,14 @@ def _gemm_lora_gluon(a, w, w_kmajor, layout, s, v, cfg, out):
         S_REGS=bool(cfg.get("gm_rank_k") and cfg.get("gm_s_regs")), num_warps=cfg["gm_warps"],
     ))  # fmt: skip
     return out
+
+
+def gluon_desc(t: torch.Tensor, box: list):
+    """A Gluon TMA descriptor over ``t`` with this box, in the box's NVMMA shared layout
+    (_smem_layout), as every Gluon launcher builds them."""
+    from triton.experimental.gluon.nvidia.hopper import TensorDescriptor as GluonDescriptor
+
+    return GluonDescriptor.from_tensor(t, list(box), _smem_layout(tuple(box), t.dtype))
 
 
 @functools.lru_cache(maxsize=64)

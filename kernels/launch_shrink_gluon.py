@@ -8,7 +8,7 @@ import torch
 
 from .fast_launch import launch
 from .launch import TUNE, _n_sms, _plan_key, _tma_ok, zeroed_workspace
-from .launch_gemm import _smem_layout, gluon_device_ok
+from .launch_gemm import gluon_desc, gluon_device_ok
 from .layout import MultiLoraLayout
 
 BOX = 64  # K per step and ranks per W box (kernels/shrink_gluon.py BOX_K)
@@ -80,8 +80,6 @@ def shrink_gluon(x, w, kmajor: bool, out, layout: MultiLoraLayout, scale: bool,
                  cfg) -> torch.Tensor:  # fmt: skip
     """OUT[T, block_r] = c_i x_i W_iᵀ (c_i when ``scale``) through the Gluon kernel; w is lora_a
     [N, r_max, K] (``kmajor``: W_i = A_i) or lora_b [N, K, r_max] (W_i = B_iᵀ). Returns out."""
-    from triton.experimental.gluon.nvidia.hopper import TensorDescriptor as GluonDescriptor
-
     from .shrink_gluon import shrink_gluon_kernel
 
     if not out.is_contiguous():  # OUT and PART share one row stride (out.stride(0))
@@ -101,9 +99,7 @@ def shrink_gluon(x, w, kmajor: bool, out, layout: MultiLoraLayout, scale: bool,
         tickets = zeroed_workspace(dev, 1, n_tiles)[1]
     else:
         part = tickets = out  # never read
-    desc = GluonDescriptor.from_tensor
-    x_desc = desc(x, [bm, BOX], _smem_layout((bm, BOX), x.dtype))
-    w_desc = desc(w.flatten(0, 1), [BOX, BOX], _smem_layout((BOX, BOX), x.dtype))
+    x_desc, w_desc = gluon_desc(x, [bm, BOX]), gluon_desc(w.flatten(0, 1), [BOX, BOX])
     grid = -(-(n_tiles * k_steps) // units)  # every program has work
     launch(shrink_gluon_kernel, (grid,), (
         x_desc, w_desc, out, part, tickets, tiles, layout.ranks_tensor(dev),

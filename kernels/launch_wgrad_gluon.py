@@ -9,7 +9,7 @@ import torch
 
 from .fast_launch import launch
 from .launch import SM90_SHARED_BYTES, _empty, _n_sms, _plan_key, _tma_ok, rank_extent
-from .launch_gemm import _smem_layout, gluon_device_ok
+from .launch_gemm import gluon_desc, gluon_device_ok
 from .layout import MultiLoraLayout
 
 BOX = 64  # tokens per step and ranks per P box (kernels/wgrad_gluon.py BOX_T, BOX_R)
@@ -58,8 +58,6 @@ def wgrad_gluon(p, q, like, transpose_out: bool, layout: MultiLoraLayout, scale:
     """Per-adapter sum over the segment's tokens of p[t, r] q[t, n], shaped like ``like``
     (lora_a [N, r_max, n], or lora_b [N, n, r_max] when ``transpose_out``), c_i-scaled when
     ``scale``: what launch._wgrad returns, through the Gluon kernel."""
-    from triton.experimental.gluon.nvidia.hopper import TensorDescriptor as GluonDescriptor
-
     from .wgrad_gluon import wgrad_gluon_kernel
 
     dev, n_cols, bn = q.device, q.shape[1], cfg["wg_gl_bn"]
@@ -73,9 +71,7 @@ def wgrad_gluon(p, q, like, transpose_out: bool, layout: MultiLoraLayout, scale:
     if n_items == 0:
         return out
     s_a, s_r, s_n = (out.stride(0), out.stride(2), out.stride(1)) if transpose_out else out.stride()
-    desc = GluonDescriptor.from_tensor
-    p_desc = desc(p, [BOX, BOX], _smem_layout((BOX, BOX), p.dtype))
-    q_desc = desc(q, [BOX, bn], _smem_layout((BOX, bn), q.dtype))
+    p_desc, q_desc = gluon_desc(p, [BOX, BOX]), gluon_desc(q, [BOX, bn])
     launch(wgrad_gluon_kernel, (min(n_items, _n_sms(dev)),), (
         p_desc, q_desc, out, table, layout.ranks_tensor(dev), layout.scaling_tensor(dev), n_items,
         n_cb, n_cols, min(r_ext, BOX), s_a, s_r, s_n,
