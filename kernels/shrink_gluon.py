@@ -52,14 +52,6 @@ BOX_K = gl.constexpr(64)  # K per step, and the rank box (block_r <= 64)
 
 
 @gluon.jit
-def _tile_start(TILES, tile, N_TILES):
-    """(adapter, first row) of row tile ``tile`` (zeros past the table), what its loads need."""
-    ok = tile < N_TILES
-    return gl.load(TILES + tile * 3, mask=ok, other=0), gl.load(TILES + tile * 3 + 1, mask=ok,
-                                                                other=0)  # fmt: skip
-
-
-@gluon.jit
 def _issue(step, row0, ad, x_desc, w_desc, W_ROWS_PER_AD, x_slot, w_slot, bar,
            W_KMAJOR: gl.constexpr):  # fmt: skip
     """TMA loads of K step ``step`` (absolute) of a row tile into one ring stage."""
@@ -102,8 +94,8 @@ def shrink_gluon_kernel(x_desc, w_desc, OUT, PART, TICKETS, TILES, RANKS, SCALES
     # the tile after it is loaded one tile ahead (n_*) so that a switch never waits on a load
     pu = u0
     p_tile = u0 // K_STEPS
-    p_ad, p_row0 = _tile_start(TILES, p_tile, N_TILES)
-    n_ad, n_row0 = _tile_start(TILES, p_tile + 1, N_TILES)
+    p_ad, p_row0, _end = table_row(TILES, p_tile, N_TILES, 1)
+    n_ad, n_row0, _end = table_row(TILES, p_tile + 1, N_TILES, 1)
     issued = pid * 0
     for _i in gl.static_range(STAGES - 1):  # prologue: STAGES - 1 steps ahead
         if pu < u1:
@@ -182,5 +174,5 @@ def _produce(pu, p_tile, p_ad, p_row0, n_ad, n_row0, issued, N_TILES, K_STEPS, T
     if pu == (p_tile + 1) * K_STEPS:
         p_tile += 1
         p_ad, p_row0 = n_ad, n_row0
-        n_ad, n_row0 = _tile_start(TILES, p_tile + 1, N_TILES)
+        n_ad, n_row0, _end = table_row(TILES, p_tile + 1, N_TILES, 1)
     return pu, p_tile, p_ad, p_row0, n_ad, n_row0, issued + 1
