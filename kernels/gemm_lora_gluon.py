@@ -166,8 +166,13 @@ def _mask_lora_stage(a_slot, b_slot, ad, rank, row_ad, multi, BN: gl.constexpr,
             v = b_slot.load(cols_n)
             offs_r = gl.arange(0, 64, layout=gl.SliceLayout(1, cols_n))
             b_slot.store(gl.where((offs_r < rank)[:, None], v, gl.zeros_like(v)))
-    fence_async_shared()  # generic-proxy stores before the async-proxy wgmma reads
-    _cta_barrier()
+    if S_REGS:  # only V's pass can have stored: fence and synchronise only after it
+        if v_pad:
+            fence_async_shared()
+            _cta_barrier()
+    else:  # (as measured in session 12: after every LoRA step's pass, stores or not)
+        fence_async_shared()  # generic-proxy stores before the async-proxy wgmma reads
+        _cta_barrier()
 
 
 @gluon.jit
