@@ -7,7 +7,7 @@ Run (on the GPU machine, from the repo root):
 Variants (all compute the same function; the frozen base weight never gets a gradient):
   base       y = x Wᵀ and dX = dY W only (the floor the LoRA part is added to)
   fused      kernels.fused_multi_lora as shipped (TUNE defaults: path "auto": since 2026-11-29
-             session 12 (14:3xZ) "gemm" where d_in·d_out <= 2048·(d_in + d_out), i.e. also
+             session 12 (13:56Z) "gemm" where d_in·d_out <= 2048·(d_in + d_out), i.e. also
              4096²; from 06:2xZ "gemm" for d_out <= d_in / 4 and "stream" elsewhere; from
              05:1xZ "stream" everywhere; rows before: split / fused by T)
   fused_one  TUNE path="fused": shrink+expand in one launch (shrink_expand), two wgrad launches

@@ -26,7 +26,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks.bench_multi_lora import make_inputs, step_fn  # noqa: E402
-from kernels import fast_launch, launch, launch_fused, launch_gemm  # noqa: E402
+from kernels import fast_launch  # noqa: E402
 
 
 def _wall_ms(fn, iters: int) -> float:
@@ -96,11 +96,9 @@ def _timed_launches(fn, iters: int) -> dict[str, list[float]]:
         real(jit_fn, grid, args, meta)
         spent[getattr(jit_fn, "__name__", str(jit_fn))].append((time.perf_counter() - t) * 1e6)
 
-    mods = [m for m in (launch, launch_fused, launch_gemm) if getattr(m, "launch", None) is real]
-    others = [m for m in sys.modules.values()
-              if m is not None and m.__name__.startswith("kernels.")
-              and getattr(m, "launch", None) is real and m not in mods]
-    mods += others
+    mods = [m for m in list(sys.modules.values())  # every kernels module that imported it
+            if m is not None and m.__name__.startswith("kernels.")
+            and getattr(m, "launch", None) is real]
     for m in mods:
         m.launch = timed
     try:

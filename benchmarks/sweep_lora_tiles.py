@@ -88,7 +88,7 @@ WG_CFGS_6 = [dict(), dict(chunk=256), dict(chunk=512), dict(chunk=2048)]
 SH_CFGS_8 = [dict(sh_gluon=False), dict(), dict(sh_gl_stages=8), dict(sh_gl_progs=2, sh_gl_stages=4),
              dict(split_k=2), dict(split_k=4), dict(split_k=8), dict(split_k=1, sh_gl_stages=8),
              dict(sh_gl_stages=4)]  # fmt: skip
-# Round 9 (written in session 11, not yet run): the Gluon weight-gradient reduction
+# Round 9 (written in session 11, run in session 12): the Gluon weight-gradient reduction
 # (kernels/wgrad_gluon.py, TUNE gpu wg_gluon) against the Triton kernel, its column block and
 # ring depth (wg_dA / wg_dB; the dA + dX and expand kernels stay in Triton).
 WG_CFGS_9 = [dict(), dict(wg_gluon=True), dict(wg_gluon=True, wg_gl_bn=256, wg_gl_stages=5),
