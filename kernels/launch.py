@@ -65,10 +65,10 @@ TUNE: dict = {
     # gm_peel: the Gluon GEMM's base steps in a loop without the producer's tile-switch and
     # LoRA branches (77-81 SASS instructions and 4 CTA barriers per step against 191-207 and
     # 7). Written after the last GPU run of 2026-11-29: built for sm_90, never run; off.
-    # gm_rank_k: the Gluon GEMM's LoRA steps run their wgmma over the adapter's rank rounded
-    # up to 16 instead of all 64, so V's rank padding needs no masking pass for ranks that are
-    # multiples of 16 (the pass cost about 6 µs per forward and 20 per backward GEMM at 4096²,
-    # T = 8192, §3i). Session 12.
+    # gm_rank_k: the Gluon GEMM's LoRA steps run their wgmma over 16, 32 or 64 ranks (the least
+    # that holds the adapter's rank) instead of all 64, so V's rank padding needs no masking
+    # pass for ranks 16, 32 and 64 (the pass cost about 6 µs per forward and 20 per backward
+    # GEMM at 4096², T = 8192, §3i); -14 to -19 µs per 4096² layer step at T = 8192 (§3k).
     # gm_s_regs (needs gm_rank_k): in tiles holding several adapters, S goes to the LoRA wgmma
     # from registers with other adapters' rows zeroed there, instead of a shared-memory
     # masking pass (store, fence, CTA barrier) per step. Off: written after session 12's last
