@@ -138,6 +138,11 @@ FUSED_VARIANTS = {  # TUNE overrides of each fused_multi_lora variant
     # run on a GPU when added at the end of session 12)
     "fused_gluon_s_regs": dict(DEFAULT_TUNE, path="gemm",
                                gpu=dict(DEFAULT_TUNE["gpu"], gm_gluon=True, gm_s_regs=True)),
+    # the Gluon GEMM's LoRA step fencing and synchronising only after a masking store (TUNE
+    # gpu gm_lean_fence; session 13)
+    "fused_gluon_lean_fence": dict(DEFAULT_TUNE, path="gemm",
+                                   gpu=dict(DEFAULT_TUNE["gpu"], gm_gluon=True,
+                                            gm_lean_fence=True)),
     # the shrinks through the Triton kernel instead of the Gluon one (TUNE gpu sh_gluon, the
     # default on Hopper since 2026-11-29, session 11), on the shipped path and on the gemm path
     "fused_sh_triton": dict(DEFAULT_TUNE, gpu=dict(DEFAULT_TUNE["gpu"], sh_gluon=False)),

@@ -143,10 +143,13 @@ def _issue_step(k, K_STEPS, off_m, off_n, first, a_desc, b_desc, s_desc, v_desc,
 @gluon.jit
 def _mask_lora_stage(a_slot, b_slot, ad, rank, row_ad, multi, BN: gl.constexpr,
                      B_KMAJOR: gl.constexpr, RANK_K: gl.constexpr, S_REGS: gl.constexpr,
-                     num_warps: gl.constexpr):  # fmt: skip
+                     LEAN_FENCE: gl.constexpr, num_warps: gl.constexpr):  # fmt: skip
     """Zero, in shared memory, S rows not owned by adapter ``ad`` (row_ad: the tile's row ->
     adapter, only when it holds several adapters) and V_a's rank padding (rank >= r_a; with
-    RANK_K only for ranks other than 16, 32 and 64, since _lora_mma reads no further)."""
+    RANK_K only for ranks other than 16, 32 and 64, since _lora_mma reads no further).
+    LEAN_FENCE: the fence and CTA barrier only when a pass stored (a tile of one adapter whose
+    rank is 16, 32 or 64 stores nothing); ``multi`` and ``rank`` are uniform over the tile, so
+    every warp takes the same branch."""
     rows_k: gl.constexpr = gl.BlockedLayout([1, 8], [8, 4], [num_warps, 1], [1, 0])  # [*, 64]
     if not S_REGS:  # (S_REGS: _lora_mma masks S's rows in registers instead)
         if multi:
@@ -170,6 +173,10 @@ def _mask_lora_stage(a_slot, b_slot, ad, rank, row_ad, multi, BN: gl.constexpr,
         if v_pad:
             fence_async_shared()
             _cta_barrier()
+    elif LEAN_FENCE:
+        if multi | v_pad:
+            fence_async_shared()
+            _cta_barrier()
     else:  # (as measured in session 12: after every LoRA step's pass, stores or not)
         fence_async_shared()  # generic-proxy stores before the async-proxy wgmma reads
         _cta_barrier()
@@ -181,7 +188,7 @@ def gemm_lora_gluon_kernel(a_desc, b_desc, c_desc, s_desc, v_desc, ROW_AD, RANKS
                            STAGES: gl.constexpr, GROUP_M: gl.constexpr,
                            LORA_MASK: gl.constexpr, PEEL_BASE: gl.constexpr,
                            RANK_K: gl.constexpr, S_REGS: gl.constexpr,
-                           num_warps: gl.constexpr):  # fmt: skip
+                           LEAN_FENCE: gl.constexpr, num_warps: gl.constexpr):  # fmt: skip
     """Persistent grid; program p owns tiles p, p + grid, ... Shapes: A [M, K] (box [BM, 64]),
     B = W [N, K] (box [BN, 64], B_KMAJOR) or W [K, N] (box [64, BN]), C [M, N] (box [BM, BN]),
     S [M, block_r] (box [BM, 64]), V = lora_b [N_ad·N, r_max] (box [BN, 64], B_KMAJOR) or
@@ -263,7 +270,7 @@ def gemm_lora_gluon_kernel(a_desc, b_desc, c_desc, s_desc, v_desc, ROW_AD, RANKS
                 if LORA_MASK:  # (False: a timing diagnostic only, wrong results)
                     _mask_lora_stage(a_ring.index(slot), b_ring.index(slot), ad, rank, row_ad,
                                      n_lora > 1, BN, B_KMAJOR, RANK_K, S_REGS,
-                                     num_warps)  # fmt: skip
+                                     LEAN_FENCE, num_warps)  # fmt: skip
                 acc, used = _lora_mma(acc, used, rank, ad, row_ad, n_lora > 1, a_ring, b_ring,
                                       STAGES, B_KMAJOR, RANK_K, S_REGS, s_layout)  # fmt: skip
                 if p_tile < num_tiles:

@@ -139,9 +139,10 @@ def test_tma_small_shapes(spread, dtype):
 
 
 @pytest.mark.parametrize("spread", SPREADS)
-@pytest.mark.parametrize("persist", [0, 1, "gluon", "gluon-peel", "gluon-full-k", "gluon-s-regs"],
+@pytest.mark.parametrize("persist", [0, 1, "gluon", "gluon-peel", "gluon-full-k", "gluon-s-regs",
+                                     "gluon-lean-fence"],
                          ids=["tile-per-program", "persistent", "gluon", "gluon-peel",
-                              "gluon-full-k", "gluon-s-regs"])  # fmt: skip
+                              "gluon-full-k", "gluon-s-regs", "gluon-lean-fence"])  # fmt: skip
 def test_gemm_small_shapes(spread, persist, monkeypatch):
     """The gemm path (Triton base GEMM + LoRA per output tile, TMA) at T = 133 (a partial row
     tile), d_in = 520 (not a multiple of the 64-wide K step: zero fill), d_out = 1032 (a partial
@@ -150,13 +151,15 @@ def test_gemm_small_shapes(spread, persist, monkeypatch):
     to 16 / 32 / 64 ranks (gm_rank_k, the default) or over all 64 with the masking pass
     (gluon-full-k). The rank pool has ranks at each width (16, 32, 64) and inside each
     (8, 24, 40), whose NaN padding the cut MMA reads and the masking pass must zero;
-    gluon-s-regs: S's rows of other adapters zeroed in registers (gm_s_regs)."""
+    gluon-s-regs: S's rows of other adapters zeroed in registers (gm_s_regs); gluon-lean-fence:
+    the LoRA step's fence and barrier only after a masking store (gm_lean_fence)."""
     ml.TUNE["path"] = "gemm"
     if str(persist).startswith("gluon"):
         calls = _count_gluon_calls(monkeypatch)
         ml.TUNE["gpu"]["gm_peel"] = persist == "gluon-peel"
         ml.TUNE["gpu"]["gm_rank_k"] = persist != "gluon-full-k"
         ml.TUNE["gpu"]["gm_s_regs"] = persist == "gluon-s-regs"
+        ml.TUNE["gpu"]["gm_lean_fence"] = persist == "gluon-lean-fence"
     else:  # the Triton GEMM (Hopper's default is the Gluon one)
         ml.TUNE["gpu"].update(gm_persist=persist, gm_gluon=False)
     tensors, seg, ranks, scaling = make_case(32, spread, 133, 520, 1032,
@@ -276,9 +279,11 @@ def _count_gluon_calls(monkeypatch) -> list:
                                   dict(wgrad_chunk=256, gpu=dict(gm_persist=0, gm_gluon=False)),
                                   dict(gpu=dict(gm_gluon=True)),
                                   dict(gpu=dict(gm_gluon=True, gm_peel=True)),
-                                  dict(gpu=dict(gm_gluon=True, gm_s_regs=True))],
+                                  dict(gpu=dict(gm_gluon=True, gm_s_regs=True)),
+                                  dict(gpu=dict(gm_gluon=True, gm_lean_fence=True))],
                          ids=["gemm-persistent", "gemm-per-tile-atomics", "gemm-gluon",
-                              "gemm-gluon-peel", "gemm-gluon-s-regs"])  # fmt: skip
+                              "gemm-gluon-peel", "gemm-gluon-s-regs",
+                              "gemm-gluon-lean-fence"])  # fmt: skip
 @pytest.mark.parametrize("shape", [(4096, 4096), (4096, 1024), (14336, 4096)])
 def test_gemm_full_size(tune, shape, monkeypatch):
     ml.TUNE.update(tune, path="gemm", gpu=dict(ml.TUNE["gpu"], **tune.get("gpu", {})))
