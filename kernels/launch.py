@@ -76,9 +76,10 @@ TUNE: dict = {
     # gm_lean_fence: the LoRA step's fence and CTA barrier only after its masking pass stored
     # (tiles of several adapters, ranks other than 16 / 32 / 64); session 13, measured below.
     # sh_gluon: on Hopper the split-K shrink (x and dY, stream and gemm paths) runs
-    # kernels/shrink_gluon.py: TMA ring of sh_gl_stages steps, at most sh_gl_progs programs per
-    # SM. sh_gl_stream_k: while the row tiles fill at most a third of the SMs, their K steps
-    # shared evenly by the programs (stream-K, session 12; launch_shrink_gluon.gluon_units),
+    # kernels/shrink_gluon.py: row tiles of sh_gl_bm rows, TMA ring of sh_gl_stages steps,
+    # at most sh_gl_progs programs per SM. sh_gl_stream_k: while the row tiles fill at most a
+    # third of the SMs, their K steps shared evenly by the programs (stream-K, session 12;
+    # launch_shrink_gluon.gluon_units),
     # each taking >= sh_gl_min_steps; else, and off, whole tiles per program. Sweep
     # round 8 (session 11, lora_tiles.csv, N = 32, alone, whole tiles): at T = 8192 24-26 µs
     # for 67 MB against the Triton shrink's 29.6-30.2, 7.1 against 13.5 for dY of the k/v
@@ -103,8 +104,8 @@ TUNE: dict = {
                 gm_bm=128, gm_bn=256, gm_bk=64, gm_warps=8, gm_stages=3, gm_group=8,
                 gm_persist=1, gm_gluon=True, gm_peel=False, gm_rank_k=True, gm_s_regs=False,
                 gm_lean_fence=False, sx_bn=256, sx_warps=8,
-                sh_gluon=True, sh_gl_progs=1, sh_gl_stages=8, sh_gl_warps=4, sh_gl_stream_k=True,
-                sh_gl_min_steps=16, wg_gluon=False, wg_gl_stages=8, wg_gl_bn=128,
+                sh_gluon=True, sh_gl_bm=128, sh_gl_progs=1, sh_gl_stages=8, sh_gl_warps=4,
+                sh_gl_stream_k=True, sh_gl_min_steps=16, wg_gluon=False, wg_gl_stages=8, wg_gl_bn=128,
                 upcast=False),  # fmt: skip
     "interp": dict(bm=32, bk=32, bn=64, bt=32, warps=4, stages=1, wg_stages=1, bm_fused=32,
                    bn_fused=32, se_fwd_bk=32, se_fwd_stages=1, se_bwd_bk=32, se_bwd_stages=1,
@@ -113,7 +114,8 @@ TUNE: dict = {
                    gm_persist=0, gm_gluon=False, gm_rank_k=False, gm_s_regs=False,
                    gm_lean_fence=False, sx_bn=64,
                    sx_warps=4, sh_gluon=False,
-                   sh_gl_progs=1, sh_gl_stages=1, sh_gl_warps=4, sh_gl_stream_k=False,
+                   sh_gl_bm=32, sh_gl_progs=1, sh_gl_stages=1, sh_gl_warps=4,
+                   sh_gl_stream_k=False,
                    sh_gl_min_steps=16, wg_gluon=False, wg_gl_stages=1, wg_gl_bn=64,
                    upcast=True),  # fmt: skip
     "poison": False,  # tests: fill every internally allocated output with NaN first

@@ -34,7 +34,7 @@ def shrink_gluon_fits(x: torch.Tensor, w: torch.Tensor, kmajor: bool, layout: Mu
         return False
     if layout.block_r > BOX or not w.is_contiguous():
         return False
-    bm, k = cfg["sh_bm"], x.shape[1]
+    bm, k = cfg["sh_gl_bm"], x.shape[1]
     if bm not in (64, 128) or 16 * cfg["sh_gl_warps"] > bm or cfg["sh_gl_stages"] < 2:
         return False
     return k > 0 and (kmajor or k % BOX == 0)
@@ -85,7 +85,7 @@ def shrink_gluon(x, w, kmajor: bool, out, layout: MultiLoraLayout, scale: bool,
     if not out.is_contiguous():  # OUT and PART share one row stride (out.stride(0))
         raise ValueError("shrink_gluon: out must be contiguous")
     dev, k = x.device, x.shape[1]
-    bm, k_steps = cfg["sh_bm"], -(-k // BOX)
+    bm, k_steps = cfg["sh_gl_bm"], -(-k // BOX)
     progs = cfg["sh_gl_progs"] * _n_sms(dev)
     tiles, units = layout.memo(_plan_key(cfg, "shrink_gluon", k, dev), lambda: (
         (tl := layout.tiles(bm, dev)), gluon_units(tl.shape[0], k_steps, progs, cfg)))  # fmt: skip

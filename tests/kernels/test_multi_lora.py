@@ -576,11 +576,11 @@ def test_gluon_shrink_refuses_configs_it_cannot_run():
     from kernels.launch_shrink_gluon import shrink_gluon_fits as fits
 
     lay = kernels.MultiLoraLayout([4, 4], [8, 16], [1.0, 1.0])
-    cfg = dict(sh_bm=128, sh_gl_warps=4, sh_gl_stages=8)
+    cfg = dict(sh_gl_bm=128, sh_gl_warps=4, sh_gl_stages=8)
     x, w = torch.zeros(8, 128, dtype=BF16), torch.zeros(2, 16, 128, dtype=BF16)
     assert fits(x, w, True, lay, cfg)
     assert not fits(x, w, True, lay, dict(cfg, sh_gl_stages=1))
-    assert not fits(x, w, True, lay, dict(cfg, sh_bm=64, sh_gl_warps=8))
+    assert not fits(x, w, True, lay, dict(cfg, sh_gl_bm=64, sh_gl_warps=8))
     assert fits(x, w, True, lay, dict(cfg, sh_gl_warps=8))
     assert not fits(x[:, :0], w[:, :, :0], True, lay, cfg)
     assert fits(torch.zeros(8, 72, dtype=BF16), torch.zeros(2, 16, 72, dtype=BF16), True, lay, cfg)

@@ -173,7 +173,7 @@ def test_gemm_small_shapes(spread, persist, monkeypatch):
 
 @pytest.mark.parametrize("spread", SPREADS)
 @pytest.mark.parametrize("case", ["split-k", "one-split", "odd-d_out", "gemm-path", "fp32-s",
-                                  "narrow-ranks"])
+                                  "narrow-ranks", "bm64", "bm64-split-k"])
 def test_gluon_shrink_small_shapes(spread, case, monkeypatch):
     """The Gluon shrink (kernels/shrink_gluon.py) for x (forward, A_i k-contiguous) and dY
     (backward, B_i rank-contiguous) at T = 133 (partial row tiles, boxes past T), d_in = 520
@@ -182,13 +182,17 @@ def test_gluon_shrink_small_shapes(spread, case, monkeypatch):
     backward's shrink falls back to Triton; gemm-path: feeding the Gluon GEMM; fp32-s: S kept
     in fp32 (TUNE narrow_s off); narrow-ranks: ranks 8 / 16, so r_max <= 16 < 64: the
     forward's W box spans the next adapters' ranks (NaN padding included) and the backward's
-    is zero-filled past r_max (added after the session's last GPU run: not yet run)."""
+    is zero-filled past r_max; bm64 / bm64-split-k: 64-row tiles (sh_gl_bm), whole or
+    3 K splits."""
     import kernels.launch_gemm as lg
     import kernels.launch_shrink_gluon as lsg
 
     d_out = 1032 if case == "odd-d_out" else 1024
     ml.TUNE.update(path="gemm" if case == "gemm-path" else "stream",
-                   split_k={"split-k": 3, "one-split": 1}.get(case), narrow_s=case != "fp32-s")  # fmt: skip
+                   split_k={"split-k": 3, "one-split": 1, "bm64-split-k": 3}.get(case),
+                   narrow_s=case != "fp32-s")  # fmt: skip
+    if case.startswith("bm64"):
+        ml.TUNE["gpu"]["sh_gl_bm"] = 64
     calls = []
     real = lsg.shrink_gluon
 
