@@ -143,6 +143,12 @@ FUSED_VARIANTS = {  # TUNE overrides of each fused_multi_lora variant
     "fused_gluon_lean_fence": dict(DEFAULT_TUNE, path="gemm",
                                    gpu=dict(DEFAULT_TUNE["gpu"], gm_gluon=True,
                                             gm_lean_fence=True)),
+    # one wgmma kept in flight across steps (TUNE gpu gm_lag, sh_gl_lag; session 13), in the
+    # Gluon GEMM, in the Gluon shrink, in both; and the shrink's 64-row tiles (sh_gl_bm)
+    "fused_gm_lag": dict(DEFAULT_TUNE, gpu=dict(DEFAULT_TUNE["gpu"], gm_lag=True)),
+    "fused_sh_lag": dict(DEFAULT_TUNE, gpu=dict(DEFAULT_TUNE["gpu"], sh_gl_lag=True)),
+    "fused_lag": dict(DEFAULT_TUNE, gpu=dict(DEFAULT_TUNE["gpu"], gm_lag=True, sh_gl_lag=True)),
+    "fused_shgl_bm64": dict(DEFAULT_TUNE, gpu=dict(DEFAULT_TUNE["gpu"], sh_gl_bm=64)),
     # the shrinks through the Triton kernel instead of the Gluon one (TUNE gpu sh_gluon, the
     # default on Hopper since 2026-11-29, session 11), on the shipped path and on the gemm path
     "fused_sh_triton": dict(DEFAULT_TUNE, gpu=dict(DEFAULT_TUNE["gpu"], sh_gluon=False)),

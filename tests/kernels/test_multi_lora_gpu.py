@@ -140,9 +140,10 @@ def test_tma_small_shapes(spread, dtype):
 
 @pytest.mark.parametrize("spread", SPREADS)
 @pytest.mark.parametrize("persist", [0, 1, "gluon", "gluon-peel", "gluon-full-k", "gluon-s-regs",
-                                     "gluon-lean-fence"],
+                                     "gluon-lean-fence", "gluon-lag", "gluon-lag-full-k"],
                          ids=["tile-per-program", "persistent", "gluon", "gluon-peel",
-                              "gluon-full-k", "gluon-s-regs", "gluon-lean-fence"])  # fmt: skip
+                              "gluon-full-k", "gluon-s-regs", "gluon-lean-fence", "gluon-lag",
+                              "gluon-lag-full-k"])  # fmt: skip
 def test_gemm_small_shapes(spread, persist, monkeypatch):
     """The gemm path (Triton base GEMM + LoRA per output tile, TMA) at T = 133 (a partial row
     tile), d_in = 520 (not a multiple of the 64-wide K step: zero fill), d_out = 1032 (a partial
@@ -152,12 +153,14 @@ def test_gemm_small_shapes(spread, persist, monkeypatch):
     (gluon-full-k). The rank pool has ranks at each width (16, 32, 64) and inside each
     (8, 24, 40), whose NaN padding the cut MMA reads and the masking pass must zero;
     gluon-s-regs: S's rows of other adapters zeroed in registers (gm_s_regs); gluon-lean-fence:
-    the LoRA step's fence and barrier only after a masking store (gm_lean_fence)."""
+    the LoRA step's fence and barrier only after a masking store (gm_lean_fence); gluon-lag:
+    one wgmma kept in flight across steps (gm_lag), with the rank cut or over 64 ranks."""
     ml.TUNE["path"] = "gemm"
     if str(persist).startswith("gluon"):
         calls = _count_gluon_calls(monkeypatch)
         ml.TUNE["gpu"]["gm_peel"] = persist == "gluon-peel"
-        ml.TUNE["gpu"]["gm_rank_k"] = persist != "gluon-full-k"
+        ml.TUNE["gpu"]["gm_rank_k"] = not persist.endswith("full-k")
+        ml.TUNE["gpu"]["gm_lag"] = persist.startswith("gluon-lag")
         ml.TUNE["gpu"]["gm_s_regs"] = persist == "gluon-s-regs"
         ml.TUNE["gpu"]["gm_lean_fence"] = persist == "gluon-lean-fence"
     else:  # the Triton GEMM (Hopper's default is the Gluon one)
@@ -173,7 +176,7 @@ def test_gemm_small_shapes(spread, persist, monkeypatch):
 
 @pytest.mark.parametrize("spread", SPREADS)
 @pytest.mark.parametrize("case", ["split-k", "one-split", "odd-d_out", "gemm-path", "fp32-s",
-                                  "narrow-ranks", "bm64", "bm64-split-k"])
+                                  "narrow-ranks", "bm64", "bm64-split-k", "lag", "lag-split-k"])
 def test_gluon_shrink_small_shapes(spread, case, monkeypatch):
     """The Gluon shrink (kernels/shrink_gluon.py) for x (forward, A_i k-contiguous) and dY
     (backward, B_i rank-contiguous) at T = 133 (partial row tiles, boxes past T), d_in = 520
@@ -183,16 +186,18 @@ def test_gluon_shrink_small_shapes(spread, case, monkeypatch):
     in fp32 (TUNE narrow_s off); narrow-ranks: ranks 8 / 16, so r_max <= 16 < 64: the
     forward's W box spans the next adapters' ranks (NaN padding included) and the backward's
     is zero-filled past r_max; bm64 / bm64-split-k: 64-row tiles (sh_gl_bm), whole or
-    3 K splits."""
+    3 K splits; lag / lag-split-k: one wgmma kept in flight (sh_gl_lag)."""
     import kernels.launch_gemm as lg
     import kernels.launch_shrink_gluon as lsg
 
     d_out = 1032 if case == "odd-d_out" else 1024
     ml.TUNE.update(path="gemm" if case == "gemm-path" else "stream",
-                   split_k={"split-k": 3, "one-split": 1, "bm64-split-k": 3}.get(case),
+                   split_k={"split-k": 3, "one-split": 1, "bm64-split-k": 3,
+                            "lag-split-k": 3}.get(case),
                    narrow_s=case != "fp32-s")  # fmt: skip
     if case.startswith("bm64"):
         ml.TUNE["gpu"]["sh_gl_bm"] = 64
+    ml.TUNE["gpu"]["sh_gl_lag"] = case.startswith("lag")
     calls = []
     real = lsg.shrink_gluon
 
@@ -284,10 +289,11 @@ def _count_gluon_calls(monkeypatch) -> list:
                                   dict(gpu=dict(gm_gluon=True)),
                                   dict(gpu=dict(gm_gluon=True, gm_peel=True)),
                                   dict(gpu=dict(gm_gluon=True, gm_s_regs=True)),
-                                  dict(gpu=dict(gm_gluon=True, gm_lean_fence=True))],
+                                  dict(gpu=dict(gm_gluon=True, gm_lean_fence=True)),
+                                  dict(gpu=dict(gm_gluon=True, gm_lag=True, sh_gl_lag=True))],
                          ids=["gemm-persistent", "gemm-per-tile-atomics", "gemm-gluon",
                               "gemm-gluon-peel", "gemm-gluon-s-regs",
-                              "gemm-gluon-lean-fence"])  # fmt: skip
+                              "gemm-gluon-lean-fence", "gemm-gluon-lag"])  # fmt: skip
 @pytest.mark.parametrize("shape", [(4096, 4096), (4096, 1024), (14336, 4096)])
 def test_gemm_full_size(tune, shape, monkeypatch):
     ml.TUNE.update(tune, path="gemm", gpu=dict(ml.TUNE["gpu"], **tune.get("gpu", {})))
