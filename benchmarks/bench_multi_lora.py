@@ -149,6 +149,8 @@ FUSED_VARIANTS = {  # TUNE overrides of each fused_multi_lora variant
     "fused_sh_lag": dict(DEFAULT_TUNE, gpu=dict(DEFAULT_TUNE["gpu"], sh_gl_lag=True)),
     "fused_lag": dict(DEFAULT_TUNE, gpu=dict(DEFAULT_TUNE["gpu"], gm_lag=True, sh_gl_lag=True)),
     "fused_shgl_bm64": dict(DEFAULT_TUNE, gpu=dict(DEFAULT_TUNE["gpu"], sh_gl_bm=64)),
+    "fused_shgl_auto": dict(DEFAULT_TUNE, gpu=dict(DEFAULT_TUNE["gpu"], sh_gl_bm="auto")),
+    "fused_shgl_128": dict(DEFAULT_TUNE, gpu=dict(DEFAULT_TUNE["gpu"], sh_gl_bm=128)),
     # the shrinks through the Triton kernel instead of the Gluon one (TUNE gpu sh_gluon, the
     # default on Hopper since 2026-11-29, session 11), on the shipped path and on the gemm path
     "fused_sh_triton": dict(DEFAULT_TUNE, gpu=dict(DEFAULT_TUNE["gpu"], sh_gluon=False)),

@@ -34,10 +34,22 @@ def shrink_gluon_fits(x: torch.Tensor, w: torch.Tensor, kmajor: bool, layout: Mu
         return False
     if layout.block_r > BOX or not w.is_contiguous():
         return False
-    bm, k = cfg["sh_gl_bm"], x.shape[1]
+    bm, k = (64 if cfg["sh_gl_bm"] == "auto" else cfg["sh_gl_bm"]), x.shape[1]
     if bm not in (64, 128) or 16 * cfg["sh_gl_warps"] > bm or cfg["sh_gl_stages"] < 2:
         return False
     return k > 0 and (kmajor or k % BOX == 0)
+
+
+def auto_row_tile(n_tiles_64: int, n_progs: int) -> int:
+    """The row tile (TUNE gpu sh_gl_bm "auto"): 64 rows when 64-row tiles would fill more than
+    half of the programs and at most all of them (whole tiles, one wave), else 128 (whole
+    tiles, or stream-K while they are few: gluon_units). n_tiles_64: the layout's 64-row tile
+    count. Evidence (sweep rounds 11-12, session 13, H200, N = 8 / 32, each shrink alone, µs,
+    64-row whole tiles against the 128-row kernel as shipped before): 69-91 tiles of 64 rows
+    (T = 4096) 15.3-16.7 against 17.7-18.9 for the 4096-deep shrinks and 47.6-49.5 against
+    51.6-53.1 for the 14336-deep ones; at 36-45 (T = 2048) 15.1 against stream-K's 12.1-12.4;
+    at 133-158 (T = 8192) 29.5-32.4 against 21.9-26.7 (two waves)."""
+    return 64 if n_progs / 2 < n_tiles_64 <= n_progs else 128
 
 
 STREAM_K_MAX_TILES = 1 / 3  # stream-K only while the row tiles fill at most this share of programs
@@ -70,6 +82,16 @@ def gluon_units(n_tiles: int, k_steps: int, n_progs: int, cfg: dict) -> int:
     return max(per, min(cfg["sh_gl_min_steps"], k_steps))
 
 
+def gluon_plan(layout: MultiLoraLayout, k_steps: int, n_progs: int, cfg: dict,
+               dev: torch.device) -> tuple[int, torch.Tensor, int]:  # fmt: skip
+    """(row tile, the layout's device tile table at it, K steps per program) of one shrink."""
+    bm = cfg["sh_gl_bm"]
+    if bm == "auto":
+        bm = auto_row_tile(len(layout.tile_array(64)), n_progs)
+    tiles = layout.tiles(bm, dev)
+    return bm, tiles, gluon_units(tiles.shape[0], k_steps, n_progs, cfg)
+
+
 def gluon_part_slots(k_steps: int, units: int) -> int:
     """The most programs that can share one tile: a tile's k_steps consecutive units meet at
     most ceil((k_steps - 1) / units) + 1 ranges of ``units``."""
@@ -85,10 +107,10 @@ def shrink_gluon(x, w, kmajor: bool, out, layout: MultiLoraLayout, scale: bool,
     if not out.is_contiguous():  # OUT and PART share one row stride (out.stride(0))
         raise ValueError("shrink_gluon: out must be contiguous")
     dev, k = x.device, x.shape[1]
-    bm, k_steps = cfg["sh_gl_bm"], -(-k // BOX)
+    k_steps = -(-k // BOX)
     progs = cfg["sh_gl_progs"] * _n_sms(dev)
-    tiles, units = layout.memo(_plan_key(cfg, "shrink_gluon", k, dev), lambda: (
-        (tl := layout.tiles(bm, dev)), gluon_units(tl.shape[0], k_steps, progs, cfg)))  # fmt: skip
+    bm, tiles, units = layout.memo(_plan_key(cfg, "shrink_gluon", k, dev),
+                                   lambda: gluon_plan(layout, k_steps, progs, cfg, dev))
     n_tiles = tiles.shape[0]
     if n_tiles == 0:
         return out

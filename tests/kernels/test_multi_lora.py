@@ -9,6 +9,7 @@ unwritten outputs and reads of padded ranks both fail the finiteness check.
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from mlora_cases import SPREADS, make_case, run_and_compare
@@ -483,6 +484,29 @@ def test_deterministic_mode_is_bitwise_repeatable():
         torch.use_deterministic_algorithms(prev)
     (y1, g1), (y2, g2) = outs
     assert torch.equal(y1, y2) and all(torch.equal(p, q) for p, q in zip(g1, g2, strict=True))
+
+
+def test_gluon_shrink_row_tile_rule():
+    """sh_gl_bm "auto" (launch_shrink_gluon.auto_row_tile, gluon_plan): 64-row tiles when they
+    fill more than half of the programs and at most all; else 128. Tile counts of the
+    benchmark's layouts (bench_multi_lora.make_inputs, seed 0), hand-checked: T = 2048 N = 8
+    has 20 / 36 tiles of 128 / 64 rows, T = 4096 N = 8 37 / 69, T = 8192 N = 8 69 / 133."""
+    from kernels import launch_shrink_gluon as lsg
+
+    assert lsg.auto_row_tile(36, 132) == 128  # T = 2048: stream-K over 128-row tiles instead
+    assert lsg.auto_row_tile(66, 132) == 128 and lsg.auto_row_tile(67, 132) == 64
+    assert lsg.auto_row_tile(69, 132) == 64 and lsg.auto_row_tile(132, 132) == 64
+    assert lsg.auto_row_tile(133, 132) == 128  # T = 8192: a second wave of 64-row tiles
+    rng = np.random.default_rng(0)
+    ranks = [int(r) for r in rng.choice([16, 32, 64], size=8)]
+    seg = rng.multinomial(4096, [1.0 / 8] * 8).tolist()
+    lay = kernels.MultiLoraLayout(seg, ranks, [2.0] * 8)
+    cfg = dict(sh_gl_bm="auto", sh_gl_stream_k=True, sh_gl_min_steps=16)
+    bm, tiles, units = lsg.gluon_plan(lay, 64, 132, cfg, torch.device("cpu"))
+    assert (bm, tiles.shape[0], units) == (64, 69, 64)  # 69 whole tiles, 64 K steps each
+    bm, tiles, units = lsg.gluon_plan(lay, 64, 200, cfg, torch.device("cpu"))
+    # 69 <= 200 / 2: 128-row tiles, and 37 <= 200 / 3 of them: stream-K, >= 16 steps each
+    assert (bm, tiles.shape[0], units) == (128, 37, 16)
 
 
 def test_gluon_shrink_stream_k_rule():
