@@ -290,10 +290,12 @@ def _count_gluon_calls(monkeypatch) -> list:
                                   dict(gpu=dict(gm_gluon=True, gm_peel=True)),
                                   dict(gpu=dict(gm_gluon=True, gm_s_regs=True)),
                                   dict(gpu=dict(gm_gluon=True, gm_lean_fence=True)),
-                                  dict(gpu=dict(gm_gluon=True, gm_lag=True, sh_gl_lag=True))],
+                                  dict(gpu=dict(gm_gluon=True, gm_lag=True, sh_gl_lag=True)),
+                                  dict(gpu=dict(gm_gluon=True, sh_gl_bm="auto"))],
                          ids=["gemm-persistent", "gemm-per-tile-atomics", "gemm-gluon",
                               "gemm-gluon-peel", "gemm-gluon-s-regs",
-                              "gemm-gluon-lean-fence", "gemm-gluon-lag"])  # fmt: skip
+                              "gemm-gluon-lean-fence", "gemm-gluon-lag",
+                              "gemm-gluon-shgl-auto"])  # fmt: skip
 @pytest.mark.parametrize("shape", [(4096, 4096), (4096, 1024), (14336, 4096)])
 def test_gemm_full_size(tune, shape, monkeypatch):
     ml.TUNE.update(tune, path="gemm", gpu=dict(ml.TUNE["gpu"], **tune.get("gpu", {})))
