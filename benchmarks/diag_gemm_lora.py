@@ -77,9 +77,14 @@ CFGS = [dict(zip(_G, v, strict=True)) for v in (
     # kernel before session 12; 12-17 take the shipped gm_rank_k)
     dict(gm_bm=128, gm_bn=256, gm_bk=64, gm_warps=8, gm_stages=3, gm_group=8, gm_persist=1,
          gm_gluon=True, gm_rank_k=False),
-] + [  # 19: 12 with S's rows masked in registers (gm_s_regs; never run yet)
+] + [  # 19: 12 with S's rows masked in registers (gm_s_regs)
     dict(gm_bm=128, gm_bn=256, gm_bk=64, gm_warps=8, gm_stages=3, gm_group=8, gm_persist=1,
          gm_gluon=True, gm_s_regs=True),
+] + [  # 20-22 (session 13): C stored in two halves (gm_epi_halves) with a fourth ring stage,
+    # with three (the halves' own cost), with four and one wgmma kept in flight (gm_lag)
+    dict(gm_bm=128, gm_bn=256, gm_bk=64, gm_warps=8, gm_stages=st, gm_group=8, gm_persist=1,
+         gm_gluon=True, gm_epi_halves=True, gm_lag=lag) for st, lag in ((4, False), (3, False),
+                                                                        (4, True))
 ]  # fmt: skip
 
 

@@ -81,19 +81,19 @@ def _compile_gluon_sm90(kernel, sig: dict, consts: dict):
 def compile_gluon_gemm(kmajor: bool, lora: bool = True, bm: int = 128, bn: int = 256,
                        stages: int = 3, warps: int = 8, peel: bool = False,
                        rank_k: bool = True, s_regs: bool = False, lean_fence: bool = False,
-                       lag: bool = False):
+                       lag: bool = False, halves: bool = False):
     """kernels/gemm_lora_gluon.py's kernel compiled for sm_90 in bf16 at the launcher's box
     shapes (A / S [bm, 64], B / V [bn, 64] k-major or [64, bn], C [bm, bn])."""
     from kernels import gemm_lora_gluon
 
     b_box = [bn, 64] if kmajor else [64, bn]
     a_t, b_t = _bf16_desc([bm, 64]), _bf16_desc(b_box)
-    sig = dict(a_desc=a_t, b_desc=b_t, c_desc=_bf16_desc([bm, bn]),
+    sig = dict(a_desc=a_t, b_desc=b_t, c_desc=_bf16_desc([bm, bn // 2 if halves else bn]),
                s_desc=a_t, v_desc=b_t, ROW_AD="*i32", RANKS="*i32", TILE_PLAN="*i32", M="i32", N="i32", K="i32",
                V_ROWS_PER_AD="i32")  # fmt: skip
     consts = dict(B_KMAJOR=kmajor, LORA=lora, STAGES=stages, GROUP_M=8, LORA_MASK=True,
                   PEEL_BASE=peel, RANK_K=rank_k, S_REGS=s_regs, LEAN_FENCE=lean_fence,
-                  MMA_LAG=lag, num_warps=warps)  # fmt: skip
+                  MMA_LAG=lag, EPI_HALVES=halves, num_warps=warps)  # fmt: skip
     return _compile_gluon_sm90(gemm_lora_gluon.gemm_lora_gluon_kernel, sig, consts)
 
 

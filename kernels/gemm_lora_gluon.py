@@ -189,13 +189,16 @@ def gemm_lora_gluon_kernel(a_desc, b_desc, c_desc, s_desc, v_desc, ROW_AD, RANKS
                            LORA_MASK: gl.constexpr, PEEL_BASE: gl.constexpr,
                            RANK_K: gl.constexpr, S_REGS: gl.constexpr,
                            LEAN_FENCE: gl.constexpr, MMA_LAG: gl.constexpr,
-                           num_warps: gl.constexpr):  # fmt: skip
+                           EPI_HALVES: gl.constexpr, num_warps: gl.constexpr):  # fmt: skip
     """Persistent grid; program p owns tiles p, p + grid, ... Shapes: A [M, K] (box [BM, 64]),
     B = W [N, K] (box [BN, 64], B_KMAJOR) or W [K, N] (box [64, BN]), C [M, N] (box [BM, BN]),
     S [M, block_r] (box [BM, 64]), V = lora_b [N_ad·N, r_max] (box [BN, 64], B_KMAJOR) or
-    lora_a [N_ad·r_max, N] (box [64, BN])."""
+    lora_a [N_ad·r_max, N] (box [64, BN]).
+    EPI_HALVES (TUNE gpu gm_epi_halves): C's box is [BM, BN / 2] and each tile is stored in two
+    halves through one buffer of that size, which frees shared memory for a fourth ring stage
+    at 128 x 256 tiles (4 x 48 KB + 32 KB, against 3 x 48 KB + 64 KB)."""
     BM: gl.constexpr = c_desc.block_type.shape[0]
-    BN: gl.constexpr = c_desc.block_type.shape[1]
+    BN: gl.constexpr = c_desc.block_type.shape[1] * (2 if EPI_HALVES else 1)
     BK: gl.constexpr = a_desc.block_type.shape[1]
     dtype: gl.constexpr = a_desc.dtype
     acc_layout: gl.constexpr = gl.NVMMADistributedLayout(
@@ -287,14 +290,27 @@ def gemm_lora_gluon_kernel(a_desc, b_desc, c_desc, s_desc, v_desc, ROW_AD, RANKS
                         LORA)  # fmt: skip
         # epilogue: the next tile's first loads are already in flight
         out = warpgroup_mma_wait(0, deps=[acc])
-        tma.store_wait(0)  # the previous tile's store has left c_smem
-        c_smem.store(out.to(dtype))
-        fence_async_shared()
-        _cta_barrier()
-        _tma_store(c_desc, [off_m, off_n], c_smem)
+        if EPI_HALVES:  # C in two [BM, BN / 2] halves through one half-size buffer
+            halves = gl.permute(gl.reshape(out.to(dtype), [BM, 2, BN // 2]), [0, 2, 1])
+            lo, hi = gl.split(halves)
+            _store_c(lo, c_smem, c_desc, off_m, off_n)
+            _store_c(hi, c_smem, c_desc, off_m, off_n + BN // 2)
+        else:
+            _store_c(out.to(dtype), c_smem, c_desc, off_m, off_n)
     tma.store_wait(0)
     for i in gl.static_range(STAGES):
         mbarrier.invalidate(bars.index(i))
+
+
+@gluon.jit
+def _store_c(val, c_smem, c_desc, off_m, off_n):
+    """TMA-store ``val`` (a C box in registers) at [off_m, off_n] through c_smem, once the
+    previous store has left it."""
+    tma.store_wait(0)
+    c_smem.store(val)
+    fence_async_shared()
+    _cta_barrier()
+    _tma_store(c_desc, [off_m, off_n], c_smem)
 
 
 @gluon.jit

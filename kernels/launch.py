@@ -78,6 +78,8 @@ TUNE: dict = {
     # (session 13, run 15:2xZ: within -2 / +4 % of the shipped step, 12 cells).
     # gm_lag / sh_gl_lag: the Gluon GEMM's / shrink's steps retire the previous wgmma after
     # issuing their own (one always queued on the tensor core) instead of before (session 13).
+    # gm_epi_halves: the Gluon GEMM stores C in two [BM, BN / 2] halves through one buffer of
+    # that size, which leaves room for a fourth ring stage (gm_stages 4; session 13).
     # sh_gluon: on Hopper the split-K shrink (x and dY, stream and gemm paths) runs
     # kernels/shrink_gluon.py: row tiles of sh_gl_bm rows, TMA ring of sh_gl_stages steps,
     # at most sh_gl_progs programs per SM. sh_gl_stream_k: while the row tiles fill at most a
@@ -106,7 +108,7 @@ TUNE: dict = {
                 se_rows=True, ex_cols=128, ex_stages=1, se_tma="", sh_bm=128, sh_warps=8,
                 gm_bm=128, gm_bn=256, gm_bk=64, gm_warps=8, gm_stages=3, gm_group=8,
                 gm_persist=1, gm_gluon=True, gm_peel=False, gm_rank_k=True, gm_s_regs=False,
-                gm_lean_fence=False, gm_lag=False, sx_bn=256, sx_warps=8,
+                gm_lean_fence=False, gm_lag=False, gm_epi_halves=False, sx_bn=256, sx_warps=8,
                 sh_gluon=True, sh_gl_bm=128, sh_gl_progs=1, sh_gl_stages=8, sh_gl_warps=4,
                 sh_gl_stream_k=True, sh_gl_min_steps=16, sh_gl_lag=False, wg_gluon=False, wg_gl_stages=8, wg_gl_bn=128,
                 upcast=False),  # fmt: skip
@@ -115,7 +117,7 @@ TUNE: dict = {
                    se_rows=True, ex_cols=64, ex_stages=1, se_tma="", sh_bm=32, sh_warps=4,
                    gm_bm=32, gm_bn=32, gm_bk=32, gm_warps=4, gm_stages=1, gm_group=2,
                    gm_persist=0, gm_gluon=False, gm_rank_k=False, gm_s_regs=False,
-                   gm_lean_fence=False, gm_lag=False, sx_bn=64,
+                   gm_lean_fence=False, gm_lag=False, gm_epi_halves=False, sx_bn=64,
                    sx_warps=4, sh_gluon=False,
                    sh_gl_bm=32, sh_gl_progs=1, sh_gl_stages=1, sh_gl_warps=4,
                    sh_gl_stream_k=False, sh_gl_lag=False,

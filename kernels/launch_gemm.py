@@ -143,8 +143,9 @@ def _gemm_lora_gluon(a, w, w_kmajor, layout, s, v, cfg, out):
             s_desc, v_desc = a_desc, b_desc
     tiles = -(-m // bm) * -(-n // bn)
     grid = (min(tiles, _n_sms(a.device)),)
+    halves = bool(cfg.get("gm_epi_halves"))
     launch(gemm_lora_gluon_kernel, grid, (
-        a_desc, b_desc, gluon_desc(out, [bm, bn]), s_desc, v_desc,
+        a_desc, b_desc, gluon_desc(out, [bm, bn // 2 if halves else bn]), s_desc, v_desc,
         row_ad, ranks, plan, m, n, k, rows_per_ad,
     ), dict(
         B_KMAJOR=w_kmajor, LORA=layout is not None, STAGES=cfg["gm_stages"],
@@ -152,7 +153,7 @@ def _gemm_lora_gluon(a, w, w_kmajor, layout, s, v, cfg, out):
         RANK_K=bool(cfg.get("gm_rank_k")),
         S_REGS=bool(cfg.get("gm_rank_k") and cfg.get("gm_s_regs")),
         LEAN_FENCE=bool(cfg.get("gm_lean_fence")), MMA_LAG=bool(cfg.get("gm_lag")),
-        num_warps=cfg["gm_warps"],
+        EPI_HALVES=halves, num_warps=cfg["gm_warps"],
     ))  # fmt: skip
     return out
 

@@ -190,6 +190,12 @@ def test_gluon_gemm_builds_for_sm90(kmajor, peel):
     lag = ptx_fingerprint.compile_gluon_gemm(kmajor, lora=True, peel=peel, lag=True)
     wait1 = r"wgmma\.wait_group\.sync\.aligned 1;"
     assert re.findall(wait1, lag.asm["ptx"]) and not re.findall(wait1, lora.asm["ptx"])
+    # C stored in two halves (gm_epi_halves, off): a fourth ring stage fits, two TMA stores
+    halves = ptx_fingerprint.compile_gluon_gemm(kmajor, lora=True, peel=peel, stages=4,
+                                                halves=True)  # fmt: skip
+    assert halves.metadata.shared <= ptx_fingerprint.SM90_SHARED_BYTES
+    store = r"cp\.async\.bulk\.tensor\.2d\.global\.shared::cta"
+    assert len(re.findall(store, halves.asm["ptx"])) == 2 == 2 * len(re.findall(store, lora.asm["ptx"]))
 
 
 @pytest.mark.parametrize("split_k", [True, False], ids=["split-k", "one-split"])
