@@ -152,6 +152,8 @@ FUSED_VARIANTS = {  # TUNE overrides of each fused_multi_lora variant
     # the Gluon GEMM with C stored in halves and a fourth ring stage (gm_epi_halves; session 13)
     "fused_gm_s4": dict(DEFAULT_TUNE, gpu=dict(DEFAULT_TUNE["gpu"], gm_stages=4,
                                                 gm_epi_halves=True)),
+    "fused_gm_s4_lag": dict(DEFAULT_TUNE, gpu=dict(DEFAULT_TUNE["gpu"], gm_stages=4,
+                                                    gm_epi_halves=True, gm_lag=True)),
     "fused_gm_halves": dict(DEFAULT_TUNE, gpu=dict(DEFAULT_TUNE["gpu"], gm_epi_halves=True)),
     "fused_shgl_auto": dict(DEFAULT_TUNE, gpu=dict(DEFAULT_TUNE["gpu"], sh_gl_bm="auto")),
     "fused_shgl_128": dict(DEFAULT_TUNE, gpu=dict(DEFAULT_TUNE["gpu"], sh_gl_bm=128)),

@@ -81,7 +81,10 @@ TUNE: dict = {
     # gm_epi_halves: the Gluon GEMM stores C in two [BM, BN / 2] halves through one buffer of
     # that size, which leaves room for a fourth ring stage (gm_stages 4; session 13).
     # sh_gluon: on Hopper the split-K shrink (x and dY, stream and gemm paths) runs
-    # kernels/shrink_gluon.py: row tiles of sh_gl_bm rows, TMA ring of sh_gl_stages steps,
+    # kernels/shrink_gluon.py: row tiles of sh_gl_bm rows ("auto": 64 when 64-row tiles fill
+    # half to all of the SMs, else 128; launch_shrink_gluon.auto_row_tile; session 13: in the
+    # interleaved layer A/B, run 15:20Z, ab_layer.csv, 0.2-1.8 % faster at T = 4096, up to
+    # -30 µs at 14336->4096, same kernels elsewhere), TMA ring of sh_gl_stages steps,
     # at most sh_gl_progs programs per SM. sh_gl_stream_k: while the row tiles fill at most a
     # third of the SMs, their K steps shared evenly by the programs (stream-K, session 12;
     # launch_shrink_gluon.gluon_units),
@@ -109,7 +112,7 @@ TUNE: dict = {
                 gm_bm=128, gm_bn=256, gm_bk=64, gm_warps=8, gm_stages=3, gm_group=8,
                 gm_persist=1, gm_gluon=True, gm_peel=False, gm_rank_k=True, gm_s_regs=False,
                 gm_lean_fence=False, gm_lag=False, gm_epi_halves=False, sx_bn=256, sx_warps=8,
-                sh_gluon=True, sh_gl_bm=128, sh_gl_progs=1, sh_gl_stages=8, sh_gl_warps=4,
+                sh_gluon=True, sh_gl_bm="auto", sh_gl_progs=1, sh_gl_stages=8, sh_gl_warps=4,
                 sh_gl_stream_k=True, sh_gl_min_steps=16, sh_gl_lag=False, wg_gluon=False, wg_gl_stages=8, wg_gl_bn=128,
                 upcast=False),  # fmt: skip
     "interp": dict(bm=32, bk=32, bn=64, bt=32, warps=4, stages=1, wg_stages=1, bm_fused=32,
