@@ -149,12 +149,17 @@ FUSED_VARIANTS = {  # TUNE overrides of each fused_multi_lora variant
     "fused_sh_lag": dict(DEFAULT_TUNE, gpu=dict(DEFAULT_TUNE["gpu"], sh_gl_lag=True)),
     "fused_lag": dict(DEFAULT_TUNE, gpu=dict(DEFAULT_TUNE["gpu"], gm_lag=True, sh_gl_lag=True)),
     "fused_shgl_bm64": dict(DEFAULT_TUNE, gpu=dict(DEFAULT_TUNE["gpu"], sh_gl_bm=64)),
-    # the Gluon GEMM with C stored in halves and a fourth ring stage (gm_epi_halves; session 13)
-    "fused_gm_s4": dict(DEFAULT_TUNE, gpu=dict(DEFAULT_TUNE["gpu"], gm_stages=4,
+    # the Gluon GEMM with C stored in halves and a fourth ring stage (gm_epi_halves; the
+    # default since session 13), with one wgmma in flight too, with halves and three stages,
+    # and as before session 13 (three stages, C in one store)
+    "fused_gm_s4": dict(DEFAULT_TUNE, gpu=dict(DEFAULT_TUNE["gpu"], gm_gl_stages=4,
                                                 gm_epi_halves=True)),
-    "fused_gm_s4_lag": dict(DEFAULT_TUNE, gpu=dict(DEFAULT_TUNE["gpu"], gm_stages=4,
+    "fused_gm_s4_lag": dict(DEFAULT_TUNE, gpu=dict(DEFAULT_TUNE["gpu"], gm_gl_stages=4,
                                                     gm_epi_halves=True, gm_lag=True)),
-    "fused_gm_halves": dict(DEFAULT_TUNE, gpu=dict(DEFAULT_TUNE["gpu"], gm_epi_halves=True)),
+    "fused_gm_halves": dict(DEFAULT_TUNE, gpu=dict(DEFAULT_TUNE["gpu"], gm_gl_stages=3,
+                                                    gm_epi_halves=True)),
+    "fused_gm_s3": dict(DEFAULT_TUNE, gpu=dict(DEFAULT_TUNE["gpu"], gm_gl_stages=3,
+                                                gm_epi_halves=False)),
     "fused_shgl_auto": dict(DEFAULT_TUNE, gpu=dict(DEFAULT_TUNE["gpu"], sh_gl_bm="auto")),
     "fused_shgl_128": dict(DEFAULT_TUNE, gpu=dict(DEFAULT_TUNE["gpu"], sh_gl_bm=128)),
     # the shrinks through the Triton kernel instead of the Gluon one (TUNE gpu sh_gluon, the

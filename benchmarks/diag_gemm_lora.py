@@ -61,28 +61,29 @@ CFGS = [dict(zip(_G, v, strict=True)) for v in (
     (128, 128, 64, 4, 2, 8, 0),
     (64, 256, 64, 4, 2, 8, 2),
     (128, 64, 64, 4, 3, 8, 2),
-)] + [  # 12-13: the Gluon GEMM (kernels/gemm_lora_gluon.py), LoRA as extra pipeline steps
-    dict(gm_bm=128, gm_bn=256, gm_bk=64, gm_warps=8, gm_stages=3, gm_group=8, gm_persist=1,
-         gm_gluon=True),
-    dict(gm_bm=128, gm_bn=256, gm_bk=64, gm_warps=8, gm_stages=4, gm_group=8, gm_persist=1,
-         gm_gluon=True),
+)] + [  # 12-13: the Gluon GEMM (kernels/gemm_lora_gluon.py), LoRA as extra pipeline steps,
+    # as before session 13 (3 stages, C in one store); 13 (4 stages) does not fit
+    dict(gm_bm=128, gm_bn=256, gm_bk=64, gm_warps=8, gm_gl_stages=3, gm_epi_halves=False,
+         gm_group=8, gm_persist=1, gm_gluon=True),
+    dict(gm_bm=128, gm_bn=256, gm_bk=64, gm_warps=8, gm_gl_stages=4, gm_epi_halves=False,
+         gm_group=8, gm_persist=1, gm_gluon=True),
 ] + [  # 14-16: 12 with a timing diagnostic (wrong results): 1 no masking pass, 2 and V_a
     # always adapter 0's (L2-hot), 3 and the LoRA steps' S / V boxes read from x / dY and W
-    dict(gm_bm=128, gm_bn=256, gm_bk=64, gm_warps=8, gm_stages=3, gm_group=8, gm_persist=1,
-         gm_gluon=True, gm_diag=d) for d in (1, 2, 3)
+    dict(gm_bm=128, gm_bn=256, gm_bk=64, gm_warps=8, gm_gl_stages=3, gm_epi_halves=False,
+         gm_group=8, gm_persist=1, gm_gluon=True, gm_diag=d) for d in (1, 2, 3)
 ] + [  # 17: 12 with the base steps peeled out of the general step (gm_peel; never run yet)
-    dict(gm_bm=128, gm_bn=256, gm_bk=64, gm_warps=8, gm_stages=3, gm_group=8, gm_persist=1,
-         gm_gluon=True, gm_peel=True),
+    dict(gm_bm=128, gm_bn=256, gm_bk=64, gm_warps=8, gm_gl_stages=3, gm_epi_halves=False,
+         gm_group=8, gm_persist=1, gm_gluon=True, gm_peel=True),
 ] + [  # 18: 12 with its LoRA MMA over all 64 ranks and V's padding masked (gm_rank_k off: the
     # kernel before session 12; 12-17 take the shipped gm_rank_k)
-    dict(gm_bm=128, gm_bn=256, gm_bk=64, gm_warps=8, gm_stages=3, gm_group=8, gm_persist=1,
-         gm_gluon=True, gm_rank_k=False),
+    dict(gm_bm=128, gm_bn=256, gm_bk=64, gm_warps=8, gm_gl_stages=3, gm_epi_halves=False,
+         gm_group=8, gm_persist=1, gm_gluon=True, gm_rank_k=False),
 ] + [  # 19: 12 with S's rows masked in registers (gm_s_regs)
-    dict(gm_bm=128, gm_bn=256, gm_bk=64, gm_warps=8, gm_stages=3, gm_group=8, gm_persist=1,
-         gm_gluon=True, gm_s_regs=True),
+    dict(gm_bm=128, gm_bn=256, gm_bk=64, gm_warps=8, gm_gl_stages=3, gm_epi_halves=False,
+         gm_group=8, gm_persist=1, gm_gluon=True, gm_s_regs=True),
 ] + [  # 20-22 (session 13): C stored in two halves (gm_epi_halves) with a fourth ring stage,
     # with three (the halves' own cost), with four and one wgmma kept in flight (gm_lag)
-    dict(gm_bm=128, gm_bn=256, gm_bk=64, gm_warps=8, gm_stages=st, gm_group=8, gm_persist=1,
+    dict(gm_bm=128, gm_bn=256, gm_bk=64, gm_warps=8, gm_gl_stages=st, gm_group=8, gm_persist=1,
          gm_gluon=True, gm_epi_halves=True, gm_lag=lag) for st, lag in ((4, False), (3, False),
                                                                         (4, True))
 ]  # fmt: skip

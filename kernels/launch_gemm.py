@@ -148,7 +148,7 @@ def _gemm_lora_gluon(a, w, w_kmajor, layout, s, v, cfg, out):
         a_desc, b_desc, gluon_desc(out, [bm, bn // 2 if halves else bn]), s_desc, v_desc,
         row_ad, ranks, plan, m, n, k, rows_per_ad,
     ), dict(
-        B_KMAJOR=w_kmajor, LORA=layout is not None, STAGES=cfg["gm_stages"],
+        B_KMAJOR=w_kmajor, LORA=layout is not None, STAGES=cfg["gm_gl_stages"],
         GROUP_M=cfg["gm_group"], LORA_MASK=diag == 0, PEEL_BASE=bool(cfg.get("gm_peel")),
         RANK_K=bool(cfg.get("gm_rank_k")),
         S_REGS=bool(cfg.get("gm_rank_k") and cfg.get("gm_s_regs")),

@@ -141,10 +141,10 @@ def test_tma_small_shapes(spread, dtype):
 @pytest.mark.parametrize("spread", SPREADS)
 @pytest.mark.parametrize("persist", [0, 1, "gluon", "gluon-peel", "gluon-full-k", "gluon-s-regs",
                                      "gluon-lean-fence", "gluon-lag", "gluon-lag-full-k",
-                                     "gluon-s4-halves"],
+                                     "gluon-s3"],
                          ids=["tile-per-program", "persistent", "gluon", "gluon-peel",
                               "gluon-full-k", "gluon-s-regs", "gluon-lean-fence", "gluon-lag",
-                              "gluon-lag-full-k", "gluon-s4-halves"])  # fmt: skip
+                              "gluon-lag-full-k", "gluon-s3"])  # fmt: skip
 def test_gemm_small_shapes(spread, persist, monkeypatch):
     """The gemm path (Triton base GEMM + LoRA per output tile, TMA) at T = 133 (a partial row
     tile), d_in = 520 (not a multiple of the 64-wide K step: zero fill), d_out = 1032 (a partial
@@ -156,15 +156,16 @@ def test_gemm_small_shapes(spread, persist, monkeypatch):
     gluon-s-regs: S's rows of other adapters zeroed in registers (gm_s_regs); gluon-lean-fence:
     the LoRA step's fence and barrier only after a masking store (gm_lean_fence); gluon-lag:
     one wgmma kept in flight across steps (gm_lag), with the rank cut or over 64 ranks;
-    gluon-s4-halves: C stored in two halves, four ring stages (gm_epi_halves)."""
+    gluon (the default since session 13): C stored in two halves, four ring stages
+    (gm_gl_stages, gm_epi_halves); gluon-s3: three stages, C in one store (before)."""
     ml.TUNE["path"] = "gemm"
     if str(persist).startswith("gluon"):
         calls = _count_gluon_calls(monkeypatch)
         ml.TUNE["gpu"]["gm_peel"] = persist == "gluon-peel"
         ml.TUNE["gpu"]["gm_rank_k"] = not persist.endswith("full-k")
         ml.TUNE["gpu"]["gm_lag"] = persist.startswith("gluon-lag")
-        if persist == "gluon-s4-halves":
-            ml.TUNE["gpu"].update(gm_stages=4, gm_epi_halves=True)
+        if persist == "gluon-s3":
+            ml.TUNE["gpu"].update(gm_gl_stages=4, gm_epi_halves=True)
         ml.TUNE["gpu"]["gm_s_regs"] = persist == "gluon-s-regs"
         ml.TUNE["gpu"]["gm_lean_fence"] = persist == "gluon-lean-fence"
     else:  # the Triton GEMM (Hopper's default is the Gluon one)
@@ -296,11 +297,11 @@ def _count_gluon_calls(monkeypatch) -> list:
                                   dict(gpu=dict(gm_gluon=True, gm_lean_fence=True)),
                                   dict(gpu=dict(gm_gluon=True, gm_lag=True, sh_gl_lag=True)),
                                   dict(gpu=dict(gm_gluon=True, sh_gl_bm="auto")),
-                                  dict(gpu=dict(gm_gluon=True, gm_stages=4, gm_epi_halves=True))],
+                                  dict(gpu=dict(gm_gluon=True, gm_gl_stages=3, gm_epi_halves=False))],
                          ids=["gemm-persistent", "gemm-per-tile-atomics", "gemm-gluon",
                               "gemm-gluon-peel", "gemm-gluon-s-regs",
                               "gemm-gluon-lean-fence", "gemm-gluon-lag",
-                              "gemm-gluon-shgl-auto", "gemm-gluon-s4-halves"])  # fmt: skip
+                              "gemm-gluon-shgl-auto", "gemm-gluon-s3"])  # fmt: skip
 @pytest.mark.parametrize("shape", [(4096, 4096), (4096, 1024), (14336, 4096)])
 def test_gemm_full_size(tune, shape, monkeypatch):
     ml.TUNE.update(tune, path="gemm", gpu=dict(ml.TUNE["gpu"], **tune.get("gpu", {})))
