@@ -160,6 +160,9 @@ FUSED_VARIANTS = {  # TUNE overrides of each fused_multi_lora variant
                                                     gm_epi_halves=True)),
     "fused_gm_s3": dict(DEFAULT_TUNE, gpu=dict(DEFAULT_TUNE["gpu"], gm_gl_stages=3,
                                                 gm_epi_halves=False)),
+    # the shipped kernels as session 12 left them (3-stage GEMM, 128-row shrink tiles)
+    "fused_session12": dict(DEFAULT_TUNE, gpu=dict(DEFAULT_TUNE["gpu"], gm_gl_stages=3,
+                                                    gm_epi_halves=False, sh_gl_bm=128)),
     "fused_shgl_auto": dict(DEFAULT_TUNE, gpu=dict(DEFAULT_TUNE["gpu"], sh_gl_bm="auto")),
     "fused_shgl_128": dict(DEFAULT_TUNE, gpu=dict(DEFAULT_TUNE["gpu"], sh_gl_bm=128)),
     # the shrinks through the Triton kernel instead of the Gluon one (TUNE gpu sh_gluon, the
