@@ -49,7 +49,9 @@ STYLES = {8: "-", 32: "--", 64: ":"}
 # the auto rule sending 4096² to the gemm path (its "fused" rows before measured the stream
 # path); that run re-measured T = 2048-16384.
 # Both since 14:08Z (the last run of session 12): the Gluon shrink's gated stream-K split.
-SHIPPED_SINCE = {"stream": "2026-11-29T14:08Z", "gemm": "2026-11-29T14:08Z"}
+# Both since 15:34Z (session 13): the Gluon shrink's row tile by tile count (sh_gl_bm "auto"),
+# and on the gemm path the Gluon GEMM's fourth ring stage with C stored in halves.
+SHIPPED_SINCE = {"stream": "2026-11-29T15:34Z", "gemm": "2026-11-29T15:34Z"}
 
 
 def _is_current(variant: str, date: str, rule_variant: str, path: str) -> bool:
