@@ -1,6 +1,6 @@
 """Interleaved A/B of layer-step variants (GPU time, CUDA graphs), for differences of a few %.
 
-    python3 benchmarks/ab_layer.py --variants fused,fused_lag --cells 4096x4096x4096x32 \\
+    python3 benchmarks/ab_layer.py --variants fused,fused_session12 --cells 4096x4096x4096x32 \\
         [--rounds 15] [--replays 20]
 
 Why: bench_multi_lora.py times each variant once, one after the other, and a cell's ratio

@@ -138,24 +138,16 @@ FUSED_VARIANTS = {  # TUNE overrides of each fused_multi_lora variant
     # run on a GPU when added at the end of session 12)
     "fused_gluon_s_regs": dict(DEFAULT_TUNE, path="gemm",
                                gpu=dict(DEFAULT_TUNE["gpu"], gm_gluon=True, gm_s_regs=True)),
-    # the Gluon GEMM's LoRA step fencing and synchronising only after a masking store (TUNE
-    # gpu gm_lean_fence; session 13)
-    "fused_gluon_lean_fence": dict(DEFAULT_TUNE, path="gemm",
-                                   gpu=dict(DEFAULT_TUNE["gpu"], gm_gluon=True,
-                                            gm_lean_fence=True)),
-    # one wgmma kept in flight across steps (TUNE gpu gm_lag, sh_gl_lag; session 13), in the
-    # Gluon GEMM, in the Gluon shrink, in both; and the shrink's 64-row tiles (sh_gl_bm)
-    "fused_gm_lag": dict(DEFAULT_TUNE, gpu=dict(DEFAULT_TUNE["gpu"], gm_lag=True)),
-    "fused_sh_lag": dict(DEFAULT_TUNE, gpu=dict(DEFAULT_TUNE["gpu"], sh_gl_lag=True)),
-    "fused_lag": dict(DEFAULT_TUNE, gpu=dict(DEFAULT_TUNE["gpu"], gm_lag=True, sh_gl_lag=True)),
+    # (rows fused_gluon_lean_fence, fused_gm_lag, fused_sh_lag, fused_lag, fused_gm_s4_lag of
+    # session 13 measured options since removed: docs/kernels_log.md §3l)
+    # the Gluon shrink's row tile: 64 rows, chosen by tile count (the default since session 13),
+    # 128 rows (before)
     "fused_shgl_bm64": dict(DEFAULT_TUNE, gpu=dict(DEFAULT_TUNE["gpu"], sh_gl_bm=64)),
     # the Gluon GEMM with C stored in halves and a fourth ring stage (gm_epi_halves; the
-    # default since session 13), with one wgmma in flight too, with halves and three stages,
+    # default since session 13), with halves and three stages,
     # and as before session 13 (three stages, C in one store)
     "fused_gm_s4": dict(DEFAULT_TUNE, gpu=dict(DEFAULT_TUNE["gpu"], gm_gl_stages=4,
                                                 gm_epi_halves=True)),
-    "fused_gm_s4_lag": dict(DEFAULT_TUNE, gpu=dict(DEFAULT_TUNE["gpu"], gm_gl_stages=4,
-                                                    gm_epi_halves=True, gm_lag=True)),
     "fused_gm_halves": dict(DEFAULT_TUNE, gpu=dict(DEFAULT_TUNE["gpu"], gm_gl_stages=3,
                                                     gm_epi_halves=True)),
     "fused_gm_s3": dict(DEFAULT_TUNE, gpu=dict(DEFAULT_TUNE["gpu"], gm_gl_stages=3,

@@ -81,11 +81,11 @@ CFGS = [dict(zip(_G, v, strict=True)) for v in (
 ] + [  # 19: 12 with S's rows masked in registers (gm_s_regs)
     dict(gm_bm=128, gm_bn=256, gm_bk=64, gm_warps=8, gm_gl_stages=3, gm_epi_halves=False,
          gm_group=8, gm_persist=1, gm_gluon=True, gm_s_regs=True),
-] + [  # 20-22 (session 13): C stored in two halves (gm_epi_halves) with a fourth ring stage,
-    # with three (the halves' own cost), with four and one wgmma kept in flight (gm_lag)
+] + [  # 20-21 (session 13): C stored in two halves (gm_epi_halves) with a fourth ring stage
+    # (shipped since), with three (the halves' own cost); rows of 15:3xZ with gm_lag measured
+    # a removed option (one wgmma kept in flight)
     dict(gm_bm=128, gm_bn=256, gm_bk=64, gm_warps=8, gm_gl_stages=st, gm_group=8, gm_persist=1,
-         gm_gluon=True, gm_epi_halves=True, gm_lag=lag) for st, lag in ((4, False), (3, False),
-                                                                        (4, True))
+         gm_gluon=True, gm_epi_halves=True) for st in (4, 3)
 ]  # fmt: skip
 
 

@@ -80,8 +80,7 @@ def _compile_gluon_sm90(kernel, sig: dict, consts: dict):
 
 def compile_gluon_gemm(kmajor: bool, lora: bool = True, bm: int = 128, bn: int = 256,
                        stages: int = 3, warps: int = 8, peel: bool = False,
-                       rank_k: bool = True, s_regs: bool = False, lean_fence: bool = False,
-                       lag: bool = False, halves: bool = False):
+                       rank_k: bool = True, s_regs: bool = False, halves: bool = False):
     """kernels/gemm_lora_gluon.py's kernel compiled for sm_90 in bf16 at the launcher's box
     shapes (A / S [bm, 64], B / V [bn, 64] k-major or [64, bn], C [bm, bn])."""
     from kernels import gemm_lora_gluon
@@ -92,13 +91,13 @@ def compile_gluon_gemm(kmajor: bool, lora: bool = True, bm: int = 128, bn: int =
                s_desc=a_t, v_desc=b_t, ROW_AD="*i32", RANKS="*i32", TILE_PLAN="*i32", M="i32", N="i32", K="i32",
                V_ROWS_PER_AD="i32")  # fmt: skip
     consts = dict(B_KMAJOR=kmajor, LORA=lora, STAGES=stages, GROUP_M=8, LORA_MASK=True,
-                  PEEL_BASE=peel, RANK_K=rank_k, S_REGS=s_regs, LEAN_FENCE=lean_fence,
-                  MMA_LAG=lag, EPI_HALVES=halves, num_warps=warps)  # fmt: skip
+                  PEEL_BASE=peel, RANK_K=rank_k, S_REGS=s_regs, EPI_HALVES=halves,
+                  num_warps=warps)  # fmt: skip
     return _compile_gluon_sm90(gemm_lora_gluon.gemm_lora_gluon_kernel, sig, consts)
 
 
 def compile_gluon_shrink(kmajor: bool, split_k: bool = True, bm: int = 128, stages: int = 4,
-                         warps: int = 4, lag: bool = False):
+                         warps: int = 4):
     """kernels/shrink_gluon.py's kernel compiled for sm_90 in bf16 at the launcher's box shapes
     (X [bm, 64], W [64, 64]; the forward's W_a = A_a is k-contiguous: kmajor)."""
     from kernels import shrink_gluon
@@ -108,7 +107,7 @@ def compile_gluon_shrink(kmajor: bool, split_k: bool = True, bm: int = 128, stag
                K_STEPS="i32", UNITS="i32", W_ROWS_PER_AD="i32", WIDTH="i32", stride_om="i32",
                part_stride="i32")  # fmt: skip
     consts = dict(W_KMAJOR=kmajor, APPLY_SCALE=True, SPLIT_K=split_k, STAGES=stages,
-                  MMA_LAG=lag, num_warps=warps)
+                  num_warps=warps)
     return _compile_gluon_sm90(shrink_gluon.shrink_gluon_kernel, sig, consts)
 
 

@@ -104,21 +104,17 @@ SH_CFGS_11 = [dict(), dict(sh_gl_bm=64), dict(sh_gl_bm=64, sh_gl_stages=12),
               dict(sh_gl_bm=64, sh_gl_stream_k=False),
               dict(sh_gl_bm=64, sh_gl_stages=12, sh_gl_stream_k=False),
               dict(sh_gl_stream_k=False), dict(sh_gluon=False)]  # fmt: skip
-# round 12 (session 13): the Gluon shrink keeping one wgmma in flight (sh_gl_lag), with each
-# row tile and split
-SH_CFGS_12 = [dict(), dict(sh_gl_lag=True), dict(sh_gl_lag=True, sh_gl_stream_k=False),
-              dict(sh_gl_lag=True, sh_gl_bm=64, sh_gl_stream_k=False),
-              dict(sh_gl_lag=True, sh_gl_stages=12, sh_gl_stream_k=False),
-              dict(sh_gl_bm=64, sh_gl_stream_k=False), dict(sh_gluon=False)]  # fmt: skip
+# (round 12, session 13, swept sh_gl_lag, an option since removed: its rows in lora_tiles.csv
+# of 15:1xZ carry "sh_gl_lag" in their cfg)
 ROUNDS = {1: dict(se=SE_CFGS, wg=WG_CFGS), 2: dict(se=SE_CFGS_2, wg=WG_CFGS_2),
           3: dict(se=SE_CFGS_3, wg=WG_CFGS_3), 4: dict(se=SE_CFGS_4),
           5: dict(wg=WG_CFGS_5, sh=SH_CFGS_5), 6: dict(sh=SH_CFGS_6, wg=WG_CFGS_6),
           8: dict(sh=SH_CFGS_8), 9: dict(wg=WG_CFGS_9), 10: dict(sh=SH_CFGS_10),
-          11: dict(sh=SH_CFGS_11), 12: dict(sh=SH_CFGS_12)}
+          11: dict(sh=SH_CFGS_11)}
 # TUNE["gpu"] settings each round started from (round 3: the shipped ones)
 _SE_SHARED = dict(se_fwd_bk=64, se_fwd_stages=3, se_bwd_bk=64, se_bwd_stages=3)
 ROUND_BASE = {1: dict(_SE_SHARED, wg_stages=3), 2: dict(_SE_SHARED, wg_stages=2), 3: {}, 4: {},
-              5: {}, 6: {}, 8: {}, 9: {}, 10: {}, 11: {}, 12: {}}
+              5: {}, 6: {}, 8: {}, 9: {}, 10: {}, 11: {}}
 
 
 def kernel_fns(inp: dict, cfg: dict) -> dict:
@@ -167,7 +163,7 @@ def main() -> None:
                    help="1: tile sizes; 2: column splits; 3: operand orientation; 4: TMA; "
                    "5: dX in the dA kernel; 6: split-K and chunks with relaxed atomics; "
                    "8: the Gluon shrink; 9: the Gluon weight-gradient reduction; "
-                        "10: the Gluon shrink's stream-K split; 11: its row tile; 12: one wgmma in flight")
+                        "10: the Gluon shrink's stream-K split; 11: its row tile")
     p.add_argument("--adapters", default="32", help="adapter counts N, comma-separated")
     p.add_argument("--cases", default=None,
                    help="SHAPExT pairs, comma-separated (e.g. 4096x1024x4096); default: CASES")

@@ -143,13 +143,10 @@ def _issue_step(k, K_STEPS, off_m, off_n, first, a_desc, b_desc, s_desc, v_desc,
 @gluon.jit
 def _mask_lora_stage(a_slot, b_slot, ad, rank, row_ad, multi, BN: gl.constexpr,
                      B_KMAJOR: gl.constexpr, RANK_K: gl.constexpr, S_REGS: gl.constexpr,
-                     LEAN_FENCE: gl.constexpr, num_warps: gl.constexpr):  # fmt: skip
+                     num_warps: gl.constexpr):  # fmt: skip
     """Zero, in shared memory, S rows not owned by adapter ``ad`` (row_ad: the tile's row ->
     adapter, only when it holds several adapters) and V_a's rank padding (rank >= r_a; with
-    RANK_K only for ranks other than 16, 32 and 64, since _lora_mma reads no further).
-    LEAN_FENCE: the fence and CTA barrier only when a pass stored (a tile of one adapter whose
-    rank is 16, 32 or 64 stores nothing); ``multi`` and ``rank`` are uniform over the tile, so
-    every warp takes the same branch."""
+    RANK_K only for ranks other than 16, 32 and 64, since _lora_mma reads no further)."""
     rows_k: gl.constexpr = gl.BlockedLayout([1, 8], [8, 4], [num_warps, 1], [1, 0])  # [*, 64]
     if not S_REGS:  # (S_REGS: _lora_mma masks S's rows in registers instead)
         if multi:
@@ -173,10 +170,6 @@ def _mask_lora_stage(a_slot, b_slot, ad, rank, row_ad, multi, BN: gl.constexpr,
         if v_pad:
             fence_async_shared()
             _cta_barrier()
-    elif LEAN_FENCE:
-        if multi | v_pad:
-            fence_async_shared()
-            _cta_barrier()
     else:  # (as measured in session 12: after every LoRA step's pass, stores or not)
         fence_async_shared()  # generic-proxy stores before the async-proxy wgmma reads
         _cta_barrier()
@@ -188,15 +181,14 @@ def gemm_lora_gluon_kernel(a_desc, b_desc, c_desc, s_desc, v_desc, ROW_AD, RANKS
                            STAGES: gl.constexpr, GROUP_M: gl.constexpr,
                            LORA_MASK: gl.constexpr, PEEL_BASE: gl.constexpr,
                            RANK_K: gl.constexpr, S_REGS: gl.constexpr,
-                           LEAN_FENCE: gl.constexpr, MMA_LAG: gl.constexpr,
                            EPI_HALVES: gl.constexpr, num_warps: gl.constexpr):  # fmt: skip
     """Persistent grid; program p owns tiles p, p + grid, ... Shapes: A [M, K] (box [BM, 64]),
     B = W [N, K] (box [BN, 64], B_KMAJOR) or W [K, N] (box [64, BN]), C [M, N] (box [BM, BN]),
     S [M, block_r] (box [BM, 64]), V = lora_b [N_ad·N, r_max] (box [BN, 64], B_KMAJOR) or
     lora_a [N_ad·r_max, N] (box [64, BN]).
-    EPI_HALVES (TUNE gpu gm_epi_halves): C's box is [BM, BN / 2] and each tile is stored in two
-    halves through one buffer of that size, which frees shared memory for a fourth ring stage
-    at 128 x 256 tiles (4 x 48 KB + 32 KB, against 3 x 48 KB + 64 KB)."""
+    EPI_HALVES (TUNE gpu gm_epi_halves, on): C's box is [BM, BN / 2] and each tile is stored in
+    two halves through one buffer of that size, which frees shared memory for a fourth ring
+    stage at 128 x 256 tiles (4 x 48 KB + 32 KB, against 3 x 48 KB + 64 KB)."""
     BM: gl.constexpr = c_desc.block_type.shape[0]
     BN: gl.constexpr = c_desc.block_type.shape[1] * (2 if EPI_HALVES else 1)
     BK: gl.constexpr = a_desc.block_type.shape[1]
@@ -224,9 +216,7 @@ def gemm_lora_gluon_kernel(a_desc, b_desc, c_desc, s_desc, v_desc, ROW_AD, RANKS
             tiles_n, k_steps, a_desc, b_desc, s_desc, v_desc, TILE_PLAN, V_ROWS_PER_AD, a_ring,
             b_ring, bars, BM, BN, BK, GROUP_M, B_KMAJOR, LORA)  # fmt: skip
 
-    acc = gl.zeros((BM, BN), gl.float32, acc_layout)
-    if not MMA_LAG:  # (with MMA_LAG the loop carries the tensor warpgroup_mma_wait returns)
-        acc = warpgroup_mma_init(acc)
+    acc = warpgroup_mma_init(gl.zeros((BM, BN), gl.float32, acc_layout))
     rows_k: gl.constexpr = gl.BlockedLayout([1, 8], [8, 4], [num_warps, 1], [1, 0])  # [*, 64]
     # S as wgmma's A operand in registers (S_REGS): 16-bit, two elements per 32-bit register
     s_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=acc_layout, k_width=2)
@@ -252,16 +242,14 @@ def gemm_lora_gluon_kernel(a_desc, b_desc, c_desc, s_desc, v_desc, ROW_AD, RANKS
             # instructions and 7 CTA barriers against 163-177 and 4 in the plain kernel.
             k_rest = gl.maximum(k_steps - (STAGES - 1), 0)
             for k in range(k_rest):
-                acc, used = _consume(acc, used, k > 0, a_ring, b_ring, bars, STAGES, B_KMAJOR,
-                                     MMA_LAG)  # fmt: skip
+                acc, used = _consume(acc, used, k > 0, a_ring, b_ring, bars, STAGES, B_KMAJOR)
                 slot = issued % STAGES
                 _issue_base(p_k, p_off_m, p_pid_n * BN, a_desc, b_desc, a_ring.index(slot),
                             b_ring.index(slot), bars.index(slot), BK, B_KMAJOR)  # fmt: skip
                 issued += 1
                 p_k += 1
         for k in range(k_rest, k_steps):
-            acc, used = _consume(acc, used, k > 0, a_ring, b_ring, bars, STAGES, B_KMAJOR,
-                                 MMA_LAG)  # fmt: skip
+            acc, used = _consume(acc, used, k > 0, a_ring, b_ring, bars, STAGES, B_KMAJOR)
             if p_tile < num_tiles:  # refill the stage the previous step used
                 p_tile, p_k, p_off_m, p_pid_n, p_first, p_nlora, issued = _produce(
                     p_tile, p_k, p_off_m, p_pid_n, p_first, p_nlora, issued, num_tiles, grid,
@@ -278,10 +266,9 @@ def gemm_lora_gluon_kernel(a_desc, b_desc, c_desc, s_desc, v_desc, ROW_AD, RANKS
                 if LORA_MASK:  # (False: a timing diagnostic only, wrong results)
                     _mask_lora_stage(a_ring.index(slot), b_ring.index(slot), ad, rank, row_ad,
                                      n_lora > 1, BN, B_KMAJOR, RANK_K, S_REGS,
-                                     LEAN_FENCE, num_warps)  # fmt: skip
+                                     num_warps)  # fmt: skip
                 acc, used = _lora_mma(acc, used, rank, ad, row_ad, n_lora > 1, a_ring, b_ring,
-                                      STAGES, B_KMAJOR, RANK_K, S_REGS, MMA_LAG,
-                                      s_layout)  # fmt: skip
+                                      STAGES, B_KMAJOR, RANK_K, S_REGS, s_layout)  # fmt: skip
                 if p_tile < num_tiles:
                     p_tile, p_k, p_off_m, p_pid_n, p_first, p_nlora, issued = _produce(
                         p_tile, p_k, p_off_m, p_pid_n, p_first, p_nlora, issued, num_tiles, grid,
@@ -290,7 +277,8 @@ def gemm_lora_gluon_kernel(a_desc, b_desc, c_desc, s_desc, v_desc, ROW_AD, RANKS
                         LORA)  # fmt: skip
         # epilogue: the next tile's first loads are already in flight
         out = warpgroup_mma_wait(0, deps=[acc])
-        if EPI_HALVES:  # C in two [BM, BN / 2] halves through one half-size buffer
+        if EPI_HALVES:  # C in two [BM, BN / 2] halves through one half-size buffer (the split
+            # is thread-local: a column's top bit is a register index of the MMA layout)
             halves = gl.permute(gl.reshape(out.to(dtype), [BM, 2, BN // 2]), [0, 2, 1])
             lo, hi = gl.split(halves)
             _store_c(lo, c_smem, c_desc, off_m, off_n)
@@ -315,35 +303,30 @@ def _store_c(val, c_smem, c_desc, off_m, off_n):
 
 @gluon.jit
 def _consume(acc, used, use_acc, a_ring, b_ring, bars, STAGES: gl.constexpr,
-             B_KMAJOR: gl.constexpr, MMA_LAG: gl.constexpr):  # fmt: skip
+             B_KMAJOR: gl.constexpr):  # fmt: skip
     """Wait for step ``used``'s stage, retire the previous wgmma (so its stage may be refilled)
     and issue this step's, asynchronously."""
     mbarrier.wait(bars.index(used % STAGES), (used // STAGES) & 1)
-    return _mma_step(acc, used, use_acc, a_ring, b_ring, STAGES, B_KMAJOR, MMA_LAG)
+    return _mma_step(acc, used, use_acc, a_ring, b_ring, STAGES, B_KMAJOR)
 
 
 @gluon.jit
-def _mma_step(acc, used, use_acc, a_ring, b_ring, STAGES: gl.constexpr, B_KMAJOR: gl.constexpr,
-              MMA_LAG: gl.constexpr):  # fmt: skip
+def _mma_step(acc, used, use_acc, a_ring, b_ring, STAGES: gl.constexpr, B_KMAJOR: gl.constexpr):
     """Issue step ``used``'s wgmma (its stage has landed: the caller waited on its barrier)
-    and retire the previous one, whose stage the producer may then refill: before the issue,
-    or with MMA_LAG (TUNE gpu gm_lag) after it, so that the tensor core always has one queued."""
+    after retiring the previous one, whose stage the producer may then refill."""
     slot = used % STAGES
-    if not MMA_LAG:
-        acc = warpgroup_mma_wait(0, deps=[acc])
+    acc = warpgroup_mma_wait(0, deps=[acc])
     b_s = b_ring.index(slot)
     if B_KMAJOR:
         b_s = b_s.permute((1, 0))
     acc = warpgroup_mma(a_ring.index(slot), b_s, acc, use_acc=use_acc, is_async=True)
-    if MMA_LAG:
-        acc = warpgroup_mma_wait(1, deps=[acc])
     return acc, used + 1
 
 
 @gluon.jit
 def _lora_mma(acc, used, rank, ad, row_ad, multi, a_ring, b_ring, STAGES: gl.constexpr,
               B_KMAJOR: gl.constexpr, RANK_K: gl.constexpr, S_REGS: gl.constexpr,
-              MMA_LAG: gl.constexpr, s_layout: gl.constexpr):  # fmt: skip
+              s_layout: gl.constexpr):  # fmt: skip
     """A LoRA step's wgmma (as _mma_step) over the first 16, 32 or 64 ranks (the least that
     holds r_a; Gluon's shared-memory views need power-of-two shapes), with RANK_K: rank
     columns of S and rank rows of V_a past them are never read, so V's padding needs no
@@ -356,10 +339,7 @@ def _lora_mma(acc, used, rank, ad, row_ad, multi, a_ring, b_ring, STAGES: gl.con
     slice), instead of _mask_lora_stage's shared-memory pass (store, fence, CTA barrier)."""
     if RANK_K:
         slot = used % STAGES
-        if MMA_LAG:
-            prev = acc
-        else:
-            prev = warpgroup_mma_wait(0, deps=[acc])
+        prev = warpgroup_mma_wait(0, deps=[acc])
         a_s = a_ring.index(slot)
         b_s = b_ring.index(slot)
         if S_REGS:
@@ -369,11 +349,9 @@ def _lora_mma(acc, used, rank, ad, row_ad, multi, a_ring, b_ring, STAGES: gl.con
                 nxt = _mma_rank_cut(a_s, b_s, prev, rank, ad, row_ad, False, B_KMAJOR, s_layout)
         else:
             nxt = _mma_rank_cut(a_s, b_s, prev, rank, ad, row_ad, False, B_KMAJOR, s_layout)
-        if MMA_LAG:
-            nxt = warpgroup_mma_wait(1, deps=[nxt])
         return nxt, used + 1
     else:
-        return _mma_step(acc, used, True, a_ring, b_ring, STAGES, B_KMAJOR, MMA_LAG)
+        return _mma_step(acc, used, True, a_ring, b_ring, STAGES, B_KMAJOR)
 
 
 @gluon.jit

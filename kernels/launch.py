@@ -71,19 +71,16 @@ TUNE: dict = {
     # GEMM at 4096², T = 8192, §3i); -14 to -19 µs per 4096² layer step at T = 8192 (§3k).
     # gm_s_regs (needs gm_rank_k): in tiles holding several adapters, S goes to the LoRA wgmma
     # from registers with other adapters' rows zeroed there, instead of a shared-memory
-    # masking pass (store, fence, CTA barrier) per step. Off: written after session 12's last
-    # GPU run; compiled for sm_90 (240 registers, no spills), never run on a GPU.
-    # gm_lean_fence: the LoRA step's fence and CTA barrier only after its masking pass stored
-    # (tiles of several adapters, ranks other than 16 / 32 / 64). Off: no gain in the layer step
-    # (session 13, run 15:2xZ: within -2 / +4 % of the shipped step, 12 cells).
-    # gm_lag / sh_gl_lag: the Gluon GEMM's / shrink's steps retire the previous wgmma after
-    # issuing their own (one always queued on the tensor core) instead of before (session 13).
+    # masking pass (store, fence, CTA barrier) per step. Off: correct on the GPU (session 13),
+    # within the noise of a sequential run (run 15:1xZ: -6 to +6 %, 12 cells), no interleaved
+    # A/B yet. (Tried in session 13 and removed, no gain: the fence and barrier only after a
+    # pass that stored; one wgmma kept in flight across steps in the GEMM and the shrink.)
     # gm_gl_stages / gm_epi_halves: the Gluon GEMM's ring depth (gm_stages is the Triton
     # GEMM's, whose 4 stages do not fit) and C stored in two [BM, BN / 2] halves through one
     # buffer of that size, which leaves room for the fourth stage (session 13). 4 stages with
     # halves against 3 with one store, interleaved layer A/B (run 15:4xZ, ab_layer.csv): faster
     # in all 14 cells of 4096² and 4096->1024 (17-20 of 20 rounds), by 0.5-2 % (-1.4 to
-    # -26 µs); the halves alone cost 1-2 % (run 15:3xZ); gm_lag on top: no further gain.
+    # -26 µs); the halves alone cost 1-2 % (run 15:3xZ).
     # sh_gluon: on Hopper the split-K shrink (x and dY, stream and gemm paths) runs
     # kernels/shrink_gluon.py: row tiles of sh_gl_bm rows ("auto": 64 when 64-row tiles fill
     # half to all of the SMs, else 128; launch_shrink_gluon.auto_row_tile; session 13: in the
@@ -113,23 +110,21 @@ TUNE: dict = {
     "gpu": dict(bm=64, bk=64, bn=128, bt=64, warps=4, stages=3, wg_stages=2, bm_fused=None,
                 bn_fused=128, se_fwd_bk=64, se_fwd_stages=4, se_bwd_bk=128, se_bwd_stages=3,
                 se_rows=True, ex_cols=128, ex_stages=1, se_tma="", sh_bm=128, sh_warps=8,
-                gm_bm=128, gm_bn=256, gm_bk=64, gm_warps=8, gm_stages=3, gm_gl_stages=4, gm_group=8,
-                gm_persist=1, gm_gluon=True, gm_peel=False, gm_rank_k=True, gm_s_regs=False,
-                gm_lean_fence=False, gm_lag=False, gm_epi_halves=True, sx_bn=256, sx_warps=8,
+                gm_bm=128, gm_bn=256, gm_bk=64, gm_warps=8, gm_stages=3, gm_gl_stages=4,
+                gm_group=8, gm_persist=1, gm_gluon=True, gm_peel=False, gm_rank_k=True,
+                gm_s_regs=False, gm_epi_halves=True, sx_bn=256, sx_warps=8,
                 sh_gluon=True, sh_gl_bm="auto", sh_gl_progs=1, sh_gl_stages=8, sh_gl_warps=4,
-                sh_gl_stream_k=True, sh_gl_min_steps=16, sh_gl_lag=False, wg_gluon=False, wg_gl_stages=8, wg_gl_bn=128,
-                upcast=False),  # fmt: skip
+                sh_gl_stream_k=True, sh_gl_min_steps=16, wg_gluon=False, wg_gl_stages=8,
+                wg_gl_bn=128, upcast=False),  # fmt: skip
     "interp": dict(bm=32, bk=32, bn=64, bt=32, warps=4, stages=1, wg_stages=1, bm_fused=32,
                    bn_fused=32, se_fwd_bk=32, se_fwd_stages=1, se_bwd_bk=32, se_bwd_stages=1,
                    se_rows=True, ex_cols=64, ex_stages=1, se_tma="", sh_bm=32, sh_warps=4,
-                   gm_bm=32, gm_bn=32, gm_bk=32, gm_warps=4, gm_stages=1, gm_gl_stages=1, gm_group=2,
-                   gm_persist=0, gm_gluon=False, gm_rank_k=False, gm_s_regs=False,
-                   gm_lean_fence=False, gm_lag=False, gm_epi_halves=False, sx_bn=64,
-                   sx_warps=4, sh_gluon=False,
+                   gm_bm=32, gm_bn=32, gm_bk=32, gm_warps=4, gm_stages=1, gm_gl_stages=1,
+                   gm_group=2, gm_persist=0, gm_gluon=False, gm_rank_k=False, gm_s_regs=False,
+                   gm_epi_halves=False, sx_bn=64, sx_warps=4, sh_gluon=False,
                    sh_gl_bm=32, sh_gl_progs=1, sh_gl_stages=1, sh_gl_warps=4,
-                   sh_gl_stream_k=False, sh_gl_lag=False,
-                   sh_gl_min_steps=16, wg_gluon=False, wg_gl_stages=1, wg_gl_bn=64,
-                   upcast=True),  # fmt: skip
+                   sh_gl_stream_k=False, sh_gl_min_steps=16, wg_gluon=False, wg_gl_stages=1,
+                   wg_gl_bn=64, upcast=True),  # fmt: skip
     "poison": False,  # tests: fill every internally allocated output with NaN first
 }
 

@@ -152,7 +152,6 @@ def _gemm_lora_gluon(a, w, w_kmajor, layout, s, v, cfg, out):
         GROUP_M=cfg["gm_group"], LORA_MASK=diag == 0, PEEL_BASE=bool(cfg.get("gm_peel")),
         RANK_K=bool(cfg.get("gm_rank_k")),
         S_REGS=bool(cfg.get("gm_rank_k") and cfg.get("gm_s_regs")),
-        LEAN_FENCE=bool(cfg.get("gm_lean_fence")), MMA_LAG=bool(cfg.get("gm_lag")),
         EPI_HALVES=halves, num_warps=cfg["gm_warps"],
     ))  # fmt: skip
     return out

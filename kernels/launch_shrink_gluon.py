@@ -129,6 +129,6 @@ def shrink_gluon(x, w, kmajor: bool, out, layout: MultiLoraLayout, scale: bool,
         out.stride(0), out.numel(),
     ), dict(
         W_KMAJOR=kmajor, APPLY_SCALE=scale, SPLIT_K=split, STAGES=cfg["sh_gl_stages"],
-        MMA_LAG=bool(cfg.get("sh_gl_lag")), num_warps=cfg["sh_gl_warps"],
+        num_warps=cfg["sh_gl_warps"],
     ))  # fmt: skip
     return out

@@ -68,7 +68,7 @@ def shrink_gluon_kernel(x_desc, w_desc, OUT, PART, TICKETS, TILES, RANKS, SCALES
                         K_STEPS, UNITS, W_ROWS_PER_AD, WIDTH, stride_om, part_stride,
                         W_KMAJOR: gl.constexpr, APPLY_SCALE: gl.constexpr,
                         SPLIT_K: gl.constexpr, STAGES: gl.constexpr,
-                        MMA_LAG: gl.constexpr, num_warps: gl.constexpr):  # fmt: skip
+                        num_warps: gl.constexpr):  # fmt: skip
     """Stream-K grid: the work is the N_TILES · K_STEPS units (row tile t, K step k) in order
     u = t · K_STEPS + k, and program p takes units [p · UNITS, (p + 1) · UNITS), so every
     program streams the same number of steps whatever the tile count (a tile per program left
@@ -81,10 +81,7 @@ def shrink_gluon_kernel(x_desc, w_desc, OUT, PART, TICKETS, TILES, RANKS, SCALES
     Shapes: X [T, K] (box [BM, 64]), W = lora_a [N·r_max, K] (box [64, 64], W_KMAJOR) or
     lora_b [N·K, r_max] (box [64, 64]), OUT [T, WIDTH] (row stride stride_om), PART
     [slots, T, WIDTH] fp32 scratch (any contents; slots >= the most programs on one tile),
-    TILES [N_TILES, 3] int32, TICKETS [N_TILES] int32 (zeros).
-    MMA_LAG (TUNE gpu sh_gl_lag): each step retires the previous step's wgmma after issuing its
-    own, so one wgmma is always queued, instead of retiring it before the issue (the tensor core
-    then idles from one step's completion to the next issue)."""
+    TILES [N_TILES, 3] int32, TICKETS [N_TILES] int32 (zeros)."""
     BM: gl.constexpr = x_desc.block_type.shape[0]
     acc_layout: gl.constexpr = gl.NVMMADistributedLayout(
         version=[3, 0], warps_per_cta=[num_warps, 1], instr_shape=[16, BOX_K, 16])
@@ -106,9 +103,7 @@ def shrink_gluon_kernel(x_desc, w_desc, OUT, PART, TICKETS, TILES, RANKS, SCALES
                 pu, p_tile, p_ad, p_row0, n_ad, n_row0, issued, N_TILES, K_STEPS, TILES, x_desc,
                 w_desc, W_ROWS_PER_AD, x_ring, w_ring, bars, W_KMAJOR)  # fmt: skip
 
-    acc = gl.zeros((BM, BOX_K), gl.float32, acc_layout)
-    if not MMA_LAG:  # (with MMA_LAG the loop carries the tensor warpgroup_mma_wait returns)
-        acc = warpgroup_mma_init(acc)
+    acc = warpgroup_mma_init(gl.zeros((BM, BOX_K), gl.float32, acc_layout))
     offs_r = gl.arange(0, BOX_K, layout=gl.SliceLayout(0, acc_layout))
     used = issued * 0
     for tile in range(u0 // K_STEPS, (u1 + K_STEPS - 1) // K_STEPS):
@@ -119,14 +114,11 @@ def shrink_gluon_kernel(x_desc, w_desc, OUT, PART, TICKETS, TILES, RANKS, SCALES
         for k in range(k_hi - k_lo):
             slot = used % STAGES
             mbarrier.wait(bars.index(slot), (used // STAGES) & 1)
-            if not MMA_LAG:
-                acc = warpgroup_mma_wait(0, deps=[acc])  # the previous step's stage is free now
+            acc = warpgroup_mma_wait(0, deps=[acc])  # the previous step's stage is free now
             w_s = w_ring.index(slot)
             if W_KMAJOR:
                 w_s = w_s.permute((1, 0))
             acc = warpgroup_mma(x_ring.index(slot), w_s, acc, use_acc=k > 0, is_async=True)
-            if MMA_LAG:  # this step's wgmma stays in flight; the previous one (its stage) is done
-                acc = warpgroup_mma_wait(1, deps=[acc])
             used += 1
             if pu < u1:  # refill the stage the previous step used
                 pu, p_tile, p_ad, p_row0, n_ad, n_row0, issued = _produce(

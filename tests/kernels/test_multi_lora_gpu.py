@@ -140,11 +140,9 @@ def test_tma_small_shapes(spread, dtype):
 
 @pytest.mark.parametrize("spread", SPREADS)
 @pytest.mark.parametrize("persist", [0, 1, "gluon", "gluon-peel", "gluon-full-k", "gluon-s-regs",
-                                     "gluon-lean-fence", "gluon-lag", "gluon-lag-full-k",
                                      "gluon-s3"],
                          ids=["tile-per-program", "persistent", "gluon", "gluon-peel",
-                              "gluon-full-k", "gluon-s-regs", "gluon-lean-fence", "gluon-lag",
-                              "gluon-lag-full-k", "gluon-s3"])  # fmt: skip
+                              "gluon-full-k", "gluon-s-regs", "gluon-s3"])  # fmt: skip
 def test_gemm_small_shapes(spread, persist, monkeypatch):
     """The gemm path (Triton base GEMM + LoRA per output tile, TMA) at T = 133 (a partial row
     tile), d_in = 520 (not a multiple of the 64-wide K step: zero fill), d_out = 1032 (a partial
@@ -153,21 +151,16 @@ def test_gemm_small_shapes(spread, persist, monkeypatch):
     to 16 / 32 / 64 ranks (gm_rank_k, the default) or over all 64 with the masking pass
     (gluon-full-k). The rank pool has ranks at each width (16, 32, 64) and inside each
     (8, 24, 40), whose NaN padding the cut MMA reads and the masking pass must zero;
-    gluon-s-regs: S's rows of other adapters zeroed in registers (gm_s_regs); gluon-lean-fence:
-    the LoRA step's fence and barrier only after a masking store (gm_lean_fence); gluon-lag:
-    one wgmma kept in flight across steps (gm_lag), with the rank cut or over 64 ranks;
-    gluon (the default since session 13): C stored in two halves, four ring stages
+    gluon-s-regs: S's rows of other adapters zeroed in registers (gm_s_regs); gluon (the default since session 13): C stored in two halves, four ring stages
     (gm_gl_stages, gm_epi_halves); gluon-s3: three stages, C in one store (before)."""
     ml.TUNE["path"] = "gemm"
     if str(persist).startswith("gluon"):
         calls = _count_gluon_calls(monkeypatch)
         ml.TUNE["gpu"]["gm_peel"] = persist == "gluon-peel"
         ml.TUNE["gpu"]["gm_rank_k"] = not persist.endswith("full-k")
-        ml.TUNE["gpu"]["gm_lag"] = persist.startswith("gluon-lag")
         if persist == "gluon-s3":
-            ml.TUNE["gpu"].update(gm_gl_stages=4, gm_epi_halves=True)
+            ml.TUNE["gpu"].update(gm_gl_stages=3, gm_epi_halves=False)
         ml.TUNE["gpu"]["gm_s_regs"] = persist == "gluon-s-regs"
-        ml.TUNE["gpu"]["gm_lean_fence"] = persist == "gluon-lean-fence"
     else:  # the Triton GEMM (Hopper's default is the Gluon one)
         ml.TUNE["gpu"].update(gm_persist=persist, gm_gluon=False)
     tensors, seg, ranks, scaling = make_case(32, spread, 133, 520, 1032,
@@ -181,7 +174,7 @@ def test_gemm_small_shapes(spread, persist, monkeypatch):
 
 @pytest.mark.parametrize("spread", SPREADS)
 @pytest.mark.parametrize("case", ["split-k", "one-split", "odd-d_out", "gemm-path", "fp32-s",
-                                  "narrow-ranks", "bm64", "bm64-split-k", "lag", "lag-split-k"])
+                                  "narrow-ranks", "bm64", "bm64-split-k"])
 def test_gluon_shrink_small_shapes(spread, case, monkeypatch):
     """The Gluon shrink (kernels/shrink_gluon.py) for x (forward, A_i k-contiguous) and dY
     (backward, B_i rank-contiguous) at T = 133 (partial row tiles, boxes past T), d_in = 520
@@ -191,18 +184,16 @@ def test_gluon_shrink_small_shapes(spread, case, monkeypatch):
     in fp32 (TUNE narrow_s off); narrow-ranks: ranks 8 / 16, so r_max <= 16 < 64: the
     forward's W box spans the next adapters' ranks (NaN padding included) and the backward's
     is zero-filled past r_max; bm64 / bm64-split-k: 64-row tiles (sh_gl_bm), whole or
-    3 K splits; lag / lag-split-k: one wgmma kept in flight (sh_gl_lag)."""
+    3 K splits."""
     import kernels.launch_gemm as lg
     import kernels.launch_shrink_gluon as lsg
 
     d_out = 1032 if case == "odd-d_out" else 1024
     ml.TUNE.update(path="gemm" if case == "gemm-path" else "stream",
-                   split_k={"split-k": 3, "one-split": 1, "bm64-split-k": 3,
-                            "lag-split-k": 3}.get(case),
+                   split_k={"split-k": 3, "one-split": 1, "bm64-split-k": 3}.get(case),
                    narrow_s=case != "fp32-s")  # fmt: skip
     if case.startswith("bm64"):
         ml.TUNE["gpu"]["sh_gl_bm"] = 64
-    ml.TUNE["gpu"]["sh_gl_lag"] = case.startswith("lag")
     calls = []
     real = lsg.shrink_gluon
 
@@ -294,14 +285,12 @@ def _count_gluon_calls(monkeypatch) -> list:
                                   dict(gpu=dict(gm_gluon=True)),
                                   dict(gpu=dict(gm_gluon=True, gm_peel=True)),
                                   dict(gpu=dict(gm_gluon=True, gm_s_regs=True)),
-                                  dict(gpu=dict(gm_gluon=True, gm_lean_fence=True)),
-                                  dict(gpu=dict(gm_gluon=True, gm_lag=True, sh_gl_lag=True)),
-                                  dict(gpu=dict(gm_gluon=True, sh_gl_bm="auto")),
-                                  dict(gpu=dict(gm_gluon=True, gm_gl_stages=3, gm_epi_halves=False))],
+                                  dict(gpu=dict(gm_gluon=True, sh_gl_bm=128)),
+                                  dict(gpu=dict(gm_gluon=True, gm_gl_stages=3,
+                                                gm_epi_halves=False))],
                          ids=["gemm-persistent", "gemm-per-tile-atomics", "gemm-gluon",
-                              "gemm-gluon-peel", "gemm-gluon-s-regs",
-                              "gemm-gluon-lean-fence", "gemm-gluon-lag",
-                              "gemm-gluon-shgl-auto", "gemm-gluon-s3"])  # fmt: skip
+                              "gemm-gluon-peel", "gemm-gluon-s-regs", "gemm-gluon-shgl-128",
+                              "gemm-gluon-s3"])  # fmt: skip
 @pytest.mark.parametrize("shape", [(4096, 4096), (4096, 1024), (14336, 4096)])
 def test_gemm_full_size(tune, shape, monkeypatch):
     ml.TUNE.update(tune, path="gemm", gpu=dict(ml.TUNE["gpu"], **tune.get("gpu", {})))
