@@ -84,8 +84,9 @@ TUNE: dict = {
     # sh_gluon: on Hopper the split-K shrink (x and dY, stream and gemm paths) runs
     # kernels/shrink_gluon.py: row tiles of sh_gl_bm rows ("auto": 64 when 64-row tiles fill
     # half to all of the SMs, else 128; launch_shrink_gluon.auto_row_tile; session 13: in the
-    # interleaved layer A/B, run 15:20Z, ab_layer.csv, 0.2-1.8 % faster at T = 4096, up to
-    # -30 µs at 14336->4096, same kernels elsewhere), TMA ring of sh_gl_stages steps,
+    # interleaved layer A/B, run 15:20Z, ab_layer.csv: 0.2-1.8 % faster on 4096² and k/v at
+    # T = 4096; 14336->4096 -10 to -30 µs there, but within the A/B's +-2 % at 15:36Z; same
+    # kernels at other T), TMA ring of sh_gl_stages steps,
     # at most sh_gl_progs programs per SM. sh_gl_stream_k: while the row tiles fill at most a
     # third of the SMs, their K steps shared evenly by the programs (stream-K, session 12;
     # launch_shrink_gluon.gluon_units),
