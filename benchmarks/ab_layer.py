@@ -8,7 +8,9 @@ moves by 2-8 % from run to run (clocks, the L2's state), as much as the changes 
 Here every variant of a cell (bench_multi_lora.FUSED_VARIANTS names, plus "base") is captured
 once in its own CUDA graph, then the graphs are replayed in ``rounds`` rounds, the variants'
 order rotated each round; each round times ``replays`` back-to-back replays of one graph with
-CUDA events. Reported per variant: the median over rounds of ms per step, its ratio to the
+CUDA events (``rounds`` is rounded up to a multiple of the variant count, so every variant
+runs in every slot equally often; runs of session 13 before this rounding used 8 or 20
+rounds as given). Reported per variant: the median over rounds of ms per step, its ratio to the
 base's median, and how many rounds it beat the first fused variant in the same round (a
 paired count: drift between rounds cancels). Rows go to benchmarks/results/ab_layer.csv.
 """
@@ -24,6 +26,7 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # (imported as a module too)
 from bench_multi_lora import SHAPES, make_inputs, step_fn  # noqa: E402
 
 from benchmarks.results_csv import append_results  # noqa: E402
@@ -60,14 +63,20 @@ def time_replays(graph: torch.cuda.CUDAGraph, replays: int) -> float:
     return start.elapsed_time(end) / replays
 
 
+def round_orders(variants: list[str], rounds: int) -> list[list[str]]:
+    """The variants' order in each round: rotated by one per round, over ``rounds`` rounded up
+    to a multiple of len(variants), so that every variant runs in every slot equally often."""
+    n = len(variants)
+    return [variants[r % n:] + variants[: r % n] for r in range(-(-rounds // n) * n)]
+
+
 def ab_cell(shape: str, t: int, n: int, variants: list[str], rounds: int,
             replays: int) -> dict[str, list[float]]:  # fmt: skip
     """ms per step of each variant, one entry per round (order rotated each round)."""
     inp = make_inputs(*SHAPES[shape], t, n)
     graphs = {v: capture(step_fn(v, inp)) for v in variants}
     times: dict[str, list[float]] = {v: [] for v in variants}
-    for r in range(rounds):
-        order = variants[r % len(variants):] + variants[: r % len(variants)]
+    for order in round_orders(variants, rounds):
         for v in order:
             times[v].append(time_replays(graphs[v], replays))
     del graphs
@@ -88,11 +97,12 @@ def main() -> None:
 
     variants = ["base"] + [v for v in args.variants.split(",") if v != "base"]
     ref = variants[1]
+    rounds = len(round_orders(variants, args.rounds))
     date = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%MZ")
     for cell in args.cells.split(","):
         *shape_parts, t, n = cell.split("x")
         shape, t, n = "x".join(shape_parts), int(t), int(n)
-        times = ab_cell(shape, t, n, variants, args.rounds, args.replays)
+        times = ab_cell(shape, t, n, variants, rounds, args.replays)
         base = statistics.median(times["base"])
         rows = []
         for v in variants:
@@ -100,11 +110,11 @@ def main() -> None:
             wins = sum(a < b for a, b in zip(times[v], times[ref], strict=True))
             rows.append(dict(date=date, gpu=torch.cuda.get_device_name(), torch=torch.__version__,
                              triton=triton.__version__, shape=shape, T=t, N=n, variant=v,
-                             rounds=args.rounds, replays=args.replays, median_ms=f"{med:.4f}",
+                             rounds=rounds, replays=args.replays, median_ms=f"{med:.4f}",
                              min_ms=f"{min(times[v]):.4f}", ratio_to_base=f"{med / base:.3f}",
                              wins_vs_ref=wins, ref=ref))  # fmt: skip
             print(f"{shape:>11} T={t:>5} N={n:>2} {v:>22}: {med:.4f} ms  x{med / base:.3f}  "
-                  f"beat {ref} in {wins}/{args.rounds}", flush=True)
+                  f"beat {ref} in {wins}/{rounds}", flush=True)
         append_results(args.out, COLUMNS, rows)
 
 
