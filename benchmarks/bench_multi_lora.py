@@ -155,6 +155,9 @@ FUSED_VARIANTS = {  # TUNE overrides of each fused_multi_lora variant
     # the shipped kernels as session 12 left them (3-stage GEMM, 128-row shrink tiles)
     "fused_session12": dict(DEFAULT_TUNE, gpu=dict(DEFAULT_TUNE["gpu"], gm_gl_stages=3,
                                                     gm_epi_halves=False, sh_gl_bm=128)),
+    # the Gluon shrink's shared tiles reduced into the workspace (sh_gl_part "atomic"; never
+    # run when added), with the shipped gate and with stream-K wherever tiles are shared
+    "fused_shgl_atomic": dict(DEFAULT_TUNE, gpu=dict(DEFAULT_TUNE["gpu"], sh_gl_part="atomic")),
     "fused_shgl_auto": dict(DEFAULT_TUNE, gpu=dict(DEFAULT_TUNE["gpu"], sh_gl_bm="auto")),
     "fused_shgl_128": dict(DEFAULT_TUNE, gpu=dict(DEFAULT_TUNE["gpu"], sh_gl_bm=128)),
     # the shrinks through the Triton kernel instead of the Gluon one (TUNE gpu sh_gluon, the

@@ -97,7 +97,7 @@ def compile_gluon_gemm(kmajor: bool, lora: bool = True, bm: int = 128, bn: int =
 
 
 def compile_gluon_shrink(kmajor: bool, split_k: bool = True, bm: int = 128, stages: int = 4,
-                         warps: int = 4):
+                         warps: int = 4, part_atomic: bool = False):
     """kernels/shrink_gluon.py's kernel compiled for sm_90 in bf16 at the launcher's box shapes
     (X [bm, 64], W [64, 64]; the forward's W_a = A_a is k-contiguous: kmajor)."""
     from kernels import shrink_gluon
@@ -107,7 +107,7 @@ def compile_gluon_shrink(kmajor: bool, split_k: bool = True, bm: int = 128, stag
                K_STEPS="i32", UNITS="i32", W_ROWS_PER_AD="i32", WIDTH="i32", stride_om="i32",
                part_stride="i32")  # fmt: skip
     consts = dict(W_KMAJOR=kmajor, APPLY_SCALE=True, SPLIT_K=split_k, STAGES=stages,
-                  num_warps=warps)
+                  PART_ATOMIC=part_atomic, num_warps=warps)
     return _compile_gluon_sm90(shrink_gluon.shrink_gluon_kernel, sig, consts)
 
 

@@ -106,15 +106,22 @@ SH_CFGS_11 = [dict(), dict(sh_gl_bm=64), dict(sh_gl_bm=64, sh_gl_stages=12),
               dict(sh_gl_stream_k=False), dict(sh_gluon=False)]  # fmt: skip
 # (round 12, session 13, swept sh_gl_lag, an option since removed: its rows in lora_tiles.csv
 # of 15:1xZ carry "sh_gl_lag" in their cfg)
+# round 13 (written after session 13's last GPU run): a shared tile's partial sums reduced
+# into the zeroed workspace (sh_gl_part "atomic") against the slots, at 128 and 64 rows, with
+# the shipped gate, with forced 3-way shares (split_k 3) and stream-K wherever tiles are few
+SH_CFGS_13 = [dict(), dict(sh_gl_part="atomic"), dict(split_k=3, sh_gl_bm=128),
+              dict(split_k=3, sh_gl_bm=128, sh_gl_part="atomic"),
+              dict(split_k=3, sh_gl_bm=64, sh_gl_part="atomic"),
+              dict(sh_gl_bm=128, sh_gl_part="atomic"), dict(sh_gluon=False)]  # fmt: skip
 ROUNDS = {1: dict(se=SE_CFGS, wg=WG_CFGS), 2: dict(se=SE_CFGS_2, wg=WG_CFGS_2),
           3: dict(se=SE_CFGS_3, wg=WG_CFGS_3), 4: dict(se=SE_CFGS_4),
           5: dict(wg=WG_CFGS_5, sh=SH_CFGS_5), 6: dict(sh=SH_CFGS_6, wg=WG_CFGS_6),
           8: dict(sh=SH_CFGS_8), 9: dict(wg=WG_CFGS_9), 10: dict(sh=SH_CFGS_10),
-          11: dict(sh=SH_CFGS_11)}
+          11: dict(sh=SH_CFGS_11), 13: dict(sh=SH_CFGS_13)}
 # TUNE["gpu"] settings each round started from (round 3: the shipped ones)
 _SE_SHARED = dict(se_fwd_bk=64, se_fwd_stages=3, se_bwd_bk=64, se_bwd_stages=3)
 ROUND_BASE = {1: dict(_SE_SHARED, wg_stages=3), 2: dict(_SE_SHARED, wg_stages=2), 3: {}, 4: {},
-              5: {}, 6: {}, 8: {}, 9: {}, 10: {}, 11: {}}
+              5: {}, 6: {}, 8: {}, 9: {}, 10: {}, 11: {}, 13: {}}
 
 
 def kernel_fns(inp: dict, cfg: dict) -> dict:
@@ -163,7 +170,8 @@ def main() -> None:
                    help="1: tile sizes; 2: column splits; 3: operand orientation; 4: TMA; "
                    "5: dX in the dA kernel; 6: split-K and chunks with relaxed atomics; "
                    "8: the Gluon shrink; 9: the Gluon weight-gradient reduction; "
-                        "10: the Gluon shrink's stream-K split; 11: its row tile")
+                        "10: the Gluon shrink's stream-K split; 11: its row tile; 13: partial sums by "
+                        "atomics")
     p.add_argument("--adapters", default="32", help="adapter counts N, comma-separated")
     p.add_argument("--cases", default=None,
                    help="SHAPExT pairs, comma-separated (e.g. 4096x1024x4096); default: CASES")

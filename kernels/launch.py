@@ -90,7 +90,10 @@ TUNE: dict = {
     # at most sh_gl_progs programs per SM. sh_gl_stream_k: while the row tiles fill at most a
     # third of the SMs, their K steps shared evenly by the programs (stream-K, session 12;
     # launch_shrink_gluon.gluon_units),
-    # each taking >= sh_gl_min_steps; else, and off, whole tiles per program. Sweep
+    # each taking >= sh_gl_min_steps; else, and off, whole tiles per program. sh_gl_part: a
+    # shared tile's partial sums in a slot per piece ("slots", measured) or reduced into the
+    # zeroed workspace as the Triton shrink does ("atomic"; written after session 13's last GPU
+    # run, never run: kernels/shrink_gluon.py PART_ATOMIC). Sweep
     # round 8 (session 11, lora_tiles.csv, N = 32, alone, whole tiles): at T = 8192 24-26 µs
     # for 67 MB against the Triton shrink's 29.6-30.2, 7.1 against 13.5 for dY of the k/v
     # projections; at T = 4096 x 17.7 against 17.2 µs and dY of k/v 6.8 against 9.7. In the
@@ -115,7 +118,8 @@ TUNE: dict = {
                 gm_group=8, gm_persist=1, gm_gluon=True, gm_peel=False, gm_rank_k=True,
                 gm_s_regs=False, gm_epi_halves=True, sx_bn=256, sx_warps=8,
                 sh_gluon=True, sh_gl_bm="auto", sh_gl_progs=1, sh_gl_stages=8, sh_gl_warps=4,
-                sh_gl_stream_k=True, sh_gl_min_steps=16, wg_gluon=False, wg_gl_stages=8,
+                sh_gl_stream_k=True, sh_gl_min_steps=16, sh_gl_part="slots", wg_gluon=False,
+                wg_gl_stages=8,
                 wg_gl_bn=128, upcast=False),  # fmt: skip
     "interp": dict(bm=32, bk=32, bn=64, bt=32, warps=4, stages=1, wg_stages=1, bm_fused=32,
                    bn_fused=32, se_fwd_bk=32, se_fwd_stages=1, se_bwd_bk=32, se_bwd_stages=1,
@@ -124,7 +128,8 @@ TUNE: dict = {
                    gm_group=2, gm_persist=0, gm_gluon=False, gm_rank_k=False, gm_s_regs=False,
                    gm_epi_halves=False, sx_bn=64, sx_warps=4, sh_gluon=False,
                    sh_gl_bm=32, sh_gl_progs=1, sh_gl_stages=1, sh_gl_warps=4,
-                   sh_gl_stream_k=False, sh_gl_min_steps=16, wg_gluon=False, wg_gl_stages=1,
+                   sh_gl_stream_k=False, sh_gl_min_steps=16, sh_gl_part="slots",
+                   wg_gluon=False, wg_gl_stages=1,
                    wg_gl_bn=64, upcast=True),  # fmt: skip
     "poison": False,  # tests: fill every internally allocated output with NaN first
 }

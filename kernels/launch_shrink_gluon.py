@@ -115,7 +115,10 @@ def shrink_gluon(x, w, kmajor: bool, out, layout: MultiLoraLayout, scale: bool,
     if n_tiles == 0:
         return out
     split = units % k_steps != 0  # some tile shared by two or more programs
-    if split:  # partial sums (no zeros needed) and the tiles' tickets (all zeros)
+    atomic = split and cfg.get("sh_gl_part") == "atomic"
+    if atomic:  # partial sums reduced into the zeroed workspace, and the tiles' tickets
+        part, tickets = zeroed_workspace(dev, out.numel(), n_tiles)
+    elif split:  # partial sums in slots (no zeros needed) and the tiles' tickets (all zeros)
         part = torch.empty((gluon_part_slots(k_steps, units), *out.shape), device=dev,
                            dtype=torch.float32)  # fmt: skip
         tickets = zeroed_workspace(dev, 1, n_tiles)[1]
@@ -129,6 +132,6 @@ def shrink_gluon(x, w, kmajor: bool, out, layout: MultiLoraLayout, scale: bool,
         out.stride(0), out.numel(),
     ), dict(
         W_KMAJOR=kmajor, APPLY_SCALE=scale, SPLIT_K=split, STAGES=cfg["sh_gl_stages"],
-        num_warps=cfg["sh_gl_warps"],
+        PART_ATOMIC=atomic, num_warps=cfg["sh_gl_warps"],
     ))  # fmt: skip
     return out

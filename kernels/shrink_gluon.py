@@ -68,7 +68,7 @@ def shrink_gluon_kernel(x_desc, w_desc, OUT, PART, TICKETS, TILES, RANKS, SCALES
                         K_STEPS, UNITS, W_ROWS_PER_AD, WIDTH, stride_om, part_stride,
                         W_KMAJOR: gl.constexpr, APPLY_SCALE: gl.constexpr,
                         SPLIT_K: gl.constexpr, STAGES: gl.constexpr,
-                        num_warps: gl.constexpr):  # fmt: skip
+                        PART_ATOMIC: gl.constexpr, num_warps: gl.constexpr):  # fmt: skip
     """Stream-K grid: the work is the N_TILES · K_STEPS units (row tile t, K step k) in order
     u = t · K_STEPS + k, and program p takes units [p · UNITS, (p + 1) · UNITS), so every
     program streams the same number of steps whatever the tile count (a tile per program left
@@ -81,7 +81,13 @@ def shrink_gluon_kernel(x_desc, w_desc, OUT, PART, TICKETS, TILES, RANKS, SCALES
     Shapes: X [T, K] (box [BM, 64]), W = lora_a [N·r_max, K] (box [64, 64], W_KMAJOR) or
     lora_b [N·K, r_max] (box [64, 64]), OUT [T, WIDTH] (row stride stride_om), PART
     [slots, T, WIDTH] fp32 scratch (any contents; slots >= the most programs on one tile),
-    TILES [N_TILES, 3] int32, TICKETS [N_TILES] int32 (zeros)."""
+    TILES [N_TILES, 3] int32, TICKETS [N_TILES] int32 (zeros).
+    PART_ATOMIC (TUNE gpu sh_gl_part "atomic"; off, written after session 13's last GPU run,
+    never run): the pieces add their partial sums into PART = the zeroed fp32 workspace
+    (launch.zeroed_workspace, [T · WIDTH], rows at OUT's stride) with relaxed reductions
+    instead of storing them to slots, and the last piece reads the one sum and re-zeroes it:
+    the protocol of the Triton split-K shrink, whose 3-8-way splits ran at 13-15 µs where
+    this kernel's slots took 19-44 (x of 4096², T = 4096, lora_tiles.csv)."""
     BM: gl.constexpr = x_desc.block_type.shape[0]
     acc_layout: gl.constexpr = gl.NVMMADistributedLayout(
         version=[3, 0], warps_per_cta=[num_warps, 1], instr_shape=[16, BOX_K, 16])
@@ -138,8 +144,12 @@ def shrink_gluon_kernel(x_desc, w_desc, OUT, PART, TICKETS, TILES, RANKS, SCALES
             n_parts = ((tile + 1) * K_STEPS - 1) // UNITS - first + 1
             if n_parts == 1:
                 gl.store(OUT + off, part.to(OUT.dtype.element_ty), mask=mask)
-            else:  # store this piece's partial sum; the tile's last piece adds them all
-                gl.store(PART + (pid - first).to(gl.int64) * part_stride + off, part, mask=mask)
+            else:  # this piece's partial sum out; the tile's last piece adds them all
+                if PART_ATOMIC:  # into the zeroed fp32 workspace, fire-and-forget reductions
+                    gl.atomic_add(PART + off, part, mask=mask, sem="relaxed")
+                else:  # into this piece's slot
+                    gl.store(PART + (pid - first).to(gl.int64) * part_stride + off, part,
+                             mask=mask)  # fmt: skip
                 # every thread's stores before the ticket (as multi_lora_triton._last_to_arrive)
                 one: gl.constexpr = gl.BlockedLayout([1], [32], [num_warps], [0])  # 1 per thread
                 gl.inline_asm_elementwise("fence.acq_rel.gpu;\n mov.u32 $0, $1;", "=r,r",
@@ -148,10 +158,14 @@ def shrink_gluon_kernel(x_desc, w_desc, OUT, PART, TICKETS, TILES, RANKS, SCALES
                 _cta_barrier()
                 ticket = gl.atomic_add(TICKETS + tile, 1, sem="acq_rel")
                 if ticket == n_parts - 1:  # the last piece of this tile: sum, write, re-zero
-                    total = gl.zeros_like(part)
-                    for s in range(n_parts):
-                        total += gl.load(PART + s.to(gl.int64) * part_stride + off, mask=mask,
-                                         other=0.0, cache_modifier=".cg")  # fmt: skip
+                    if PART_ATOMIC:  # (each thread re-zeroes exactly the elements it read)
+                        total = gl.load(PART + off, mask=mask, other=0.0, cache_modifier=".cg")
+                        gl.store(PART + off, gl.zeros_like(total), mask=mask)
+                    else:
+                        total = gl.zeros_like(part)
+                        for s in range(n_parts):
+                            total += gl.load(PART + s.to(gl.int64) * part_stride + off,
+                                             mask=mask, other=0.0, cache_modifier=".cg")  # fmt: skip
                     gl.store(TICKETS + tile, 0)
                     gl.store(OUT + off, total.to(OUT.dtype.element_ty), mask=mask)
         else:

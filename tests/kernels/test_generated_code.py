@@ -216,6 +216,10 @@ def test_gluon_shrink_builds_for_sm90(kmajor, split_k):
         assert "fence.acq_rel.gpu" in code and "ld.global.cg" in code
     else:
         assert atomics == [] and "ld.global.cg" not in code
+    if split_k:  # sh_gl_part "atomic" (off): the pieces' sums as relaxed fp32 reductions
+        atomic = ptx_fingerprint.compile_gluon_shrink(kmajor, split_k, stages=8, part_atomic=True)
+        found = set(re.findall(r"\b(?:atom|red)\.global\.[\w.]+", atomic.asm["ptx"]))
+        assert found == {"atom.global.gpu.acq_rel.add.u32", "red.global.gpu.relaxed.add.f32"}
 
 
 @pytest.mark.parametrize("transpose_out", [False, True], ids=["dA", "dB"])

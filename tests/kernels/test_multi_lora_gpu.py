@@ -90,7 +90,8 @@ def test_large_ranks_run_compiled(path, dtype, ranks, monkeypatch):
     run_and_compare(tensors, seg, ranks_, scaling, dtype)
 
 
-@pytest.mark.parametrize("gluon", [False, True], ids=["triton-shrink", "gluon-shrink"])
+@pytest.mark.parametrize("gluon", [False, True, "atomic"],
+                         ids=["triton-shrink", "gluon-shrink", "gluon-shrink-atomic"])
 @pytest.mark.parametrize("path", ["stream", "gemm"])
 def test_split_k_workspace_under_real_concurrency(path, gluon, monkeypatch):
     """The split-K shrink's last-arriving program per row tile reads the sum of the others'
@@ -98,12 +99,15 @@ def test_split_k_workspace_under_real_concurrency(path, gluon, monkeypatch):
     split's partial; a fence, a barrier and an acquire-release ticket order them) and re-zeroes
     the workspace and its ticket. 20 full-size calls (4096², T = 8192, 5 K-splits per row tile,
     hundreds of concurrent programs): every output matches the fp64 oracle, and the workspace
-    is all zeros at the end. An ordering bug shows up as a partial sum."""
+    is all zeros at the end. An ordering bug shows up as a partial sum. gluon-shrink-atomic:
+    the Gluon shrink's pieces reduce into the workspace as the Triton shrink's do
+    (sh_gl_part "atomic")."""
     from kernels import launch
 
     monkeypatch.setitem(ml.TUNE, "path", path)
     monkeypatch.setitem(ml.TUNE, "split_k", 5)  # (the Gluon shrink would not split here)
-    monkeypatch.setitem(ml.TUNE, "gpu", dict(ml.TUNE["gpu"], sh_gluon=gluon))
+    monkeypatch.setitem(ml.TUNE, "gpu", dict(ml.TUNE["gpu"], sh_gluon=bool(gluon),
+                                             sh_gl_part="atomic" if gluon == "atomic" else "slots"))
     monkeypatch.setattr(launch, "_WORKSPACES", {})
     tensors, seg, ranks, scaling = make_case(32, "uniform", 8192, 4096, 4096, rank_pool=(16, 32, 64),
                                              dtype=BF16, device="cuda", seed=4)  # fmt: skip
@@ -174,7 +178,7 @@ def test_gemm_small_shapes(spread, persist, monkeypatch):
 
 @pytest.mark.parametrize("spread", SPREADS)
 @pytest.mark.parametrize("case", ["split-k", "one-split", "odd-d_out", "gemm-path", "fp32-s",
-                                  "narrow-ranks", "bm64", "bm64-split-k"])
+                                  "narrow-ranks", "bm64", "bm64-split-k", "split-k-atomic"])
 def test_gluon_shrink_small_shapes(spread, case, monkeypatch):
     """The Gluon shrink (kernels/shrink_gluon.py) for x (forward, A_i k-contiguous) and dY
     (backward, B_i rank-contiguous) at T = 133 (partial row tiles, boxes past T), d_in = 520
@@ -184,16 +188,19 @@ def test_gluon_shrink_small_shapes(spread, case, monkeypatch):
     in fp32 (TUNE narrow_s off); narrow-ranks: ranks 8 / 16, so r_max <= 16 < 64: the
     forward's W box spans the next adapters' ranks (NaN padding included) and the backward's
     is zero-filled past r_max; bm64 / bm64-split-k: 64-row tiles (sh_gl_bm), whole or
-    3 K splits."""
+    3 K splits; split-k-atomic: 3 K splits reduced into the workspace (sh_gl_part "atomic")."""
     import kernels.launch_gemm as lg
     import kernels.launch_shrink_gluon as lsg
 
     d_out = 1032 if case == "odd-d_out" else 1024
     ml.TUNE.update(path="gemm" if case == "gemm-path" else "stream",
-                   split_k={"split-k": 3, "one-split": 1, "bm64-split-k": 3}.get(case),
+                   split_k={"split-k": 3, "one-split": 1, "bm64-split-k": 3,
+                            "split-k-atomic": 3}.get(case),
                    narrow_s=case != "fp32-s")  # fmt: skip
     if case.startswith("bm64"):
         ml.TUNE["gpu"]["sh_gl_bm"] = 64
+    if case == "split-k-atomic":  # the pieces reduce into the zeroed workspace
+        ml.TUNE["gpu"]["sh_gl_part"] = "atomic"
     calls = []
     real = lsg.shrink_gluon
 
