@@ -34,6 +34,7 @@ def shrink_gluon_fits(x: torch.Tensor, w: torch.Tensor, kmajor: bool, layout: Mu
         return False
     if layout.block_r > BOX or not w.is_contiguous():
         return False
+    # ("auto" may pick 64 rows: the warps must fit the smaller tile)
     bm, k = (64 if cfg["sh_gl_bm"] == "auto" else cfg["sh_gl_bm"]), x.shape[1]
     if bm not in (64, 128) or 16 * cfg["sh_gl_warps"] > bm or cfg["sh_gl_stages"] < 2:
         return False
