@@ -64,7 +64,7 @@ TUNE: dict = {
     # T = 8192, and +16 against +27 in the k/v backward.
     # gm_peel: the Gluon GEMM's base steps in a loop without the producer's tile-switch and
     # LoRA branches (77-81 SASS instructions and 4 CTA barriers per step against 191-207 and
-    # 7). Written after the last GPU run of 2026-11-29: built for sm_90, never run; off.
+    # 7). Off: in the layer step within 0-2 % of the general loop (§3j).
     # gm_rank_k: the Gluon GEMM's LoRA steps run their wgmma over 16, 32 or 64 ranks (the least
     # that holds the adapter's rank) instead of all 64, so V's rank padding needs no masking
     # pass for ranks 16, 32 and 64 (the pass cost about 6 µs per forward and 20 per backward

@@ -242,8 +242,8 @@ def _count_wgrad_gluon(monkeypatch, sms: int | None = None) -> list:
 @pytest.mark.parametrize("spread", SPREADS)
 @pytest.mark.parametrize("path", ["stream", "gemm", "fused"])
 def test_gluon_wgrad_small_shapes(spread, path, monkeypatch):
-    """The Gluon weight-gradient reduction (kernels/wgrad_gluon.py; off by default; added in
-    session 11 after its last GPU run: **not yet run on a GPU**) at T = 133, d = 520 -> 1024,
+    """The Gluon weight-gradient reduction (kernels/wgrad_gluon.py; off by default: correct
+    since session 12, slower than the Triton kernel) at T = 133, d = 520 -> 1024,
     32 adapters of ranks 8 / 16 / 64 with NaN rank padding, 4 programs walking every item:
     dB on the stream path (its dA is the dA + dX kernel), dA and dB on the gemm and fused
     paths (the fused path's dB scaled in the kernel)."""
@@ -261,7 +261,7 @@ def test_gluon_wgrad_small_shapes(spread, path, monkeypatch):
 @pytest.mark.parametrize("shape", [(4096, 1024), (4096, 4096)])
 def test_gluon_wgrad_full_size(shape, monkeypatch):
     """The Gluon weight-gradient reduction at full size (T = 4096, 32 adapters, zipf), on the
-    path the auto rule picks (not yet run on a GPU, like the test above)."""
+    path the auto rule picks."""
     calls = _count_wgrad_gluon(monkeypatch)
     tensors, seg, ranks, scaling = make_case(32, "zipf", 4096, *shape, rank_pool=(16, 32, 64),
                                              dtype=BF16, device="cuda", seed=3)  # fmt: skip
