@@ -352,12 +352,12 @@ def _shrink(x, w, w_strides, layout, scale: bool, cfg, out_dtype=torch.float32) 
     """OUT[T, block_r] (out_dtype) = c_i * x_i @ W_iᵀ; w_strides = (adapter, rank, k) strides
     of W. Split over K, the sums meet in fp32 (zeroed_workspace) and are written once."""
     dev, (t, k) = x.device, x.shape
+    out = _empty((t, layout.block_r), dev, out_dtype)
+    if _shrink_gluon(x, w, w_strides, out, layout, scale, cfg):  # (it plans its own tiles)
+        return out
     tiles, split, k_per = layout.memo(_plan_key(cfg, "shrink", k, dev), lambda: (
         (tl := layout.tiles(cfg["sh_bm"], dev)), *_split_k(tl.shape[0], k, cfg, dev)))
-    out = _empty((t, layout.block_r), dev, out_dtype)
     if tiles.shape[0] == 0:
-        return out
-    if _shrink_gluon(x, w, w_strides, out, layout, scale, cfg):
         return out
     acc, tickets = zeroed_workspace(dev, out.numel(), tiles.shape[0]) if split > 1 else (out, out)
     launch(mlt.get_kernels().shrink, (tiles.shape[0], split), (
