@@ -143,6 +143,8 @@ FUSED_VARIANTS = {  # TUNE overrides of each fused_multi_lora variant
     # the Gluon shrink's row tile: 64 rows, chosen by tile count (the default since session 13),
     # 128 rows (before)
     "fused_shgl_bm64": dict(DEFAULT_TUNE, gpu=dict(DEFAULT_TUNE["gpu"], sh_gl_bm=64)),
+    "fused_shgl_auto": dict(DEFAULT_TUNE, gpu=dict(DEFAULT_TUNE["gpu"], sh_gl_bm="auto")),
+    "fused_shgl_128": dict(DEFAULT_TUNE, gpu=dict(DEFAULT_TUNE["gpu"], sh_gl_bm=128)),
     # the Gluon GEMM with C stored in halves and a fourth ring stage (gm_epi_halves; the
     # default since session 13), with halves and three stages,
     # and as before session 13 (three stages, C in one store)
@@ -155,11 +157,9 @@ FUSED_VARIANTS = {  # TUNE overrides of each fused_multi_lora variant
     # the shipped kernels as session 12 left them (3-stage GEMM, 128-row shrink tiles)
     "fused_session12": dict(DEFAULT_TUNE, gpu=dict(DEFAULT_TUNE["gpu"], gm_gl_stages=3,
                                                     gm_epi_halves=False, sh_gl_bm=128)),
-    # the Gluon shrink's shared tiles reduced into the workspace (sh_gl_part "atomic"; never
-    # run when added), with the shipped gate and with stream-K wherever tiles are shared
+    # the Gluon shrink's shared tiles reduced into the workspace (sh_gl_part "atomic", with the
+    # shipped stream-K gate; never run when added)
     "fused_shgl_atomic": dict(DEFAULT_TUNE, gpu=dict(DEFAULT_TUNE["gpu"], sh_gl_part="atomic")),
-    "fused_shgl_auto": dict(DEFAULT_TUNE, gpu=dict(DEFAULT_TUNE["gpu"], sh_gl_bm="auto")),
-    "fused_shgl_128": dict(DEFAULT_TUNE, gpu=dict(DEFAULT_TUNE["gpu"], sh_gl_bm=128)),
     # the shrinks through the Triton kernel instead of the Gluon one (TUNE gpu sh_gluon, the
     # default on Hopper since 2026-11-29, session 11), on the shipped path and on the gemm path
     "fused_sh_triton": dict(DEFAULT_TUNE, gpu=dict(DEFAULT_TUNE["gpu"], sh_gluon=False)),

@@ -62,15 +62,20 @@ def main() -> None:
     torch.cuda.synchronize()
 
 
-
 def profile_gluon_shrink(inp: dict, cfg: dict) -> None:
     """Six launches of the Gluon shrink of x (warm-up, profiled) x (whole 128-row tiles, tiles
     shared by 3 programs, the shipped rule); fails if the Triton shrink ran instead."""
     from kernels import launch_gemm
+    from kernels.launch_shrink_gluon import shrink_gluon_ok
 
+    x, a = inp["x"].detach(), inp["a"].detach()
+    lay = kernels.make_layout(inp["seg"], inp["ranks"], inp["scaling"], device="cuda")
     for split, over in ((1, dict(sh_gl_bm=128)), (3, dict(sh_gl_bm=128)), (None, {})):
         launch.TUNE["split_k"] = split
-        fn_cfg = kernel_fns(inp, dict(cfg, sh_gluon=True, **over))["sh_x"][0]
+        run_cfg = dict(cfg, sh_gluon=True, **over)
+        if not shrink_gluon_ok(x, a, True, lay, run_cfg):
+            raise RuntimeError(f"the Gluon shrink would not run with {over} on this device")
+        fn_cfg = kernel_fns(inp, run_cfg)["sh_x"][0]
         for _ in range(2):
             fn_cfg()
     launch.TUNE["split_k"] = None

@@ -170,8 +170,8 @@ def main() -> None:
                    help="1: tile sizes; 2: column splits; 3: operand orientation; 4: TMA; "
                    "5: dX in the dA kernel; 6: split-K and chunks with relaxed atomics; "
                    "8: the Gluon shrink; 9: the Gluon weight-gradient reduction; "
-                        "10: the Gluon shrink's stream-K split; 11: its row tile; 13: partial sums by "
-                        "atomics")
+                   "10: the Gluon shrink's stream-K split; 11: its row tile; "
+                   "13: its partial sums by atomics")
     p.add_argument("--adapters", default="32", help="adapter counts N, comma-separated")
     p.add_argument("--cases", default=None,
                    help="SHAPExT pairs, comma-separated (e.g. 4096x1024x4096); default: CASES")

@@ -89,8 +89,8 @@ TUNE: dict = {
     # kernels at other T), TMA ring of sh_gl_stages steps,
     # at most sh_gl_progs programs per SM. sh_gl_stream_k: while the row tiles fill at most a
     # third of the SMs, their K steps shared evenly by the programs (stream-K, session 12;
-    # launch_shrink_gluon.gluon_units),
-    # each taking >= sh_gl_min_steps; else, and off, whole tiles per program. sh_gl_part: a
+    # launch_shrink_gluon.gluon_units), each taking >= sh_gl_min_steps; else, and off, whole
+    # tiles per program. sh_gl_part: a
     # shared tile's partial sums in a slot per piece ("slots", measured) or reduced into the
     # zeroed workspace as the Triton shrink does ("atomic"; written after session 13's last GPU
     # run, never run: kernels/shrink_gluon.py PART_ATOMIC). Sweep
@@ -119,8 +119,7 @@ TUNE: dict = {
                 gm_s_regs=False, gm_epi_halves=True, sx_bn=256, sx_warps=8,
                 sh_gluon=True, sh_gl_bm="auto", sh_gl_progs=1, sh_gl_stages=8, sh_gl_warps=4,
                 sh_gl_stream_k=True, sh_gl_min_steps=16, sh_gl_part="slots", wg_gluon=False,
-                wg_gl_stages=8,
-                wg_gl_bn=128, upcast=False),  # fmt: skip
+                wg_gl_stages=8, wg_gl_bn=128, upcast=False),  # fmt: skip
     "interp": dict(bm=32, bk=32, bn=64, bt=32, warps=4, stages=1, wg_stages=1, bm_fused=32,
                    bn_fused=32, se_fwd_bk=32, se_fwd_stages=1, se_bwd_bk=32, se_bwd_stages=1,
                    se_rows=True, ex_cols=64, ex_stages=1, se_tma="", sh_bm=32, sh_warps=4,
@@ -129,8 +128,7 @@ TUNE: dict = {
                    gm_epi_halves=False, sx_bn=64, sx_warps=4, sh_gluon=False,
                    sh_gl_bm=32, sh_gl_progs=1, sh_gl_stages=1, sh_gl_warps=4,
                    sh_gl_stream_k=False, sh_gl_min_steps=16, sh_gl_part="slots",
-                   wg_gluon=False, wg_gl_stages=1,
-                   wg_gl_bn=64, upcast=True),  # fmt: skip
+                   wg_gluon=False, wg_gl_stages=1, wg_gl_bn=64, upcast=True),  # fmt: skip
     "poison": False,  # tests: fill every internally allocated output with NaN first
 }
 
@@ -326,7 +324,8 @@ def _wgrad_plan(layout: MultiLoraLayout, n_cols: int, cfg: dict, device: torch.d
 # concurrently. An outgrown workspace is kept alive (_RETIRED_WORKSPACES), never freed: a CUDA
 # graph captured while it was current replays into its addresses. (Not handled: a workspace
 # first created *during* a capture is zeroed only when the graph first replays, so eager calls
-# on the capturing stream must not precede that replay.) The Gluon shrink uses only the tickets.
+# on the capturing stream must not precede that replay.) The Gluon shrink uses only the tickets,
+# and the fp32 sums too with TUNE gpu sh_gl_part "atomic".
 _WORKSPACES: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
 _RETIRED_WORKSPACES: list[tuple[torch.Tensor, torch.Tensor]] = []  # outgrown, kept alive
 
