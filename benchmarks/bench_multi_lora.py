@@ -100,7 +100,8 @@ COLUMNS = [
     "gpu_ratio_vs_base",
 ]
 BF16 = torch.bfloat16
-DEFAULT_TUNE = {k: ml.TUNE[k] for k in ("path", "fuse_add", "wgrad_pair", "narrow_s", "wgrad_waves")}
+DEFAULT_TUNE = {k: ml.TUNE[k] for k in ("path", "fuse_add", "wgrad_pair", "narrow_s", "wgrad_waves",
+                                       "bwd_side", "bwd_side_paths")}
 DEFAULT_TUNE["gpu"] = dict(ml.TUNE["gpu"])  # variants may override tile settings
 FUSED_VARIANTS = {  # TUNE overrides of each fused_multi_lora variant
     "fused": dict(DEFAULT_TUNE),  # the defaults as shipped
@@ -134,10 +135,17 @@ FUSED_VARIANTS = {  # TUNE overrides of each fused_multi_lora variant
     # masked in shared memory (TUNE gpu gm_rank_k off: the kernel before session 12)
     "fused_gluon_full_k": dict(DEFAULT_TUNE, path="gemm",
                                gpu=dict(DEFAULT_TUNE["gpu"], gm_gluon=True, gm_rank_k=False)),
-    # the gemm path's Gluon GEMM masking S's rows in registers (TUNE gpu gm_s_regs; off, never
-    # run on a GPU when added at the end of session 12)
+    # the gemm path's Gluon GEMM masking S's rows in registers (TUNE gpu gm_s_regs; added at
+    # the end of session 12, the default since session 14) and by a shared-memory pass (before)
     "fused_gluon_s_regs": dict(DEFAULT_TUNE, path="gemm",
                                gpu=dict(DEFAULT_TUNE["gpu"], gm_gluon=True, gm_s_regs=True)),
+    "fused_gluon_smem_mask": dict(DEFAULT_TUNE, path="gemm",
+                                  gpu=dict(DEFAULT_TUNE["gpu"], gm_gluon=True, gm_s_regs=False)),
+    # the backward's dB (and on the gemm path dA) on a second stream (TUNE bwd_side, on the
+    # gemm path "db+da" since session 14; kernels/side_stream.py), on both paths; one stream
+    "fused_side_db": dict(DEFAULT_TUNE, bwd_side="db", bwd_side_paths=("stream", "gemm")),
+    "fused_side_dbda": dict(DEFAULT_TUNE, bwd_side="db+da", bwd_side_paths=("stream", "gemm")),
+    "fused_one_stream": dict(DEFAULT_TUNE, bwd_side=None),
     # (rows fused_gluon_lean_fence, fused_gm_lag, fused_sh_lag, fused_lag, fused_gm_s4_lag of
     # session 13 measured options since removed: docs/kernels_log.md §3l)
     # the Gluon shrink's row tile: 64 rows, chosen by tile count (the default since session 13),

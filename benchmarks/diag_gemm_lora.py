@@ -78,7 +78,8 @@ CFGS = [dict(zip(_G, v, strict=True)) for v in (
     # kernel before session 12; 12-17 take the shipped gm_rank_k)
     dict(gm_bm=128, gm_bn=256, gm_bk=64, gm_warps=8, gm_gl_stages=3, gm_epi_halves=False,
          gm_group=8, gm_persist=1, gm_gluon=True, gm_rank_k=False),
-] + [  # 19: 12 with S's rows masked in registers (gm_s_regs)
+] + [  # 19: 12 with S's rows masked in registers (gm_s_regs; 12-18 and 20-21 take the shipped
+    # setting, on since session 14, so their earlier rows ran with it off)
     dict(gm_bm=128, gm_bn=256, gm_bk=64, gm_warps=8, gm_gl_stages=3, gm_epi_halves=False,
          gm_group=8, gm_persist=1, gm_gluon=True, gm_s_regs=True),
 ] + [  # 20-21 (session 13): C stored in two halves (gm_epi_halves) with a fourth ring stage

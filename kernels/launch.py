@@ -36,6 +36,16 @@ TUNE: dict = {
     "wgrad_pair": False,  # fused path: dA+dB in one launch (never chosen by auto)
     "fuse_add": "addmm",  # "addmm" (delta + cuBLAS epilogue) or "kernel" (expand-and-add)
     "split_k": None,  # shrink split over K; None = fill ~2 waves of SMs
+    # bwd_side: on the paths in bwd_side_paths ("stream", "gemm") the backward runs dB on a
+    # second CUDA stream beside the shrink of dY ("db"), and on the gemm path dA too, beside
+    # the dX GEMM ("db+da"); None: one stream (kernels/side_stream.py). Interleaved layer A/B
+    # (run 16:3xZ, ab_layer.csv, 12 rounds, N = 32 / 64): "db+da" on the gemm path -1.0 to
+    # -4.9 % (4096->1024, T = 4096: 0.1669 -> 0.1587 ms; 4096², T = 4096 to 8192: -1.0 to
+    # -1.2 %), faster in 9-12 of 12 rounds; "db" alone -0.2 to -1.8 %; on the stream path
+    # (MLP shapes, dB moved alone) within +-0.3 %, won 6-7 of 12, so it stays off there (each
+    # fork and join also costs host time in eager mode).
+    "bwd_side": "db+da",
+    "bwd_side_paths": ("gemm",),
     "narrow_s": True,  # stream / gemm paths: the shrink writes S and dS in x.dtype (else fp32)
     "se_split": None,  # shrink_expand: programs per row tile sharing its columns; None = heuristic
     "wgrad_chunk": None,  # tokens per weight-gradient program; None = heuristic
@@ -71,9 +81,10 @@ TUNE: dict = {
     # GEMM at 4096², T = 8192, §3i); -14 to -19 µs per 4096² layer step at T = 8192 (§3k).
     # gm_s_regs (needs gm_rank_k): in tiles holding several adapters, S goes to the LoRA wgmma
     # from registers with other adapters' rows zeroed there, instead of a shared-memory
-    # masking pass (store, fence, CTA barrier) per step. Off: correct on the GPU (session 13),
-    # within the noise of a sequential run (run 15:1xZ: -6 to +6 %, 12 cells), no interleaved
-    # A/B yet. (Tried in session 13 and removed, no gain: the fence and barrier only after a
+    # masking pass (store, fence, CTA barrier) per step. On since session 14: in the
+    # interleaved layer A/B (run 16:2xZ, ab_layer.csv, N = 64, 20 rounds) 1.0-1.4 % faster at
+    # 4096² (T = 4096 / 8192: won 21 / 16 of 21 rounds) and 1.4 % at 4096->1024, T = 4096
+    # (21 of 21). (Tried in session 13 and removed, no gain: the fence and barrier only after a
     # pass that stored; one wgmma kept in flight across steps in the GEMM and the shrink.)
     # gm_gl_stages / gm_epi_halves: the Gluon GEMM's ring depth (gm_stages is the Triton
     # GEMM's, whose 4 stages do not fit) and C stored in two [BM, BN / 2] halves through one
@@ -116,7 +127,7 @@ TUNE: dict = {
                 se_rows=True, ex_cols=128, ex_stages=1, se_tma="", sh_bm=128, sh_warps=8,
                 gm_bm=128, gm_bn=256, gm_bk=64, gm_warps=8, gm_stages=3, gm_gl_stages=4,
                 gm_group=8, gm_persist=1, gm_gluon=True, gm_peel=False, gm_rank_k=True,
-                gm_s_regs=False, gm_epi_halves=True, sx_bn=256, sx_warps=8,
+                gm_s_regs=True, gm_epi_halves=True, sx_bn=256, sx_warps=8,
                 sh_gluon=True, sh_gl_bm="auto", sh_gl_progs=1, sh_gl_stages=8, sh_gl_warps=4,
                 sh_gl_stream_k=True, sh_gl_min_steps=16, sh_gl_part="slots", wg_gluon=False,
                 wg_gl_stages=8, wg_gl_bn=128, upcast=False),  # fmt: skip

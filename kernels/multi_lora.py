@@ -22,6 +22,8 @@ weight-gradient launch that computes dA and writes the dX delta from the same dS
 TUNE["path"] = "gemm": the stream path's shrinks and reductions, but the base GEMM
 runs in Triton (kernels/launch_gemm.py) and adds S_i B_iᵀ (forward) / dS_i A_i (backward) to
 each output tile itself: no delta buffer, no cuBLAS; the stream path where TMA cannot run it.
+Its backward runs dB and dA on a second CUDA stream, beside the shrink of dY and the dX GEMM
+(TUNE["bwd_side"], kernels/side_stream.py).
 By default the kernels write the LoRA delta and the base GEMM adds it in cuBLAS's epilogue
 (``delta.addmm_(x, W.T)``, beta=1); ``TUNE["fuse_add"] = "kernel"`` instead runs the GEMM first
 and fuses the add into the expand's store (the paper's expand-and-add).
@@ -63,6 +65,7 @@ from .launch import (  # noqa: E402,F401
 )
 from .launch_fused import shrink_expand, wgrad_pair  # noqa: E402
 from .launch_gemm import gemm_lora, gemm_ok  # noqa: E402
+from .side_stream import fork, join, side_stream  # noqa: E402
 
 
 def _s_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -122,20 +125,33 @@ class _FusedMultiLora(torch.autograd.Function):
         if need_x and not gemm:
             dx = dy @ weight if kadd else _empty(x.shape, x.device, x.dtype)
         if ctx.path in ("stream", "gemm"):
+            # TUNE["bwd_side"]: dB (and with "db+da", dA) on a second stream (side_stream.py)
+            side = TUNE["bwd_side"] if ctx.path in TUNE["bwd_side_paths"] else None
+            side = side if dy.is_cuda and not mlt.interpret_mode() else None
+            main = torch.cuda.current_stream(dy.device) if side else None
+            if need_b and side:  # S = s_i x_i A_iᵀ already carries the scale
+                with torch.cuda.stream(fork(main)):  # beside the shrink of dY
+                    db = _wgrad(s, dy, lora_b, True, layout, False, cfg)
             # dS by the split-K shrink. Stream: the dX delta is written by the dA kernel as it
             # streams dS (or, with lora_a frozen, by the same kernel as an expand only)
             if need_x or need_a:  # dS_i = s_i dY_i B_i
                 ds = _shrink(dy, lora_b, b_str, layout, True, cfg, _s_dtype(dy.dtype))
-            if need_x and gemm:
-                dx = gemm_lora(dy, weight, False, layout, ds, lora_a, cfg)
             a_rn = lora_a.stride()  # V_i[r, n] = A_i[r, n]
             dx_job = (lora_a, a_rn, dx, kadd) if need_x and not gemm else None
-            if need_a:
+            da_side = need_a and side == "db+da" and dx_job is None
+            if da_side:  # beside the dX GEMM; enqueued first, so it is not queued behind it
+                with torch.cuda.stream(fork(main)):
+                    da = _wgrad(ds, x, lora_a, False, layout, False, cfg)
+            if need_x and gemm:
+                dx = gemm_lora(dy, weight, False, layout, ds, lora_a, cfg)
+            if need_a and not da_side:
                 da = _wgrad(ds, x, lora_a, False, layout, False, cfg, expand=dx_job)
             elif dx_job:
                 _stream_expand(ds, *dx_job, layout, cfg)
-            if need_b:  # S = s_i x_i A_iᵀ already carries the scale
+            if need_b and not side:
                 db = _wgrad(s, dy, lora_b, True, layout, False, cfg)
+            if side:
+                join(main, side_stream(main), db, da if da_side else None)
         elif ctx.path == "split":
             if need_x or need_a:
                 ds = _shrink(dy, lora_b, b_str, layout, True, cfg)  # dS_i = s_i dY_i B_i

@@ -181,7 +181,7 @@ def test_gluon_gemm_builds_for_sm90(kmajor, peel):
     full_k = ptx_fingerprint.compile_gluon_gemm(kmajor, lora=True, peel=peel, rank_k=False)
     wgmma = lambda k: len(re.findall(r"wgmma\.mma_async", k.asm["ptx"]))  # noqa: E731
     assert wgmma(full_k) == wgmma(plain) + 4 and wgmma(lora) == wgmma(plain) + 1 + 2 + 4
-    # S's rows masked in registers (gm_s_regs, off): 7 more, with S as a register operand
+    # S's rows masked in registers (gm_s_regs, shipped): 7 more, with S as a register operand
     s_regs = ptx_fingerprint.compile_gluon_gemm(kmajor, lora=True, peel=peel, s_regs=True)
     reg_a = r"wgmma\.mma_async[^\n]*\n?\s*\{[^}]*\},\s*\{%r"
     assert wgmma(s_regs) == wgmma(lora) + 7 and len(re.findall(reg_a, s_regs.asm["ptx"])) == 7

@@ -143,10 +143,10 @@ def test_tma_small_shapes(spread, dtype):
 
 
 @pytest.mark.parametrize("spread", SPREADS)
-@pytest.mark.parametrize("persist", [0, 1, "gluon", "gluon-peel", "gluon-full-k", "gluon-s-regs",
-                                     "gluon-s3"],
+@pytest.mark.parametrize("persist", [0, 1, "gluon", "gluon-peel", "gluon-full-k",
+                                     "gluon-smem-mask", "gluon-s3"],
                          ids=["tile-per-program", "persistent", "gluon", "gluon-peel",
-                              "gluon-full-k", "gluon-s-regs", "gluon-s3"])  # fmt: skip
+                              "gluon-full-k", "gluon-smem-mask", "gluon-s3"])  # fmt: skip
 def test_gemm_small_shapes(spread, persist, monkeypatch):
     """The gemm path (Triton base GEMM + LoRA per output tile, TMA) at T = 133 (a partial row
     tile), d_in = 520 (not a multiple of the 64-wide K step: zero fill), d_out = 1032 (a partial
@@ -155,8 +155,10 @@ def test_gemm_small_shapes(spread, persist, monkeypatch):
     to 16 / 32 / 64 ranks (gm_rank_k, the default) or over all 64 with the masking pass
     (gluon-full-k). The rank pool has ranks at each width (16, 32, 64) and inside each
     (8, 24, 40), whose NaN padding the cut MMA reads and the masking pass must zero;
-    gluon-s-regs: S's rows of other adapters zeroed in registers (gm_s_regs); gluon (the default since session 13): C stored in two halves, four ring stages
-    (gm_gl_stages, gm_epi_halves); gluon-s3: three stages, C in one store (before)."""
+    gluon (the default): S's rows of other adapters zeroed in registers (gm_s_regs, since
+    session 14), C stored in two halves, four ring stages (gm_gl_stages, gm_epi_halves,
+    session 13); gluon-smem-mask: those rows zeroed by a shared-memory pass (before session
+    14); gluon-s3: three stages, C in one store (before session 13)."""
     ml.TUNE["path"] = "gemm"
     if str(persist).startswith("gluon"):
         calls = _count_gluon_calls(monkeypatch)
@@ -164,7 +166,7 @@ def test_gemm_small_shapes(spread, persist, monkeypatch):
         ml.TUNE["gpu"]["gm_rank_k"] = not persist.endswith("full-k")
         if persist == "gluon-s3":
             ml.TUNE["gpu"].update(gm_gl_stages=3, gm_epi_halves=False)
-        ml.TUNE["gpu"]["gm_s_regs"] = persist == "gluon-s-regs"
+        ml.TUNE["gpu"]["gm_s_regs"] = persist != "gluon-smem-mask"
     else:  # the Triton GEMM (Hopper's default is the Gluon one)
         ml.TUNE["gpu"].update(gm_persist=persist, gm_gluon=False)
     tensors, seg, ranks, scaling = make_case(32, spread, 133, 520, 1032,
@@ -291,12 +293,12 @@ def _count_gluon_calls(monkeypatch) -> list:
                                   dict(wgrad_chunk=256, gpu=dict(gm_persist=0, gm_gluon=False)),
                                   dict(gpu=dict(gm_gluon=True)),
                                   dict(gpu=dict(gm_gluon=True, gm_peel=True)),
-                                  dict(gpu=dict(gm_gluon=True, gm_s_regs=True)),
+                                  dict(gpu=dict(gm_gluon=True, gm_s_regs=False)),
                                   dict(gpu=dict(gm_gluon=True, sh_gl_bm=128)),
                                   dict(gpu=dict(gm_gluon=True, gm_gl_stages=3,
                                                 gm_epi_halves=False))],
                          ids=["gemm-persistent", "gemm-per-tile-atomics", "gemm-gluon",
-                              "gemm-gluon-peel", "gemm-gluon-s-regs", "gemm-gluon-shgl-128",
+                              "gemm-gluon-peel", "gemm-gluon-smem-mask", "gemm-gluon-shgl-128",
                               "gemm-gluon-s3"])  # fmt: skip
 @pytest.mark.parametrize("shape", [(4096, 4096), (4096, 1024), (14336, 4096)])
 def test_gemm_full_size(tune, shape, monkeypatch):

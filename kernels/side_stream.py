@@ -1,0 +1,49 @@
+"""A second CUDA stream for the backward's weight-gradient reductions (TUNE["bwd_side"]).
+
+On the stream and gemm paths dB = Sᵀ dY needs only the forward's S and dY, so it can run while
+the shrink of dY computes dS; dA = dSᵀ x needs dS, and can run beside the dX GEMM. Both are
+small, latency-bound launches that fill few of the SMs (docs/kernels.md §5), so running one
+beside another kernel fills SMs that would idle.
+
+Stream safety (the caching allocator hands a freed block to the next allocation *of the
+stream it was allocated on*, without waiting for other streams' work on it):
+* inputs the side stream reads (S, dY, x, dS, the adapters) were allocated on the main
+  stream and stay referenced until the backward returns, and the main stream waits for the
+  side stream before it returns (:func:`join`), so later main-stream reuse is ordered after;
+* temporaries the side stream allocates (fp32 sums, their cast) are freed on it, so reuse is
+  ordered on it;
+* the gradients it returns were allocated on it and are used on the main stream afterwards:
+  :func:`join` records them on the main stream, so the allocator waits for that use.
+Under CUDA-graph capture the fork and join are event waits, captured as graph edges.
+"""
+
+from __future__ import annotations
+
+import torch
+
+_SIDE: dict[tuple[int, int], torch.cuda.Stream] = {}
+
+
+def side_stream(main: torch.cuda.Stream) -> torch.cuda.Stream:
+    """The side stream paired with ``main`` (one per main stream, created on first use)."""
+    key = (main.device.index, main.cuda_stream)
+    side = _SIDE.get(key)
+    if side is None:
+        side = _SIDE[key] = torch.cuda.Stream(device=main.device)
+    return side
+
+
+def fork(main: torch.cuda.Stream) -> torch.cuda.Stream:
+    """The side stream of ``main``, made to wait for everything enqueued on ``main`` so far."""
+    side = side_stream(main)
+    side.wait_stream(main)
+    return side
+
+
+def join(main: torch.cuda.Stream, side: torch.cuda.Stream, *made_on_side) -> None:
+    """Make ``main`` wait for ``side``'s work so far, and record the tensors ``side`` made (None
+    skipped) as used on ``main``."""
+    main.wait_stream(side)
+    for t in made_on_side:
+        if t is not None:
+            t.record_stream(main)

@@ -1,0 +1,106 @@
+"""The backward's second stream (TUNE["bwd_side"], kernels/side_stream.py) on a CUDA device:
+``python3 -m pytest -m gpu tests/kernels/test_side_stream_gpu.py``.
+
+Races are baited: the main stream sleeps before dY is written, so a side-stream launch that
+did not wait for the main stream reads dY (or dS) before it exists; and after the backward the
+main stream overwrites fresh allocations, so a gradient whose block went back to the
+allocator early would be clobbered before it is compared.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from mlora_cases import TOL, make_case, rel
+
+import kernels
+from kernels import multi_lora as ml
+from kernels import side_stream
+from kernels.reference import fused_multi_lora_reference
+
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"),
+]
+BF16 = torch.bfloat16
+SLEEP_CYCLES = 20_000_000  # ~10 ms at the H200's clock: far longer than any launch here
+
+
+def _reference(tensors, seg, ranks, scaling, dy):
+    x, w = tensors["x"].double().requires_grad_(), tensors["weight"].double()
+    a = torch.nan_to_num(tensors["lora_a"].double()).requires_grad_()
+    b = torch.nan_to_num(tensors["lora_b"].double()).requires_grad_()
+    y = fused_multi_lora_reference(x, w, a, b, seg, ranks, scaling)
+    return (y, *torch.autograd.grad(y, (x, a, b), dy.double()))
+
+
+def _assert_close(got, ref):
+    for name, g, r in zip(("y", "dx", "dA", "dB"), got, ref, strict=True):
+        assert torch.isfinite(g).all(), f"{name} has non-finite entries"
+        assert rel(g, r) < TOL[BF16], f"{name}: rel err {rel(g, r):.3e}"
+
+
+@pytest.mark.parametrize(("path", "mode"), [("stream", "db"), ("gemm", "db"), ("gemm", "db+da"),
+                                            ("stream", "db+da")])  # fmt: skip
+@pytest.mark.parametrize("shape", [(4096, 4096), (4096, 1024)])
+def test_side_stream_backward_matches_oracle(path, mode, shape, monkeypatch):
+    """dB (and on the gemm path dA) on the side stream: same results as the oracle, the side
+    stream really used (its fork called once per reduction moved there; the stream path keeps
+    dA on the main stream, where it also writes the dX delta)."""
+    monkeypatch.setitem(ml.TUNE, "path", path)
+    monkeypatch.setitem(ml.TUNE, "bwd_side", mode)
+    monkeypatch.setitem(ml.TUNE, "bwd_side_paths", ("stream", "gemm"))
+    forks = []
+    real_fork = side_stream.fork
+    monkeypatch.setattr(ml, "fork", lambda main: forks.append(1) or real_fork(main))
+    tensors, seg, ranks, scaling = make_case(32, "zipf", 4096, *shape, rank_pool=(16, 32, 64),
+                                             dtype=BF16, device="cuda", seed=7)  # fmt: skip
+    x = tensors["x"].clone().requires_grad_()
+    a = tensors["lora_a"].clone().requires_grad_()
+    b = tensors["lora_b"].clone().requires_grad_()
+    y = kernels.fused_multi_lora(x, tensors["weight"], a, b, seg, ranks, scaling)
+    torch.cuda._sleep(SLEEP_CYCLES)  # the main stream is busy before dY exists
+    dy = torch.randn(y.shape, device="cuda", dtype=BF16, generator=torch.Generator("cuda").manual_seed(3))
+    gx, ga, gb = torch.autograd.grad(y, (x, a, b), dy)
+    clobber = [torch.full_like(t, float("nan")) for t in (ga, gb)]  # reuse of a freed block
+    torch.cuda.synchronize()
+    del clobber
+    assert len(forks) == (2 if mode == "db+da" and path == "gemm" else 1)
+    _assert_close((y, gx, ga, gb), _reference(tensors, seg, ranks, scaling, dy))
+
+
+def test_side_stream_backward_in_a_cuda_graph(monkeypatch):
+    """fwd + bwd with dA and dB on the side stream, captured in one CUDA graph (the fork and
+    join become graph edges) and replayed on new inputs copied into the captured buffers:
+    every replay matches the oracle of its inputs."""
+    monkeypatch.setitem(ml.TUNE, "path", "gemm")
+    monkeypatch.setitem(ml.TUNE, "bwd_side", "db+da")
+    tensors, seg, ranks, scaling = make_case(32, "uniform", 4096, 4096, 1024, rank_pool=(16, 32, 64),
+                                             dtype=BF16, device="cuda", seed=8)  # fmt: skip
+    layout = kernels.make_layout(seg, ranks, scaling, device="cuda")
+    x = tensors["x"].clone().requires_grad_()
+    a, b, w = tensors["lora_a"].clone().requires_grad_(), tensors["lora_b"].clone().requires_grad_(), tensors["weight"]
+    dy = torch.zeros(x.shape[0], w.shape[0], device="cuda", dtype=BF16)
+
+    def step():
+        y = kernels.fused_multi_lora(x, w, a, b, layout=layout)
+        return (y, *torch.autograd.grad(y, (x, a, b), dy))
+
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):  # kernels compiled, tables and workspaces built
+        step()
+        step()
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph, stream=stream):
+        outs = step()
+    for seed in (1, 2):
+        gen = torch.Generator("cuda").manual_seed(seed)
+        with torch.no_grad():
+            x.copy_(torch.randn(x.shape, device="cuda", dtype=BF16, generator=gen))
+            dy.copy_(torch.randn(dy.shape, device="cuda", dtype=BF16, generator=gen))
+        graph.replay()
+        torch.cuda.synchronize()
+        fresh = dict(tensors, x=x.detach())
+        _assert_close(outs, _reference(fresh, seg, ranks, scaling, dy))
