@@ -146,6 +146,9 @@ FUSED_VARIANTS = {  # TUNE overrides of each fused_multi_lora variant
     "fused_side_db": dict(DEFAULT_TUNE, bwd_side="db", bwd_side_paths=("stream", "gemm")),
     "fused_side_dbda": dict(DEFAULT_TUNE, bwd_side="db+da", bwd_side_paths=("stream", "gemm")),
     "fused_one_stream": dict(DEFAULT_TUNE, bwd_side=None),
+    # the defaults as session 13 left them (S's rows masked in shared memory, one stream)
+    "fused_session13": dict(DEFAULT_TUNE, bwd_side=None,
+                            gpu=dict(DEFAULT_TUNE["gpu"], gm_s_regs=False)),
     # (rows fused_gluon_lean_fence, fused_gm_lag, fused_sh_lag, fused_lag, fused_gm_s4_lag of
     # session 13 measured options since removed: docs/kernels_log.md §3l)
     # the Gluon shrink's row tile: 64 rows, chosen by tile count (the default since session 13),
