@@ -42,7 +42,7 @@ TUNE: dict = {
     # (run 16:3xZ, ab_layer.csv, 12 rounds, N = 32 / 64): "db+da" on the gemm path -1.0 to
     # -4.9 % (4096->1024, T = 4096: 0.1669 -> 0.1587 ms; 4096², T = 4096 to 8192: -1.0 to
     # -1.2 %), faster in 9-12 of 12 rounds; "db" alone -0.2 to -1.8 %; on the stream path
-    # (MLP shapes, dB moved alone) within +-0.3 % at N = 32 (won 6-7 of 12); run 16:5xZ:
+    # (MLP shapes, dB moved alone) within +-0.3 % at N = 32 (won 6-7 of 12); run 16:49Z:
     # -0.4 to -1.7 % at T = 4096 (N = 8 / 64, won 7-9), +0.3 / +0.5 % at T = 8192 (won 5-6),
     # so it stays off there (each fork and join also costs host time in eager mode).
     "bwd_side": "db+da",
