@@ -146,6 +146,9 @@ FUSED_VARIANTS = {  # TUNE overrides of each fused_multi_lora variant
     "fused_side_db": dict(DEFAULT_TUNE, bwd_side="db", bwd_side_paths=("stream", "gemm")),
     "fused_side_dbda": dict(DEFAULT_TUNE, bwd_side="db+da", bwd_side_paths=("stream", "gemm")),
     "fused_one_stream": dict(DEFAULT_TUNE, bwd_side=None),
+    # dA enqueued before the dX GEMM (the first shipped order, runs 16:33Z-16:49Z) instead of
+    # after it (shipped since 17:0xZ)
+    "fused_side_da_before": dict(DEFAULT_TUNE, bwd_side="db+da_before"),
     # the defaults as session 13 left them (S's rows masked in shared memory, one stream)
     "fused_session13": dict(DEFAULT_TUNE, bwd_side=None,
                             gpu=dict(DEFAULT_TUNE["gpu"], gm_s_regs=False)),

@@ -38,10 +38,13 @@ TUNE: dict = {
     "split_k": None,  # shrink split over K; None = fill ~2 waves of SMs
     # bwd_side: on the paths in bwd_side_paths ("stream", "gemm") the backward runs dB on a
     # second CUDA stream beside the shrink of dY ("db"), and on the gemm path dA too, beside
-    # the dX GEMM ("db+da"); None: one stream (kernels/side_stream.py). Interleaved layer A/B
-    # (run 16:3xZ, ab_layer.csv, 12 rounds, N = 32 / 64): "db+da" on the gemm path -1.0 to
-    # -4.9 % (4096->1024, T = 4096: 0.1669 -> 0.1587 ms; 4096², T = 4096 to 8192: -1.0 to
-    # -1.2 %), faster in 9-12 of 12 rounds; "db" alone -0.2 to -1.8 %; on the stream path
+    # the dX GEMM, enqueued after it ("db+da") or before it ("db+da_before"); None: one stream
+    # (kernels/side_stream.py). Interleaved layer A/B (run 16:33Z, ab_layer.csv, 12 rounds,
+    # N = 32 / 64): "db+da_before" on the gemm path -1.0 to -4.9 % (4096->1024, T = 4096:
+    # 0.1669 -> 0.1587 ms; 4096², T = 4096 to 8192: -1.0 to -1.2 %), faster in 9-12 of 12
+    # rounds; "db" alone -0.2 to -1.8 %. dA after the GEMM against before it (run 16:56Z, 18
+    # cells of 4096² and 4096->1024): faster in 12 cells, by up to 2.6 % (N = 32 / 64), slower
+    # in 6 (N = 8, by 0.2-1.7 %): shipped. On the stream path
     # (MLP shapes, dB moved alone) within +-0.3 % at N = 32 (won 6-7 of 12); run 16:49Z:
     # -0.4 to -1.7 % at T = 4096 (N = 8 / 64, won 7-9), +0.3 / +0.5 % at T = 8192 (won 5-6),
     # so it stays off there (each fork and join also costs host time in eager mode).

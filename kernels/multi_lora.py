@@ -138,12 +138,21 @@ class _FusedMultiLora(torch.autograd.Function):
                 ds = _shrink(dy, lora_b, b_str, layout, True, cfg, _s_dtype(dy.dtype))
             a_rn = lora_a.stride()  # V_i[r, n] = A_i[r, n]
             dx_job = (lora_a, a_rn, dx, kadd) if need_x and not gemm else None
-            da_side = need_a and side == "db+da" and dx_job is None
-            if da_side:  # beside the dX GEMM; enqueued first, so it is not queued behind it
-                with torch.cuda.stream(fork(main)):
-                    da = _wgrad(ds, x, lora_a, False, layout, False, cfg)
+            # dA beside the dX GEMM, waiting for dS alone; enqueued after the GEMM ("db+da") or
+            # before it ("db+da_before", which takes the SMs first)
+            da_side = need_a and side in ("db+da", "db+da_before") and dx_job is None
+            ds_ready = main.record_event() if da_side else None
+
+            def da_on_side():
+                with torch.cuda.stream(fork(main, ds_ready)):
+                    return _wgrad(ds, x, lora_a, False, layout, False, cfg)
+
+            if da_side and side == "db+da_before":
+                da = da_on_side()
             if need_x and gemm:
                 dx = gemm_lora(dy, weight, False, layout, ds, lora_a, cfg)
+            if da_side and side == "db+da":
+                da = da_on_side()
             if need_a and not da_side:
                 da = _wgrad(ds, x, lora_a, False, layout, False, cfg, expand=dx_job)
             elif dx_job:

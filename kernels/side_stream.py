@@ -33,10 +33,14 @@ def side_stream(main: torch.cuda.Stream) -> torch.cuda.Stream:
     return side
 
 
-def fork(main: torch.cuda.Stream) -> torch.cuda.Stream:
-    """The side stream of ``main``, made to wait for everything enqueued on ``main`` so far."""
+def fork(main: torch.cuda.Stream, after: torch.cuda.Event | None = None) -> torch.cuda.Stream:
+    """The side stream of ``main``, made to wait for everything enqueued on ``main`` so far,
+    or, given ``after`` (an event recorded on ``main``), only for the work before it."""
     side = side_stream(main)
-    side.wait_stream(main)
+    if after is None:
+        side.wait_stream(main)
+    else:
+        side.wait_event(after)
     return side
 
 

@@ -41,18 +41,19 @@ def _assert_close(got, ref):
 
 
 @pytest.mark.parametrize(("path", "mode"), [("stream", "db"), ("gemm", "db"), ("gemm", "db+da"),
-                                            ("stream", "db+da")])  # fmt: skip
+                                            ("gemm", "db+da_before"), ("stream", "db+da")])  # fmt: skip
 @pytest.mark.parametrize("shape", [(4096, 4096), (4096, 1024)])
 def test_side_stream_backward_matches_oracle(path, mode, shape, monkeypatch):
-    """dB (and on the gemm path dA) on the side stream: same results as the oracle, the side
-    stream really used (its fork called once per reduction moved there; the stream path keeps
-    dA on the main stream, where it also writes the dX delta)."""
+    """dB (and on the gemm path dA, enqueued after or before the dX GEMM) on the side stream:
+    same results as the oracle, the side stream really used (its fork called once per
+    reduction moved there; the stream path keeps dA on the main stream, where it also writes
+    the dX delta)."""
     monkeypatch.setitem(ml.TUNE, "path", path)
     monkeypatch.setitem(ml.TUNE, "bwd_side", mode)
     monkeypatch.setitem(ml.TUNE, "bwd_side_paths", ("stream", "gemm"))
     forks = []
     real_fork = side_stream.fork
-    monkeypatch.setattr(ml, "fork", lambda main: forks.append(1) or real_fork(main))
+    monkeypatch.setattr(ml, "fork", lambda main, *after: forks.append(1) or real_fork(main, *after))
     tensors, seg, ranks, scaling = make_case(32, "zipf", 4096, *shape, rank_pool=(16, 32, 64),
                                              dtype=BF16, device="cuda", seed=7)  # fmt: skip
     x = tensors["x"].clone().requires_grad_()
@@ -65,7 +66,7 @@ def test_side_stream_backward_matches_oracle(path, mode, shape, monkeypatch):
     clobber = [torch.full_like(t, float("nan")) for t in (ga, gb)]  # reuse of a freed block
     torch.cuda.synchronize()
     del clobber
-    assert len(forks) == (2 if mode == "db+da" and path == "gemm" else 1)
+    assert len(forks) == (2 if mode.startswith("db+da") and path == "gemm" else 1)
     _assert_close((y, gx, ga, gb), _reference(tensors, seg, ranks, scaling, dy))
 
 
