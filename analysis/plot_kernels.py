@@ -51,9 +51,10 @@ STYLES = {8: "-", 32: "--", 64: ":"}
 # Both since 14:08Z (the last run of session 12): the Gluon shrink's gated stream-K split.
 # Both since 15:34Z (session 13): the Gluon shrink's row tile by tile count (sh_gl_bm "auto"),
 # and on the gemm path the Gluon GEMM's fourth ring stage with C stored in halves.
-# gemm since 16:36Z (session 14): S's rows masked in registers (gm_s_regs) and dA / dB on a
-# second stream (TUNE bwd_side); the stream path's kernels did not change.
-SHIPPED_SINCE = {"stream": "2026-11-29T15:34Z", "gemm": "2026-11-29T16:36Z"}
+# gemm since 16:55Z (session 14): S's rows masked in registers (gm_s_regs) and dA / dB on a
+# second stream, dA enqueued after the dX GEMM (TUNE bwd_side); the stream path's kernels did
+# not change.
+SHIPPED_SINCE = {"stream": "2026-11-29T15:34Z", "gemm": "2026-11-29T16:55Z"}
 
 
 def _is_current(variant: str, date: str, rule_variant: str, path: str) -> bool:
