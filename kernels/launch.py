@@ -421,25 +421,35 @@ def _expand(s, v, v_strides, out, layout, scale: bool, add: bool, cfg) -> None:
 
 
 def _wgrad(p, q, like, transpose_out: bool, layout, scale: bool, cfg,
-           expand: tuple | None = None) -> torch.Tensor:  # fmt: skip
+           expand: tuple | None = None, tables_only: bool = False) -> torch.Tensor | None:  # fmt: skip
     """Per-adapter sum over the segment's tokens of p[t, r] q[t, n] -> grad shaped like ``like``.
 
     ``like`` is lora_a [N, r_max, n] (transpose_out False) or lora_b [N, n, r_max] (True).
     ``expand = (v, v_strides, y, add)`` also writes y[T, n] (+)= p_i @ V_i in the same launch,
     v_strides = (adapter, rank, n) strides of V (the backward's dX delta: p = dS, V_i = A_i).
+    ``tables_only``: only build the layout's device tables this call reads (each is copied
+    on first use, on the current stream) and return None. The backward does this on its main
+    stream before a reduction runs on the side stream, so that no table is first copied on
+    one stream and read on the other before they synchronise (kernels/side_stream.py).
     """
     if expand is None:  # Hopper, TUNE gpu wg_gluon (off): kernels/launch_wgrad_gluon.py
         from .launch_gemm import try_gluon
-        from .launch_wgrad_gluon import wgrad_gluon, wgrad_gluon_ok
+        from .launch_wgrad_gluon import wgrad_gluon, wgrad_gluon_ok, wgrad_gluon_tables
 
         if wgrad_gluon_ok(p, q, layout, cfg):
-            out = try_gluon("weight gradient", wgrad_gluon, p, q, like, transpose_out, layout,
-                            scale, cfg)  # fmt: skip
-            if out is not None:
-                return out
+            if tables_only:  # (and the Triton kernel's below: a Gluon failure falls back to it)
+                wgrad_gluon_tables(layout, q.device)
+            else:
+                out = try_gluon("weight gradient", wgrad_gluon, p, q, like, transpose_out,
+                                layout, scale, cfg)  # fmt: skip
+                if out is not None:
+                    return out
     dev, n_cols = q.device, q.shape[1]
     r_ext = rank_extent(like, n_cols)
     chunks, atomic, needs_zero = _wgrad_plan(layout, n_cols, cfg, dev, rank_rows=r_ext)
+    if tables_only:
+        layout.ranks_tensor(dev), layout.scaling_tensor(dev)  # (what _row_stream reads)
+        return None
     buf_dtype = torch.float32 if atomic else like.dtype
     out = (torch.zeros if needs_zero else _empty)(like.shape, device=dev, dtype=buf_dtype)
     s_a, s_r, s_n = (out.stride(0), out.stride(2), out.stride(1)) if transpose_out else out.stride()

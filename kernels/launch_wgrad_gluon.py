@@ -65,7 +65,7 @@ def wgrad_gluon(p, q, like, transpose_out: bool, layout: MultiLoraLayout, scale:
     # rows of empty segments and ranks past the 64 the kernel computes are never stored
     zero = 0 in layout.seg_lens or r_ext > BOX
     out = (torch.zeros if zero else _empty)(like.shape, device=dev, dtype=like.dtype)
-    table = layout.segments_longest_first(dev)  # one row per non-empty segment
+    table, ranks, scaling = wgrad_gluon_tables(layout, dev)
     n_cb = -(-n_cols // bn)
     n_items = table.shape[0] * n_cb
     if n_items == 0:
@@ -73,7 +73,13 @@ def wgrad_gluon(p, q, like, transpose_out: bool, layout: MultiLoraLayout, scale:
     s_a, s_r, s_n = (out.stride(0), out.stride(2), out.stride(1)) if transpose_out else out.stride()
     p_desc, q_desc = gluon_desc(p, [BOX, BOX]), gluon_desc(q, [BOX, bn])
     launch(wgrad_gluon_kernel, (min(n_items, _n_sms(dev)),), (
-        p_desc, q_desc, out, table, layout.ranks_tensor(dev), layout.scaling_tensor(dev), n_items,
+        p_desc, q_desc, out, table, ranks, scaling, n_items,
         n_cb, n_cols, min(r_ext, BOX), s_a, s_r, s_n,
     ), dict(APPLY_SCALE=scale, STAGES=cfg["wg_gl_stages"], num_warps=4))  # fmt: skip
     return out
+
+
+def wgrad_gluon_tables(layout: MultiLoraLayout, dev: torch.device) -> tuple:
+    """(segments, ranks, scaling): the device tables wgrad_gluon reads, copied on first use on
+    the current stream (segments: one row per non-empty segment, longest first)."""
+    return layout.segments_longest_first(dev), layout.ranks_tensor(dev), layout.scaling_tensor(dev)

@@ -130,6 +130,7 @@ class _FusedMultiLora(torch.autograd.Function):
             side = side if dy.is_cuda and not mlt.interpret_mode() else None
             main = torch.cuda.current_stream(dy.device) if side else None
             if need_b and side:  # S = s_i x_i A_iᵀ already carries the scale
+                _wgrad(s, dy, lora_b, True, layout, False, cfg, tables_only=True)  # on main
                 with torch.cuda.stream(fork(main)):  # beside the shrink of dY
                     db = _wgrad(s, dy, lora_b, True, layout, False, cfg)
             # dS by the split-K shrink. Stream: the dX delta is written by the dA kernel as it
@@ -141,6 +142,8 @@ class _FusedMultiLora(torch.autograd.Function):
             # dA beside the dX GEMM, waiting for dS alone; enqueued after the GEMM ("db+da") or
             # before it ("db+da_before", which takes the SMs first)
             da_side = need_a and side in ("db+da", "db+da_before") and dx_job is None
+            if da_side:  # its tables on main, before the event the side stream waits for
+                _wgrad(ds, x, lora_a, False, layout, False, cfg, tables_only=True)
             ds_ready = main.record_event() if da_side else None
 
             def da_on_side():
@@ -159,7 +162,8 @@ class _FusedMultiLora(torch.autograd.Function):
                 _stream_expand(ds, *dx_job, layout, cfg)
             if need_b and not side:
                 db = _wgrad(s, dy, lora_b, True, layout, False, cfg)
-            if side:
+            if side and (need_b or da_side):  # (a join with nothing forked would, in a CUDA
+                # graph capture, wait on an event of a stream outside the capture: illegal)
                 join(main, side_stream(main), db, da if da_side else None)
         elif ctx.path == "split":
             if need_x or need_a:

@@ -14,7 +14,12 @@ stream it was allocated on*, without waiting for other streams' work on it):
   ordered on it;
 * the gradients it returns were allocated on it and are used on the main stream afterwards:
   :func:`join` records them on the main stream, so the allocator waits for that use.
-Under CUDA-graph capture the fork and join are event waits, captured as graph edges.
+* device tables of the layout (kernels/layout.py) are copied on first use on the current
+  stream; the backward builds the tables a side-stream launch reads on the main stream before
+  forking (launch._wgrad's ``tables_only``), so they are covered by the fork's wait.
+Under CUDA-graph capture the fork and join are event waits, captured as graph edges; the
+backward joins only when it forked (a wait on the side stream's event while that stream is
+outside the capture is illegal).
 """
 
 from __future__ import annotations
@@ -29,7 +34,10 @@ def side_stream(main: torch.cuda.Stream) -> torch.cuda.Stream:
     key = (main.device.index, main.cuda_stream)
     side = _SIDE.get(key)
     if side is None:
-        side = _SIDE[key] = torch.cuda.Stream(device=main.device)
+        side = torch.cuda.Stream(device=main.device)
+        if side.cuda_stream == main.cuda_stream:  # torch's stream pool handed out main itself
+            side = torch.cuda.Stream(device=main.device)
+        _SIDE[key] = side
     return side
 
 

@@ -1,11 +1,16 @@
 """The second stream's ordering contract (kernels/side_stream.py), on the CPU with stand-in
-streams: which waits each helper enqueues, and which tensors it hands to the allocator.
+streams: which waits each helper enqueues, and which tensors it hands to the allocator; and
+that the backward's table pre-build (launch._wgrad tables_only) covers what a reduction reads.
 The GPU behaviour (results, race bait, CUDA-graph capture) is test_side_stream_gpu.py's."""
 
 from __future__ import annotations
 
+import pytest
 import torch
+from mlora_cases import make_case
 
+import kernels
+from kernels import multi_lora as ml
 from kernels import side_stream
 
 
@@ -69,3 +74,39 @@ def test_join_waits_for_the_side_and_records_what_it_made(monkeypatch):
     side_stream.join(main, side, db, None, da)
     assert main.calls == [("wait_stream", side.name)]
     assert db.recorded == ["main"] and da.recorded == ["main"]
+
+
+def test_side_stream_is_never_the_main_stream(monkeypatch):
+    """torch's stream pool hands out streams in rotation, so it can hand out the caller's own
+    stream: side_stream then takes the next one (else nothing would overlap)."""
+    main = FakeStream("main")
+    pool = iter([main, FakeStream("other")])
+    monkeypatch.setattr(side_stream, "_SIDE", {})
+    monkeypatch.setattr(side_stream.torch.cuda, "Stream", lambda device=None: next(pool))
+    assert side_stream.side_stream(main).name == "other"
+
+
+@pytest.mark.parametrize(("transpose_out", "wgrad_chunk"), [(True, None), (False, None),
+                                                            (False, 32)])  # fmt: skip
+def test_tables_only_builds_every_table_the_reduction_reads(transpose_out, wgrad_chunk,
+                                                             monkeypatch):  # fmt: skip
+    """launch._wgrad(tables_only=True), which the backward runs on the main stream before a
+    reduction goes to the side stream, leaves nothing for the real call to copy: the real
+    call (through the Triton kernel, interpreted) creates no new device table. wgrad_chunk 32:
+    long segments split into token chunks (the atomic plan)."""
+    from kernels import launch
+
+    monkeypatch.setitem(ml.TUNE, "wgrad_chunk", wgrad_chunk)
+    tensors, seg, ranks, scaling = make_case(4, "skewed", 150, 96, 80, rank_pool=(8, 16),
+                                             seed=3)  # fmt: skip
+    layout = kernels.make_layout(seg, ranks, scaling, device="cpu")
+    cfg = launch._cfg(torch.device("cpu"))
+    like = tensors["lora_b"] if transpose_out else tensors["lora_a"]
+    q = torch.randn(150, like.shape[1] if transpose_out else like.shape[2])
+    p = torch.randn(150, layout.block_r)
+    assert launch._wgrad(p, q, like, transpose_out, layout, False, cfg, tables_only=True) is None
+    built = set(layout._tables)
+    assert any(key[0] == "chunks" for key in built)
+    out = launch._wgrad(p, q, like, transpose_out, layout, False, cfg)
+    assert set(layout._tables) == built
+    assert out.shape == like.shape and torch.isfinite(out).all()
