@@ -428,9 +428,10 @@ def _wgrad(p, q, like, transpose_out: bool, layout, scale: bool, cfg,
     ``expand = (v, v_strides, y, add)`` also writes y[T, n] (+)= p_i @ V_i in the same launch,
     v_strides = (adapter, rank, n) strides of V (the backward's dX delta: p = dS, V_i = A_i).
     ``tables_only``: only build the layout's device tables this call reads (each is copied
-    on first use, on the current stream) and return None. The backward does this on its main
-    stream before a reduction runs on the side stream, so that no table is first copied on
-    one stream and read on the other before they synchronise (kernels/side_stream.py).
+    on first use, on the current stream) and return None. The backward does this for dB on
+    its main stream before dB runs on the side stream while dA stays on the main one, so that
+    no table is first copied on one stream and read on the other before they synchronise
+    (kernels/side_stream.py).
     """
     if expand is None:  # Hopper, TUNE gpu wg_gluon (off): kernels/launch_wgrad_gluon.py
         from .launch_gemm import try_gluon

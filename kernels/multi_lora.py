@@ -126,24 +126,24 @@ class _FusedMultiLora(torch.autograd.Function):
             dx = dy @ weight if kadd else _empty(x.shape, x.device, x.dtype)
         if ctx.path in ("stream", "gemm"):
             # TUNE["bwd_side"]: dB (and with "db+da", dA) on a second stream (side_stream.py)
-            side = TUNE["bwd_side"] if ctx.path in TUNE["bwd_side_paths"] else None
-            side = side if dy.is_cuda and not mlt.interpret_mode() else None
+            on_side = ctx.path in TUNE["bwd_side_paths"] and dy.is_cuda and not mlt.interpret_mode()
+            side = TUNE["bwd_side"] if on_side else None
             main = torch.cuda.current_stream(dy.device) if side else None
+            a_rn = lora_a.stride()  # V_i[r, n] = A_i[r, n]
+            dx_job = (lora_a, a_rn, dx, kadd) if need_x and not gemm else None
+            # dA beside the dX GEMM, waiting for dS alone; enqueued after the GEMM ("db+da") or
+            # before it ("db+da_before", which takes the SMs first)
+            da_side = need_a and side in ("db+da", "db+da_before") and dx_job is None
             if need_b and side:  # S = s_i x_i A_iᵀ already carries the scale
-                _wgrad(s, dy, lora_b, True, layout, False, cfg, tables_only=True)  # on main
+                if not da_side:  # the main stream's own dA / expand may read tables dB would
+                    # first copy on the side stream: copy them here, before the fork
+                    _wgrad(s, dy, lora_b, True, layout, False, cfg, tables_only=True)
                 with torch.cuda.stream(fork(main)):  # beside the shrink of dY
                     db = _wgrad(s, dy, lora_b, True, layout, False, cfg)
             # dS by the split-K shrink. Stream: the dX delta is written by the dA kernel as it
             # streams dS (or, with lora_a frozen, by the same kernel as an expand only)
             if need_x or need_a:  # dS_i = s_i dY_i B_i
                 ds = _shrink(dy, lora_b, b_str, layout, True, cfg, _s_dtype(dy.dtype))
-            a_rn = lora_a.stride()  # V_i[r, n] = A_i[r, n]
-            dx_job = (lora_a, a_rn, dx, kadd) if need_x and not gemm else None
-            # dA beside the dX GEMM, waiting for dS alone; enqueued after the GEMM ("db+da") or
-            # before it ("db+da_before", which takes the SMs first)
-            da_side = need_a and side in ("db+da", "db+da_before") and dx_job is None
-            if da_side:  # its tables on main, before the event the side stream waits for
-                _wgrad(ds, x, lora_a, False, layout, False, cfg, tables_only=True)
             ds_ready = main.record_event() if da_side else None
 
             def da_on_side():

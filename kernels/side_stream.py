@@ -15,8 +15,12 @@ stream it was allocated on*, without waiting for other streams' work on it):
 * the gradients it returns were allocated on it and are used on the main stream afterwards:
   :func:`join` records them on the main stream, so the allocator waits for that use.
 * device tables of the layout (kernels/layout.py) are copied on first use on the current
-  stream; the backward builds the tables a side-stream launch reads on the main stream before
-  forking (launch._wgrad's ``tables_only``), so they are covered by the fork's wait.
+  stream and then shared by every stream. A table first copied on the side stream is safe for
+  the main stream's later launches (they follow the join), and the main stream launches
+  nothing between fork and join that reads dA's tables; but where dA (or the stream path's
+  dX expand) stays on the main stream it may read a table dB would first copy, so there the
+  backward copies dB's tables on the main stream before forking (launch._wgrad's
+  ``tables_only``), covered by the fork's wait.
 Under CUDA-graph capture the fork and join are event waits, captured as graph edges; the
 backward joins only when it forked (a wait on the side stream's event while that stream is
 outside the capture is illegal).

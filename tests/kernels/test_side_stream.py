@@ -90,8 +90,9 @@ def test_side_stream_is_never_the_main_stream(monkeypatch):
                                                             (False, 32)])  # fmt: skip
 def test_tables_only_builds_every_table_the_reduction_reads(transpose_out, wgrad_chunk,
                                                              monkeypatch):  # fmt: skip
-    """launch._wgrad(tables_only=True), which the backward runs on the main stream before a
-    reduction goes to the side stream, leaves nothing for the real call to copy: the real
+    """launch._wgrad(tables_only=True), which the backward runs on the main stream before dB
+    goes to the side stream while dA stays on the main one, leaves nothing for the real call
+    to copy: the real
     call (through the Triton kernel, interpreted) creates no new device table. wgrad_chunk 32:
     long segments split into token chunks (the atomic plan)."""
     from kernels import launch
