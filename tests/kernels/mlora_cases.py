@@ -87,6 +87,26 @@ def rel(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).norm() / b.norm().clamp_min(1e-30))
 
 
+def fp64_oracle(x, w, a, b, seg, ranks, scaling, dy) -> tuple:
+    """(y, dx, dA, dB) of the pure-torch reference in fp64 on the tensors' device; NaN rank
+    padding replaced by 0 there (the reference slices it away anyway, but 0 keeps the grads of
+    the slices clean)."""
+    xr = x.detach().double().requires_grad_()
+    ar = torch.nan_to_num(a.detach().double()).requires_grad_()
+    br = torch.nan_to_num(b.detach().double()).requires_grad_()
+    yr = fused_multi_lora_reference(xr, w.double(), ar, br, seg, ranks, scaling)
+    return (yr, *torch.autograd.grad(yr, (xr, ar, br), dy.double()))
+
+
+def assert_close(got, ref, dtype) -> None:
+    """Each of got (y, dx[, dA, dB]) finite and within TOL[dtype] (relative Frobenius) of ref."""
+    tol = TOL[dtype]
+    for name, g, r in zip(("y", "dx", "dA", "dB")[: len(got)], got, ref, strict=True):
+        assert torch.isfinite(g).all(), f"{name} has non-finite entries (unwritten or NaN leak)"
+        err = rel(g, r)
+        assert err < tol, f"{name}: rel err {err:.3e} > {tol:.1e}"
+
+
 def run_and_compare(tensors, seg, ranks, scaling, dtype, seed: int = 1, call=fused_multi_lora):
     """fwd + bwd through ``call`` vs the fp64 reference; asserts closeness and the zero-grad rules."""
     x = tensors["x"].clone().requires_grad_()
@@ -98,19 +118,7 @@ def run_and_compare(tensors, seg, ranks, scaling, dtype, seed: int = 1, call=fus
     dy = torch.randn(y.shape, generator=gen).to(y.device, y.dtype)
     gx, ga, gb = torch.autograd.grad(y, (x, a, b), dy)
 
-    # oracle: fp64 on the same device; NaN rank padding replaced by 0 there (the reference
-    # slices it away anyway, but 0 keeps the grads of the slices clean).
-    xr = x.detach().double().requires_grad_()
-    ar = torch.nan_to_num(a.detach().double()).requires_grad_()
-    br = torch.nan_to_num(b.detach().double()).requires_grad_()
-    yr = fused_multi_lora_reference(xr, w.double(), ar, br, seg, ranks, scaling)
-    rx, ra, rb = torch.autograd.grad(yr, (xr, ar, br), dy.double())
-
-    tol = TOL[dtype]
-    for name, got, ref in (("y", y, yr), ("dx", gx, rx), ("dA", ga, ra), ("dB", gb, rb)):
-        assert torch.isfinite(got).all(), f"{name} has non-finite entries (unwritten or NaN leak)"
-        err = rel(got, ref)
-        assert err < tol, f"{name}: rel err {err:.3e} > {tol:.1e}"
+    assert_close((y, gx, ga, gb), fp64_oracle(x, w, a, b, seg, ranks, scaling, dy), dtype)
     for i, (n, r) in enumerate(zip(seg, ranks, strict=True)):
         assert (ga[i, r:] == 0).all() and (gb[i, :, r:] == 0).all(), f"adapter {i}: pad grad != 0"
         if n == 0:
