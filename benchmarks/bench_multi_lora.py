@@ -101,7 +101,7 @@ COLUMNS = [
 ]
 BF16 = torch.bfloat16
 DEFAULT_TUNE = {k: ml.TUNE[k] for k in ("path", "fuse_add", "wgrad_pair", "narrow_s", "wgrad_waves",
-                                       "bwd_side", "bwd_side_paths")}
+                                       "bwd_side", "bwd_side_paths", "bwd_side_when")}
 DEFAULT_TUNE["gpu"] = dict(ml.TUNE["gpu"])  # variants may override tile settings
 FUSED_VARIANTS = {  # TUNE overrides of each fused_multi_lora variant
     "fused": dict(DEFAULT_TUNE),  # the defaults as shipped
@@ -146,6 +146,8 @@ FUSED_VARIANTS = {  # TUNE overrides of each fused_multi_lora variant
     "fused_side_db": dict(DEFAULT_TUNE, bwd_side="db", bwd_side_paths=("stream", "gemm")),
     "fused_side_dbda": dict(DEFAULT_TUNE, bwd_side="db+da", bwd_side_paths=("stream", "gemm")),
     "fused_one_stream": dict(DEFAULT_TUNE, bwd_side=None),
+    # the fork taken in eager mode too, even when the host bounds the step (before 17:5xZ)
+    "fused_side_always": dict(DEFAULT_TUNE, bwd_side_when="always"),
     # dA enqueued before the dX GEMM (the first shipped order, runs 16:33Z-16:49Z) instead of
     # after it (shipped since 17:0xZ)
     "fused_side_da_before": dict(DEFAULT_TUNE, bwd_side="db+da_before"),

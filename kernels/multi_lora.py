@@ -65,7 +65,7 @@ from .launch import (  # noqa: E402,F401
 )
 from .launch_fused import shrink_expand, wgrad_pair  # noqa: E402
 from .launch_gemm import gemm_lora, gemm_ok  # noqa: E402
-from .side_stream import fork, join, side_stream  # noqa: E402
+from .side_stream import fork, join, side_stream, worth_forking  # noqa: E402
 
 
 def _s_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -129,6 +129,8 @@ class _FusedMultiLora(torch.autograd.Function):
             on_side = ctx.path in TUNE["bwd_side_paths"] and dy.is_cuda and not mlt.interpret_mode()
             side = TUNE["bwd_side"] if on_side else None
             main = torch.cuda.current_stream(dy.device) if side else None
+            if side and not worth_forking(main, TUNE["bwd_side_when"]):
+                side = None  # host-bound eager step: the fork would cost more than it hides
             a_rn = lora_a.stride()  # V_i[r, n] = A_i[r, n]
             dx_job = (lora_a, a_rn, dx, kadd) if need_x and not gemm else None
             # dA beside the dX GEMM, waiting for dS alone; enqueued after the GEMM ("db+da") or

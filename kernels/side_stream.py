@@ -24,6 +24,13 @@ stream it was allocated on*, without waiting for other streams' work on it):
 Under CUDA-graph capture the fork and join are event waits, captured as graph edges; the
 backward joins only when it forked (a wait on the side stream's event while that stream is
 outside the capture is illegal).
+
+When to fork (:func:`worth_forking`, TUNE["bwd_side_when"]): the side stream saves GPU time
+but costs host time (a fork, an event, a join: 0.05-0.18 ms per layer fwd+bwd in eager mode on
+the H200 host, benchmarks/profile_host_gpu.py, docs/kernels_log.md §3n). It pays only where
+the GPU, not the host, bounds the step: under CUDA-graph capture (no host cost per replay) or
+when the main stream still has work queued when the backward is called (the host runs ahead
+of the GPU). With an idle main stream the host is the bottleneck and one stream is faster.
 """
 
 from __future__ import annotations
@@ -43,6 +50,18 @@ def side_stream(main: torch.cuda.Stream) -> torch.cuda.Stream:
             side = torch.cuda.Stream(device=main.device)
         _SIDE[key] = side
     return side
+
+
+def worth_forking(main: torch.cuda.Stream, when: str) -> bool:
+    """Whether the backward should use the side stream of ``main``: ``when`` "always", or
+    "gpu_bound": while capturing a CUDA graph, or while ``main`` still has queued work
+    (``query()`` is a non-blocking stream poll; it is never called during a capture, where
+    polling is illegal)."""
+    if when == "always":
+        return True
+    if when != "gpu_bound":
+        raise ValueError(f'TUNE["bwd_side_when"] must be "always" or "gpu_bound", got {when!r}')
+    return torch.cuda.is_current_stream_capturing() or not main.query()
 
 
 def fork(main: torch.cuda.Stream, after: torch.cuda.Event | None = None) -> torch.cuda.Stream:

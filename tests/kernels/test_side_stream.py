@@ -111,3 +111,28 @@ def test_tables_only_builds_every_table_the_reduction_reads(transpose_out, wgrad
     out = launch._wgrad(p, q, like, transpose_out, layout, False, cfg)
     assert set(layout._tables) == built
     assert out.shape == like.shape and torch.isfinite(out).all()
+
+
+class PolledStream(FakeStream):
+    def __init__(self, idle: bool):
+        super().__init__("main")
+        self.idle = idle
+
+    def query(self):
+        self.calls.append(("query",))
+        return self.idle
+
+
+@pytest.mark.parametrize(("capturing", "idle", "expected"),
+                         [(False, True, False), (False, False, True), (True, True, True)])  # fmt: skip
+def test_fork_only_when_the_gpu_bounds_the_step(capturing, idle, expected, monkeypatch):
+    """"gpu_bound": fork under capture (without polling the stream, illegal there) or when the
+    main stream still has queued work; "always" forks without asking; other values are
+    refused by name."""
+    monkeypatch.setattr(side_stream.torch.cuda, "is_current_stream_capturing", lambda: capturing)
+    main = PolledStream(idle)
+    assert side_stream.worth_forking(main, "gpu_bound") is expected
+    assert main.calls == ([] if capturing else [("query",)])
+    assert side_stream.worth_forking(PolledStream(idle), "always") is True
+    with pytest.raises(ValueError, match="bwd_side_when"):
+        side_stream.worth_forking(main, "sometimes")

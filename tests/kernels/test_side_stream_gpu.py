@@ -45,6 +45,7 @@ def test_side_stream_backward_matches_oracle(path, mode, shape, monkeypatch):
     monkeypatch.setitem(ml.TUNE, "path", path)
     monkeypatch.setitem(ml.TUNE, "bwd_side", mode)
     monkeypatch.setitem(ml.TUNE, "bwd_side_paths", ("stream", "gemm"))
+    monkeypatch.setitem(ml.TUNE, "bwd_side_when", "always")
     forks = []
     real_fork = side_stream.fork
     monkeypatch.setattr(ml, "fork", lambda main, *after: forks.append(1) or real_fork(main, *after))
@@ -112,6 +113,7 @@ def test_side_stream_delayed_with_a_fresh_layout(path, monkeypatch):
     monkeypatch.setitem(ml.TUNE, "path", path)
     monkeypatch.setitem(ml.TUNE, "bwd_side", "db")
     monkeypatch.setitem(ml.TUNE, "bwd_side_paths", ("stream", "gemm"))
+    monkeypatch.setitem(ml.TUNE, "bwd_side_when", "always")
     main = torch.cuda.current_stream()
     real = ml._wgrad
     delayed = []
@@ -170,3 +172,30 @@ def test_side_stream_created_inside_a_capture(frozen, monkeypatch):
     torch.cuda.synchronize()
     ref = _reference(tensors, seg, ranks, scaling, dy)
     _assert_close(outs, ref[: len(outs)])
+
+
+@pytest.mark.parametrize("busy", [False, True], ids=["main-idle", "main-busy"])
+def test_side_stream_only_when_the_gpu_bounds_the_step(busy, monkeypatch):
+    """The shipped rule (TUNE["bwd_side_when"] = "gpu_bound"): an eager backward called while
+    the main stream is idle (the host bounds the step) stays on one stream; called while the
+    main stream still sleeps (the GPU bounds it) it forks dB and dA. Results match the oracle
+    either way."""
+    monkeypatch.setitem(ml.TUNE, "path", "gemm")
+    monkeypatch.setitem(ml.TUNE, "bwd_side_when", "gpu_bound")
+    forks = []
+    real_fork = side_stream.fork
+    monkeypatch.setattr(ml, "fork", lambda main, *after: forks.append(1) or real_fork(main, *after))
+    tensors, seg, ranks, scaling = make_case(8, "uniform", 4096, 4096, 1024, rank_pool=(16, 32, 64),
+                                             dtype=BF16, device="cuda", seed=1416)  # fmt: skip
+    x = tensors["x"].clone().requires_grad_()
+    a = tensors["lora_a"].clone().requires_grad_()
+    b = tensors["lora_b"].clone().requires_grad_()
+    y = kernels.fused_multi_lora(x, tensors["weight"], a, b, seg, ranks, scaling)
+    dy = torch.randn(y.shape, device="cuda", dtype=BF16, generator=torch.Generator("cuda").manual_seed(6))
+    torch.cuda.synchronize()
+    if busy:
+        torch.cuda._sleep(SLEEP_CYCLES)
+    gx, ga, gb = torch.autograd.grad(y, (x, a, b), dy)
+    torch.cuda.synchronize()
+    assert len(forks) == (2 if busy else 0)
+    _assert_close((y, gx, ga, gb), _reference(tensors, seg, ranks, scaling, dy))
