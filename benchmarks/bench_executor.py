@@ -50,6 +50,7 @@ from alto.executor.models import random_model  # noqa: E402
 from alto.executor.profile import PROFILE_COLS, device_name, fit_memory, make_adapters, time_step  # noqa: E402
 from alto.models import LORA_TARGETS, get_model  # noqa: E402
 from benchmarks.results_csv import append_results  # noqa: E402
+from kernels import side_stream  # noqa: E402
 
 BENCH_COLS = ["setup", "model", "impl", "n_adapters", "batch_per_adapter", "seq_len", "mean_rank",
               "grad_ckpt", "tokens_per_step", "step_median_s", "step_p20_s", "step_p80_s", "tokens_per_s",
@@ -106,6 +107,7 @@ class Bench:
         if CUDA:
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats()
+        forks_before = dict(side_stream.DECISIONS)
         try:
             med, p20, p80 = time_step(mlm, ads, [b] * n, L, mlm.model.config.vocab_size, warmup=1,
                                       iters=self.iters, micro_step_tokens=micro)
@@ -128,8 +130,10 @@ class Bench:
                                    "source": f"measured: {self.v['gpu']} {self.v['date']} bench_executor "
                                              f"torch{self.v['torch']} b={b} L={L} lora-path {lora_path()}",
                                    "date": self.v["date"]})
+        forks = {k: v - forks_before[k] for k, v in side_stream.DECISIONS.items()}
         print(f"{setup} {impl:6s} n={n:3d} b={b} L={L} ckpt={float(ckpt):g} micro={micro}: {med * 1e3:8.1f} ms  "
-              f"{tok / med:10,.0f} tok/s  peak {row['peak_mem_gb']} GB", flush=True)
+              f"{tok / med:10,.0f} tok/s  peak {row['peak_mem_gb']} GB  backward second stream: "
+              f"{forks['side']} layers forked, {forks['one_stream']} on one stream", flush=True)
         return row
 
     def memory_row(self, model_name, mlm, L, rank):

@@ -1,10 +1,13 @@
 """Where the host time of one eager fused_multi_lora fwd+bwd goes, on a GPU machine.
 
     python3 benchmarks/profile_host_gpu.py [--cases 4096x4096x4096x32,...] [--iters 200]
+        [--variants fused_one_stream,...] [--rounds 5] [--deep 0|1] [--label TEXT]
 
 For each case (d_in x d_out x T x N) it reports, per layer fwd+bwd:
   * wall ms of ``iters`` back-to-back eager steps with one synchronise at the end (when the
-    host is the bottleneck, this is the host time), next to the same for a plain F.linear;
+    host is the bottleneck, this is the host time), next to the same for a plain F.linear
+    ("base") and for other bench_multi_lora variants, timed in interleaved rounds; one row per
+    variant is appended to benchmarks/results/host_gpu.csv;
   * host µs spent inside each kernel launch (``fast_launch.launch`` timed with perf_counter,
     grouped by kernel name), and the count of launches;
   * the top functions of a cProfile of the same loop (own time), to find torch-side work.
@@ -17,16 +20,22 @@ from __future__ import annotations
 import argparse
 import collections
 import cProfile
+import datetime as dt
 import os
 import pstats
 import sys
 import time
 
 import torch
+import triton
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks.bench_multi_lora import make_inputs, step_fn  # noqa: E402
+from benchmarks.results_csv import append_results  # noqa: E402
 from kernels import fast_launch  # noqa: E402
+
+COLUMNS = ["date", "gpu", "torch", "triton", "shape", "T", "N", "variant", "wall_ms", "enqueue_ms",
+           "iters", "rounds", "label"]
 
 
 def _wall_ms(fn, iters: int) -> float:
@@ -111,19 +120,34 @@ def _timed_launches(fn, iters: int) -> dict[str, list[float]]:
     return spent
 
 
-def profile_case(case: str, iters: int, variants: list[str]) -> None:
+def _wall_interleaved(fns: dict, iters: int, rounds: int) -> dict[str, float]:
+    """Median over ``rounds`` of each step's wall ms (``iters`` back-to-back steps, one sync),
+    the variants taking turns in every round so that drifts of this shared host hit all alike."""
+    walls: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            walls[name].append(_wall_ms(fn, iters))
+    return {name: sorted(w)[len(w) // 2] for name, w in walls.items()}
+
+
+def profile_case(case: str, iters: int, variants: list[str], rounds: int, deep: bool) -> list[dict]:
+    """Print the case's host breakdown; return one CSV row per variant (fused = the defaults,
+    base = F.linear)."""
     d_in, d_out, t, n = (int(v) for v in case.split("x"))
     inp = make_inputs(d_in, d_out, t, n)
-    fused, base = step_fn("fused", inp), step_fn("base", inp)
+    fns = {v: step_fn(v, inp) for v in ["base", "fused", *variants]}
     print(f"== {d_in}x{d_out} T={t} N={n}", flush=True)
-    print(f"  wall per step: fused {_wall_ms(fused, iters):.3f} ms, "
-          f"base {_wall_ms(base, iters):.3f} ms", flush=True)
-    for v in variants:
-        f = step_fn(v, inp)
-        print(f"  {v}: wall {_wall_ms(f, iters):.3f} ms, enqueue {_enqueue_ms(f):.3f} ms",
-              flush=True)
-    print(f"  enqueue only (20 steps): fused {_enqueue_ms(fused):.3f} ms, "
-          f"base {_enqueue_ms(base):.3f} ms", flush=True)
+    walls = _wall_interleaved(fns, iters, rounds)
+    rows = []
+    for v, f in fns.items():
+        enq = _enqueue_ms(f)
+        print(f"  {v}: wall {walls[v]:.3f} ms (median of {rounds} rounds), enqueue {enq:.3f} ms",
+              flush=True)  # fmt: skip
+        rows.append(dict(shape=f"{d_in}x{d_out}", T=t, N=n, variant=v, wall_ms=f"{walls[v]:.4f}",
+                         enqueue_ms=f"{enq:.4f}", iters=iters, rounds=rounds))
+    if not deep:
+        return rows
+    fused = fns["fused"]
     print(f"  syncs in one step: {_syncs(fused)}", flush=True)
     _gpu_busy(fused)
     spent = _timed_launches(fused, iters)
@@ -142,6 +166,7 @@ def profile_case(case: str, iters: int, variants: list[str]) -> None:
     prof.disable()
     stats = pstats.Stats(prof)
     stats.sort_stats("tottime").print_stats(12)
+    return rows
 
 
 def main() -> None:
@@ -150,9 +175,20 @@ def main() -> None:
     p.add_argument("--iters", type=int, default=200)
     p.add_argument("--variants", default="fused_sh_triton,fused_gemm_triton",
                    help="more bench_multi_lora variants to time (wall and enqueue only)")
+    p.add_argument("--rounds", type=int, default=5, help="interleaved rounds of the wall timing")
+    p.add_argument("--deep", type=int, default=1,
+                   help="also the profiler, per-launch host times and cProfile (0: walls only)")
+    p.add_argument("--label", default="")
+    p.add_argument("--out", default="benchmarks/results/host_gpu.csv")
     args = p.parse_args()
+    stamp = dict(date=dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%MZ"),
+                 gpu=torch.cuda.get_device_name(), torch=torch.__version__,
+                 triton=triton.__version__)  # fmt: skip
+    rows = []
     for case in args.cases.split(","):
-        profile_case(case, args.iters, [v for v in args.variants.split(',') if v])
+        rows += profile_case(case, args.iters, [v for v in args.variants.split(",") if v],
+                             args.rounds, bool(args.deep))  # fmt: skip
+    append_results(args.out, COLUMNS, [dict(stamp, **r, label=args.label) for r in rows])
 
 
 if __name__ == "__main__":

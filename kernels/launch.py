@@ -21,6 +21,8 @@ docs/kernels.md):
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 from . import multi_lora_triton as mlt
@@ -390,18 +392,28 @@ def _shrink(x, w, w_strides, layout, scale: bool, cfg, out_dtype=torch.float32) 
     return out
 
 
+@functools.cache
+def _gluon_launchers():
+    """The modules of the Gluon launchers (launch_gemm, launch_shrink_gluon,
+    launch_wgrad_gluon), imported on first use: they import this module, so it cannot import
+    them at its top. Cached because a function-level import costs 0.6 µs of host time on
+    every call, and the launch path asked 4-6 times per layer fwd+bwd. Modules, not their
+    functions, so that patches of their attributes (tests) are seen."""
+    from . import launch_gemm, launch_shrink_gluon, launch_wgrad_gluon
+
+    return launch_gemm, launch_shrink_gluon, launch_wgrad_gluon
+
+
 def _shrink_gluon(x, w, w_strides, out, layout, scale: bool, cfg) -> bool:
     """Run the shrink through the Gluon kernel (kernels/launch_shrink_gluon.py) where it can
     run; False (nothing launched, or a Gluon failure: launch_gemm.try_gluon) elsewhere."""
     if w_strides[2] != 1 and w_strides[1] != 1:
         return False  # W_i is neither k- nor rank-contiguous: not a plain lora_a / lora_b
-    from .launch_gemm import try_gluon
-    from .launch_shrink_gluon import shrink_gluon, shrink_gluon_ok
-
+    lg, lsg, _ = _gluon_launchers()
     kmajor = w_strides[2] == 1
-    if not shrink_gluon_ok(x, w, kmajor, layout, cfg):
+    if not lsg.shrink_gluon_ok(x, w, kmajor, layout, cfg):
         return False
-    return try_gluon("shrink", shrink_gluon, x, w, kmajor, out, layout, scale, cfg) is not None
+    return lg.try_gluon("shrink", lsg.shrink_gluon, x, w, kmajor, out, layout, scale, cfg) is not None
 
 
 def _expand(s, v, v_strides, out, layout, scale: bool, add: bool, cfg) -> None:
@@ -439,15 +451,13 @@ def _wgrad(p, q, like, transpose_out: bool, layout, scale: bool, cfg,
     (kernels/side_stream.py).
     """
     if expand is None:  # Hopper, TUNE gpu wg_gluon (off): kernels/launch_wgrad_gluon.py
-        from .launch_gemm import try_gluon
-        from .launch_wgrad_gluon import wgrad_gluon, wgrad_gluon_ok, wgrad_gluon_tables
-
-        if wgrad_gluon_ok(p, q, layout, cfg):
+        lg, _, lwg = _gluon_launchers()
+        if lwg.wgrad_gluon_ok(p, q, layout, cfg):
             if tables_only:  # (and the Triton kernel's below: a Gluon failure falls back to it)
-                wgrad_gluon_tables(layout, q.device)
+                lwg.wgrad_gluon_tables(layout, q.device)
             else:
-                out = try_gluon("weight gradient", wgrad_gluon, p, q, like, transpose_out,
-                                layout, scale, cfg)  # fmt: skip
+                out = lg.try_gluon("weight gradient", lwg.wgrad_gluon, p, q, like, transpose_out,
+                                   layout, scale, cfg)  # fmt: skip
                 if out is not None:
                     return out
     dev, n_cols = q.device, q.shape[1]

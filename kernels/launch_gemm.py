@@ -26,14 +26,20 @@ def gemm_ok(x: torch.Tensor, weight: torch.Tensor, lora_a: torch.Tensor, lora_b:
     multiples of 8 in bf16), on CUDA a 16-bit dtype (an exact fp32 dot is not an MMA), and
     ranks up to 64 (block_r 128 needs 64 KB more shared memory for the S and V tiles than the
     128 x 256 tile's pipeline leaves: 295 KB at 2 stages, compiled for sm_90 on 2026-11-29)."""
-    if x.device.type == "cuda" and x.element_size() > 2:
-        return False
-    if layout.block_r > 64:
+    el = x.element_size()
+    if layout.block_r > 64 or (x.device.type == "cuda" and el > 2):
         return False
     if not (lora_a.is_contiguous() and lora_b.is_contiguous()):
-        return False  # the kernel views them 2-D
-    return all(_tma_ok(t) for t in (x, weight, lora_a.flatten(0, 1), lora_b.flatten(0, 1))) and (
-        weight.shape[0] * x.element_size() % 16 == 0)  # y's rows (dX's are x's)
+        return False  # the kernel views them 2-D: rows of d_in (lora_a) and r_max (lora_b)
+    if not _tma_ok(x):  # (also: a Hopper-class GPU or the interpreter)
+        return False
+    # weight as _tma_ok; the adapters' 2-D views as _tma_ok would see them, without building
+    # them (this check runs on every forward; a flatten costs 1 µs of host time)
+    return (weight.stride(1) == 1 and weight.stride(0) * el % 16 == 0
+            and weight.data_ptr() % 16 == 0 and lora_a.data_ptr() % 16 == 0
+            and lora_b.data_ptr() % 16 == 0 and lora_a.shape[2] * el % 16 == 0
+            and lora_b.shape[2] * el % 16 == 0
+            and weight.shape[0] * el % 16 == 0)  # fmt: skip  (y's rows; dX's are x's)
 
 
 def gemm_lora(a: torch.Tensor, w: torch.Tensor, w_kmajor: bool, layout: MultiLoraLayout | None,
@@ -121,8 +127,7 @@ def gluon_ok(a: torch.Tensor, s: torch.Tensor | None, cfg: dict) -> bool:
 
 def _gemm_lora_gluon(a, w, w_kmajor, layout, s, v, cfg, out):
     """gemm_lora through kernels/gemm_lora_gluon.py (CUDA, Hopper): same operands and result."""
-    from .gemm_lora_gluon import gemm_lora_gluon_kernel
-
+    gemm_lora_gluon_kernel = _gluon_kernel("gemm_lora_gluon", "gemm_lora_gluon_kernel")
     m, k = a.shape
     n = out.shape[1]
     bm, bn, bk = cfg["gm_bm"], cfg["gm_bn"], 64  # a LoRA step's S / V boxes are 64 ranks wide
@@ -160,9 +165,26 @@ def _gemm_lora_gluon(a, w, w_kmajor, layout, s, v, cfg, out):
 def gluon_desc(t: torch.Tensor, box: list):
     """A Gluon TMA descriptor over ``t`` with this box, in the box's NVMMA shared layout
     (_smem_layout), as every Gluon launcher builds them."""
-    from triton.experimental.gluon.nvidia.hopper import TensorDescriptor as GluonDescriptor
+    return _gluon_descriptor_type().from_tensor(t, list(box), _smem_layout(tuple(box), t.dtype))
 
-    return GluonDescriptor.from_tensor(t, list(box), _smem_layout(tuple(box), t.dtype))
+
+@functools.cache
+def _gluon_descriptor_type():
+    """Gluon's host TMA descriptor class, imported on first use (Gluon is experimental: CPU
+    paths must not need it) and then kept: the import statement alone cost 0.6 µs of host
+    time per descriptor, 14 descriptors per layer fwd+bwd."""
+    from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
+
+    return TensorDescriptor
+
+
+@functools.cache
+def _gluon_kernel(module: str, name: str):
+    """kernels.<module>.<name>, a Gluon kernel, imported on first launch and then kept (as
+    _gluon_descriptor_type; the kernel modules import Gluon at their top)."""
+    import importlib
+
+    return getattr(importlib.import_module(f"kernels.{module}"), name)
 
 
 @functools.lru_cache(maxsize=64)

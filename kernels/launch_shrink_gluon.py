@@ -8,7 +8,7 @@ import torch
 
 from .fast_launch import launch
 from .launch import TUNE, _n_sms, _plan_key, _tma_ok, zeroed_workspace
-from .launch_gemm import gluon_desc, gluon_device_ok
+from .launch_gemm import _gluon_kernel, gluon_desc, gluon_device_ok
 from .layout import MultiLoraLayout
 
 BOX = 64  # K per step and ranks per W box (kernels/shrink_gluon.py BOX_K)
@@ -103,8 +103,7 @@ def shrink_gluon(x, w, kmajor: bool, out, layout: MultiLoraLayout, scale: bool,
                  cfg) -> torch.Tensor:  # fmt: skip
     """OUT[T, block_r] = c_i x_i W_iᵀ (c_i when ``scale``) through the Gluon kernel; w is lora_a
     [N, r_max, K] (``kmajor``: W_i = A_i) or lora_b [N, K, r_max] (W_i = B_iᵀ). Returns out."""
-    from .shrink_gluon import shrink_gluon_kernel
-
+    shrink_gluon_kernel = _gluon_kernel("shrink_gluon", "shrink_gluon_kernel")
     if not out.is_contiguous():  # OUT and PART share one row stride (out.stride(0))
         raise ValueError("shrink_gluon: out must be contiguous")
     dev, k = x.device, x.shape[1]

@@ -9,7 +9,7 @@ import torch
 
 from .fast_launch import launch
 from .launch import SM90_SHARED_BYTES, _empty, _n_sms, _plan_key, _tma_ok, rank_extent
-from .launch_gemm import gluon_desc, gluon_device_ok
+from .launch_gemm import _gluon_kernel, gluon_desc, gluon_device_ok
 from .layout import MultiLoraLayout
 
 BOX = 64  # tokens per step and ranks per P box (kernels/wgrad_gluon.py BOX_T, BOX_R)
@@ -58,8 +58,7 @@ def wgrad_gluon(p, q, like, transpose_out: bool, layout: MultiLoraLayout, scale:
     """Per-adapter sum over the segment's tokens of p[t, r] q[t, n], shaped like ``like``
     (lora_a [N, r_max, n], or lora_b [N, n, r_max] when ``transpose_out``), c_i-scaled when
     ``scale``: what launch._wgrad returns, through the Gluon kernel."""
-    from .wgrad_gluon import wgrad_gluon_kernel
-
+    wgrad_gluon_kernel = _gluon_kernel("wgrad_gluon", "wgrad_gluon_kernel")
     dev, n_cols, bn = q.device, q.shape[1], cfg["wg_gl_bn"]
     r_ext = rank_extent(like, n_cols)
     # rows of empty segments and ranks past the 64 the kernel computes are never stored

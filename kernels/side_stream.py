@@ -38,6 +38,7 @@ from __future__ import annotations
 import torch
 
 _SIDE: dict[tuple[int, int], torch.cuda.Stream] = {}
+DECISIONS = {"side": 0, "one_stream": 0}  # worth_forking's answers so far (benchmarks report them)
 
 
 def side_stream(main: torch.cuda.Stream) -> torch.cuda.Stream:
@@ -57,11 +58,11 @@ def worth_forking(main: torch.cuda.Stream, when: str) -> bool:
     "gpu_bound": while capturing a CUDA graph, or while ``main`` still has queued work
     (``query()`` is a non-blocking stream poll; it is never called during a capture, where
     polling is illegal)."""
-    if when == "always":
-        return True
-    if when != "gpu_bound":
+    if when not in ("always", "gpu_bound"):
         raise ValueError(f'TUNE["bwd_side_when"] must be "always" or "gpu_bound", got {when!r}')
-    return torch.cuda.is_current_stream_capturing() or not main.query()
+    fork_it = when == "always" or torch.cuda.is_current_stream_capturing() or not main.query()
+    DECISIONS["side" if fork_it else "one_stream"] += 1
+    return fork_it
 
 
 def fork(main: torch.cuda.Stream, after: torch.cuda.Event | None = None) -> torch.cuda.Stream:
