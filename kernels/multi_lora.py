@@ -65,7 +65,7 @@ from .launch import (  # noqa: E402,F401
 )
 from .launch_fused import shrink_expand, wgrad_pair  # noqa: E402
 from .launch_gemm import gemm_lora, gemm_ok  # noqa: E402
-from .side_stream import fork, join, side_stream, worth_forking  # noqa: E402
+from .side_stream import backward_enqueued, fork, join, side_stream, worth_forking  # noqa: E402
 
 
 def _s_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -129,6 +129,8 @@ class _FusedMultiLora(torch.autograd.Function):
             on_side = ctx.path in TUNE["bwd_side_paths"] and dy.is_cuda and not mlt.interpret_mode()
             side = TUNE["bwd_side"] if on_side else None
             main = torch.cuda.current_stream(dy.device) if side else None
+            # (this backward's end is recorded for the next one's worth_forking)
+            paced = side is not None and TUNE["bwd_side_when"] == "gpu_bound"
             if side and not worth_forking(main, TUNE["bwd_side_when"]):
                 side = None  # host-bound eager step: the fork would cost more than it hides
             a_rn = lora_a.stride()  # V_i[r, n] = A_i[r, n]
@@ -167,6 +169,8 @@ class _FusedMultiLora(torch.autograd.Function):
             if side and (need_b or da_side):  # (a join with nothing forked would, in a CUDA
                 # graph capture, wait on an event of a stream outside the capture: illegal)
                 join(main, side_stream(main), db, da if da_side else None)
+            if paced:
+                backward_enqueued(main)
         elif ctx.path == "split":
             if need_x or need_a:
                 ds = _shrink(dy, lora_b, b_str, layout, True, cfg)  # dS_i = s_i dY_i B_i

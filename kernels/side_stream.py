@@ -26,11 +26,14 @@ backward joins only when it forked (a wait on the side stream's event while that
 outside the capture is illegal).
 
 When to fork (:func:`worth_forking`, TUNE["bwd_side_when"]): the side stream saves GPU time
-but costs host time (a fork, an event, a join: 0.05-0.18 ms per layer fwd+bwd in eager mode on
+but costs host time (a fork, an event, a join: 0.05-0.25 ms per layer fwd+bwd in eager mode on
 the H200 host, benchmarks/profile_host_gpu.py, docs/kernels_log.md §3n). It pays only where
-the GPU, not the host, bounds the step: under CUDA-graph capture (no host cost per replay) or
-when the main stream still has work queued when the backward is called (the host runs ahead
-of the GPU). With an idle main stream the host is the bottleneck and one stream is faster.
+the GPU, not the host, bounds the step: under CUDA-graph capture (no host cost per replay), or
+in eager mode when the GPU has not yet finished the previous backward on this stream by the
+time the host enqueues the next one (the host runs ahead of the GPU). Asking only whether the
+stream is busy is not enough: in a host-bound step the forward's last kernel is often still
+running when its backward is called (measured: 2 of 3 layers of the 1B executor step at one
+row per adapter forked by that test, though the step is host-bound).
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ import torch
 
 _SIDE: dict[tuple[int, int], torch.cuda.Stream] = {}
 DECISIONS = {"side": 0, "one_stream": 0}  # worth_forking's answers so far (benchmarks report them)
+_BACKWARD_DONE: dict[tuple[int, int], torch.cuda.Event] = {}  # per main stream, re-recorded
 
 
 def side_stream(main: torch.cuda.Stream) -> torch.cuda.Stream:
@@ -55,14 +59,32 @@ def side_stream(main: torch.cuda.Stream) -> torch.cuda.Stream:
 
 def worth_forking(main: torch.cuda.Stream, when: str) -> bool:
     """Whether the backward should use the side stream of ``main``: ``when`` "always", or
-    "gpu_bound": while capturing a CUDA graph, or while ``main`` still has queued work
-    (``query()`` is a non-blocking stream poll; it is never called during a capture, where
-    polling is illegal)."""
+    "gpu_bound": while capturing a CUDA graph, or when the event :func:`backward_enqueued`
+    recorded after the previous backward on ``main`` has not completed (a non-blocking poll,
+    never made during a capture, where polling is illegal). The first backward on a stream
+    stays on one stream."""
     if when not in ("always", "gpu_bound"):
         raise ValueError(f'TUNE["bwd_side_when"] must be "always" or "gpu_bound", got {when!r}')
-    fork_it = when == "always" or torch.cuda.is_current_stream_capturing() or not main.query()
+    if when == "always" or torch.cuda.is_current_stream_capturing():
+        fork_it = True
+    else:
+        done = _BACKWARD_DONE.get((main.device.index, main.cuda_stream))
+        fork_it = done is not None and not done.query()
     DECISIONS["side" if fork_it else "one_stream"] += 1
     return fork_it
+
+
+def backward_enqueued(main: torch.cuda.Stream) -> None:
+    """Record, on ``main``, that a backward has been enqueued (after its last launch and
+    join): the next backward's :func:`worth_forking` polls this event. Not recorded during a
+    capture (its replays say nothing about the host's pace)."""
+    if torch.cuda.is_current_stream_capturing():
+        return
+    key = (main.device.index, main.cuda_stream)
+    event = _BACKWARD_DONE.get(key)
+    if event is None:
+        event = _BACKWARD_DONE[key] = torch.cuda.Event()
+    event.record(main)
 
 
 def fork(main: torch.cuda.Stream, after: torch.cuda.Event | None = None) -> torch.cuda.Stream:

@@ -113,26 +113,44 @@ def test_tables_only_builds_every_table_the_reduction_reads(transpose_out, wgrad
     assert out.shape == like.shape and torch.isfinite(out).all()
 
 
-class PolledStream(FakeStream):
-    def __init__(self, idle: bool):
-        super().__init__("main")
-        self.idle = idle
+class FakeEvent:
+    def __init__(self, done: bool = True):
+        self.done, self.recorded_on = done, []
 
     def query(self):
-        self.calls.append(("query",))
-        return self.idle
+        return self.done
+
+    def record(self, stream):
+        self.recorded_on.append(stream.name)
 
 
-@pytest.mark.parametrize(("capturing", "idle", "expected"),
-                         [(False, True, False), (False, False, True), (True, True, True)])  # fmt: skip
-def test_fork_only_when_the_gpu_bounds_the_step(capturing, idle, expected, monkeypatch):
-    """"gpu_bound": fork under capture (without polling the stream, illegal there) or when the
-    main stream still has queued work; "always" forks without asking; other values are
-    refused by name."""
+@pytest.mark.parametrize(("capturing", "previous", "expected"),
+                         [(False, None, False), (False, True, False), (False, False, True),
+                          (True, None, True)])  # fmt: skip
+def test_fork_only_when_the_gpu_bounds_the_step(capturing, previous, expected, monkeypatch):
+    """"gpu_bound": fork under capture, or when the previous backward on this stream (its
+    recorded end: done / not done; None: no backward yet) has not finished; "always" forks
+    without asking; other values are refused by name."""
     monkeypatch.setattr(side_stream.torch.cuda, "is_current_stream_capturing", lambda: capturing)
-    main = PolledStream(idle)
+    main = FakeStream("main")
+    ends = {} if previous is None else {(0, main.cuda_stream): FakeEvent(done=previous)}
+    monkeypatch.setattr(side_stream, "_BACKWARD_DONE", ends)
     assert side_stream.worth_forking(main, "gpu_bound") is expected
-    assert main.calls == ([] if capturing else [("query",)])
-    assert side_stream.worth_forking(PolledStream(idle), "always") is True
+    assert side_stream.worth_forking(main, "always") is True
     with pytest.raises(ValueError, match="bwd_side_when"):
         side_stream.worth_forking(main, "sometimes")
+
+
+def test_backward_end_recorded_on_its_stream_once_per_stream_not_in_a_capture(monkeypatch):
+    made = []
+    monkeypatch.setattr(side_stream.torch.cuda, "Event", lambda: made.append(FakeEvent()) or made[-1])
+    monkeypatch.setattr(side_stream, "_BACKWARD_DONE", {})
+    capturing = [False]
+    monkeypatch.setattr(side_stream.torch.cuda, "is_current_stream_capturing", lambda: capturing[0])
+    main, other = FakeStream("main"), FakeStream("other")
+    side_stream.backward_enqueued(main)
+    side_stream.backward_enqueued(main)
+    side_stream.backward_enqueued(other)
+    capturing[0] = True
+    side_stream.backward_enqueued(main)
+    assert [e.recorded_on for e in made] == [["main", "main"], ["other"]]
