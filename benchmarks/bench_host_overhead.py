@@ -28,7 +28,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import kernels  # noqa: E402
 from benchmarks.results_csv import append_results  # noqa: E402
 from kernels import launch as launch_split  # noqa: E402
-from kernels import launch_fused  # noqa: E402
+from kernels import launch_fused, launch_gemm  # noqa: E402
 
 OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "host_overhead.csv")
 COLUMNS = ["date", "machine", "torch", "path", "fused_us", "base_us", "launches_per_call", "label"]
@@ -57,12 +57,12 @@ def main() -> None:
         only the op's own host work is timed (the outputs stay uninitialised: nothing reads them)."""
         counted["n"] += 1
 
-    real = launch_split.launch, launch_fused.launch
-    launch_split.launch = launch_fused.launch = count_launch
+    real = launch_split.launch, launch_fused.launch, launch_gemm.launch
+    launch_split.launch = launch_fused.launch = launch_gemm.launch = count_launch
     try:
         rows = _measure(counted, args.label)
     finally:
-        launch_split.launch, launch_fused.launch = real
+        launch_split.launch, launch_fused.launch, launch_gemm.launch = real
     append_results(OUT, COLUMNS, rows)
 
 
@@ -84,7 +84,8 @@ def _measure(counted: dict, label: str) -> list[dict]:
         torch.autograd.grad(torch.nn.functional.linear(x, w), (x,), dy)
 
     rows = []
-    for path, pair in (("split", False), ("fused", False), ("fused", True), ("stream", False)):
+    for path, pair in (("split", False), ("fused", False), ("fused", True), ("stream", False),
+                       ("gemm", False)):  # fmt: skip
         kernels.TUNE.update(path=path, wgrad_pair=pair)
         counted["n"] = 0
         fused()
