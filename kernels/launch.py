@@ -52,10 +52,10 @@ TUNE: dict = {
     # so it stays off there (each fork and join also costs host time in eager mode).
     "bwd_side": "db+da",
     "bwd_side_paths": ("gemm",),
-    # bwd_side_when: "gpu_bound" forks only under CUDA-graph capture or while the main stream
-    # still has queued work (side_stream.worth_forking; eager host-bound layers measured
-    # 0.05-0.18 ms slower with the fork, run 17:4xZ, docs/kernels_log.md §3n), "always" forks
-    # whenever bwd_side asks
+    # bwd_side_when: "gpu_bound" forks only under CUDA-graph capture or, in eager mode, when
+    # the previous backward on the stream has not finished on the GPU (side_stream.
+    # worth_forking; eager host-bound layers measured 0.04-0.31 ms slower per fwd+bwd with the
+    # fork, docs/kernels_log.md §3n); "always" forks whenever bwd_side asks
     "bwd_side_when": "gpu_bound",
     "narrow_s": True,  # stream / gemm paths: the shrink writes S and dS in x.dtype (else fp32)
     "se_split": None,  # shrink_expand: programs per row tile sharing its columns; None = heuristic
