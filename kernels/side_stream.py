@@ -26,7 +26,7 @@ backward joins only when it forked (a wait on the side stream's event while that
 outside the capture is illegal).
 
 When to fork (:func:`worth_forking`, TUNE["bwd_side_when"]): the side stream saves GPU time
-but costs host time (a fork, an event, a join: 0.05-0.25 ms per layer fwd+bwd in eager mode on
+but costs host time (a fork, an event, a join: 0.04-0.31 ms per layer fwd+bwd in eager mode on
 the H200 host, benchmarks/profile_host_gpu.py, docs/kernels_log.md §3n). It pays only where
 the GPU, not the host, bounds the step: under CUDA-graph capture (no host cost per replay), or
 in eager mode when the GPU has not yet finished the previous backward on this stream by the
