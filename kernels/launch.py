@@ -114,8 +114,8 @@ TUNE: dict = {
     # launch_shrink_gluon.gluon_units), each taking >= sh_gl_min_steps; else, and off, whole
     # tiles per program. sh_gl_part: a
     # shared tile's partial sums in a slot per piece ("slots", measured) or reduced into the
-    # zeroed workspace as the Triton shrink does ("atomic"; written after session 13's last GPU
-    # run, never run: kernels/shrink_gluon.py PART_ATOMIC). Sweep
+    # zeroed workspace as the Triton shrink does ("atomic", kernels/shrink_gluon.py
+    # PART_ATOMIC: correct on the GPU, no gain, session 14, docs/kernels_log.md §3m). Sweep
     # round 8 (session 11, lora_tiles.csv, N = 32, alone, whole tiles): at T = 8192 24-26 µs
     # for 67 MB against the Triton shrink's 29.6-30.2, 7.1 against 13.5 for dY of the k/v
     # projections; at T = 4096 x 17.7 against 17.2 µs and dY of k/v 6.8 against 9.7. In the
@@ -267,7 +267,14 @@ def _tma_ok(t: torch.Tensor) -> bool:
     rows contiguous, base and row stride 16-byte aligned."""
     if t.device.type == "cuda" and not mlt.interpret_mode() and _cuda_props(t.device).major < 9:
         return False
-    return t.stride(1) == 1 and t.stride(0) * t.element_size() % 16 == 0 and t.data_ptr() % 16 == 0
+    return tma_rows_ok(t.data_ptr(), t.stride(0), t.stride(1), t.element_size())
+
+
+def tma_rows_ok(ptr: int, row_stride: int, col_stride: int, elem_size: int) -> bool:
+    """TMA's layout rule for a 2-D operand (the part of :func:`_tma_ok` that needs no tensor,
+    so that a caller can check a view without building it): rows contiguous, base address
+    and row stride 16-byte aligned."""
+    return col_stride == 1 and row_stride * elem_size % 16 == 0 and ptr % 16 == 0
 
 
 def _cfg(device: torch.device) -> dict:

@@ -15,7 +15,7 @@ from triton.tools.tensor_descriptor import TensorDescriptor
 
 from . import multi_lora_triton as mlt
 from .fast_launch import launch
-from .launch import _cuda_props, _empty, _n_sms, _tma_ok, dot_precision
+from .launch import _cuda_props, _empty, _n_sms, _tma_ok, dot_precision, tma_rows_ok
 from .layout import MultiLoraLayout
 
 
@@ -33,12 +33,11 @@ def gemm_ok(x: torch.Tensor, weight: torch.Tensor, lora_a: torch.Tensor, lora_b:
         return False  # the kernel views them 2-D: rows of d_in (lora_a) and r_max (lora_b)
     if not _tma_ok(x):  # (also: a Hopper-class GPU or the interpreter)
         return False
-    # weight as _tma_ok; the adapters' 2-D views as _tma_ok would see them, without building
-    # them (this check runs on every forward; a flatten costs 1 µs of host time)
-    return (weight.stride(1) == 1 and weight.stride(0) * el % 16 == 0
-            and weight.data_ptr() % 16 == 0 and lora_a.data_ptr() % 16 == 0
-            and lora_b.data_ptr() % 16 == 0 and lora_a.shape[2] * el % 16 == 0
-            and lora_b.shape[2] * el % 16 == 0
+    # the weight, and the adapters' contiguous 2-D views (rows of d_in and r_max) checked
+    # without building them: this runs on every forward, and a flatten costs 1 µs of host time
+    return (tma_rows_ok(weight.data_ptr(), weight.stride(0), weight.stride(1), el)
+            and tma_rows_ok(lora_a.data_ptr(), lora_a.shape[2], 1, el)
+            and tma_rows_ok(lora_b.data_ptr(), lora_b.shape[2], 1, el)
             and weight.shape[0] * el % 16 == 0)  # fmt: skip  (y's rows; dX's are x's)
 
 
@@ -184,7 +183,7 @@ def _gluon_kernel(module: str, name: str):
     _gluon_descriptor_type; the kernel modules import Gluon at their top)."""
     import importlib
 
-    return getattr(importlib.import_module(f"kernels.{module}"), name)
+    return getattr(importlib.import_module(f".{module}", __package__), name)
 
 
 @functools.lru_cache(maxsize=64)

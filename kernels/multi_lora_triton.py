@@ -241,15 +241,17 @@ _KERNELS: dict[bool, SimpleNamespace] = {}
 # os.environ.get, which encodes the key and decodes the value on every call; the launch path
 # asks up to 9 times per layer fwd+bwd. Tests flip the flag at run time (monkeypatch.setenv
 # writes through to this store), so the value is read on every call, never cached.
+# Where the store is not a dict of bytes (not POSIX), os.environ.get is used.
 _ENV_STORE = getattr(os.environ, "_data", None)
 _INTERPRET_KEY = os.environ.encodekey("TRITON_INTERPRET") if _ENV_STORE is not None else None
+_READ_STORE = type(_ENV_STORE) is dict and type(_INTERPRET_KEY) is bytes
 _TRUE = ("1", "true", "on", "yes")
 _TRUE_BYTES = tuple(v.encode() for v in _TRUE)
 
 
 def interpret_mode() -> bool:
     """True when TRITON_INTERPRET is set to a true value (Triton's own parsing of the flag)."""
-    if type(_ENV_STORE) is dict and type(_INTERPRET_KEY) is bytes:
+    if _READ_STORE:
         raw = _ENV_STORE.get(_INTERPRET_KEY)
         return raw is not None and raw.lower() in _TRUE_BYTES
     return os.environ.get("TRITON_INTERPRET", "0").lower() in _TRUE

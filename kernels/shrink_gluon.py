@@ -82,8 +82,8 @@ def shrink_gluon_kernel(x_desc, w_desc, OUT, PART, TICKETS, TILES, RANKS, SCALES
     lora_b [N·K, r_max] (box [64, 64]), OUT [T, WIDTH] (row stride stride_om), PART
     [slots, T, WIDTH] fp32 scratch (any contents; slots >= the most programs on one tile),
     TILES [N_TILES, 3] int32, TICKETS [N_TILES] int32 (zeros).
-    PART_ATOMIC (TUNE gpu sh_gl_part "atomic"; off, written after session 13's last GPU run,
-    never run): the pieces add their partial sums into PART = the zeroed fp32 workspace
+    PART_ATOMIC (TUNE gpu sh_gl_part "atomic"; off: correct on the GPU, 8 tests, and within
+    0.3 µs of the slots under the shipped gate, docs/kernels_log.md §3m): the pieces add their partial sums into PART = the zeroed fp32 workspace
     (launch.zeroed_workspace, [T · WIDTH], rows at OUT's stride) with relaxed reductions
     instead of storing them to slots, and the last piece reads the one sum and re-zeroes it:
     the protocol of the Triton split-K shrink, whose 3-8-way splits ran at 13-15 µs where

@@ -45,9 +45,14 @@ DECISIONS = {"side": 0, "one_stream": 0}  # worth_forking's answers so far (benc
 _BACKWARD_DONE: dict[tuple[int, int], torch.cuda.Event] = {}  # per main stream, re-recorded
 
 
+def _stream_key(stream: torch.cuda.Stream) -> tuple[int, int]:
+    """What the per-stream tables (_SIDE, _BACKWARD_DONE) are keyed on."""
+    return stream.device.index, stream.cuda_stream
+
+
 def side_stream(main: torch.cuda.Stream) -> torch.cuda.Stream:
     """The side stream paired with ``main`` (one per main stream, created on first use)."""
-    key = (main.device.index, main.cuda_stream)
+    key = _stream_key(main)
     side = _SIDE.get(key)
     if side is None:
         side = torch.cuda.Stream(device=main.device)
@@ -68,7 +73,7 @@ def worth_forking(main: torch.cuda.Stream, when: str) -> bool:
     if when == "always" or torch.cuda.is_current_stream_capturing():
         fork_it = True
     else:
-        done = _BACKWARD_DONE.get((main.device.index, main.cuda_stream))
+        done = _BACKWARD_DONE.get(_stream_key(main))
         fork_it = done is not None and not done.query()
     DECISIONS["side" if fork_it else "one_stream"] += 1
     return fork_it
@@ -80,7 +85,7 @@ def backward_enqueued(main: torch.cuda.Stream) -> None:
     capture (its replays say nothing about the host's pace)."""
     if torch.cuda.is_current_stream_capturing():
         return
-    key = (main.device.index, main.cuda_stream)
+    key = _stream_key(main)
     event = _BACKWARD_DONE.get(key)
     if event is None:
         event = _BACKWARD_DONE[key] = torch.cuda.Event()

@@ -34,6 +34,15 @@ def _assert_close(got, ref):
     assert_close(got, ref, BF16)
 
 
+def _count_forks(monkeypatch) -> list:
+    """A list that gains one item per side-stream fork the backward makes (the real fork
+    still runs)."""
+    forks = []
+    real_fork = side_stream.fork
+    monkeypatch.setattr(ml, "fork", lambda main, *after: forks.append(1) or real_fork(main, *after))
+    return forks
+
+
 @pytest.mark.parametrize(("path", "mode"), [("stream", "db"), ("gemm", "db"), ("gemm", "db+da"),
                                             ("gemm", "db+da_before"), ("stream", "db+da")])  # fmt: skip
 @pytest.mark.parametrize("shape", [(4096, 4096), (4096, 1024)])
@@ -46,9 +55,7 @@ def test_side_stream_backward_matches_oracle(path, mode, shape, monkeypatch):
     monkeypatch.setitem(ml.TUNE, "bwd_side", mode)
     monkeypatch.setitem(ml.TUNE, "bwd_side_paths", ("stream", "gemm"))
     monkeypatch.setitem(ml.TUNE, "bwd_side_when", "always")
-    forks = []
-    real_fork = side_stream.fork
-    monkeypatch.setattr(ml, "fork", lambda main, *after: forks.append(1) or real_fork(main, *after))
+    forks = _count_forks(monkeypatch)
     tensors, seg, ranks, scaling = make_case(32, "zipf", 4096, *shape, rank_pool=(16, 32, 64),
                                              dtype=BF16, device="cuda", seed=7)  # fmt: skip
     x = tensors["x"].clone().requires_grad_()
@@ -183,9 +190,7 @@ def test_side_stream_only_when_the_gpu_bounds_the_step(busy, monkeypatch):
     match the oracle either way."""
     monkeypatch.setitem(ml.TUNE, "path", "gemm")
     monkeypatch.setitem(ml.TUNE, "bwd_side_when", "gpu_bound")
-    forks = []
-    real_fork = side_stream.fork
-    monkeypatch.setattr(ml, "fork", lambda main, *after: forks.append(1) or real_fork(main, *after))
+    forks = _count_forks(monkeypatch)
     tensors, seg, ranks, scaling = make_case(8, "uniform", 4096, 4096, 1024, rank_pool=(16, 32, 64),
                                              dtype=BF16, device="cuda", seed=1416)  # fmt: skip
     x = tensors["x"].clone().requires_grad_()
