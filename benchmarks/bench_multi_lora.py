@@ -174,7 +174,7 @@ FUSED_VARIANTS = {  # TUNE overrides of each fused_multi_lora variant
     "fused_session12": dict(DEFAULT_TUNE, gpu=dict(DEFAULT_TUNE["gpu"], gm_gl_stages=3,
                                                     gm_epi_halves=False, sh_gl_bm=128)),
     # the Gluon shrink's shared tiles reduced into the workspace (sh_gl_part "atomic", with the
-    # shipped stream-K gate; never run when added)
+    # shipped stream-K gate; run in session 14: correct, no gain, docs/kernels_log.md §3m)
     "fused_shgl_atomic": dict(DEFAULT_TUNE, gpu=dict(DEFAULT_TUNE["gpu"], sh_gl_part="atomic")),
     # the shrinks through the Triton kernel instead of the Gluon one (TUNE gpu sh_gluon, the
     # default on Hopper since 2026-11-29, session 11), on the shipped path and on the gemm path
