@@ -34,15 +34,17 @@ from kernels import fast_launch, launch, launch_gemm, launch_shrink_gluon  # noq
 
 
 def _median_us(fn, calls: int, repeats: int = 5) -> float:
+    """Host µs per call of ``calls`` back-to-back calls after an idle GPU (median of
+    ``repeats``). ``calls`` must stay under the driver's launch queue (about 1,000 launches),
+    so that the host never waits for the GPU inside the timed loop."""
     out = []
     for _ in range(repeats):
         torch.cuda.synchronize()
         t = time.perf_counter()
-        for i in range(calls):
+        for _ in range(calls):
             fn()
-            if i % 100 == 99:  # keep the launch queue from filling
-                torch.cuda.synchronize()
         out.append((time.perf_counter() - t) / calls * 1e6)
+    torch.cuda.synchronize()
     return statistics.median(out)
 
 
@@ -88,11 +90,11 @@ def _wrap_fills() -> dict:
 def _time_launch(jit_fn, grid, a, meta, calls: int, fill_stats: dict) -> str:
     """One report line for one recorded launch (see the module docstring)."""
     dev = torch.cuda.current_device()
-    key = (id(jit_fn), dev, tuple(meta.items()), *map(fast_launch._arg_key, a))
-    kernel = fast_launch._COMPILED.get(key)
+    key = (id(jit_fn), dev, *meta.items(), *[fast_launch._arg_key(v) for v in a])
+    kernel = (fast_launch._COMPILED.get(key) or (None,))[0]
     name = getattr(jit_fn, "__name__", None) or getattr(getattr(jit_fn, "fn", None), "__name__", "?")
     full = _median_us(lambda: fast_launch.launch(jit_fn, grid, a, meta), calls)
-    k_us = _median_us(lambda: (id(jit_fn), dev, tuple(meta.items()), *map(fast_launch._arg_key, a)), calls)
+    k_us = _median_us(lambda: (id(jit_fn), dev, *meta.items(), *[fast_launch._arg_key(v) for v in a]), calls)
     line = f"{name:28s} grid {str(grid):12s} args {len(a):2d}  launch {full:6.1f}  key {k_us:5.1f}"
     if kernel is None:
         return line + "  (not in the fast-launch cache)"
@@ -114,7 +116,7 @@ def _time_launch(jit_fn, grid, a, meta, calls: int, fill_stats: dict) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--case", default="4096x1024x4096x8")
-    ap.add_argument("--calls", type=int, default=400)
+    ap.add_argument("--calls", type=int, default=300)
     ap.add_argument("--dump", default="")
     args = ap.parse_args()
     if args.dump:

@@ -8,9 +8,9 @@ from __future__ import annotations
 import warnings
 
 import torch
-from triton.tools.tensor_descriptor import TensorDescriptor
 
 from . import multi_lora_triton as mlt
+from .descriptors import triton_desc
 from .fast_launch import launch
 from .launch import (
     TUNE,
@@ -88,8 +88,8 @@ def shrink_expand(x, w, w_strides, v, v_strides, y, n_out: int, layout, scale_s:
     x_tma = "x" in cfg["se_tma"] and _tma_ok(x)
     y_tma = "y" in cfg["se_tma"] and y is not None and _tma_ok(y)
     launch(mlt.get_kernels().shrink_expand, (tiles.shape[0], split), (
-        TensorDescriptor.from_tensor(x, [bm, bk]) if x_tma else x, w, v, s, yy,
-        TensorDescriptor.from_tensor(y, [bm, bn]) if y_tma else None,
+        triton_desc(x, [bm, bk]) if x_tma else x, w, v, s, yy,
+        triton_desc(y, [bm, bn]) if y_tma else None,
         tiles, layout.ranks_tensor(dev), layout.scaling_tensor(dev),
         k, n_out, n_per, rank_extent(w, k), x.stride(0), x.stride(1), *w_strides, *v_strides,
         s.stride(0), s.stride(1), yy.stride(0), yy.stride(1),

@@ -11,9 +11,9 @@ import functools
 import warnings
 
 import torch
-from triton.tools.tensor_descriptor import TensorDescriptor
 
 from . import multi_lora_triton as mlt
+from .descriptors import cached_descriptor, triton_desc
 from .fast_launch import launch
 from .launch import _cuda_props, _empty, _n_sms, _tma_ok, dot_precision, tma_rows_ok
 from .layout import MultiLoraLayout
@@ -63,7 +63,7 @@ def gemm_lora(a: torch.Tensor, w: torch.Tensor, w_kmajor: bool, layout: MultiLor
     # TMA boxes: keep a box row at 128 bytes (64 bf16, 32 fp32 elements) along K
     bm, bn = cfg["gm_bm"], cfg["gm_bn"]
     bk = cfg["gm_bk"] * 2 // a.element_size()
-    desc = TensorDescriptor.from_tensor
+    desc = triton_desc
     if layout is not None:
         block_r = layout.block_r
         row_ad, ranks = layout.row_adapters(dev), layout.ranks_tensor(dev)
@@ -163,8 +163,12 @@ def _gemm_lora_gluon(a, w, w_kmajor, layout, s, v, cfg, out):
 
 def gluon_desc(t: torch.Tensor, box: list):
     """A Gluon TMA descriptor over ``t`` with this box, in the box's NVMMA shared layout
-    (_smem_layout), as every Gluon launcher builds them."""
-    return _gluon_descriptor_type().from_tensor(t, list(box), _smem_layout(tuple(box), t.dtype))
+    (_smem_layout), as every Gluon launcher builds them (through descriptors.cached_descriptor)."""
+    return cached_descriptor("gluon", _gluon_from_tensor, t, box)
+
+
+def _gluon_from_tensor(t: torch.Tensor, box: list):
+    return _gluon_descriptor_type().from_tensor(t, box, _smem_layout(tuple(box), t.dtype))
 
 
 @functools.cache
