@@ -45,6 +45,7 @@ def as_int_tuple(values: Sequence[int] | torch.Tensor, name: str) -> tuple[int, 
         if values.dtype.is_floating_point or values.dtype == torch.bool or values.dim() != 1:
             raise ValueError(f"{name} must be a 1-D integer tensor")
         return tuple(int(v) for v in values.tolist())
+    values = _as_list(values, name, "ints")
     try:
         out = tuple(int(v) for v in values)
     except (TypeError, ValueError) as exc:
@@ -52,6 +53,26 @@ def as_int_tuple(values: Sequence[int] | torch.Tensor, name: str) -> tuple[int, 
     if any(float(a) != float(b) for a, b in zip(out, values, strict=True)):
         raise ValueError(f"{name} must hold integers")
     return out
+
+
+def as_float_tuple(values: Sequence[float] | torch.Tensor, name: str) -> tuple[float, ...]:
+    """Turn a list / 1-D tensor into a tuple of Python floats; ValueError naming ``name``."""
+    if isinstance(values, torch.Tensor):
+        if values.dim() != 1 or values.is_complex():
+            raise ValueError(f"{name} must be a 1-D real tensor")
+        values = values.detach().cpu().tolist()
+    values = _as_list(values, name, "floats")
+    try:
+        return tuple(float(v) for v in values)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{name} must be a sequence of floats") from exc
+
+
+def _as_list(values, name: str, what: str) -> list:
+    """``values`` as a list (a generator is read once); a string or a scalar is no sequence."""
+    if isinstance(values, (str, bytes)) or not hasattr(values, "__iter__"):
+        raise ValueError(f"{name} must be a sequence of {what}, got {type(values).__name__}")
+    return list(values)
 
 
 def _pinned(arr: np.ndarray) -> torch.Tensor:
@@ -80,12 +101,7 @@ class MultiLoraLayout:
     ) -> None:
         self.seg_lens = as_int_tuple(seg_lens, "seg_lens")
         self.ranks = as_int_tuple(ranks, "ranks")
-        if isinstance(scaling, torch.Tensor):
-            scaling = scaling.detach().cpu().tolist()
-        try:
-            self.scaling = tuple(float(s) for s in scaling)
-        except (TypeError, ValueError) as exc:
-            raise ValueError("scaling must be a sequence of floats") from exc
+        self.scaling = as_float_tuple(scaling, "scaling")
         n = len(self.seg_lens)
         if n == 0:
             raise ValueError("seg_lens must name at least one adapter")
@@ -238,9 +254,7 @@ def make_layout(
     lay = _make_layout_cached(
         as_int_tuple(seg_lens, "seg_lens"),
         as_int_tuple(ranks, "ranks"),
-        tuple(
-            float(s) for s in (scaling.tolist() if isinstance(scaling, torch.Tensor) else scaling)
-        ),
+        as_float_tuple(scaling, "scaling"),
     )
     if device is not None:
         dev = torch.device(device)

@@ -31,6 +31,9 @@ CPU without the interpreter falls back to :func:`kernels.reference.fused_multi_l
 
 Gradients: x, lora_a, lora_b. Rank columns >= r_i get exactly zero gradient. ``weight`` never
 gets a gradient, even with ``requires_grad=True`` (it is treated as the frozen base).
+On the gemm path, non-finite values inside an adapter's first r_i ranks of lora_a / lora_b
+reach the other adapters' rows of its 128-row tiles (0 x NaN in the shared accumulator); the
+other paths isolate them (docs/kernels.md §0, "Known limit").
 The intermediate S = x @ A_iᵀ is cached from the forward pass (T x block_r; x.dtype on the
 fused, stream and gemm paths, fp32 on the split path).
 """
@@ -252,6 +255,8 @@ def fused_multi_lora(
     elif not isinstance(layout, MultiLoraLayout):
         raise ValueError("layout must be a MultiLoraLayout from kernels.make_layout")
     _validate(x, weight, lora_a, lora_b, layout)
+    if x.shape[1] == 0 or weight.shape[0] == 0:  # empty features: no tile to launch
+        return fused_multi_lora_reference(x, weight, lora_a, lora_b, layout)
     # rows of x and of y / dY (d_out wide) are indexed in int32 (mlt.MAX_KERNEL_ELEMENTS)
     if not mlt.kernels_take(x, x.shape[0] * max(x.stride(0), weight.shape[0], x.shape[1])):
         return fused_multi_lora_reference(x, weight, lora_a, lora_b, layout)

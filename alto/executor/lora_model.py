@@ -214,6 +214,20 @@ class MultiLoraLinear(nn.Module):
         return y.view(*shape[:-1], self.out_features)
 
 
+def grads_finite(adapters: list) -> torch.Tensor:
+    """[N] bool, on the adapters' device: whether every gradient of adapter i is finite
+    (absent gradients count as finite). One norm per gradient tensor, in one foreach call
+    per adapter, and no host synchronisation: the caller reads it with the losses."""
+    flags = []
+    for ad in adapters:
+        grads = [p.grad for p in ad.parameters() if p.grad is not None]
+        if grads:
+            flags.append(torch.stack(torch._foreach_norm(grads)).isfinite().all())
+        else:
+            flags.append(torch.ones((), dtype=torch.bool, device=ad.parameters()[0].device))
+    return torch.stack(flags)
+
+
 class Adapter:
     """One job's LoRA weights (fp32) on every targeted linear, plus its own AdamW."""
 

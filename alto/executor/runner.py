@@ -33,7 +33,7 @@ import torch
 
 from alto.executor.config import Config, TaskCfg
 from alto.executor.data import SampleStream, collate, encode_sample, load_task_data
-from alto.executor.lora_model import Adapter, MultiLoraModel
+from alto.executor.lora_model import Adapter, MultiLoraModel, grads_finite
 from alto.executor.micro_steps import loss_and_backward
 from alto.executor.outputs import RunWriter
 from alto.policy.early_exit import EarlyExitConfig, make_early_exit
@@ -49,10 +49,13 @@ class SimulatedOOM(RuntimeError):
 class Hooks:
     """Test/fault-injection hooks. oom(active_job_ids, rows_at_once) -> True raises an OOM
     before the step (rows_at_once: the step's rows, or one micro-step's with
-    run.micro_step_tokens); nan(job_id, step) -> True makes that adapter's loss NaN this step."""
+    run.micro_step_tokens); nan(job_id, step) -> True makes that adapter's loss NaN this step;
+    inf_grad(job_id, step) -> True makes one of its gradients inf after the backward (a finite
+    loss with an overflowed gradient)."""
 
     oom: Callable[[list[str], int], bool] | None = None
     nan: Callable[[str, int], bool] | None = None
+    inf_grad: Callable[[str, int], bool] | None = None
 
 
 @dataclass
@@ -178,7 +181,15 @@ class TaskRunner:
             poison = [bool(self.hooks.nan(s.job.job_id, s.steps)) for s in states] if self.hooks.nan else None
             losses, _ = loss_and_backward(self.mlm, [s.adapter for s in states], tb.inputs, tb.targets,
                                           tb.mask, tb.rows, self.micro_tokens, poison)
-            finite = torch.isfinite(losses)
+            if self.hooks.inf_grad:
+                for s in states:
+                    g = s.adapter.parameters()[0].grad
+                    if g is not None and self.hooks.inf_grad(s.job.job_id, s.steps):
+                        g.view(-1)[0] = math.inf
+            # a finite loss with a non-finite gradient is divergence too: stepping would put
+            # NaN in the adapter's weights, and on the gemm path (kernels/launch_gemm.py) an
+            # adapter's non-finite weights reach its row-tile neighbours' rows
+            finite = torch.isfinite(losses) & grads_finite([s.adapter for s in states])
         except (torch.cuda.OutOfMemoryError, SimulatedOOM):
             oom = True
         else:
@@ -200,6 +211,8 @@ class TaskRunner:
         for s, b, v, ok in zip(states, sizes, vals, finite.tolist(), strict=False):
             if ok:
                 s.adapter.opt.step()
+            else:
+                v = math.nan  # (a finite loss whose gradient was not: reported as divergence)
             s.adapter.opt.zero_grad(set_to_none=True)
             s.samples += b
             s.steps += 1

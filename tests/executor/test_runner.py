@@ -199,3 +199,39 @@ def test_asha_policy_runs(tmp_path, backbone, mkcfg):
     res, _ = _run(tmp_path, backbone, cfg)
     reasons = [r["exit_reason"] for r in _jobs_csv(res.out).values()]
     assert set(reasons) <= {"asha", "completed"} and "asha" in reasons and "completed" in reasons
+
+
+def test_inf_gradient_with_finite_loss_is_divergence_and_spares_neighbours(tmp_path, backbone, mkcfg):
+    """An overflowed gradient under a finite loss: no optimizer step (the adapter's weights stay
+    finite, so on the gemm path they cannot reach its row-tile neighbours), NaN loss reported,
+    divergence exit; the neighbours train exactly as without the fault."""
+    ss = {"lr": [1e-2], "rank": [2, 4, 8], "batch_size": [2]}
+    cfg = mkcfg(task={"search_space": ss})
+    bad = "add/lr0.01-r4-b2"
+    res_inf, _ = _run(tmp_path, backbone, cfg, Hooks(inf_grad=lambda j, step: j == bad and step == 2), "inf")
+    res_ok, _ = _run(tmp_path, backbone, cfg, None, "ok")
+    rows = _jobs_csv(res_inf.out)
+    assert rows[bad]["exit_reason"] == "divergence" and rows[bad]["steps_trained"] == "3"
+    assert all(torch.isfinite(v).all() for v in _weights(res_inf.out, bad).values())
+    for j in ("add/lr0.01-r2-b2", "add/lr0.01-r8-b2"):
+        assert rows[j]["exit_reason"] == "completed"
+        a, b = _weights(res_inf.out, j), _weights(res_ok.out, j)
+        for k in a:
+            torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-6)
+
+
+def test_grads_finite_flags_each_adapter():
+    from alto.executor.lora_model import grads_finite
+
+    class _Ad:
+        def __init__(self, *grads):
+            self.ps = [torch.nn.Parameter(torch.zeros(3)) for _ in grads]
+            for p, g in zip(self.ps, grads, strict=True):
+                p.grad = g
+
+        def parameters(self):
+            return self.ps
+
+    ads = [_Ad(torch.ones(3), torch.ones(3)), _Ad(torch.ones(3), torch.tensor([1.0, float("nan"), 0.0])),
+           _Ad(None, None), _Ad(torch.tensor([float("-inf"), 0, 0]), None)]
+    assert grads_finite(ads).tolist() == [True, False, True, False]

@@ -68,6 +68,12 @@ BAD = [
     ("ranks", dict(ranks=[4])),
     ("scaling", dict(scaling=[1.0, 2.0, 3.0])),
     ("scaling", dict(scaling=[1.0, float("nan")])),
+    ("scaling", dict(scaling=1.0)),  # a scalar, not one per adapter
+    ("scaling", dict(scaling=["a", 1.0])),
+    ("scaling", dict(scaling=[1j, 1.0])),
+    ("scaling", dict(scaling=torch.ones(1, 2))),
+    ("seg_lens", dict(seg_lens="24")),  # a string would read as (2, 4)
+    ("seg_lens", dict(seg_lens=(v for v in [2, 3]))),  # a generator: read once, then checked
 ]
 
 
@@ -141,3 +147,20 @@ def test_shrink_expand_column_split_rule(monkeypatch):
     assert lf._se_plan(lay, 4096, False, cfg, dev)[2:] == (1, 4096)  # >= 2 waves already
     monkeypatch.setitem(TUNE, "se_split", 3)
     assert lf._se_plan(lay, 4096, True, cfg, dev)[2:] == (3, 1408)  # forced, either direction
+
+
+def test_generator_seg_lens_accepted_when_valid_and_empty_features_use_the_reference():
+    kw = _args()
+    kw["seg_lens"] = (v for v in [2, 4])
+    y = kernels.fused_multi_lora(**kw)
+    ref = kernels.fused_multi_lora_reference(**_args_without_generator(kw))
+    torch.testing.assert_close(y, ref)
+    for d_in, d_out in ((0, 5), (8, 0)):
+        kw = _args(d_in=d_in, d_out=d_out)
+        y = kernels.fused_multi_lora(**kw)
+        assert y.shape == (6, d_out)
+        torch.testing.assert_close(y, torch.zeros(6, d_out))
+
+
+def _args_without_generator(kw):
+    return {**kw, "seg_lens": [2, 4]}
