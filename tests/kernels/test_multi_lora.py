@@ -191,8 +191,8 @@ def test_tma_shrink_expand(spread, tune, monkeypatch):
     from kernels import launch_fused
 
     made = []
-    real = launch_fused.TensorDescriptor.from_tensor
-    monkeypatch.setattr(launch_fused.TensorDescriptor, "from_tensor",
+    real = launch_fused.triton_desc
+    monkeypatch.setattr(launch_fused, "triton_desc",
                         lambda t, box: made.append(tuple(box)) or real(t, box))  # fmt: skip
     ml.TUNE.update(path="fused", **tune)
     ml.TUNE["interp"]["se_tma"] = "xy"
@@ -208,8 +208,8 @@ def test_tma_only_where_rows_are_16_byte_aligned(monkeypatch):
     from kernels import launch_fused
 
     made = []
-    real = launch_fused.TensorDescriptor.from_tensor
-    monkeypatch.setattr(launch_fused.TensorDescriptor, "from_tensor",
+    real = launch_fused.triton_desc
+    monkeypatch.setattr(launch_fused, "triton_desc",
                         lambda t, box: made.append(t.shape[1]) or real(t, box))  # fmt: skip
     ml.TUNE.update(path="fused")
     ml.TUNE["interp"]["se_tma"] = "xy"
