@@ -233,7 +233,12 @@ def choose_path(t: int, d_in: int, d_out: int, device: torch.device | None = Non
         if device is not None and (device.type != "cuda" or mlt.interpret_mode()):
             return narrow_outputs_rule(d_in, d_out)
         return auto_path(t, d_in, d_out)
+    if TUNE["path"] not in PATHS:
+        raise ValueError(f'TUNE["path"] = {TUNE["path"]!r}: expected "auto" or one of {PATHS}')
     return TUNE["path"], bool(TUNE["wgrad_pair"])
+
+
+PATHS = ("split", "fused", "stream", "gemm")  # TUNE["path"]'s values besides "auto"
 
 
 def dot_precision(dtype: torch.dtype) -> str:

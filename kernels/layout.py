@@ -113,8 +113,9 @@ class MultiLoraLayout:
             raise ValueError("seg_lens must be >= 0")
         if any(r < 1 for r in self.ranks):
             raise ValueError("ranks must be >= 1")
-        if not all(np.isfinite(self.scaling)):
-            raise ValueError("scaling must be finite")
+        fp32_max = float(np.finfo(np.float32).max)  # (the kernels' scaling table is fp32)
+        if not all(np.isfinite(self.scaling)) or any(abs(v) > fp32_max for v in self.scaling):
+            raise ValueError("scaling must be finite (and within fp32's range)")
         self.num_adapters = n
         self.offsets = tuple(int(v) for v in np.concatenate([[0], np.cumsum(self.seg_lens)]))
         self.total_tokens = self.offsets[-1]

@@ -68,6 +68,7 @@ BAD = [
     ("ranks", dict(ranks=[4])),
     ("scaling", dict(scaling=[1.0, 2.0, 3.0])),
     ("scaling", dict(scaling=[1.0, float("nan")])),
+    ("scaling", dict(scaling=[1.0, 1e39])),  # overflows the kernels' fp32 table
     ("scaling", dict(scaling=1.0)),  # a scalar, not one per adapter
     ("scaling", dict(scaling=["a", 1.0])),
     ("scaling", dict(scaling=[1j, 1.0])),
@@ -164,3 +165,11 @@ def test_generator_seg_lens_accepted_when_valid_and_empty_features_use_the_refer
 
 def _args_without_generator(kw):
     return {**kw, "seg_lens": [2, 4]}
+
+
+def test_unknown_tune_path_is_named():
+    from kernels import multi_lora as ml
+
+    ml.TUNE["path"] = "bogus"
+    with pytest.raises(ValueError, match='TUNE\\["path"\\]'):
+        kernels.fused_multi_lora(**_args())
