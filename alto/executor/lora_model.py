@@ -216,16 +216,21 @@ class MultiLoraLinear(nn.Module):
 
 def grads_finite(adapters: list) -> torch.Tensor:
     """[N] bool, on the adapters' device: whether every gradient of adapter i is finite
-    (absent gradients count as finite). One norm per gradient tensor, in one foreach call
-    per adapter, and no host synchronisation: the caller reads it with the losses."""
-    flags = []
-    for ad in adapters:
-        grads = [p.grad for p in ad.parameters() if p.grad is not None]
-        if grads:
-            flags.append(torch.stack(torch._foreach_norm(grads)).isfinite().all())
-        else:
-            flags.append(torch.ones((), dtype=torch.bool, device=ad.parameters()[0].device))
-    return torch.stack(flags)
+    (absent gradients count as finite). One foreach norm over all adapters' gradients and a
+    scatter of the non-finite ones to their owners: a handful of launches whatever N is, and
+    no host synchronisation (the caller reads the flags with the losses)."""
+    dev = adapters[0].parameters()[0].device
+    grads, owner = [], []
+    for i, ad in enumerate(adapters):
+        for p in ad.parameters():
+            if p.grad is not None:
+                grads.append(p.grad)
+                owner.append(i)
+    bad = torch.zeros(len(adapters), device=dev)
+    if grads:
+        not_finite = ~torch.stack(torch._foreach_norm(grads)).isfinite()
+        bad.index_add_(0, torch.tensor(owner, device=dev), not_finite.float())
+    return bad == 0
 
 
 class Adapter:
