@@ -46,6 +46,8 @@ def _arg_key(a) -> object:
         return f(a)
     if isinstance(a, torch.Tensor):
         return _tensor_key(a)
+    if isinstance(a, int):  # an int subclass (IntEnum, ...): Triton sees the int
+        return _int_key(int(a))
     if hasattr(a, "block_shape") and hasattr(a, "layout"):  # a Gluon descriptor: + its layout
         _KEY_OF[type(a)] = _gluon_desc_key
         return _gluon_desc_key(a)
@@ -54,8 +56,8 @@ def _arg_key(a) -> object:
 
 def _int_key(a: int) -> object:
     # small values as themselves (over-specialising 2..16 is harmless; bools are keyed (b,),
-    # as True == 1), others by Triton's hints
-    return a if -17 < a < 17 else (a % 16 == 0, _INT32[0] <= a <= _INT32[1])
+    # as True == 1), others by Triton's hints: divisible by 16, and i32 / i64 / u64
+    return a if -17 < a < 17 else (a % 16 == 0, _INT32[0] <= a <= _INT32[1], a < 2**63)
 
 
 def _tensor_key(a: torch.Tensor) -> object:

@@ -70,9 +70,12 @@ def as_float_tuple(values: Sequence[float] | torch.Tensor, name: str) -> tuple[f
 
 def _as_list(values, name: str, what: str) -> list:
     """``values`` as a list (a generator is read once); a string or a scalar is no sequence."""
-    if isinstance(values, (str, bytes)) or not hasattr(values, "__iter__"):
-        raise ValueError(f"{name} must be a sequence of {what}, got {type(values).__name__}")
-    return list(values)
+    if not isinstance(values, (str, bytes)):
+        try:
+            return list(iter(values))
+        except TypeError:
+            pass
+    raise ValueError(f"{name} must be a sequence of {what}, got {type(values).__name__}")
 
 
 def _pinned(arr: np.ndarray) -> torch.Tensor:
@@ -113,8 +116,9 @@ class MultiLoraLayout:
             raise ValueError("seg_lens must be >= 0")
         if any(r < 1 for r in self.ranks):
             raise ValueError("ranks must be >= 1")
-        fp32_max = float(np.finfo(np.float32).max)  # (the kernels' scaling table is fp32)
-        if not all(np.isfinite(self.scaling)) or any(abs(v) > fp32_max for v in self.scaling):
+        with np.errstate(over="ignore"):  # (the kernels' scaling table is fp32)
+            in_fp32 = np.isfinite(np.asarray(self.scaling, dtype=np.float32))
+        if not all(np.isfinite(self.scaling)) or not in_fp32.all():
             raise ValueError("scaling must be finite (and within fp32's range)")
         self.num_adapters = n
         self.offsets = tuple(int(v) for v in np.concatenate([[0], np.cumsum(self.seg_lens)]))

@@ -216,9 +216,11 @@ class MultiLoraLinear(nn.Module):
 
 def grads_finite(adapters: list) -> torch.Tensor:
     """[N] bool, on the adapters' device: whether every gradient of adapter i is finite
-    (absent gradients count as finite). One foreach norm over all adapters' gradients and a
-    scatter of the non-finite ones to their owners: a handful of launches whatever N is, and
-    no host synchronisation (the caller reads the flags with the losses)."""
+    (absent gradients count as finite). One foreach max-abs norm over all adapters' gradients
+    (it cannot overflow, unlike the L2 norm of large finite gradients, and keeps inf and NaN)
+    and a scatter of the non-finite ones to their owners: a handful of launches whatever N
+    is. The owner index is a small host-to-device copy; the caller reads the flags with the
+    losses, which synchronises anyway."""
     dev = adapters[0].parameters()[0].device
     grads, owner = [], []
     for i, ad in enumerate(adapters):
@@ -228,7 +230,7 @@ def grads_finite(adapters: list) -> torch.Tensor:
                 owner.append(i)
     bad = torch.zeros(len(adapters), device=dev)
     if grads:
-        not_finite = ~torch.stack(torch._foreach_norm(grads)).isfinite()
+        not_finite = ~torch.stack(torch._foreach_norm(grads, float("inf"))).isfinite()
         bad.index_add_(0, torch.tensor(owner, device=dev), not_finite.float())
     return bad == 0
 

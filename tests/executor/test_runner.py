@@ -233,5 +233,6 @@ def test_grads_finite_flags_each_adapter():
             return self.ps
 
     ads = [_Ad(torch.ones(3), torch.ones(3)), _Ad(torch.ones(3), torch.tensor([1.0, float("nan"), 0.0])),
-           _Ad(None, None), _Ad(torch.tensor([float("-inf"), 0, 0]), None)]
-    assert grads_finite(ads).tolist() == [True, False, True, False]
+           _Ad(None, None), _Ad(torch.tensor([float("-inf"), 0, 0]), None),
+           _Ad(torch.full((3,), 2e19))]  # finite, but its L2 norm overflows fp32
+    assert grads_finite(ads).tolist() == [True, False, True, False, True]

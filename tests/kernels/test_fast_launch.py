@@ -13,6 +13,17 @@ def test_int_key_separates_one_div16_and_int64():
     assert _arg_key(2**31) != _arg_key(2**4)  # i64 instead of i32
     assert _arg_key(2**31) != _arg_key(2**31 + 1)  # still separated by divisibility
     assert _arg_key(48) == _arg_key(64)  # same specialisation -> same cached kernel
+    assert _arg_key(2**63) != _arg_key(2**62)  # u64 instead of i64
+
+
+def test_int_subclass_keyed_as_its_int():
+    import enum
+
+    class E(enum.IntEnum):
+        ONE, SIXTEEN, SEVENTEEN, BIG = 1, 16, 17, 32
+
+    assert _arg_key(E.ONE) == _arg_key(1) != _arg_key(E.SIXTEEN)
+    assert _arg_key(E.SEVENTEEN) == _arg_key(17) != _arg_key(E.BIG)
 
 
 def test_tensor_key_separates_dtype_and_alignment():

@@ -70,6 +70,7 @@ BAD = [
     ("scaling", dict(scaling=[1.0, float("nan")])),
     ("scaling", dict(scaling=[1.0, 1e39])),  # overflows the kernels' fp32 table
     ("scaling", dict(scaling=1.0)),  # a scalar, not one per adapter
+    ("scaling", dict(scaling=np.array(1.0))),  # a 0-d array is no sequence either
     ("scaling", dict(scaling=["a", 1.0])),
     ("scaling", dict(scaling=[1j, 1.0])),
     ("scaling", dict(scaling=torch.ones(1, 2))),
@@ -173,3 +174,16 @@ def test_unknown_tune_path_is_named():
     ml.TUNE["path"] = "bogus"
     with pytest.raises(ValueError, match='TUNE\\["path"\\]'):
         kernels.fused_multi_lora(**_args())
+
+
+def test_largest_fp32_scaling_and_getitem_sequences_accepted():
+    class Seq:  # the old sequence protocol: __getitem__ until IndexError, no __iter__
+        def __init__(self, *v):
+            self.v = v
+
+        def __getitem__(self, i):
+            return self.v[i]
+
+    lay = kernels.make_layout(Seq(2, 4), Seq(4, 2), [1.0, 3.4028235e38])
+    assert lay.seg_lens == (2, 4) and lay.ranks == (4, 2)
+    assert lay.scaling_tensor(torch.device("cpu"))[1] == torch.finfo(torch.float32).max
