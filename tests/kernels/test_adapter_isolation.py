@@ -5,7 +5,7 @@ a diverged adapter's activations do go through the op, and the split, fused and 
 mask by row at every store, so they isolate even non-finite weights. The gemm path adds each
 adapter's LoRA term to a shared accumulator with the other adapters' S rows zeroed, and
 0 x NaN = NaN: a non-finite value inside an adapter's first r_i ranks reaches the rows of the
-other adapters in its 128-row tiles. That is this path's documented limit (kernels.md §7); the
+other adapters in its 128-row tiles. That is this path's documented limit (kernels.md §0); the
 xfail below turns into a failure the day it is fixed, so the docs get updated with it.
 """
 
@@ -46,7 +46,7 @@ def test_row_masked_paths_isolate_non_finite_adapter_weights(path, poison):
     assert y_ok.all() and dx_ok.all()
 
 
-@pytest.mark.xfail(strict=True, reason="gemm path: 0 x NaN in the shared accumulator (kernels.md §7)")
+@pytest.mark.xfail(strict=True, reason="gemm path: 0 x NaN in the shared accumulator (kernels.md §0)")
 @pytest.mark.parametrize("poison", ["a", "b"])
 def test_gemm_path_isolates_non_finite_adapter_weights(poison):
     y_ok, dx_ok = _finite_rows("gemm", poison)
