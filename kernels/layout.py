@@ -116,9 +116,9 @@ class MultiLoraLayout:
             raise ValueError("seg_lens must be >= 0")
         if any(r < 1 for r in self.ranks):
             raise ValueError("ranks must be >= 1")
-        with np.errstate(over="ignore"):  # (the kernels' scaling table is fp32)
-            in_fp32 = np.isfinite(np.asarray(self.scaling, dtype=np.float32))
-        if not all(np.isfinite(self.scaling)) or not in_fp32.all():
+        with np.errstate(over="ignore"):  # finite as stored in the kernels' fp32 table
+            finite = np.isfinite(np.asarray(self.scaling, dtype=np.float32)).all()
+        if not finite:
             raise ValueError("scaling must be finite (and within fp32's range)")
         self.num_adapters = n
         self.offsets = tuple(int(v) for v in np.concatenate([[0], np.cumsum(self.seg_lens)]))
