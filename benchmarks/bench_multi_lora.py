@@ -123,6 +123,9 @@ FUSED_VARIANTS = {  # TUNE overrides of each fused_multi_lora variant
                               gpu=dict(DEFAULT_TUNE["gpu"], sx_bn=128, sx_warps=4)),
     "fused_gemm_s32": dict(DEFAULT_TUNE, path="gemm", narrow_s=False),
     "fused_gemm": dict(DEFAULT_TUNE, path="gemm"),
+    # the dX GEMM beside dA as before session 17: 4 stages, registers as compiled (TUNE gpu
+    # gm_side_fit off), so no dA program fits beside a GEMM program on an SM
+    "fused_no_side_fit": dict(DEFAULT_TUNE, gpu=dict(DEFAULT_TUNE["gpu"], gm_side_fit=None)),
     # the gemm path through the Gluon GEMM (LoRA term as extra pipeline steps; the default on
     # Hopper since 2026-11-29 11:1xZ) and through the Triton GEMM (the default before)
     "fused_gluon": dict(DEFAULT_TUNE, path="gemm", gpu=dict(DEFAULT_TUNE["gpu"], gm_gluon=True)),

@@ -66,7 +66,7 @@ def _bf16_desc(box: list) -> str:
     return f"tensordesc<bf16{box},{gll.NVMMASharedLayout.get_default_for(box, gll.bfloat16)!r}>"
 
 
-def _compile_gluon_sm90(kernel, sig: dict, consts: dict):
+def _compile_gluon_sm90(kernel, sig: dict, consts: dict, maxnreg: int | None = None):
     """A Gluon kernel compiled for sm_90 with runtime argument types ``sig`` and the
     constexprs ``consts`` (num_warps among them), as its launcher would specialise it."""
     from triton.experimental.gluon._runtime import GluonASTSource
@@ -74,15 +74,17 @@ def _compile_gluon_sm90(kernel, sig: dict, consts: dict):
     sig = sig | {k: "constexpr" for k in consts}
     names = list(sig)
     src = GluonASTSource(kernel, sig, constexprs={(names.index(k),): v for k, v in consts.items()})
-    return triton.compile(src, target=GPUTarget("cuda", 90, 32),
-                          options=dict(num_warps=consts["num_warps"]))  # fmt: skip
+    options = dict(num_warps=consts["num_warps"], **({"maxnreg": maxnreg} if maxnreg else {}))
+    return triton.compile(src, target=GPUTarget("cuda", 90, 32), options=options)
 
 
 def compile_gluon_gemm(kmajor: bool, lora: bool = True, bm: int = 128, bn: int = 256,
                        stages: int = 3, warps: int = 8, peel: bool = False,
-                       rank_k: bool = True, s_regs: bool = False, halves: bool = False):
+                       rank_k: bool = True, s_regs: bool = False, halves: bool = False,
+                       maxnreg: int | None = None):
     """kernels/gemm_lora_gluon.py's kernel compiled for sm_90 in bf16 at the launcher's box
-    shapes (A / S [bm, 64], B / V [bn, 64] k-major or [64, bn], C [bm, bn])."""
+    shapes (A / S [bm, 64], B / V [bn, 64] k-major or [64, bn], C [bm, bn]); ``maxnreg``
+    caps its registers per thread (TUNE gpu gm_side_fit)."""
     from kernels import gemm_lora_gluon
 
     b_box = [bn, 64] if kmajor else [64, bn]
@@ -93,7 +95,8 @@ def compile_gluon_gemm(kmajor: bool, lora: bool = True, bm: int = 128, bn: int =
     consts = dict(B_KMAJOR=kmajor, LORA=lora, STAGES=stages, GROUP_M=8, LORA_MASK=True,
                   PEEL_BASE=peel, RANK_K=rank_k, S_REGS=s_regs, EPI_HALVES=halves,
                   num_warps=warps)  # fmt: skip
-    return _compile_gluon_sm90(gemm_lora_gluon.gemm_lora_gluon_kernel, sig, consts)
+    return _compile_gluon_sm90(gemm_lora_gluon.gemm_lora_gluon_kernel, sig, consts,
+                               maxnreg=maxnreg)  # fmt: skip
 
 
 def compile_gluon_shrink(kmajor: bool, split_k: bool = True, bm: int = 128, stages: int = 4,
@@ -151,18 +154,24 @@ def shared_memory(names=None, block_r: int = 64) -> dict[str, int]:
 def registers(names=None, block_r: int = 64) -> dict[str, int]:
     """Configuration name -> registers per thread of its sm_90 cubin (the cuobjdump bundled
     with Triton reads them); {} when that cuobjdump is missing."""
-    tool = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
-    if not os.path.exists(tool):
+    if not os.path.exists(_CUOBJDUMP):
         return {}
-    out = {}
-    for name, kernel in compiled(names, block_r).items():
-        with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
-            f.write(kernel.asm["cubin"])
-            f.flush()
-            usage = subprocess.run([tool, "--dump-resource-usage", f.name], capture_output=True,
-                                   text=True, check=True).stdout  # fmt: skip
-        out[name] = int(re.search(r"REG:(\d+)", usage).group(1))
-    return out
+    return {name: cubin_usage(kernel)["REG"] for name, kernel in compiled(names, block_r).items()}
+
+
+_CUOBJDUMP = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
+
+
+def cubin_usage(kernel) -> dict[str, int]:
+    """A compiled kernel's sm_90 resource usage per thread as the cubin states it (REG
+    registers, LOCAL bytes of spill / stack memory, ...), read by Triton's bundled cuobjdump
+    (callers check that it exists: :func:`registers` returns {} without it)."""
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(kernel.asm["cubin"])
+        f.flush()
+        usage = subprocess.run([_CUOBJDUMP, "--dump-resource-usage", f.name], capture_output=True,
+                               text=True, check=True).stdout  # fmt: skip
+    return {k: int(v) for k, v in re.findall(r"\b([A-Z]+):(\d+)", usage)}
 
 
 def compiled(names=None, block_r: int = 64) -> dict:

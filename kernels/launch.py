@@ -103,6 +103,18 @@ TUNE: dict = {
     # halves against 3 with one store, interleaved layer A/B (run 15:4xZ, ab_layer.csv): faster
     # in all 14 cells of 4096² and 4096->1024 (17-20 of 20 rounds), by 0.5-2 % (-1.4 to
     # -26 µs); the halves alone cost 1-2 % (run 15:3xZ).
+    # gm_side_fit: (ring stages, registers per thread) of the gemm path's dX GEMM while dA runs
+    # beside it on the side stream (bwd_side "db+da"; multi_lora._side_fit), None = as the
+    # forward's. The shipped GEMM (4 stages: 229 KB; 234 registers x 256 threads) leaves no
+    # room on an SM for another program, so dA only ran in the GEMM's last, partial pass;
+    # with (3, 200) (180 KB, 51,200 registers) one dA program (4 warps x 96 registers, 48 KB)
+    # fits beside each GEMM program and streams x while the GEMM computes
+    # (benchmarks/diag_coresidency.py: the dX GEMM + dA at 4096->1024, T = 4096, N = 32, 78.2 ->
+    # 75.3 µs, the GEMM alone 63.3 -> 63.7). Interleaved layer A/B (session 17, run 21:0xZ,
+    # ab_layer.csv, 15 rounds): 4096->1024 T = 4096 -4.0 % (N = 32) / -3.7 % (N = 64), T = 8192
+    # -1.6 %; 4096² T = 4096 -1.0 % (N = 64) / -2.1 % (N = 8), T = 8192 N = 64 0.0 %; faster in
+    # 14-15 of 15 rounds except the last (9). tests/kernels/test_generated_code.py checks the
+    # fit with CI's Triton. gm_maxnreg: that cap (None = none), set by _side_fit.
     # sh_gluon: on Hopper the split-K shrink (x and dY, stream and gemm paths) runs
     # kernels/shrink_gluon.py: row tiles of sh_gl_bm rows ("auto": 64 when 64-row tiles fill
     # half to all of the SMs, else 128; launch_shrink_gluon.auto_row_tile; session 13: in the
@@ -138,7 +150,8 @@ TUNE: dict = {
                 se_rows=True, ex_cols=128, ex_stages=1, se_tma="", sh_bm=128, sh_warps=8,
                 gm_bm=128, gm_bn=256, gm_bk=64, gm_warps=8, gm_stages=3, gm_gl_stages=4,
                 gm_group=8, gm_persist=1, gm_gluon=True, gm_peel=False, gm_rank_k=True,
-                gm_s_regs=True, gm_epi_halves=True, sx_bn=256, sx_warps=8,
+                gm_s_regs=True, gm_epi_halves=True, gm_side_fit=(3, 200), gm_maxnreg=None,
+                sx_bn=256, sx_warps=8,
                 sh_gluon=True, sh_gl_bm="auto", sh_gl_progs=1, sh_gl_stages=8, sh_gl_warps=4,
                 sh_gl_stream_k=True, sh_gl_min_steps=16, sh_gl_part="slots", wg_gluon=False,
                 wg_gl_stages=8, wg_gl_bn=128, upcast=False),  # fmt: skip

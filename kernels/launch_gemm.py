@@ -157,6 +157,7 @@ def _gemm_lora_gluon(a, w, w_kmajor, layout, s, v, cfg, out):
         RANK_K=bool(cfg.get("gm_rank_k")),
         S_REGS=bool(cfg.get("gm_rank_k") and cfg.get("gm_s_regs")),
         EPI_HALVES=halves, num_warps=cfg["gm_warps"],
+        **({"maxnreg": cfg["gm_maxnreg"]} if cfg.get("gm_maxnreg") else {}),
     ))  # fmt: skip
     return out
 

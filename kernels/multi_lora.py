@@ -160,7 +160,8 @@ class _FusedMultiLora(torch.autograd.Function):
             if da_side and side == "db+da_before":
                 da = da_on_side()
             if need_x and gemm:
-                dx = gemm_lora(dy, weight, False, layout, ds, lora_a, cfg)
+                fit = cfg.get("gm_side_fit") if da_side and side == "db+da" else None
+                dx = gemm_lora(dy, weight, False, layout, ds, lora_a, _side_fit(cfg, fit))
             if da_side and side == "db+da":
                 da = da_on_side()
             if need_a and not da_side:
@@ -196,6 +197,17 @@ class _FusedMultiLora(torch.autograd.Function):
         if need_x and not kadd and not gemm:
             dx.addmm_(dy, weight)  # cuBLAS: dX = 1 * delta + dY W
         return dx, None, da, db, None
+
+
+def _side_fit(cfg: dict, fit: tuple[int, int] | None) -> dict:
+    """The dX GEMM's settings while dA runs beside it on the side stream: with ``fit`` =
+    (ring stages, registers per thread), TUNE gpu gm_side_fit, a GEMM program small enough
+    that one dA program (4 warps, 96 registers, 48 KB) fits on each SM beside it, so dA streams
+    x while the GEMM computes instead of waiting for its last pass (benchmarks/
+    diag_coresidency.py). None: cfg as it is."""
+    if fit is None:
+        return cfg
+    return dict(cfg, gm_gl_stages=fit[0], gm_maxnreg=fit[1])
 
 
 def _validate(x, weight, lora_a, lora_b, layout: MultiLoraLayout) -> None:

@@ -194,6 +194,35 @@ def test_gluon_gemm_builds_for_sm90(kmajor, peel):
     assert len(re.findall(store, halves.asm["ptx"])) == 2 == 2 * len(re.findall(store, lora.asm["ptx"]))
 
 
+def test_dx_gemm_beside_da_leaves_room_for_one_da_program():
+    """TUNE gpu gm_side_fit: the gemm path's dX GEMM, compiled as it runs while dA is on the
+    side stream (3 ring stages, C in halves, at most 200 registers per thread), and one
+    program of the dA reduction (the Triton weight-gradient kernel, 4 warps) fit on one SM
+    together: registers (allocated per warp in units of 256) and shared memory (plus 1 KB
+    the hardware reserves per program). Without the cap the GEMM takes 232 registers per thread
+    (Triton 3.9; 234 with 3.6), too many for a dA program beside it."""
+    with _compiled_mode():
+        gemm = ptx_fingerprint.compile_gluon_gemm(False, lora=True, stages=3, halves=True,
+                                                  s_regs=True, maxnreg=200)  # fmt: skip
+        uncapped = ptx_fingerprint.compile_gluon_gemm(False, lora=True, stages=3, halves=True,
+                                                      s_regs=True)  # fmt: skip
+        da = ptx_fingerprint.compiled(["wgrad_plain_bf16"])["wgrad_plain_bf16"]
+        if not ptx_fingerprint.registers(["wgrad_stream_bf16"]):
+            pytest.skip("Triton's bundled cuobjdump is missing")
+        usage = {k: ptx_fingerprint.cubin_usage(v) for k, v in
+                 dict(gemm=gemm, uncapped=uncapped, da=da).items()}  # fmt: skip
+
+    def regs(name, warps):  # registers one program holds
+        return -(-usage[name]["REG"] * 32 // 256) * 256 * warps
+
+    assert usage["gemm"]["REG"] <= 200 and usage["gemm"]["LOCAL"] == 0, usage["gemm"]
+    assert regs("gemm", 8) + regs("da", da.metadata.num_warps) <= 65536, usage
+    assert regs("uncapped", 8) > 65536 - regs("da", da.metadata.num_warps), usage
+    reserved = 1024  # per program
+    assert gemm.metadata.shared + da.metadata.shared + 2 * reserved <= 233472, (
+        gemm.metadata.shared, da.metadata.shared)
+
+
 @pytest.mark.parametrize("split_k", [True, False], ids=["split-k", "one-split"])
 @pytest.mark.parametrize("kmajor", [True, False], ids=["forward", "backward"])
 def test_gluon_shrink_builds_for_sm90(kmajor, split_k):

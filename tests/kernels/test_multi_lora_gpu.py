@@ -144,9 +144,9 @@ def test_tma_small_shapes(spread, dtype):
 
 @pytest.mark.parametrize("spread", SPREADS)
 @pytest.mark.parametrize("persist", [0, 1, "gluon", "gluon-peel", "gluon-full-k",
-                                     "gluon-smem-mask", "gluon-s3"],
+                                     "gluon-smem-mask", "gluon-s3", "gluon-side-fit"],
                          ids=["tile-per-program", "persistent", "gluon", "gluon-peel",
-                              "gluon-full-k", "gluon-smem-mask", "gluon-s3"])  # fmt: skip
+                              "gluon-full-k", "gluon-smem-mask", "gluon-s3", "gluon-side-fit"])  # fmt: skip
 def test_gemm_small_shapes(spread, persist, monkeypatch):
     """The gemm path (Triton base GEMM + LoRA per output tile, TMA) at T = 133 (a partial row
     tile), d_in = 520 (not a multiple of the 64-wide K step: zero fill), d_out = 1032 (a partial
@@ -158,7 +158,8 @@ def test_gemm_small_shapes(spread, persist, monkeypatch):
     gluon (the default): S's rows of other adapters zeroed in registers (gm_s_regs, since
     session 14), C stored in two halves, four ring stages (gm_gl_stages, gm_epi_halves,
     session 13); gluon-smem-mask: those rows zeroed by a shared-memory pass (before session
-    14); gluon-s3: three stages, C in one store (before session 13)."""
+    14); gluon-s3: three stages, C in one store (before session 13); gluon-side-fit: the GEMM
+    as it runs beside dA (gm_side_fit: 3 stages, at most 200 registers per thread)."""
     ml.TUNE["path"] = "gemm"
     if str(persist).startswith("gluon"):
         calls = _count_gluon_calls(monkeypatch)
@@ -167,6 +168,8 @@ def test_gemm_small_shapes(spread, persist, monkeypatch):
         if persist == "gluon-s3":
             ml.TUNE["gpu"].update(gm_gl_stages=3, gm_epi_halves=False)
         ml.TUNE["gpu"]["gm_s_regs"] = persist != "gluon-smem-mask"
+        if persist == "gluon-side-fit":  # (every GEMM of the call, not only the dX beside dA)
+            ml.TUNE["gpu"].update(gm_gl_stages=3, gm_maxnreg=200)
     else:  # the Triton GEMM (Hopper's default is the Gluon one)
         ml.TUNE["gpu"].update(gm_persist=persist, gm_gluon=False)
     tensors, seg, ranks, scaling = make_case(32, spread, 133, 520, 1032,

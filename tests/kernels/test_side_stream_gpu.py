@@ -50,7 +50,14 @@ def test_side_stream_backward_matches_oracle(path, mode, shape, monkeypatch):
     """dB (and on the gemm path dA, enqueued after or before the dX GEMM) on the side stream:
     same results as the oracle, the side stream really used (its fork called once per
     reduction moved there; the stream path keeps dA on the main stream, where it also writes
-    the dX delta)."""
+    the dX delta). With dA enqueued after it ("db+da"), the dX GEMM is the one built to leave
+    room for a dA program per SM (TUNE gpu gm_side_fit: 3 stages, 200 registers); the
+    forward's GEMM, and the dX GEMM in the other modes, keep the shipped settings."""
+    gemm_cfgs = []  # (direction, ring stages, register cap) of each gemm_lora call
+    real_gemm = ml.gemm_lora
+    monkeypatch.setattr(ml, "gemm_lora", lambda a, w, kmajor, lay, s, v, cfg: gemm_cfgs.append(
+        ("fwd" if kmajor else "dx", cfg["gm_gl_stages"], cfg.get("gm_maxnreg")))
+        or real_gemm(a, w, kmajor, lay, s, v, cfg))  # fmt: skip
     monkeypatch.setitem(ml.TUNE, "path", path)
     monkeypatch.setitem(ml.TUNE, "bwd_side", mode)
     monkeypatch.setitem(ml.TUNE, "bwd_side_paths", ("stream", "gemm"))
@@ -70,6 +77,9 @@ def test_side_stream_backward_matches_oracle(path, mode, shape, monkeypatch):
     del clobber
     assert len(forks) == (2 if mode.startswith("db+da") and path == "gemm" else 1)
     _assert_close((y, gx, ga, gb), _reference(tensors, seg, ranks, scaling, dy))
+    stages = ml.TUNE["gpu"]["gm_gl_stages"]
+    fit = (3, 200) if mode == "db+da" else (stages, None)
+    assert gemm_cfgs == ([("fwd", stages, None), ("dx", *fit)] if path == "gemm" else [])
 
 
 def test_side_stream_backward_in_a_cuda_graph(monkeypatch):
