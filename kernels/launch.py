@@ -110,7 +110,7 @@ TUNE: dict = {
     # with (3, 200) (180 KB, 51,200 registers) one dA program (4 warps x 96 registers, 48 KB)
     # fits beside each GEMM program and streams x while the GEMM computes
     # (benchmarks/diag_coresidency.py: the dX GEMM + dA at 4096->1024, T = 4096, N = 32, 78.2 ->
-    # 75.3 µs, the GEMM alone 63.3 -> 63.7). Interleaved layer A/B (session 17, run 21:0xZ,
+    # 75.3 µs, the GEMM alone 63.3 -> 63.7). Interleaved layer A/B (session 17, run 20:37Z,
     # ab_layer.csv, 15 rounds): 4096->1024 T = 4096 -4.0 % (N = 32) / -3.7 % (N = 64), T = 8192
     # -1.6 %; 4096² T = 4096 -1.0 % (N = 64) / -2.1 % (N = 8), T = 8192 N = 64 0.0 %; faster in
     # 14-15 of 15 rounds except the last (9). tests/kernels/test_generated_code.py checks the
