@@ -6,7 +6,7 @@ The gemm path's backward on the k/v projection spends ≈ 19 µs in dA = dSᵀ x
 33.5 MB at T = 4096) beside a ≈ 50 µs dX GEMM that is compute-bound and leaves most of the
 HBM bandwidth idle. The side stream (TUNE bwd_side "db+da") only lets dA take SMs the
 persistent GEMM has left (its last, partial pass): the GEMM holds one program per SM with
-≈ 220 KB of shared memory, so no other program can sit beside it. This script measures, in
+229 KB of shared memory and 234 registers per thread, so no other program can sit beside it. This script measures, in
 CUDA-graph replays (GPU time only):
 
   gemm        the dX GEMM alone (dY W + dS A, Gluon, persistent);

@@ -163,9 +163,10 @@ _CUOBJDUMP = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia"
 
 
 def cubin_usage(kernel) -> dict[str, int]:
-    """A compiled kernel's sm_90 resource usage per thread as the cubin states it (REG
-    registers, LOCAL bytes of spill / stack memory, ...), read by Triton's bundled cuobjdump
-    (callers check that it exists: :func:`registers` returns {} without it)."""
+    """A compiled kernel's sm_90 resource usage as the cubin states it (REG registers and
+    LOCAL bytes of spilled local memory per thread, SHARED bytes of static shared memory, ...),
+    read by Triton's bundled cuobjdump (callers check that it exists: :func:`registers`
+    returns {} without it)."""
     with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
         f.write(kernel.asm["cubin"])
         f.flush()
