@@ -113,8 +113,15 @@ TUNE: dict = {
     # 75.3 µs, the GEMM alone 63.3 -> 63.7). Interleaved layer A/B (session 17, run 20:37Z,
     # ab_layer.csv, 15 rounds): 4096->1024 T = 4096 -4.0 % (N = 32) / -3.7 % (N = 64), T = 8192
     # -1.6 %; 4096² T = 4096 -1.0 % (N = 64) / -2.1 % (N = 8), T = 8192 N = 64 0.0 %; faster in
-    # 14-15 of 15 rounds except the last (9). tests/kernels/test_generated_code.py checks the
-    # fit with CI's Triton. gm_maxnreg: that cap (None = none), set by _side_fit.
+    # 14-15 of 15 rounds except the last (9). Larger GEMMs (runs 21:01Z / 21:03Z, 12 rounds): 4096->1024
+    # T = 8192 N = 64 -3.1 %, T = 16384 N = 8 / 32 -3.8 / -0.4 %; 4096² T = 8192 N = 8 -0.5 %,
+    # N = 32 +0.6 %, T = 16384 N = 8 0.0 %, N = 64 +0.1 %: on the 4096² GEMMs past T = 4096 the
+    # lost stage costs what dA hides, so gm_side_fit_max_macs limits the fit to dX GEMMs of at
+    # most T·d_out·d_in = 2^36 multiply-adds (4096² at T = 4096, 4096->1024 at T = 16384;
+    # rerun with the limit, 21:03Z: 4096->1024 T = 16384 N = 8 -2.4 %, 4096² T = 8192 N = 32
+    # equal, 4096² T = 4096 N = 32 +0.4 % on the median but won 8 of 12 rounds).
+    # tests/kernels/test_generated_code.py checks the fit with CI's Triton. gm_maxnreg: that
+    # register cap (None = none), set by multi_lora._side_fit.
     # sh_gluon: on Hopper the split-K shrink (x and dY, stream and gemm paths) runs
     # kernels/shrink_gluon.py: row tiles of sh_gl_bm rows ("auto": 64 when 64-row tiles fill
     # half to all of the SMs, else 128; launch_shrink_gluon.auto_row_tile; session 13: in the
@@ -150,7 +157,8 @@ TUNE: dict = {
                 se_rows=True, ex_cols=128, ex_stages=1, se_tma="", sh_bm=128, sh_warps=8,
                 gm_bm=128, gm_bn=256, gm_bk=64, gm_warps=8, gm_stages=3, gm_gl_stages=4,
                 gm_group=8, gm_persist=1, gm_gluon=True, gm_peel=False, gm_rank_k=True,
-                gm_s_regs=True, gm_epi_halves=True, gm_side_fit=(3, 200), gm_maxnreg=None,
+                gm_s_regs=True, gm_epi_halves=True, gm_side_fit=(3, 200),
+                gm_side_fit_max_macs=2**36, gm_maxnreg=None,
                 sx_bn=256, sx_warps=8,
                 sh_gluon=True, sh_gl_bm="auto", sh_gl_progs=1, sh_gl_stages=8, sh_gl_warps=4,
                 sh_gl_stream_k=True, sh_gl_min_steps=16, sh_gl_part="slots", wg_gluon=False,

@@ -160,8 +160,10 @@ class _FusedMultiLora(torch.autograd.Function):
             if da_side and side == "db+da_before":
                 da = da_on_side()
             if need_x and gemm:
-                fit = cfg.get("gm_side_fit") if da_side and side == "db+da" else None
-                dx = gemm_lora(dy, weight, False, layout, ds, lora_a, _side_fit(cfg, fit))
+                beside = da_side and side == "db+da"  # dA enqueued after it, on the side
+                macs = dy.shape[0] * weight.shape[0] * weight.shape[1]
+                dx = gemm_lora(dy, weight, False, layout, ds, lora_a,
+                               _side_fit(cfg, macs) if beside else cfg)  # fmt: skip
             if da_side and side == "db+da":
                 da = da_on_side()
             if need_a and not da_side:
@@ -199,13 +201,16 @@ class _FusedMultiLora(torch.autograd.Function):
         return dx, None, da, db, None
 
 
-def _side_fit(cfg: dict, fit: tuple[int, int] | None) -> dict:
-    """The dX GEMM's settings while dA runs beside it on the side stream: with ``fit`` =
-    (ring stages, registers per thread), TUNE gpu gm_side_fit, a GEMM program small enough
-    that one dA program (4 warps, 96 registers, 48 KB) fits on each SM beside it, so dA streams
-    x while the GEMM computes instead of waiting for its last pass (benchmarks/
-    diag_coresidency.py). None: cfg as it is."""
-    if fit is None:
+def _side_fit(cfg: dict, macs: int) -> dict:
+    """The settings of a dX GEMM of ``macs`` = T·d_out·d_in multiply-adds while dA runs beside
+    it on the side stream. TUNE gpu gm_side_fit = (ring stages, registers per thread): a GEMM
+    program small enough that one dA program (4 warps, 96 registers, 48 KB) fits on each SM
+    beside it, so dA streams x while the GEMM computes instead of waiting for its last pass
+    (benchmarks/diag_coresidency.py); only up to gm_side_fit_max_macs (None: any size), since
+    on longer GEMMs the stage it gives up costs as much as dA hides. cfg as it is when
+    gm_side_fit is None or the GEMM is larger."""
+    fit, most = cfg.get("gm_side_fit"), cfg.get("gm_side_fit_max_macs")
+    if fit is None or (most is not None and macs > most):
         return cfg
     return dict(cfg, gm_gl_stages=fit[0], gm_maxnreg=fit[1])
 

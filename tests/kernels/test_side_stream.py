@@ -154,3 +154,26 @@ def test_backward_end_recorded_on_its_stream_once_per_stream_not_in_a_capture(mo
     capturing[0] = True
     side_stream.backward_enqueued(main)
     assert [e.recorded_on for e in made] == [["main", "main"], ["other"]]
+
+
+@pytest.mark.parametrize(("t", "d_in", "d_out", "fitted"), [
+    (4096, 4096, 4096, True),  # 2^36 multiply-adds: the largest GEMM the fit applies to
+    (16384, 4096, 1024, True),  # the k/v projection at the benchmark's largest T, also 2^36
+    (8192, 4096, 4096, False),  # 2^37: the lost ring stage costs what dA hides (A/B, §3p)
+    (4097, 4096, 4096, False),
+])  # fmt: skip
+def test_dx_gemm_fitted_beside_da_only_up_to_the_size_limit(t, d_in, d_out, fitted):
+    """TUNE gpu gm_side_fit: the dX GEMM that dA runs beside gets 3 ring stages and a
+    200-register cap (room for one dA program per SM) up to gm_side_fit_max_macs, and the
+    shipped settings above it or when gm_side_fit is None; the caller's cfg is never changed."""
+    from kernels.multi_lora import _side_fit
+
+    cfg = dict(ml.TUNE["gpu"])
+    got = _side_fit(cfg, t * d_in * d_out)
+    assert cfg == ml.TUNE["gpu"]
+    want = (3, 200) if fitted else (cfg["gm_gl_stages"], cfg["gm_maxnreg"])
+    assert (got["gm_gl_stages"], got["gm_maxnreg"]) == want
+    assert {k: v for k, v in got.items() if k not in ("gm_gl_stages", "gm_maxnreg")} == {
+        k: v for k, v in cfg.items() if k not in ("gm_gl_stages", "gm_maxnreg")}
+    assert _side_fit(dict(cfg, gm_side_fit=None), t * d_in * d_out) == dict(cfg, gm_side_fit=None)
+    assert _side_fit(dict(cfg, gm_side_fit_max_macs=None), 2**60)["gm_maxnreg"] == 200
