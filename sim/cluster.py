@@ -46,7 +46,8 @@ class SimConfig:
     """Cluster and policy knobs of one simulation.
 
     gpus: GPUs in the cluster (count). gpus_per_node: GPUs per node (count); a task's
-    GPUs always sit on one node when it needs <= gpus_per_node.
+    GPUs always sit on one node when it needs <= gpus_per_node. When gpus is no multiple of
+    gpus_per_node, the last node holds the remainder (placement.GpuPool.for_gpus).
     gpu_type: key into the cost tables (e.g. "H200", "H100").
     mem_margin_frac: HBM safety margin of the memory model (fraction of HBM kept free).
     eval_samples: validation samples scored per evaluation of one config (count). An
@@ -84,8 +85,8 @@ class ClusterSim:
         self.policy, self.cfg, self.cost, self.curves = policy, cfg, cost, curves
         self.progress = progress
         self.env = simpy.Environment()
-        nodes = max(1, math.ceil(cfg.gpus / cfg.gpus_per_node))
-        self.pool = GpuPool(nodes, min(cfg.gpus_per_node, cfg.gpus))
+        self.pool = GpuPool.for_gpus(cfg.gpus, cfg.gpus_per_node)  # (a smaller last node if
+        # gpus is no multiple of gpus_per_node: exactly cfg.gpus GPUs)
         # The ALTO planner solves small instances exactly; the simulator uses the exact
         # enumeration (same optimum, ms, deterministic) rather than the time-limited MILP,
         # whose incumbent at the limit depends on machine speed.

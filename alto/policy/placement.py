@@ -11,6 +11,9 @@ Rules (deterministic; ties go to the lowest node id, then the lowest local ids):
   a task never spans nodes it could fit inside.
 * g > gpus_per_node: q = g // gpus_per_node whole free nodes (lowest ids) plus, when
   r = g % gpus_per_node > 0, r GPUs best-fit on one further node. None if impossible.
+* A cluster whose GPU count is no multiple of gpus_per_node has a smaller last node
+  (`last_node` GPUs, ids after every full node's). It never counts as a whole node; it
+  takes tasks (or remainders r) that fit in what it has free.
 
 Cost: nodes are kept in buckets by free count, each bucket a 64-ary bitset tree over node
 ids (`_IdSet`: add/remove/min in O(log_64 nodes), i.e. <= 4 word steps up to 16M nodes).
@@ -72,26 +75,41 @@ class _IdSet:
 
 
 class GpuPool:
-    """Free/allocated state of nodes * gpus_per_node GPUs; see the module docstring."""
+    """Free/allocated state of nodes * gpus_per_node GPUs, or of (nodes - 1) full nodes and
+    a last one of ``last_node`` GPUs (1..gpus_per_node); see the module docstring."""
 
-    def __init__(self, nodes: int, gpus_per_node: int):
+    def __init__(self, nodes: int, gpus_per_node: int, last_node: int | None = None):
         if nodes < 1 or gpus_per_node < 1:
             raise ValueError(
                 f"need nodes >= 1 and gpus_per_node >= 1, got {nodes}, {gpus_per_node}"
             )
+        last = gpus_per_node if last_node is None else last_node
+        if not 1 <= last <= gpus_per_node:
+            raise ValueError(f"need 1 <= last_node <= gpus_per_node, got {last_node}")
         self.nodes = nodes
         self.gpus_per_node = gpus_per_node
-        full = (1 << gpus_per_node) - 1
-        self._mask = [full] * nodes  # bit l set <=> local GPU l of the node is free
-        self._nfree = [gpus_per_node] * nodes
+        self._size = [gpus_per_node] * (nodes - 1) + [last]  # GPUs each node has
+        self._mask = [(1 << g) - 1 for g in self._size]  # bit l set <=> local GPU l is free
+        self._nfree = list(self._size)
         self._bucket = [_IdSet(nodes) for _ in range(gpus_per_node + 1)]  # by free count
-        for n in range(nodes):
-            self._bucket[gpus_per_node].add(n)
-        self._free = nodes * gpus_per_node
+        for n, g in enumerate(self._size):
+            self._bucket[g].add(n)
+        self._free = sum(self._size)
+
+    @classmethod
+    def for_gpus(cls, gpus: int, gpus_per_node: int) -> GpuPool:
+        """A pool of exactly ``gpus`` GPUs in nodes of ``gpus_per_node``: full nodes, then a
+        smaller last node for the remainder (a cluster of fewer GPUs than one node is one
+        node of that size)."""
+        if gpus < 1 or gpus_per_node < 1:
+            raise ValueError(f"need gpus >= 1 and gpus_per_node >= 1, got {gpus}, {gpus_per_node}")
+        per_node = min(gpus_per_node, gpus)
+        nodes, rest = divmod(gpus, per_node)
+        return cls(nodes + (rest > 0), per_node, rest or None)
 
     @property
     def total(self) -> int:
-        return self.nodes * self.gpus_per_node
+        return sum(self._size)
 
     @property
     def free_count(self) -> int:
@@ -169,7 +187,7 @@ class GpuPool:
         for gid in ids:
             if not 0 <= gid < self.total:
                 raise ValueError(f"GPU id {gid} out of range [0, {self.total})")
-            node, bit = divmod(gid, self.gpus_per_node)
+            node, bit = divmod(gid, self.gpus_per_node)  # (the last node's ids come last)
             b = 1 << bit
             if self._mask[node] & b or per_node.get(node, 0) & b:
                 raise ValueError(f"GPU id {gid} is not allocated (double release?)")

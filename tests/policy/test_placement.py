@@ -84,14 +84,21 @@ def test_idset_against_python_set():
 @given(
     nodes=st.integers(1, 9),
     gpn=st.sampled_from([1, 2, 4, 8]),
+    last_frac=st.floats(0.0, 1.0),
     ops=st.lists(st.tuples(st.booleans(), st.integers(1, 20), st.integers(0, 10**6)), max_size=60),
 )
-def test_pool_model_property(nodes, gpn, ops):
-    pool = GpuPool(nodes, gpn)
+def test_pool_model_property(nodes, gpn, last_frac, ops):
+    """Against a brute-force model, with a last node of 1..gpn GPUs (a cluster whose GPU count
+    is no multiple of gpus_per_node): best fit, whole nodes first for big tasks, no double
+    allocation, free counts per node."""
+    last = max(1, round(last_frac * gpn))
+    size = [gpn] * (nodes - 1) + [last]
+    pool = GpuPool(nodes, gpn, last)
+    assert pool.total == sum(size)
     live: list[tuple[int, ...]] = []
     allocated: set[int] = set()
     for is_alloc, g, pick in ops:
-        free = [gpn - sum(1 for a in allocated if a // gpn == n) for n in range(nodes)]
+        free = [size[n] - sum(1 for a in allocated if a // gpn == n) for n in range(nodes)]
         if is_alloc or not live:
             got = pool.allocate(g)
             if g <= gpn:
@@ -124,8 +131,9 @@ def test_pool_model_property(nodes, gpn, ops):
             ids = live.pop(pick % len(live))
             pool.release(ids)
             allocated -= set(ids)
-        assert pool.free_count == nodes * gpn - len(allocated)
-        free = [gpn - sum(1 for a in allocated if a // gpn == n) for n in range(nodes)]
+        assert all(a % gpn < size[a // gpn] for a in allocated)  # only GPUs that exist
+        assert pool.free_count == sum(size) - len(allocated)
+        free = [size[n] - sum(1 for a in allocated if a // gpn == n) for n in range(nodes)]
         assert pool.largest_free_block == max(free)
         assert [pool.node_free(n) for n in range(nodes)] == free
 
@@ -143,3 +151,30 @@ def test_large_pool_is_fast_and_consistent():
                 live.append(got)
     assert pool.free_count == pool.total - sum(len(x) for x in live)
     assert len({a for x in live for a in x}) == sum(len(x) for x in live)
+
+
+@pytest.mark.parametrize(("gpus", "gpn", "nodes", "per_node", "last"), [
+    (12, 8, 2, 8, 4), (8, 3, 3, 3, 2), (16, 8, 2, 8, 8), (5, 8, 1, 5, 5), (1, 8, 1, 1, 1),
+])  # fmt: skip
+def test_pool_for_gpus_has_exactly_that_many_gpus(gpus, gpn, nodes, per_node, last):
+    """`alto simulate --gpus 12` (nodes of 8) used to build two full nodes (16 GPUs) and then
+    fail the planner's check; --gpus 8 --gpus-per-node 3 placed tasks on a ninth GPU."""
+    pool = GpuPool.for_gpus(gpus, gpn)
+    assert (pool.nodes, pool.gpus_per_node, pool.total, pool.free_count) == (nodes, per_node, gpus, gpus)
+    assert pool.node_free(nodes - 1) == last
+    assert pool.allocate(gpus + 1) is None
+    ids = pool.allocate(gpus)
+    assert ids == tuple(range(gpus)) and pool.free_count == 0
+    pool.release(ids)
+    with pytest.raises(ValueError, match="out of range"):
+        pool.release([gpus])
+
+
+def test_smaller_last_node_takes_what_fits():
+    pool = GpuPool.for_gpus(12, 8)  # ids 0-7 and 8-11
+    assert pool.allocate(4) == (8, 9, 10, 11)  # best fit: the 4-GPU node, the 8 stay whole
+    assert pool.allocate(8) == tuple(range(8))
+    pool.release(range(12))
+    assert pool.allocate(9) == (*range(8), 8)  # a whole node + the rest on the small one
+    assert pool.allocate(4) is None  # 3 free, on one node
+    assert pool.largest_free_block == 3

@@ -183,3 +183,23 @@ def test_parallel_task_training_gives_identical_results():
     assert ev1 == ev2
     key = lambda outs: [(o.task_id, o.start_s, o.finish_s, [(j.job.job_id, j.samples_trained, j.exit_reason, j.exit_time_s) for j in o.jobs]) for o in outs]
     assert key(one) == key(two)
+
+
+def test_gpu_count_not_a_multiple_of_the_node_size_exact_log():
+    # 3 GPUs in nodes of 2: node 0 = GPUs 0-1, node 1 = GPU 2 alone (before: two full nodes,
+    # 4 GPUs, and the planner's check failed). FIFO: t1 (2 GPUs) takes node 0, t2 (1 GPU) the
+    # 1-GPU node; both run 2 steps of 1 s. t1 finishes first at t=2 and t3 (1 GPU) takes GPU 0
+    # at once; t4 needs all 3 GPUs and starts when t3 ends (2 steps: t=4), for one step.
+    tasks = [task("t1", 0, 2, 2), task("t2", 0, 1, 2), task("t3", 0, 1, 2), task("t4", 0, 3, 1)]
+    cfg = SimConfig(gpus=3, gpus_per_node=2, log_events=True, eval_samples=0)
+    sim = ClusterSim(tasks, POLICIES["mlora"], cfg, FlatCost(), FallingCurves())
+    sim.run()
+    j = "lr0.1-r8-b1"
+    assert sim.events == [
+        (0, "arrive t1"), (0, "arrive t2"), (0, "arrive t3"), (0, "arrive t4"),
+        (0, "start t1 gpus=0,1"), (0, f"admit t1/{j}"), (0, "start t2 gpus=2"), (0, f"admit t2/{j}"),
+        (2, f"complete t1/{j}"), (2, f"complete t2/{j}"), (2, "finish t1"),
+        (2, "start t3 gpus=0"), (2, f"admit t3/{j}"), (2, "finish t2"),
+        (4, f"complete t3/{j}"), (4, "finish t3"), (4, "start t4 gpus=0,1,2"), (4, f"admit t4/{j}"),
+        (5, f"complete t4/{j}"), (5, "finish t4"),
+    ]
