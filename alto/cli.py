@@ -147,6 +147,10 @@ def main(argv: list[str] | None = None) -> int:
         msg = e.args[0] if isinstance(e, KeyError) and e.args else e
         print(f"alto {args.cmd}: error: {msg}", file=sys.stderr)
         return 2
+    except OSError as e:  # a path that cannot be written (a file where a folder goes, rights)
+        where = f": {e.filename}" if e.filename else ""
+        print(f"alto {args.cmd}: error: {e.strerror or e}{where}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print(f"alto {args.cmd}: interrupted", file=sys.stderr)
         return 130

@@ -116,20 +116,78 @@ def plot_trajectories(curves: pd.DataFrame, out: Path, policy: str | None = None
     return _save(fig, out / "trajectories.png")
 
 
+# what each figure reads: summary.json per policy, and the columns of tasks.csv / curves.csv
+SUMMARY_KEYS = ("makespan_s", "samples_total", "samples_saved_by_reason")
+TASK_COLUMNS = ("policy", "gpus", "gpu_ids", "start_s", "finish_s")
+CURVE_COLUMNS = ("policy", "task_id", "job_id", "samples", "val_loss", "exit_reason")
+
+
+class ResultFileError(ValueError):
+    """A result file `alto figures` cannot draw from; the message names the file and field."""
+
+
+def _read_json(path: Path):
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ResultFileError(f"{path}: no such file (is this an `alto simulate` result folder?)") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ResultFileError(f"{path}: not valid JSON ({e})") from None
+
+
+def _read_csv(path: Path, columns: tuple, **kw) -> pd.DataFrame:
+    try:
+        df = pd.read_csv(path, **kw)
+    except FileNotFoundError:
+        raise ResultFileError(f"{path}: no such file") from None
+    except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError) as e:
+        raise ResultFileError(f"{path}: not a readable CSV ({e})") from None
+    missing = [c for c in columns if c not in df.columns]
+    if missing:
+        raise ResultFileError(f"{path}: missing column(s) {', '.join(missing)}")
+    return df
+
+
+def load_results(d: Path) -> tuple[dict, dict, pd.DataFrame, pd.DataFrame | None]:
+    """(summary, meta, tasks, curves or None) of a result folder, checked for every field the
+    figures read; ResultFileError naming the file and field otherwise."""
+    summary = _read_json(d / "summary.json")
+    if not isinstance(summary, dict) or not summary:
+        raise ResultFileError(f"{d / 'summary.json'}: expected an object with one entry per policy")
+    for name, entry in summary.items():
+        if not isinstance(entry, dict):
+            raise ResultFileError(f"{d / 'summary.json'}: {name}: expected an object")
+        for key in SUMMARY_KEYS:
+            if key not in entry:
+                raise ResultFileError(f"{d / 'summary.json'}: {name}.{key}: missing")
+        if not isinstance(entry["makespan_s"], (int, float)) or not entry["samples_total"]:
+            raise ResultFileError(f"{d / 'summary.json'}: {name}: makespan_s and samples_total must be numbers > 0")
+    meta = _read_json(d / "meta.json") if (d / "meta.json").exists() else {}
+    tasks = _read_csv(d / "tasks.csv", TASK_COLUMNS, dtype={"gpu_ids": str})
+    curves = None
+    if (d / "curves.csv").exists():
+        curves = _read_csv(d / "curves.csv", CURVE_COLUMNS, keep_default_na=False)
+    return summary, meta, tasks, curves
+
+
 def make_figures(result_dir: str, out_dir: str | None = None) -> list[Path]:
-    """Draw every figure for one result folder; returns the PNG paths."""
+    """Draw every figure for one result folder; returns the PNG paths. Every input is read
+    and checked before the first figure is drawn; Gantt charts of policies no longer in
+    summary.json (an earlier run's, in the same folder) are removed."""
     d = Path(result_dir)
     out = Path(out_dir) if out_dir else d / "figures"
+    if out.exists() and not out.is_dir():
+        raise ResultFileError(f"--out {out}: exists and is not a folder")
+    summary, meta, tasks, curves = load_results(d)
+    ids = [int(g) for s in tasks.gpu_ids.dropna() for g in str(s).split()]
+    gpus = int(meta.get("gpus") or (max(ids, default=0) + 1))
     out.mkdir(parents=True, exist_ok=True)
-    summary = json.loads((d / "summary.json").read_text())
-    meta = json.loads((d / "meta.json").read_text()) if (d / "meta.json").exists() else {}
-    tasks = pd.read_csv(d / "tasks.csv", dtype={"gpu_ids": str})
-    gpus = int(meta.get("gpus") or (max(int(g) for s in tasks.gpu_ids for g in str(s).split()) + 1))
     paths = [plot_makespan(summary, out), plot_savings(summary, out)]
     paths += [plot_gantt(tasks, p, gpus, out) for p in summary]
-    curves_path = d / "curves.csv"
-    if curves_path.exists():
-        p = plot_trajectories(pd.read_csv(curves_path, keep_default_na=False), out)
+    for stale in set(out.glob("gantt_*.png")) - set(paths):
+        stale.unlink()
+    if curves is not None:
+        p = plot_trajectories(curves, out)
         if p:
             paths.append(p)
     return paths

@@ -36,6 +36,10 @@ def simulate_main(a) -> int:
 
     if a.gpus <= 0 or a.gpus_per_node <= 0:
         raise ValueError(f"--gpus and --gpus-per-node must be positive, got {a.gpus} and {a.gpus_per_node}")
+    if a.workers is not None and a.workers < 0:
+        raise ValueError(f"--workers must be >= 0 (0: one per core), got {a.workers}")
+    if Path(a.out).exists() and not Path(a.out).is_dir():  # (checked before the simulation runs)
+        raise ValueError(f"--out {a.out}: exists and is not a folder")
     policies = get_policies(a.policies or ",".join(DEFAULT_POLICIES))
     path, label = resolve_trace(a.trace)
     kw = {} if a.max_tasks is None else {"max_tasks": a.max_tasks}

@@ -74,6 +74,7 @@ def test_simulate_default_trace_matches_readme(tmp_path):
         (HEADER + ROW_A + "b,600,t2,gpt-5,2,300,512,1,5e-05,16,4\n", 2, "model"),
         (HEADER + ROW_A + "b,abc,t2,qwen2.5-32b,2,300,512,1,5e-05,16,4\n", 2, "arrival_s"),
         (HEADER + ROW_A + "b,600,t2,qwen2.5-32b,2,300\n", 2, None),  # truncated row
+        (HEADER + ROW_A + "b,1.7e18,t2,qwen2.5-32b,2,300,512,1,5e-05,16,4\n", 2, "arrival_s"),  # ns
     ],
 )
 def test_bad_trace_names_file_row_field_and_writes_nothing(tmp_path, capsys, body, row, field):
@@ -85,6 +86,17 @@ def test_bad_trace_names_file_row_field_and_writes_nothing(tmp_path, capsys, bod
     if field:
         assert f"'{field}'" in err
     assert not (out / "summary.json").exists() and not (out / "tasks.csv").exists()
+
+
+def test_trace_that_is_a_folder_or_not_utf8_is_named(tmp_path, capsys):
+    assert main(["simulate", "--trace", str(tmp_path), "--out", str(tmp_path / "o"), "--quiet"]) == 2
+    assert f"{tmp_path}: a folder, not a trace file" in capsys.readouterr().err
+    bad = tmp_path / "latin1.csv"
+    bad.write_bytes((HEADER + ROW_A).encode() + b"b,600,t\xe9,qwen2.5-32b,2,300,512,1,5e-05,16,4\n")
+    assert main(["simulate", "--trace", str(bad), "--out", str(tmp_path / "o"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert f"{bad}: not UTF-8 text" in err and "Traceback" not in err
+    assert not (tmp_path / "o").exists()
 
 
 def test_task_larger_than_cluster_and_empty_trace(tmp_path, capsys):
@@ -119,6 +131,48 @@ def test_figures_from_results(tmp_path):
     names = sorted(p.name for p in (out / "figures").glob("*.png"))
     assert names == ["gantt_alto.png", "gantt_mlora.png", "makespan.png", "savings.png", "trajectories.png"]
     assert all((out / "figures" / n).stat().st_size > 5000 for n in names)
+    # a later run of other policies into the same folder: the old Gantt charts go
+    assert main(["simulate", "--trace", str(trace), "--gpus", "4", "--policies", "alto", "--out", str(out), "--quiet"]) == 0
+    assert main(["figures", str(out)]) == 0
+    assert sorted(p.name for p in (out / "figures").glob("gantt_*.png")) == ["gantt_alto.png"]
+
+
+def _results(tmp_path) -> Path:
+    out = tmp_path / "res"
+    trace = write(tmp_path, HEADER + ROW_A)
+    assert main(["simulate", "--trace", str(trace), "--gpus", "2", "--policies", "alto", "--out", str(out), "--quiet"]) == 0
+    return out
+
+
+@pytest.mark.parametrize(("name", "text", "needle"), [
+    ("summary.json", "[1, 2]", "summary.json: expected an object with one entry per policy"),
+    ("summary.json", "{", "summary.json: not valid JSON"),
+    ("summary.json", '{"alto": {"samples_total": 5, "samples_saved_by_reason": {}}}', "summary.json: alto.makespan_s: missing"),
+    ("tasks.csv", "", "tasks.csv: not a readable CSV"),
+    ("tasks.csv", "policy,gpus,gpu_ids,start,finish_s\nalto,1,0,0,5\n", "tasks.csv: missing column(s) start_s"),
+    ("curves.csv", "x,y\n1,2\n", "curves.csv: missing column(s) policy, task_id"),
+])  # fmt: skip
+def test_figures_reject_bad_result_files_naming_file_and_field(tmp_path, capsys, name, text, needle):
+    """Every input is checked before the first figure is drawn: exit 2, one line naming the
+    file and the field, no figure written (these used to raise tracebacks after drawing some)."""
+    out = _results(tmp_path)
+    (out / name).write_text(text)
+    assert main(["figures", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert needle in err and "Traceback" not in err
+    assert not (out / "figures").exists()
+
+
+@pytest.mark.parametrize("cmd", ["simulate", "figures", "run"])
+def test_out_that_is_a_file_is_a_clear_error_before_any_work(tmp_path, capsys, cmd):
+    afile = tmp_path / "afile"
+    afile.write_text("keep")
+    args = {"simulate": ["simulate", "--quiet", "--out", str(afile)],
+            "figures": ["figures", str(_results(tmp_path)), "--out", str(afile)],
+            "run": ["run", "configs/tiny.yaml", "--out", str(afile), "--quiet"]}[cmd]  # fmt: skip
+    assert main(args) == 2
+    assert f"--out {afile}: exists and is not a folder" in capsys.readouterr().err
+    assert afile.read_text() == "keep"
 
 
 OPENB = (

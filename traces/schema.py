@@ -13,7 +13,8 @@ Example (the header plus one task with the paper's 7-8B search space):
 Units and rules (each broken rule is a `TraceError` naming file, row and field):
 - task_id: non-empty, letters/digits/`_.-`, starts with a letter or digit (it becomes part
   of job ids and adapter directory names); unique in the trace.
-- arrival_s: seconds since the trace start, finite, >= 0.
+- arrival_s: seconds since the trace start, finite, >= 0 and at most 1e12 (a larger value is
+  taken for a unit mistake: epoch milliseconds, microseconds or nanoseconds).
 - tenant: non-empty printable text (who submitted the task).
 - model: a key of `alto.models.MODELS`.
 - gpus: integer >= the model's minimum `MODELS[model].gpus` (more is allowed).
@@ -59,6 +60,9 @@ COLUMNS: tuple[str, ...] = REQUIRED_COLUMNS + OPTIONAL_COLUMNS
 LIST_SEP = ";"
 DEFAULT_ALPHA_OVER_RANK = 2.0
 _TASK_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
+
+
+MAX_ARRIVAL_S = 1e12  # arrival_s above it is taken for a unit mistake (epoch ms / µs / ns)
 
 
 class TraceError(ValueError):
@@ -186,6 +190,9 @@ def check_task(task: TaskSpec) -> None:
         )
     if not _is_real(task.arrival_s) or task.arrival_s < 0:
         raise _Bad("arrival_s", f"must be a finite number >= 0, got {task.arrival_s!r}")
+    if task.arrival_s > MAX_ARRIVAL_S:  # float64 seconds lose sub-second steps far beyond it
+        raise _Bad("arrival_s", f"{task.arrival_s!r} s is beyond {MAX_ARRIVAL_S:.0e} s (31,700 "
+                   "years): a time in ms, µs or ns?")
     if not isinstance(task.tenant, str) or not task.tenant.strip():
         raise _Bad("tenant", "must be non-empty")
     if not task.tenant.isprintable() or task.tenant != task.tenant.strip():
@@ -267,7 +274,15 @@ def iter_csv(
     """
     p = Path(path)
     if not p.is_file():
-        raise TraceError(path, None, None, "no such file")
+        raise TraceError(path, None, None, "a folder, not a trace file" if p.is_dir() else "no such file")
+    try:
+        yield from _csv_rows(p, path, required, known)
+    except UnicodeDecodeError as e:
+        raise TraceError(path, None, None, f"not UTF-8 text (byte {e.start}: {e.reason})") from None
+
+
+def _csv_rows(p: Path, path, required, known):
+    """read_csv_rows' reading, for a file that exists (decoding errors go to the caller)."""
     with open(p, newline="", encoding="utf-8-sig") as f:  # -sig: tolerate an Excel BOM
         reader = csv.reader(f)
         header = [h.strip() for h in next(reader, [])]

@@ -19,6 +19,9 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
                    help="LoRA implementation (overrides run.kernel; auto: fused on CUDA when kernels/ works)")
     p.add_argument("--device", default=None, help="override model.device (cpu, cuda, cuda:1)")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an earlier run in --out (its jobs.csv, losses.csv, curves.csv, "
+                        "adapters/ and base_model/; other files stay); without it such a folder is refused")
 
 
 def run_main(args: argparse.Namespace) -> int:
@@ -33,7 +36,8 @@ def run_main(args: argparse.Namespace) -> int:
         cfg.run.kernel = args.kernel
     if args.device:
         cfg.model.device = args.device
-    res = run_config(cfg, args.out, log=io.StringIO() if args.quiet else sys.stderr)
+    res = run_config(cfg, args.out, log=io.StringIO() if args.quiet else sys.stderr,
+                     overwrite=args.overwrite)
     print(f"wrote {Path(args.out) / 'jobs.csv'}")
     return 130 if res.interrupted else 0
 

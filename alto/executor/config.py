@@ -254,6 +254,8 @@ def _parse_task(t: Any, i: int) -> TaskCfg:
         raise ConfigError(f"{w}.max_seq_len: must be >= 2")
     if task.epochs <= 0:
         raise ConfigError(f"{w}.epochs: must be > 0")
+    if task.val_samples < 1:  # every evaluation scores them; early exit ranks on them
+        raise ConfigError(f"{w}.val_samples: must be >= 1, got {task.val_samples}")
     if "/" in task.name:
         raise ConfigError(f"{w}.name: must not contain '/'")
     return task
@@ -318,6 +320,16 @@ def parse_config(raw: Any, base_dir: Path = Path(".")) -> Config:
         raise ConfigError(f"run.micro_step_tokens: expected a positive int, got {cfg.run.micro_step_tokens}")
     if cfg.run.kernel not in ("auto", "reference", "fused"):
         raise ConfigError(f"run.kernel: expected auto|reference|fused, got {cfg.run.kernel!r}")
+    for key in ("max_total_batch", "max_active"):
+        v = getattr(cfg.memory, key)
+        if v is not None and v < 1:
+            raise ConfigError(f"memory.{key}: expected a positive int or null, got {v}")
+    cap = cfg.memory.max_total_batch
+    for i, t in enumerate(cfg.tasks):  # a config whose batch exceeds the cap could never run
+        if cap is not None and cap < max(t.batch_sizes):
+            j = t.batch_sizes.index(max(t.batch_sizes))
+            raise ConfigError(f"memory.max_total_batch: {cap} is below tasks[{i}].search_space."
+                              f"batch_size[{j}] = {max(t.batch_sizes)}: those configs could never run")
     names = [t.name for t in cfg.tasks]
     if len(set(names)) != len(names):
         raise ConfigError("tasks: duplicate task name")

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import csv
 import math
+import shutil
 from pathlib import Path
 
 from alto.executor.peft_export import export_adapter, job_dir_name
@@ -24,6 +25,39 @@ JOB_COLS = ["task", "job_id", "lr", "rank", "alpha", "batch_size", "total_sample
 LOSS_COLS = ["time_s", "task", "job_id", "step", "samples", "train_loss", "val_loss"]
 CURVE_COLS = ["task", "job_id", "lr", "rank", "batch_size", "samples", "total_samples", "train_loss",
               "val_loss", "source"]
+
+
+RUN_ENTRIES = ("jobs.csv", "losses.csv", "curves.csv", "adapters", "base_model")  # what a run writes
+
+
+class OutputDirError(ValueError):
+    """--out cannot take this run; the message names the folder and what to do."""
+
+
+def check_out_dir(out: Path, overwrite: bool) -> list[str]:
+    """The entries of an earlier run inside ``out`` (RUN_ENTRIES present), which ``overwrite``
+    lets :func:`clear_run_entries` remove once the new run has loaded its data and model.
+    Raises OutputDirError if ``out`` is a file, or holds an earlier run and ``overwrite`` is
+    off (its jobs.csv and adapters would otherwise be mixed with, or replaced by, this run's).
+    Nothing is written here."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise OutputDirError(f"--out {out}: exists and is not a folder")
+    held = [n for n in RUN_ENTRIES if (out / n).exists()]
+    if held and not overwrite:
+        raise OutputDirError(f"--out {out}: already holds a run ({', '.join(held)}); pass "
+                             "--overwrite to replace it, or choose another folder")
+    return held
+
+
+def clear_run_entries(out: Path, held: list[str]) -> None:
+    """Remove an earlier run's entries (from :func:`check_out_dir`); other files stay."""
+    for name in held:
+        p = Path(out) / name
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p)
+        else:
+            p.unlink(missing_ok=True)
 
 
 def _f(x: float) -> str:

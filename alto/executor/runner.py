@@ -89,10 +89,11 @@ class TaskRunner:
 
     def __init__(self, cfg: Config, task: TaskCfg, task_idx: int, mlm: MultiLoraModel, tok,
                  writer: RunWriter, mem_fits: Callable[[int, int, float], bool] | None = None,
-                 hooks: Hooks | None = None, log=sys.stderr):
+                 hooks: Hooks | None = None, log=sys.stderr, data: tuple | None = None):
         self.cfg, self.task, self.mlm, self.tok, self.w = cfg, task, mlm, tok, writer
         self.hooks, self.log = hooks or Hooks(), log
-        train, val = load_task_data(cfg, task, task_idx)
+        # data: the task's (train, val) samples when the caller loaded them already
+        train, val = data if data is not None else load_task_data(cfg, task, task_idx)
         self.train = [encode_sample(tok, s, task.max_seq_len) for s in train]
         self.val = [encode_sample(tok, s, task.max_seq_len) for s in val[: task.val_samples]]
         self.L = max(len(i) - 1 for i, _ in self.train)  # admission assumes the longest sample

@@ -17,9 +17,10 @@ from pathlib import Path
 import torch
 
 from alto.executor.config import Config
+from alto.executor.data import load_task_data
 from alto.executor.lora_model import MultiLoraModel, fused_available
 from alto.executor.models import load_backbone, save_base_model
-from alto.executor.outputs import RunWriter
+from alto.executor.outputs import RunWriter, check_out_dir, clear_run_entries
 from alto.executor.runner import Hooks, TaskRunner
 
 
@@ -41,10 +42,17 @@ def pick_impl(cfg: Config, device: torch.device) -> str:
 
 
 def run_config(cfg: Config, out: str | Path, hooks: Hooks | None = None, log=sys.stderr,
-               backbone=None) -> RunResult:
-    """Train every task of cfg; write DIR/. backbone: (model, tok, device) to reuse (tests)."""
+               backbone=None, overwrite: bool = False) -> RunResult:
+    """Train every task of cfg; write DIR/. backbone: (model, tok, device) to reuse (tests).
+
+    Nothing in ``out`` is touched until every task's data and the model have loaded: a
+    folder holding an earlier run is refused unless ``overwrite`` (then that run's entries
+    are removed, and only then), and a bad data file leaves the folder as it was."""
     out = Path(out)
+    held = check_out_dir(out, overwrite)
+    data = [load_task_data(cfg, task, i) for i, task in enumerate(cfg.tasks)]
     model, tok, device = backbone if backbone is not None else load_backbone(cfg)
+    clear_run_entries(out, held)
     impl = pick_impl(cfg, device)
     base_name = cfg.model.path
     if cfg.model.is_random:
@@ -72,7 +80,8 @@ def run_config(cfg: Config, out: str | Path, hooks: Hooks | None = None, log=sys
                                  cfg.memory.margin_frac, vocab=getattr(tok, "vocab_size", 256))
                 print(f"[{task.name}] memory model: {mem}", file=log)
                 mem_fits = mem.fits
-            runner = TaskRunner(cfg, task, i, mlm, tok, writer, mem_fits=mem_fits, hooks=hooks, log=log)
+            runner = TaskRunner(cfg, task, i, mlm, tok, writer, mem_fits=mem_fits, hooks=hooks, log=log,
+                                data=data[i])
             res.runners.append(runner)
             try:
                 runner.run()

@@ -58,6 +58,11 @@ def test_valid_defaults(d):
     (_raw(early_exit={"keep_ratio": 2.0}), "keep_ratio"),
     (_raw(early_exit={"warmup": 0.1}), "unknown key early_exit.warmup"),
     (_raw(memory={"budget": 3}), "unknown key memory.budget"),
+    (_raw(tasks=[dict(TASK, val_samples=0)]), "tasks[0].val_samples: must be >= 1"),
+    (_raw(memory={"max_total_batch": -1}), "memory.max_total_batch: expected a positive int"),
+    (_raw(memory={"max_active": 0}), "memory.max_active: expected a positive int"),
+    (_raw(tasks=[dict(TASK, search_space={"batch_size": [2, 8]})], memory={"max_total_batch": 4}),
+     "memory.max_total_batch: 4 is below tasks[0].search_space.batch_size[1] = 8"),
     ({"tasks": [TASK]}, "model: missing"),
 ])
 def test_rejections_name_the_key(d, raw, needle):

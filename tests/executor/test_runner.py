@@ -223,3 +223,38 @@ def test_grads_finite_flags_each_adapter():
            _Ad(None, None), _Ad(torch.tensor([float("-inf"), 0, 0]), None),
            _Ad(torch.full((3,), 2e19))]  # finite, but its L2 norm overflows fp32
     assert grads_finite(ads).tolist() == [True, False, True, False, True]
+
+
+def _tree(path):
+    """Every file under path with its bytes (what a user would lose)."""
+    return {str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()}
+
+
+def test_an_earlier_run_is_never_overwritten_or_mixed_without_overwrite(tmp_path, backbone, mkcfg):
+    """--out holding a run: refused before anything is written (its files stay byte for
+    byte); with overwrite, that run's entries go first, so no old adapter sits beside the
+    new ones, and unrelated files stay. A data file that fails to load leaves the folder as it
+    was even with overwrite (it used to truncate losses.csv and curves.csv first)."""
+    from alto.executor.outputs import OutputDirError
+
+    two = mkcfg(task={"search_space": {"lr": [1e-3, 1e-2], "rank": [4], "batch_size": [2]}})
+    res, _ = _run(tmp_path, backbone, two)
+    (res.out / "notes.txt").write_text("mine")
+    before = _tree(res.out)
+    assert len(list((res.out / "adapters").iterdir())) == 2
+    one = mkcfg(task={"search_space": {"lr": [1e-3], "rank": [4], "batch_size": [2]}})
+    with pytest.raises(OutputDirError, match="already holds a run .*--overwrite"):
+        run_config(one, res.out, log=io.StringIO(), backbone=backbone)
+    assert _tree(res.out) == before
+    (tmp_path / "empty_val.jsonl").write_text("")
+    bad = mkcfg(task={"data": {"jsonl": {"train": "train.jsonl", "val": "empty_val.jsonl"}}})
+    with pytest.raises(ValueError, match="empty_val.jsonl holds no samples"):
+        run_config(bad, res.out, log=io.StringIO(), backbone=backbone, overwrite=True)
+    assert _tree(res.out) == before
+    run_config(one, res.out, log=io.StringIO(), backbone=backbone, overwrite=True)
+    assert [p.name for p in (res.out / "adapters").iterdir()] == ["add__lr0.001-r4-b2"]
+    assert list(_jobs_csv(res.out)) == ["add/lr0.001-r4-b2"]
+    assert (res.out / "notes.txt").read_text() == "mine"
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(OutputDirError, match="exists and is not a folder"):
+        run_config(one, tmp_path / "afile", log=io.StringIO(), backbone=backbone)
