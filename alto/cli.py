@@ -122,6 +122,8 @@ def cmd_trace_convert(a) -> int:
     from traces.schema import write_native
 
     kw = {} if a.max_tasks is None else {"max_tasks": a.max_tasks}
+    if Path(a.out).resolve() == Path(a.input).resolve():
+        raise UserError(f"--out {a.out}: is the input trace; the conversion would replace it")
     tasks = load_trace(a.input, a.trace_format, **kw)
     write_native(tasks, a.out)
     print(f"converted {len(tasks)} tasks from {a.input} ({a.trace_format}) to {a.out}")

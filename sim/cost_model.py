@@ -46,6 +46,7 @@ import numpy as np
 
 from alto.models import MODELS
 from alto.policy.memory import adapter_state_bytes as adapter_state_bytes_of
+from traces.schema import give_mode_of
 
 KERNELS = ("fused", "loop", "lorafusion", "single")
 #  fused: ALTO fused multi-LoRA kernels (base GEMM once + constant launches)
@@ -108,11 +109,27 @@ def write_rows(path: str | os.PathLike, columns: Sequence[str], rows: Iterable[M
                 w.writerow(r)
             f.flush()
             os.fsync(f.fileno())
+        give_mode_of(tmp, path)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def check_appendable(path: str | os.PathLike) -> tuple[str, ...]:
+    """The columns rows appended to ``path`` must have (see append_rows); ValueError naming
+    the file if it is a folder or a CSV with another header. Reads only the header."""
+    path = Path(path)
+    columns = MEMORY_COLUMNS if path.name.startswith("memory") else STEP_COLUMNS
+    if path.is_dir():
+        raise ValueError(f"{path}: is a folder; expected a CSV file")
+    if path.exists():
+        with open(path, newline="") as f:
+            header = next(csv.reader(f), [])
+        if tuple(header) != columns:
+            raise ValueError(f"{path}: header {header} is not {list(columns)}")
+    return columns
 
 
 def append_rows(path: str | os.PathLike, rows: Iterable[Mapping]) -> None:
@@ -123,14 +140,11 @@ def append_rows(path: str | os.PathLike, rows: Iterable[Mapping]) -> None:
     those columns. The file is rewritten atomically, so a crash leaves the old table.
     """
     path = Path(path)
-    columns = MEMORY_COLUMNS if path.name.startswith("memory") else STEP_COLUMNS
+    columns = check_appendable(path)
     old: list[dict] = []
     if path.exists():
         with open(path, newline="") as f:
-            reader = csv.DictReader(f)
-            if tuple(reader.fieldnames or ()) != columns:
-                raise ValueError(f"{path}: header {reader.fieldnames} is not {list(columns)}")
-            old = list(reader)
+            old = list(csv.DictReader(f))
     write_rows(path, columns, old + [dict(r) for r in rows])
 
 

@@ -3,7 +3,8 @@
 Two sources behind one protocol (`CurveSource`), chosen by `make_curve_source(spec)`:
 - "parametric[:seed]": `ParametricCurves`, a seeded synthetic generator (documented below).
 - "recorded:<path>[,<path>...]": `RecordedCurves`, curves from real runs in the CSV format
-  of traces/curves/README.md (a directory means every *.csv in it).
+  of traces/curves/README.md (a directory means every *.csv in it with that format's columns,
+  e.g. the curves.csv of an `alto run` output folder).
 
 Both are deterministic: the same (task, job, samples) always gives the same losses, so
 every policy of one simulation sees the same world. Losses are nats per token.
@@ -11,6 +12,7 @@ every policy of one simulation sees the same world. Losses are nats per token.
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import hashlib
 import math
@@ -376,6 +378,16 @@ def _interp_frac(f: float, xs: np.ndarray, ys: np.ndarray) -> float:
     return float(y0 + (y1 - y0) * (f - xs[i]) / (xs[i + 1] - xs[i]))
 
 
+def _has_columns(path: Path, columns) -> bool:
+    """Whether the CSV's header holds every one of ``columns``."""
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            header = {h.strip() for h in next(csv.reader(f), [])}
+    except (OSError, UnicodeDecodeError):
+        return False
+    return set(columns) <= header
+
+
 class RecordedCurves:
     """Curves recorded from real runs (format: traces/curves/README.md).
 
@@ -393,8 +405,10 @@ class RecordedCurves:
         if isinstance(paths, (str, Path)):
             paths = [paths]
         files: list[Path] = []
-        for p in map(Path, paths):
-            files.extend(sorted(p.glob("*.csv")) if p.is_dir() else [p])
+        for p in map(Path, paths):  # a folder: its CSVs in the recorded-curve format (so an
+            # `alto run` output folder gives its curves.csv, not jobs.csv or losses.csv)
+            files.extend([f for f in sorted(p.glob("*.csv")) if _has_columns(f, RECORDED_COLUMNS)]
+                         if p.is_dir() else [p])
         if not files:
             raise ValueError(f"no recorded-curve CSV files in {list(paths)}")
         self.curve_task = dict(curve_task or {})

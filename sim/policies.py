@@ -72,6 +72,8 @@ def get_policies(names: str | list[str]) -> list[ClusterPolicy]:
     for n in names:
         if n not in POLICIES:
             raise ValueError(f"--policies: unknown policy {n!r}; known: {', '.join(POLICIES)} (or 'all')")
+        if POLICIES[n] in out:  # (its rows would be written twice under one summary entry)
+            raise ValueError(f"--policies: {n!r} is listed twice")
         out.append(POLICIES[n])
     if not out:
         raise ValueError("--policies: no policy given")

@@ -200,3 +200,56 @@ def test_public_trace_converts_and_simulates(tmp_path):
                "--policies", "alto", "--out", str(out), "--quiet"])
     assert rc == 0
     assert json.loads((out / "summary.json").read_text())["alto"]["tasks"] == 3
+
+
+def test_convert_refuses_to_replace_its_input_and_output_mode_is_the_umask_default(tmp_path, capsys):
+    """`trace convert X --out X` used to replace the public trace with native rows. Written
+    traces get the mode a plain file would (mkstemp's 0600 used to stay)."""
+    import os
+    import stat
+
+    pods = write(tmp_path, OPENB, "openb_pod_list_default.csv")
+    assert main(["trace", "convert", str(pods), "--trace-format", "openb", "--out", str(pods)]) == 2
+    assert "is the input trace" in capsys.readouterr().err
+    assert pods.read_text() == OPENB
+    native = tmp_path / "converted.csv"
+    umask = os.umask(0o022)
+    try:
+        assert main(["trace", "convert", str(pods), "--trace-format", "openb", "--out", str(native)]) == 0
+    finally:
+        os.umask(umask)
+    assert stat.S_IMODE(native.stat().st_mode) == 0o644
+    native.chmod(0o640)  # rewriting an existing file keeps its mode
+    assert main(["trace", "convert", str(pods), "--trace-format", "openb", "--out", str(native)]) == 0
+    assert stat.S_IMODE(native.stat().st_mode) == 0o640
+
+
+def test_a_policy_listed_twice_is_rejected(tmp_path, capsys):
+    assert main(["simulate", "--policies", "alto,alto", "--out", str(tmp_path / "o"), "--quiet"]) == 2
+    assert "--policies: 'alto' is listed twice" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("args", "needle"), [
+    (["--adapters", "0"], "--adapters: expected integers >= 1"),
+    (["--ranks", "0"], "--ranks: expected integers >= 1"),
+    (["--batch", "x"], "--batch: expected comma-separated integers"),
+    (["--seq-len", "0"], "--seq-len: expected an integer >= 1"),
+    (["--iters", "0"], "--iters: expected an integer >= 1"),
+    (["--kernels", "loop,bogus"], "--kernels: unknown bogus"),
+])  # fmt: skip
+def test_profile_options_are_checked_before_anything_loads(tmp_path, capsys, args, needle):
+    """These used to raise tracebacks, or write rows the simulator rejects, after the model
+    had loaded and the timing had run."""
+    out = tmp_path / "p.csv"
+    argv = ["profile", "--model", "random:llama-tiny", "--device", "cpu", "--out", str(out), *args]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert needle in err and "Traceback" not in err
+    assert not out.exists()
+
+
+def test_profile_out_with_another_header_is_refused_before_timing(tmp_path, capsys):
+    out = write(tmp_path, "a,b\n1,2\n", "p.csv")
+    assert main(["profile", "--model", "random:llama-tiny", "--device", "cpu", "--out", str(out)]) == 2
+    assert f"{out}: header ['a', 'b'] is not" in capsys.readouterr().err
+    assert out.read_text() == "a,b\n1,2\n"

@@ -35,6 +35,7 @@ import math
 import numbers
 import os
 import re
+import stat
 import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -374,6 +375,19 @@ def _row_of(task: TaskSpec) -> list[str]:
     ]
 
 
+def give_mode_of(tmp: str | os.PathLike, target: str | os.PathLike) -> None:
+    """Give a temporary file (mkstemp makes it 0600) the mode ``target`` has, or, when
+    ``target`` does not exist yet, the mode a plainly created file would get (0666 less the
+    umask); called before the temporary file replaces ``target``."""
+    try:
+        mode = stat.S_IMODE(os.stat(target).st_mode)
+    except FileNotFoundError:
+        umask = os.umask(0)
+        os.umask(umask)
+        mode = 0o666 & ~umask
+    os.chmod(tmp, mode)
+
+
 def write_native(tasks: Sequence[TaskSpec], path: str | os.PathLike) -> None:
     """Validate, then write tasks (in the given order) as a native CSV trace.
 
@@ -393,6 +407,7 @@ def write_native(tasks: Sequence[TaskSpec], path: str | os.PathLike) -> None:
                 w.writerow(_row_of(task))
             f.flush()
             os.fsync(f.fileno())
+        give_mode_of(tmp, p)
         os.replace(tmp, p)
     except BaseException:
         try:

@@ -42,8 +42,37 @@ def run_main(args: argparse.Namespace) -> int:
     return 130 if res.interrupted else 0
 
 
-def _ints(s: str) -> list[int]:
-    return [int(x) for x in s.split(",") if x]
+def _ints(s: str, flag: str = "") -> list[int]:
+    """Comma list of ints; with ``flag``, each must be >= 1 (ValueError naming the flag)."""
+    try:
+        vals = [int(x) for x in s.split(",") if x]
+    except ValueError:
+        raise ValueError(f"{flag or 'value'}: expected comma-separated integers, got {s!r}") from None
+    if flag and (not vals or min(vals) < 1):
+        raise ValueError(f"{flag}: expected integers >= 1, got {s!r}")
+    return vals
+
+
+PROFILE_KERNELS = ("fused", "loop", "bmm", "single")
+
+
+def _check_profile_args(args: argparse.Namespace) -> None:
+    """Every option of `alto profile` checked before the model loads or anything is timed
+    (ValueError naming the flag), and --out / --memory-out writable as CSV files."""
+    for flag, val in (("--adapters", args.adapters), ("--batch", args.batch), ("--ranks", args.ranks)):
+        _ints(val, flag)
+    for flag, val in (("--seq-len", args.seq_len), ("--iters", args.iters)):
+        if val < 1:
+            raise ValueError(f"{flag}: expected an integer >= 1, got {val}")
+    bad = [k for k in args.kernels.split(",") if k not in PROFILE_KERNELS]
+    if bad or not args.kernels:
+        raise ValueError(f"--kernels: unknown {', '.join(bad) or 'empty list'} (known: {', '.join(PROFILE_KERNELS)})")
+    from sim.cost_model import check_appendable
+
+    out = Path(args.out)
+    check_appendable(out)
+    if args.memory:
+        check_appendable(Path(args.memory_out) if args.memory_out else out.with_name("memory_" + out.name))
 
 
 def add_profile_args(p: argparse.ArgumentParser) -> None:
@@ -73,10 +102,13 @@ def profile_main(args: argparse.Namespace) -> int:
     from alto.executor.lora_model import MultiLoraModel
     from alto.executor.models import load_backbone
     from alto.executor.profile import PROFILE_COLS, device_name, fit_memory, profile_rows
+    from alto.executor.session import check_device
     from sim.cost_model import append_rows
 
+    _check_profile_args(args)
     mc = parse_model({"path": args.model, "dtype": args.dtype, "device": args.device,
                       "gradient_checkpointing": args.gradient_checkpointing})
+    check_device(args.device)
     cfg = Config(mc, [], {}, MemoryCfg(), RunCfg(), Path.cwd())
     validate_files(cfg)
     model, tok, dev = load_backbone(cfg)
@@ -95,6 +127,9 @@ def profile_main(args: argparse.Namespace) -> int:
     table = [{c: r[c] for c in PROFILE_COLS} for r in rows if r["kernel"] != "bmm"]
     append_rows(out, table)
     print(f"appended {len(table)} rows to {out}")
+    if args.memory and dev.type != "cuda":
+        print("--memory: skipped, the memory fit measures CUDA allocations (this run is on "
+              f"{dev.type})", file=sys.stderr)
     if args.memory and dev.type == "cuda":
         hbm = torch.cuda.get_device_properties(dev).total_memory
         mm, pts = fit_memory(mlm, args.seq_len, max(ranks), vocab=vocab)

@@ -5,7 +5,7 @@
 
 Admission memory: on CUDA a short profile (profile.fit_memory) fits the paper's
 M(B) = k0 + k1*B*L on this device and budget; on CPU only `memory.max_total_batch`
-and `memory.max_active` limit admission.
+and `memory.max_active` limit admission (with neither set, CPU_DEFAULT_MAX_TOTAL_BATCH).
 """
 
 from __future__ import annotations
@@ -16,10 +16,10 @@ from pathlib import Path
 
 import torch
 
-from alto.executor.config import Config
+from alto.executor.config import Config, ConfigError
 from alto.executor.data import load_task_data
 from alto.executor.lora_model import MultiLoraModel, fused_available
-from alto.executor.models import load_backbone, save_base_model
+from alto.executor.models import load_backbone, resolve_device, save_base_model
 from alto.executor.outputs import RunWriter, check_out_dir, clear_run_entries
 from alto.executor.runner import Hooks, TaskRunner
 
@@ -41,6 +41,30 @@ def pick_impl(cfg: Config, device: torch.device) -> str:
     return "fused" if device.type == "cuda" and fused_available() else "reference"
 
 
+# On CPU no memory model bounds admission: without a cap every config of a grid would train
+# in one step (60 SmolLM2 configs filled 24 GB of RAM). This many samples per step, or the
+# grid's largest batch if larger, unless the config sets memory.max_total_batch / max_active.
+CPU_DEFAULT_MAX_TOTAL_BATCH = 16
+
+
+def check_device(name: str) -> None:
+    """ConfigError naming model.device when it asks for CUDA that this torch cannot give."""
+    if resolve_device(name).type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"model.device: {name!r} asks for CUDA, but this torch ({torch.__version__}) "
+                          "sees no CUDA device; use cpu or auto")
+
+
+def cap_cpu_admission(cfg: Config, log) -> None:
+    """Set memory.max_total_batch for a CPU run that has neither cap (see
+    CPU_DEFAULT_MAX_TOTAL_BATCH), and say so."""
+    if cfg.memory.max_total_batch is not None or cfg.memory.max_active is not None:
+        return
+    cap = max(CPU_DEFAULT_MAX_TOTAL_BATCH, *(max(t.batch_sizes) for t in cfg.tasks))
+    cfg.memory.max_total_batch = cap
+    print(f"memory: on CPU with no memory.max_total_batch or max_active, at most {cap} samples "
+          "train per step (set either to change it)", file=log)
+
+
 def run_config(cfg: Config, out: str | Path, hooks: Hooks | None = None, log=sys.stderr,
                backbone=None, overwrite: bool = False) -> RunResult:
     """Train every task of cfg; write DIR/. backbone: (model, tok, device) to reuse (tests).
@@ -50,8 +74,12 @@ def run_config(cfg: Config, out: str | Path, hooks: Hooks | None = None, log=sys
     are removed, and only then), and a bad data file leaves the folder as it was."""
     out = Path(out)
     held = check_out_dir(out, overwrite)
+    if backbone is None:
+        check_device(cfg.model.device)
     data = [load_task_data(cfg, task, i) for i, task in enumerate(cfg.tasks)]
     model, tok, device = backbone if backbone is not None else load_backbone(cfg)
+    if device.type == "cpu":
+        cap_cpu_admission(cfg, log)
     clear_run_entries(out, held)
     impl = pick_impl(cfg, device)
     base_name = cfg.model.path

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+from pathlib import Path
 
 import yaml
 
@@ -31,3 +32,46 @@ def test_alto_profile_writes_cost_rows(tmp_path):
     assert [(r["kernel"], r["n_adapters"], r["tokens_per_step"], r["mean_rank"]) for r in rows] == [
         ("fused", "2", "16", "6.0"), ("single", "1", "8", "4.0")]
     assert all(r["source"].startswith("measured: cpu ") and float(r["step_time_s"]) > 0 for r in rows)
+
+
+def test_cuda_device_without_cuda_names_model_device(tmp_path, capsys, base_raw):
+    """model.device: cuda on a torch without CUDA used to end in an AssertionError traceback
+    from inside transformers; now exit 2 naming the key, before anything is written."""
+    import pytest
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump(dict(base_raw, model=dict(base_raw["model"], device="cuda"))))
+    assert main(["run", str(cfg), "--out", str(tmp_path / "out"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "model.device: 'cuda' asks for CUDA" in err and "Traceback" not in err
+    assert not (tmp_path / "out").exists()
+    argv = ["profile", "--model", "random:llama-tiny", "--device", "cuda", "--out", str(tmp_path / "p.csv")]
+    assert main(argv) == 2
+    assert "model.device: 'cuda' asks for CUDA" in capsys.readouterr().err
+
+def test_cpu_run_without_caps_gets_a_default_batch_cap(capsys):
+    """60 SmolLM2 configs on CPU with no cap filled 24 GB of RAM in one step: a CPU run with
+    neither memory.max_total_batch nor max_active now admits at most 16 samples per step
+    (or the grid's largest batch), and says so; a config that sets a cap keeps it."""
+    import io
+
+    from alto.executor.config import parse_config
+    from alto.executor.session import CPU_DEFAULT_MAX_TOTAL_BATCH, cap_cpu_admission
+
+    here = Path(__file__).resolve().parents[2]
+    raw = {"model": "random:llama-tiny", "tasks": [{"name": "t", "data": {"jsonl": {
+        "train": str(here / "configs" / "data" / "add_train.jsonl"),
+        "val": str(here / "configs" / "data" / "add_val.jsonl")}},
+        "search_space": {"batch_size": [2, 32]}}]}  # fmt: skip
+    cfg = parse_config(raw)
+    log = io.StringIO()
+    cap_cpu_admission(cfg, log)
+    assert cfg.memory.max_total_batch == max(CPU_DEFAULT_MAX_TOTAL_BATCH, 32) == 32
+    assert "at most 32 samples train per step" in log.getvalue()
+    raw["memory"] = {"max_active": 3}
+    cfg = parse_config(raw)
+    cap_cpu_admission(cfg, io.StringIO())
+    assert cfg.memory.max_total_batch is None and cfg.memory.max_active == 3

@@ -240,3 +240,18 @@ def test_losses_at_equals_losses_point_by_point():
             for p in pts:
                 for want, have in zip(c.losses(t, j, p), got[p], strict=True):
                     assert (math.isinf(want) and want == have) or have == pytest.approx(want, rel=1e-12)
+
+
+def test_recorded_folder_reads_only_curve_files(recorded, tmp_path):
+    """`--curves recorded:OUT` on an `alto run` folder: its jobs.csv and losses.csv (other
+    formats) are skipped, its curves.csv read (it used to fail on jobs.csv); a folder with no
+    curve file is an error."""
+    (tmp_path / "jobs.csv").write_text("task,job_id,lr\nadd,a,0.1\n")
+    (tmp_path / "losses.csv").write_text("time_s,task,job_id\n")
+    folder = RecordedCurves(tmp_path)
+    assert folder.recorded_tasks() == recorded.recorded_tasks() == ["gsm", "other"]
+    empty = tmp_path / "none"
+    empty.mkdir()
+    (empty / "jobs.csv").write_text("task,job_id\n")
+    with pytest.raises(ValueError, match="no recorded-curve CSV files"):
+        RecordedCurves(empty)
