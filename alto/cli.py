@@ -37,7 +37,8 @@ def _add_simulate(sub) -> None:
                    help="step-cost tables: auto (measured where they cover every kernel of a model, "
                         "else estimates) [default], estimate, or measured (may mix)")
     p.add_argument("--curves", default=None, help="loss curves: parametric[:SEED] (default) or recorded:PATH")
-    p.add_argument("--seed", type=int, default=0, help="seed of the parametric loss curves (default 0)")
+    p.add_argument("--seed", type=int, default=None,
+                   help="seed of the default parametric loss curves (default 0; with --curves, give it there)")
     p.add_argument("--workers", type=int, default=0,
                    help="processes simulating task training in parallel (default 0: one per core; same results)")
     p.add_argument("--max-tasks", type=int, default=None, help="keep only the first N tasks of the trace")

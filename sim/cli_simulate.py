@@ -48,9 +48,20 @@ def simulate_main(a) -> int:
     cost = CostModel.from_dir(costs=a.costs)
     models = sorted({t.model for t in tasks})
     provenance = {m: cost.source(a.gpu_type, m, p.kernel) for m in models for p in policies[:1]}
-    curves = make_curve_source(a.curves or f"parametric:{a.seed}")
+    if a.seed is not None and a.curves:
+        raise ValueError("--seed: seeds the default parametric curves only; with --curves give "
+                         "parametric:SEED there (recorded curves have no seed)")
+    seed = 0 if a.seed is None else a.seed
+    curves = make_curve_source(a.curves or f"parametric:{seed}")
+    stand_ins = getattr(curves, "curve_set_for", None)  # recorded curves: which set each task replays
+    borrowed = {} if stand_ins is None else {
+        t.task_id: stand_ins(t.task_id) for t in tasks if stand_ins(t.task_id) != t.task_id}
     cfg = SimConfig(gpus=a.gpus, gpus_per_node=a.gpus_per_node, gpu_type=a.gpu_type, workers=a.workers)
 
+    if borrowed:  # said even with --quiet: these tasks replay another task's curves
+        shown = ", ".join(f"{t} -> {c}" for t, c in list(borrowed.items())[:5])
+        print(f"note: {len(borrowed)} of {len(tasks)} tasks have no recorded curves of their own "
+              f"and replay another task's ({shown}{', ...' if len(borrowed) > 5 else ''})", file=sys.stderr)
     if not a.quiet:
         print(f"simulating {len(tasks)} tasks from {label} on {a.gpus} x {a.gpu_type} "
               f"under {len(policies)} policies", file=sys.stderr)
@@ -59,8 +70,9 @@ def simulate_main(a) -> int:
     runs = simulate_policies(tasks, policies, cfg, cost, curves, progress=None if a.quiet else stderr_progress)
     meta = {
         "trace": label, "trace_format": a.trace_format, "tasks": len(tasks), "gpus": a.gpus,
-        "gpus_per_node": a.gpus_per_node, "gpu_type": a.gpu_type, "costs": a.costs, "curves": a.curves or f"parametric:{a.seed}",
+        "gpus_per_node": a.gpus_per_node, "gpu_type": a.gpu_type, "costs": a.costs, "curves": a.curves or f"parametric:{seed}",
         "cost_sources": {m: {p.kernel: cost.source(a.gpu_type, m, p.kernel) for p in policies} for m in models},
+        "curves_borrowed": borrowed,
     }
     out = write_results(a.out, *result_tables(runs, meta))
     print(format_table(runs))

@@ -253,3 +253,24 @@ def test_profile_out_with_another_header_is_refused_before_timing(tmp_path, caps
     assert main(["profile", "--model", "random:llama-tiny", "--device", "cpu", "--out", str(out)]) == 2
     assert f"{out}: header ['a', 'b'] is not" in capsys.readouterr().err
     assert out.read_text() == "a,b\n1,2\n"
+
+
+def test_recorded_curves_say_which_tasks_borrow_and_seed_needs_parametric(tmp_path, capsys):
+    """Trace tasks with no recorded curves of their own replay another task's: said on
+    stderr (even with --quiet) and kept in meta.json. --seed with --curves used to be
+    ignored silently."""
+    from sim.loss_curves import RECORDED_COLUMNS, write_recorded_csv
+
+    rows = [dict(zip(RECORDED_COLUMNS, ("a", "j", 1e-5, 16, 2, s, 200, 2.0 - s / 200, 2.1 - s / 200,
+                                        "synthetic: test"), strict=True)) for s in (0, 100, 200)]  # fmt: skip
+    curves = tmp_path / "curves.csv"
+    write_recorded_csv(curves, rows)
+    trace = write(tmp_path, HEADER + ROW_A + ROW_B)
+    out = tmp_path / "out"
+    argv = ["simulate", "--trace", str(trace), "--gpus", "4", "--policies", "alto", "--curves",
+            f"recorded:{curves}", "--out", str(out), "--quiet"]
+    assert main(argv) == 0
+    assert "note: 1 of 2 tasks have no recorded curves of their own and replay another task's (b -> a)" in capsys.readouterr().err
+    assert json.loads((out / "meta.json").read_text())["curves_borrowed"] == {"b": "a"}
+    assert main([*argv, "--seed", "3"]) == 2
+    assert "--seed: seeds the default parametric curves only" in capsys.readouterr().err
