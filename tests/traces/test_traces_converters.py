@@ -318,3 +318,16 @@ def test_openb_malformed(tmp_path, row_no, column, value, field, needle):
     _check_one_bad_cell(
         tmp_path, "openb", OPENB_HEADER, OPENB_ROWS, row_no, column, value, field, needle
     )
+
+
+@pytest.mark.parametrize(("name", "data", "problem"), [
+    ("log.gz", b"garbage, not gzip", "not a readable gzip file"),
+    ("log.json", b"[\xff]", "not UTF-8 text"),
+])
+def test_philly_unreadable_file_names_it(tmp_path, name, data, problem):
+    """These used to report only the decoder's message, without the file."""
+    p = tmp_path / name
+    p.write_bytes(data)
+    with pytest.raises(TraceError, match=problem) as e:
+        load_trace(p, "philly")
+    assert str(p) in str(e.value)

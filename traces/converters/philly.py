@@ -56,6 +56,10 @@ def _load_json(path) -> list:
         raise TraceError(
             path, None, None, f"not valid JSON: {e.msg} at line {e.lineno}, column {e.colno}"
         ) from None
+    except UnicodeDecodeError as e:
+        raise TraceError(path, None, None, f"not UTF-8 text (byte {e.start}: {e.reason})") from None
+    except (gzip.BadGzipFile, EOFError) as e:  # a .gz name on a file that is not (whole) gzip
+        raise TraceError(path, None, None, f"not a readable gzip file ({e})") from None
     if not isinstance(data, list):
         raise TraceError(
             path, None, None, f"expected a JSON list of jobs, got {type(data).__name__}"
