@@ -18,6 +18,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from alto.models import UnknownNameError
+
 DEFAULT_OUT = "results/sim"
 
 
@@ -146,7 +148,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except (UserError, ValueError, KeyError, FileNotFoundError) as e:
+    except (UserError, ValueError, UnknownNameError, FileNotFoundError) as e:
+        # (any other KeyError is a bug: its traceback stays)
         msg = e.args[0] if isinstance(e, KeyError) and e.args else e
         print(f"alto {args.cmd}: error: {msg}", file=sys.stderr)
         return 2

@@ -75,9 +75,15 @@ MODELS: dict[str, ModelShape] = {
 MODEL_FOR_GPUS: dict[int, str] = {1: "llama-3.1-8b", 2: "qwen2.5-32b", 4: "llama-3.1-70b"}
 
 
+class UnknownNameError(KeyError):
+    """A name (model, GPU type, kernel) that the catalogue or a cost table does not hold; the
+    message lists the known ones. `alto` reports it as a user error; any other KeyError is a
+    bug and keeps its traceback."""
+
+
 def get_model(name: str) -> ModelShape:
-    """Look up a model; the KeyError lists the known names."""
+    """Look up a model; the UnknownNameError lists the known names."""
     try:
         return MODELS[name]
     except KeyError:
-        raise KeyError(f"unknown model {name!r}; known: {', '.join(sorted(MODELS))}") from None
+        raise UnknownNameError(f"unknown model {name!r}; known: {', '.join(sorted(MODELS))}") from None

@@ -44,7 +44,7 @@ from pathlib import Path
 
 import numpy as np
 
-from alto.models import MODELS
+from alto.models import MODELS, UnknownNameError
 from alto.policy.memory import adapter_state_bytes as adapter_state_bytes_of
 from traces.schema import give_mode_of
 
@@ -272,11 +272,11 @@ class CostModel:
         if kernel not in KERNELS:
             raise ValueError(f"unknown kernel {kernel!r}; known: {', '.join(KERNELS)}")
         if gpu not in self.gpu_types():
-            raise KeyError(f"unknown gpu {gpu!r}; known: {', '.join(self.gpu_types())}")
+            raise UnknownNameError(f"unknown gpu {gpu!r}; known: {', '.join(self.gpu_types())}")
         key = (gpu, model, kernel)
         if key not in self._grid:
             known = sorted(k[1] for k in self._grid if k[0] == gpu and k[2] == kernel)
-            raise KeyError(f"no {kernel!r} costs for model {model!r} on {gpu}; known: {', '.join(known)}")
+            raise UnknownNameError(f"no {kernel!r} costs for model {model!r} on {gpu}; known: {', '.join(known)}")
         return key
 
     def source(self, gpu: str, model: str, kernel: str) -> str:
@@ -315,7 +315,7 @@ class CostModel:
             return self._memory[(gpu, model)]
         except KeyError:
             known = ", ".join(f"{g}/{m}" for g, m in sorted(self._memory))
-            raise KeyError(f"no memory row for gpu {gpu!r}, model {model!r}; known: {known}") from None
+            raise UnknownNameError(f"no memory row for gpu {gpu!r}, model {model!r}; known: {known}") from None
 
 
 def _preferred(rows: list[Mapping]) -> list[Mapping]:

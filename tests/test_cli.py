@@ -274,3 +274,18 @@ def test_recorded_curves_say_which_tasks_borrow_and_seed_needs_parametric(tmp_pa
     assert json.loads((out / "meta.json").read_text())["curves_borrowed"] == {"b": "a"}
     assert main([*argv, "--seed", "3"]) == 2
     assert "--seed: seeds the default parametric curves only" in capsys.readouterr().err
+
+
+def test_unknown_names_are_user_errors_and_other_key_errors_are_bugs(tmp_path, capsys, monkeypatch):
+    """An unknown GPU type (UnknownNameError) is one line and exit 2; a KeyError from a bug
+    is no longer dressed up as a user error (it used to print just "error: 'makespan_s'")."""
+    assert main(["simulate", "--gpu-type", "A100", "--out", str(tmp_path / "o"), "--quiet"]) == 2
+    assert "unknown gpu 'A100'" in capsys.readouterr().err
+    import sim.cli_simulate
+
+    def buggy(a):
+        return {}["makespan_s"]
+
+    monkeypatch.setattr(sim.cli_simulate, "simulate_main", buggy)
+    with pytest.raises(KeyError, match="makespan_s"):
+        main(["simulate", "--out", str(tmp_path / "o"), "--quiet"])
