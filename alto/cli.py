@@ -44,6 +44,9 @@ def _add_simulate(sub) -> None:
     p.add_argument("--workers", type=int, default=0,
                    help="processes simulating task training in parallel (default 0: one per core; same results)")
     p.add_argument("--max-tasks", type=int, default=None, help="keep only the first N tasks of the trace")
+    p.add_argument("--early-exit", default=None, metavar="CONFIG.yaml",
+                   help="take the early-exit settings from this `alto run` config's early_exit "
+                        "section (e.g. to replay its curves with recorded:); default: the paper's")
     p.add_argument("--out", default=DEFAULT_OUT, help=f"output folder (default {DEFAULT_OUT})")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
     p.set_defaults(func=cmd_simulate)

@@ -6,9 +6,11 @@ into --out only once every policy has finished, so a bad trace leaves nothing be
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from pathlib import Path
 
+from alto.policy.early_exit import EarlyExitConfig
 from sim.cluster import SimConfig
 from sim.cost_model import CostModel
 from sim.loss_curves import make_curve_source
@@ -28,6 +30,29 @@ def resolve_trace(trace: str | None) -> tuple[Path, str]:
     if not p.exists():
         raise FileNotFoundError(f"--trace: no such file {name!r} (bundled traces: {', '.join(BUNDLED)})")
     return p, str(p)
+
+
+def early_exit_of(path: str) -> EarlyExitConfig:
+    """The `early_exit` section of an `alto run` config (YAML), checked as `alto run` checks
+    it; its `policy` key is left to each simulated policy. ValueError naming the file."""
+    import yaml
+
+    from alto.executor.config import ConfigError, parse_early_exit
+
+    p = Path(path)
+    if not p.is_file():
+        raise ValueError(f"--early-exit {path}: no such file")
+    try:
+        raw = yaml.safe_load(p.read_text())
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        raise ValueError(f"--early-exit {p}: malformed YAML: {e}") from None
+    if not isinstance(raw, dict) or raw.get("early_exit") is None:
+        raise ValueError(f"--early-exit {p}: no early_exit section")
+    try:
+        fields = parse_early_exit(raw["early_exit"])
+    except ConfigError as e:
+        raise ValueError(f"--early-exit {p}: {e}") from None
+    return EarlyExitConfig(**fields)
 
 
 def simulate_main(a) -> int:
@@ -56,7 +81,9 @@ def simulate_main(a) -> int:
     stand_ins = getattr(curves, "curve_set_for", None)  # recorded curves: which set each task replays
     borrowed = {} if stand_ins is None else {
         t.task_id: stand_ins(t.task_id) for t in tasks if stand_ins(t.task_id) != t.task_id}
-    cfg = SimConfig(gpus=a.gpus, gpus_per_node=a.gpus_per_node, gpu_type=a.gpu_type, workers=a.workers)
+    early_exit = early_exit_of(a.early_exit) if a.early_exit else EarlyExitConfig()
+    cfg = SimConfig(gpus=a.gpus, gpus_per_node=a.gpus_per_node, gpu_type=a.gpu_type, workers=a.workers,
+                    early_exit=early_exit)
 
     if borrowed:  # said even with --quiet: these tasks replay another task's curves
         shown = ", ".join(f"{t} -> {c}" for t, c in list(borrowed.items())[:5])
@@ -73,6 +100,8 @@ def simulate_main(a) -> int:
         "gpus_per_node": a.gpus_per_node, "gpu_type": a.gpu_type, "costs": a.costs, "curves": a.curves or f"parametric:{seed}",
         "cost_sources": {m: {p.kernel: cost.source(a.gpu_type, m, p.kernel) for p in policies} for m in models},
         "curves_borrowed": borrowed,
+        "early_exit": {k: v for k, v in dataclasses.asdict(early_exit).items() if k != "policy"},
+        "early_exit_from": a.early_exit or "defaults",
     }
     out = write_results(a.out, *result_tables(runs, meta))
     print(format_table(runs))

@@ -289,3 +289,26 @@ def test_unknown_names_are_user_errors_and_other_key_errors_are_bugs(tmp_path, c
     monkeypatch.setattr(sim.cli_simulate, "simulate_main", buggy)
     with pytest.raises(KeyError, match="makespan_s"):
         main(["simulate", "--out", str(tmp_path / "o"), "--quiet"])
+
+
+def test_early_exit_settings_from_a_run_config(tmp_path, capsys):
+    """--early-exit takes an `alto run` config's early_exit section (checked as alto run
+    checks it), records it in meta.json and changes the decisions; bad files are named."""
+    trace = write(tmp_path, HEADER + ROW_A)
+    run_cfg = tmp_path / "run.yaml"
+    run_cfg.write_text("early_exit: {policy: alto, warmup_frac: 0.5, keep_ratio: 0.5}\n")
+    base = ["simulate", "--trace", str(trace), "--gpus", "2", "--policies", "alto", "--quiet"]
+    assert main([*base, "--out", str(tmp_path / "paper")]) == 0
+    assert main([*base, "--early-exit", str(run_cfg), "--out", str(tmp_path / "run")]) == 0
+    meta = json.loads((tmp_path / "run" / "meta.json").read_text())
+    assert meta["early_exit"]["warmup_frac"] == 0.5 and meta["early_exit"]["keep_ratio"] == 0.5
+    assert meta["early_exit_from"] == str(run_cfg)
+    paper = json.loads((tmp_path / "paper" / "summary.json").read_text())["alto"]
+    late = json.loads((tmp_path / "run" / "summary.json").read_text())["alto"]
+    assert late["samples_saved_frac"] < paper["samples_saved_frac"]  # a later, looser cutoff
+    run_cfg.write_text("early_exit: {keep_ratio: 2.0}\n")
+    assert main([*base, "--early-exit", str(run_cfg), "--out", str(tmp_path / "x")]) == 2
+    assert f"--early-exit {run_cfg}: early_exit:" in capsys.readouterr().err
+    run_cfg.write_text("model: x\n")
+    assert main([*base, "--early-exit", str(run_cfg), "--out", str(tmp_path / "x")]) == 2
+    assert "no early_exit section" in capsys.readouterr().err

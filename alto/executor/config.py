@@ -261,7 +261,9 @@ def _parse_task(t: Any, i: int) -> TaskCfg:
     return task
 
 
-def _parse_early_exit(e: Any) -> dict[str, Any]:
+def parse_early_exit(e: Any) -> dict[str, Any]:
+    """An `early_exit` section checked (ConfigError naming the key), as a dict with its policy
+    (used by `alto run` configs and by `alto simulate --early-exit`)."""
     e = _check_keys(e if e is not None else {}, EARLY_EXIT_KEYS, "early_exit")
     pol = e.get("policy", "alto")
     if pol not in ("alto", "asha", "none"):
@@ -298,7 +300,7 @@ def parse_config(raw: Any, base_dir: Path = Path(".")) -> Config:
     cfg = Config(
         model=parse_model(raw["model"]),
         tasks=[_parse_task(t, i) for i, t in enumerate(raw["tasks"])],
-        early_exit=_parse_early_exit(raw.get("early_exit")),
+        early_exit=parse_early_exit(raw.get("early_exit")),
         memory=MemoryCfg(
             budget_gb=_typed(mem, "budget_gb", float, "memory"),
             margin_frac=_typed(mem, "margin_frac", float, "memory", 0.1),
