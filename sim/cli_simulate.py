@@ -103,8 +103,13 @@ def simulate_main(a) -> int:
         "early_exit": {k: v for k, v in dataclasses.asdict(early_exit).items() if k != "policy"},
         "early_exit_from": a.early_exit or "defaults",
     }
-    out = write_results(a.out, *result_tables(runs, meta))
+    tables = result_tables(runs, meta)
+    out = write_results(a.out, *tables)
     print(format_table(runs))
+    for policy, summary in tables[0].items():
+        if summary["configs_failed"]:
+            print(f"note: {policy}: {summary['configs_failed']} config(s) fit no GPU's memory and never "
+                  f"ran ({summary['samples_failed']} samples; exit_reason failed in jobs.csv)")
     estimated = any("estimate" in s.lower() for d in meta["cost_sources"].values() for s in d.values())
     if estimated:
         print("note: some step costs are ESTIMATES (FLOPs/bandwidth model), not measurements; see meta.json")

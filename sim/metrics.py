@@ -8,6 +8,8 @@ Definitions (all times in seconds of simulated time):
 - gpu_util: gpu_hours x 3600 / (cluster GPUs x makespan): share of the cluster held by tasks.
 - samples_saved_frac: samples NOT trained because configs exited early, over the grid's
   full budget (sum of every config's epochs x dataset size). Broken down by exit reason.
+  Configs that never ran (FAILED: they fit no GPU's memory) save nothing: their samples
+  are counted apart, in samples_failed, and such configs in configs_failed.
 - best_regret: per task, the config the task returns is the lowest observed best
   validation loss among configs that hold a full-quality result (completed, or exited
   for overfitting with their best checkpoint kept). Its regret is
@@ -93,10 +95,14 @@ def summarize(outcomes: Sequence[TaskOutcome], cluster_gpus: int) -> dict:
     total = sum(o.samples_total for o in outcomes)
     trained = sum(o.samples_trained for o in outcomes)
     saved: dict[str, int] = {}
+    failed_samples = failed_configs = 0
     for o in outcomes:
         for j in o.jobs:
-            if j.exit_reason not in (None, ExitReason.COMPLETED):
-                saved[j.exit_reason.value] = saved.get(j.exit_reason.value, 0) + j.job.total_samples - j.samples_trained
+            left = j.job.total_samples - j.samples_trained
+            if j.exit_reason == ExitReason.FAILED:  # not an early exit: the config never fit
+                failed_samples, failed_configs = failed_samples + left, failed_configs + 1
+            elif j.exit_reason not in (None, ExitReason.COMPLETED):
+                saved[j.exit_reason.value] = saved.get(j.exit_reason.value, 0) + left
     regrets = np.array([o.regret() for o in outcomes])
     finite = regrets[np.isfinite(regrets)]
     return {
@@ -109,8 +115,10 @@ def summarize(outcomes: Sequence[TaskOutcome], cluster_gpus: int) -> dict:
         "gpu_hours": float(gpu_s / 3600.0),
         "samples_total": int(total),
         "samples_trained": int(trained),
-        "samples_saved_frac": float(1.0 - trained / total) if total else 0.0,
+        "samples_saved_frac": float(sum(saved.values()) / total) if total else 0.0,
         "samples_saved_by_reason": {k: int(v) for k, v in sorted(saved.items())},
+        "samples_failed": int(failed_samples),
+        "configs_failed": int(failed_configs),
         "best_regret": float(finite.mean()) if len(finite) else math.inf,
         "max_regret": float(finite.max()) if len(finite) else math.inf,
         "tasks_without_result": int((~np.isfinite(regrets)).sum()),

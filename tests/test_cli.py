@@ -312,3 +312,17 @@ def test_early_exit_settings_from_a_run_config(tmp_path, capsys):
     run_cfg.write_text("model: x\n")
     assert main([*base, "--early-exit", str(run_cfg), "--out", str(tmp_path / "x")]) == 2
     assert "no early_exit section" in capsys.readouterr().err
+
+
+def test_configs_that_never_fit_are_not_counted_as_saved(tmp_path, capsys):
+    """A config that fits no GPU's memory ends `failed` without training. Its samples used to
+    count as "saved by early exit" (80 % here); now they are reported apart."""
+    big = "big,0,t,llama-3.1-8b,1,400,131072,1,1e-4,64,64\n"  # 131k-token rows of batch 64: no fit
+    small = "ok,10,t,llama-3.1-8b,1,100,512,1,1e-4,16,2\n"
+    trace = write(tmp_path, HEADER + big + small)
+    out = tmp_path / "o"
+    assert main(["simulate", "--trace", str(trace), "--gpus", "2", "--policies", "alto", "--out", str(out), "--quiet"]) == 0
+    s = json.loads((out / "summary.json").read_text())["alto"]
+    assert (s["samples_saved_frac"], s["samples_saved_by_reason"]) == (0.0, {})
+    assert (s["samples_failed"], s["configs_failed"], s["tasks_without_result"]) == (400, 1, 1)
+    assert "note: alto: 1 config(s) fit no GPU's memory and never ran (400 samples" in capsys.readouterr().out
