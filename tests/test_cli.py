@@ -326,3 +326,12 @@ def test_configs_that_never_fit_are_not_counted_as_saved(tmp_path, capsys):
     assert (s["samples_saved_frac"], s["samples_saved_by_reason"]) == (0.0, {})
     assert (s["samples_failed"], s["configs_failed"], s["tasks_without_result"]) == (400, 1, 1)
     assert "note: alto: 1 config(s) fit no GPU's memory and never ran (400 samples" in capsys.readouterr().out
+
+
+def test_learning_rates_that_print_alike_are_rejected_with_file_row_field(tmp_path, capsys):
+    """0.0001 and 0.00010000001 both become `lr0.0001` in job ids: the trace check used to pass
+    and the simulation to die with "duplicate job_id in jobs", naming nothing."""
+    trace = write(tmp_path, HEADER + "t1,0,a,llama-3.1-8b,1,100,1024,1,0.0001;0.00010000001,16,2\n")
+    assert main(["simulate", "--trace", str(trace), "--gpus", "1", "--out", str(tmp_path / "o"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert str(trace) in err and "row 1" in err and "'lrs'" in err and "print alike (0.0001" in err

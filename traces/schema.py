@@ -179,6 +179,11 @@ def _check_positive_list(field: str, values, want_int: bool) -> None:
     if len(set(values)) != len(values):
         dup = sorted({v for v in values if list(values).count(v) > 1})
         raise _Bad(field, f"repeated value(s) {dup} would give duplicate job ids")
+    printed = [f"{v:g}" for v in values]  # how job ids spell them (TaskSpec.jobs)
+    if len(set(printed)) != len(printed):
+        clash = sorted({p for p in printed if printed.count(p) > 1})
+        raise _Bad(field, f"values that print alike ({', '.join(clash)}, 6 significant digits) would "
+                   "give duplicate job ids")
 
 
 def check_task(task: TaskSpec) -> None:

@@ -160,6 +160,10 @@ def _num_list(d: dict, key: str, typ: type, where: str, default: list) -> list:
             raise ConfigError(f"{where}.{key}[{i}]: must be > 0, got {x!r}")
         if out[-1] in out[:-1]:
             raise ConfigError(f"{where}.{key}[{i}]: duplicate value {x!r}")
+        same = [y for y in out[:-1] if f"{y:g}" == f"{out[-1]:g}"]  # job ids print with :g
+        if same:
+            raise ConfigError(f"{where}.{key}[{i}]: {x!r} and {same[0]!r} give the same job id "
+                              f"({key}{out[-1]:g}); use values that differ in 6 significant digits")
     return out
 
 

@@ -130,3 +130,8 @@ def test_early_exit_keys_are_the_policy_fields_and_typed(d):
     assert "early_exit.keep_ratio" in _err(_raw(early_exit={"keep_ratio": True}), d)
     assert "early_exit.window: expected an integer" in _err(_raw(early_exit={"window": 2.5}), d)
     assert "early_exit.window: expected an integer" in _err(_raw(early_exit={"window": 2.0}), d)
+
+
+def test_grid_values_that_print_alike_are_rejected(d):
+    raw = _raw(tasks=[dict(TASK, search_space={"lr": [1e-4, 1.00000001e-4]})])
+    assert "tasks[0].search_space.lr[1]: 0.000100000001 and 0.0001 give the same job id (lr0.0001)" in _err(raw, d)
