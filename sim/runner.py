@@ -51,7 +51,9 @@ def simulate_policies(
     seq = next((r for r in runs if r.policy.name == "sequential"), None)
     for r in runs:
         r.summary["speedup_vs_sequential"] = (
-            seq.summary["makespan_s"] / r.summary["makespan_s"] if seq and r.summary["makespan_s"] > 0 else None
+            1.0 if r is seq  # (also when its makespan is 0: every config failed to fit)
+            else seq.summary["makespan_s"] / r.summary["makespan_s"] if seq and r.summary["makespan_s"] > 0
+            else None
         )
     return runs
 

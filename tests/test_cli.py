@@ -335,3 +335,22 @@ def test_learning_rates_that_print_alike_are_rejected_with_file_row_field(tmp_pa
     assert main(["simulate", "--trace", str(trace), "--gpus", "1", "--out", str(tmp_path / "o"), "--quiet"]) == 2
     err = capsys.readouterr().err
     assert str(trace) in err and "row 1" in err and "'lrs'" in err and "print alike (0.0001" in err
+
+
+def test_trace_out_in_a_missing_folder_or_a_folder_is_named(tmp_path, capsys):
+    """These used to name mkstemp's temporary file ("Is a directory: /tmp/.x.k8u0b5j9.tmp")."""
+    for out, problem in ((tmp_path / "nodir" / "x.csv", f"folder {tmp_path / 'nodir'} does not exist"),
+                         (tmp_path, "is a folder; expected a file to write")):  # fmt: skip
+        assert main(["trace", "synth", "--tasks", "3", "--out", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert f"{out}: {problem}" in err and ".tmp" not in err
+
+
+def test_sequential_speedup_is_one_even_when_nothing_could_run(tmp_path):
+    trace = write(tmp_path, HEADER + "big,0,t,llama-3.1-8b,1,400,131072,1,1e-4,64,64\n")
+    out = tmp_path / "o"
+    assert main(["simulate", "--trace", str(trace), "--gpus", "1", "--policies", "sequential,alto",
+                 "--out", str(out), "--quiet"]) == 0  # fmt: skip
+    s = json.loads((out / "summary.json").read_text())
+    assert s["sequential"]["makespan_s"] == 0.0 and s["sequential"]["speedup_vs_sequential"] == 1.0
+    assert s["alto"]["speedup_vs_sequential"] is None  # 0 / 0

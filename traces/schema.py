@@ -403,6 +403,10 @@ def write_native(tasks: Sequence[TaskSpec], path: str | os.PathLike) -> None:
     """
     validate_trace(tasks, path)
     p = Path(path)
+    if p.is_dir():  # (checked here: mkstemp's own errors would name its temporary file)
+        raise TraceError(path, None, None, "is a folder; expected a file to write")
+    if not p.parent.is_dir():
+        raise TraceError(path, None, None, f"folder {p.parent} does not exist")
     fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent or ".")
     try:
         with os.fdopen(fd, "w", newline="", encoding="utf-8") as f:
