@@ -85,6 +85,10 @@ def simulate_main(a) -> int:
     cfg = SimConfig(gpus=a.gpus, gpus_per_node=a.gpus_per_node, gpu_type=a.gpu_type, workers=a.workers,
                     early_exit=early_exit)
 
+    skipped = getattr(curves, "skipped_interrupted", [])
+    if skipped:  # (an interrupted `alto run`: those curves stop where Ctrl-C cut them)
+        print(f"note: {len(skipped)} recorded job(s) were interrupted in their run and are left out "
+              f"of the curves ({', '.join(skipped[:3])}{', ...' if len(skipped) > 3 else ''})", file=sys.stderr)
     if borrowed:  # said even with --quiet: these tasks replay another task's curves
         shown = ", ".join(f"{t} -> {c}" for t, c in list(borrowed.items())[:5])
         print(f"note: {len(borrowed)} of {len(tasks)} tasks have no recorded curves of their own "

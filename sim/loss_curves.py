@@ -378,6 +378,17 @@ def _interp_frac(f: float, xs: np.ndarray, ys: np.ndarray) -> float:
     return float(y0 + (y1 - y0) * (f - xs[i]) / (xs[i + 1] - xs[i]))
 
 
+def _interrupted_jobs(curves: Path) -> frozenset[str]:
+    """Job ids that an `alto run` beside ``curves`` (its jobs.csv) lists as interrupted: their
+    curves stop where Ctrl-C cut them, not where the job would have ended, and a replay would
+    hold them flat from there. Empty when there is no such jobs.csv."""
+    jobs = curves.with_name("jobs.csv")
+    if not _has_columns(jobs, ("job_id", "exit_reason")):
+        return frozenset()
+    with open(jobs, newline="", encoding="utf-8-sig") as f:
+        return frozenset(r["job_id"] for r in csv.DictReader(f) if r["exit_reason"] == "interrupted")
+
+
 def _has_columns(path: Path, columns) -> bool:
     """Whether the CSV's header holds every one of ``columns``."""
     try:
@@ -413,15 +424,19 @@ class RecordedCurves:
             raise ValueError(f"no recorded-curve CSV files in {list(paths)}")
         self.curve_task = dict(curve_task or {})
         self._sets: dict[str, dict[tuple[float, int, int], _Recorded]] = {}
+        self.skipped_interrupted: list[str] = []  # job ids left out (see _interrupted_jobs)
         for f in files:
-            self._load(f)
+            self._load(f, _interrupted_jobs(f))
         self._names = sorted(self._sets)
         for t, name in self.curve_task.items():
             if name not in self._sets:
                 raise ValueError(f"curve_task[{t!r}] = {name!r}: no such recorded task; known: {', '.join(self._names)}")
 
-    def _load(self, path: Path) -> None:
+    def _load(self, path: Path, skip: frozenset[str] = frozenset()) -> None:
+        """Read one recorded-curve file; rows of the job ids in ``skip`` are left out."""
         rows = read_csv_table(path, RECORDED_COLUMNS, _RECORDED_TYPES)
+        self.skipped_interrupted += sorted({r["job_id"] for r in rows if r["job_id"] in skip})
+        rows = [r for r in rows if r["job_id"] not in skip]
         if not rows:
             raise ValueError(f"{path}: no data rows")
         points: dict[tuple[str, tuple[float, int, int]], dict[int, tuple[float, float, float]]] = {}

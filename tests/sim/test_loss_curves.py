@@ -255,3 +255,18 @@ def test_recorded_folder_reads_only_curve_files(recorded, tmp_path):
     (empty / "jobs.csv").write_text("task,job_id\n")
     with pytest.raises(ValueError, match="no recorded-curve CSV files"):
         RecordedCurves(empty)
+
+
+def test_recorded_curves_leave_out_jobs_their_run_lists_as_interrupted(tmp_path):
+    """After Ctrl-C, `alto run` marks unfinished jobs `interrupted` in jobs.csv; their partial
+    curves in curves.csv used to look final to a replay (held flat from the cut)."""
+    rows = [rec("gsm", "gsm/a", 1e-4, 16, 4, s, 200, 2.0 - s / 200, 2.2 - s / 200) for s in (0, 100, 200)]
+    rows += [rec("gsm", "gsm/b", 1e-3, 16, 4, s, 200, 3.0, 3.0) for s in (0, 20)]
+    run = tmp_path / "run"
+    run.mkdir()
+    write(run / "curves.csv", rows)
+    (run / "jobs.csv").write_text("task,job_id,exit_reason\ngsm,gsm/a,completed\ngsm,gsm/b,interrupted\n")
+    curves = RecordedCurves(run)
+    assert curves.skipped_interrupted == ["gsm/b"]
+    assert list(curves._sets["gsm"]) == [(1e-4, 16, 4)]
+    assert RecordedCurves(run / "curves.csv").skipped_interrupted == ["gsm/b"]  # the file alone too
