@@ -52,6 +52,7 @@ def test_cuda_device_without_cuda_names_model_device(tmp_path, capsys, base_raw)
     assert main(argv) == 2
     assert "model.device: 'cuda' asks for CUDA" in capsys.readouterr().err
 
+
 def test_cpu_run_without_caps_gets_a_default_batch_cap(capsys):
     """60 SmolLM2 configs on CPU with no cap filled 24 GB of RAM in one step: a CPU run with
     neither memory.max_total_batch nor max_active now admits at most 16 samples per step
