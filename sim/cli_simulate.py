@@ -35,24 +35,15 @@ def resolve_trace(trace: str | None) -> tuple[Path, str]:
 def early_exit_of(path: str) -> EarlyExitConfig:
     """The `early_exit` section of an `alto run` config (YAML), checked as `alto run` checks
     it; its `policy` key is left to each simulated policy. ValueError naming the file."""
-    import yaml
+    from alto.executor.config import ConfigError, parse_early_exit, read_config_yaml
 
-    from alto.executor.config import ConfigError, parse_early_exit
-
-    p = Path(path)
-    if not p.is_file():
-        raise ValueError(f"--early-exit {path}: no such file")
     try:
-        raw = yaml.safe_load(p.read_text())
-    except (yaml.YAMLError, UnicodeDecodeError) as e:
-        raise ValueError(f"--early-exit {p}: malformed YAML: {e}") from None
-    if not isinstance(raw, dict) or raw.get("early_exit") is None:
-        raise ValueError(f"--early-exit {p}: no early_exit section")
-    try:
-        fields = parse_early_exit(raw["early_exit"])
+        raw = read_config_yaml(path)
+        if not isinstance(raw, dict) or raw.get("early_exit") is None:
+            raise ConfigError("no early_exit section")
+        return EarlyExitConfig(**parse_early_exit(raw["early_exit"]))
     except ConfigError as e:
-        raise ValueError(f"--early-exit {p}: {e}") from None
-    return EarlyExitConfig(**fields)
+        raise ValueError(f"--early-exit {path}: {e}") from None
 
 
 def simulate_main(a) -> int:
@@ -79,8 +70,8 @@ def simulate_main(a) -> int:
     seed = 0 if a.seed is None else a.seed
     curves = make_curve_source(a.curves or f"parametric:{seed}")
     stand_ins = getattr(curves, "curve_set_for", None)  # recorded curves: which set each task replays
-    borrowed = {} if stand_ins is None else {
-        t.task_id: stand_ins(t.task_id) for t in tasks if stand_ins(t.task_id) != t.task_id}
+    replayed = {} if stand_ins is None else {t.task_id: stand_ins(t.task_id) for t in tasks}
+    borrowed = {t: c for t, c in replayed.items() if c != t}
     early_exit = early_exit_of(a.early_exit) if a.early_exit else EarlyExitConfig()
     cfg = SimConfig(gpus=a.gpus, gpus_per_node=a.gpus_per_node, gpu_type=a.gpu_type, workers=a.workers,
                     early_exit=early_exit)

@@ -69,10 +69,15 @@ def _check_profile_args(args: argparse.Namespace) -> None:
         raise ValueError(f"--kernels: unknown {', '.join(bad) or 'empty list'} (known: {', '.join(PROFILE_KERNELS)})")
     from sim.cost_model import check_appendable
 
-    out = Path(args.out)
-    check_appendable(out)
+    check_appendable(Path(args.out))
     if args.memory:
-        check_appendable(Path(args.memory_out) if args.memory_out else out.with_name("memory_" + out.name))
+        check_appendable(_memory_out(args))
+
+
+def _memory_out(args: argparse.Namespace) -> Path:
+    """Where `alto profile --memory` appends its row: --memory-out, else memory_<out name>."""
+    out = Path(args.out)
+    return Path(args.memory_out) if args.memory_out else out.with_name("memory_" + out.name)
 
 
 def add_profile_args(p: argparse.ArgumentParser) -> None:
@@ -133,7 +138,7 @@ def profile_main(args: argparse.Namespace) -> int:
     if args.memory and dev.type == "cuda":
         hbm = torch.cuda.get_device_properties(dev).total_memory
         mm, pts = fit_memory(mlm, args.seq_len, max(ranks), vocab=vocab)
-        mout = Path(args.memory_out) if args.memory_out else out.with_name("memory_" + out.name)
+        mout = _memory_out(args)
         append_rows(mout, [{"gpu": device_name(dev), "model": name, "k0_bytes": f"{mm.k0_bytes:.6g}",
                             "k1_bytes_per_token": f"{mm.k1_bytes_per_token:.6g}", "hbm_bytes": hbm,
                             "source": f"measured: {device_name(dev)} {dt.date.today()} alto-profile "

@@ -394,15 +394,20 @@ def validate_files(cfg: Config) -> None:
                     raise ConfigError(f"tasks[{i}].data.jsonl.{split}: file not found: {p}")
 
 
-def load_config(path: str | os.PathLike) -> Config:
-    """Read and validate a YAML config file."""
+def read_config_yaml(path: str | os.PathLike) -> Any:
+    """The parsed YAML document of a config file; ConfigError naming the file if it is
+    missing, not UTF-8 or not YAML."""
     import yaml
 
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"config file not found: {p}")
     try:
-        raw = yaml.safe_load(p.read_text())
-    except yaml.YAMLError as e:
+        return yaml.safe_load(p.read_text())
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
         raise ConfigError(f"{p}: malformed YAML: {e}") from None
-    return parse_config(raw, base_dir=p.resolve().parent)
+
+
+def load_config(path: str | os.PathLike) -> Config:
+    """Read and validate a YAML config file."""
+    return parse_config(read_config_yaml(path), base_dir=Path(path).resolve().parent)
