@@ -179,8 +179,8 @@ def _check_positive_list(field: str, values, want_int: bool) -> None:
     if len(set(values)) != len(values):
         dup = sorted({v for v in values if list(values).count(v) > 1})
         raise _Bad(field, f"repeated value(s) {dup} would give duplicate job ids")
-    printed = [f"{v:g}" for v in values]  # how job ids spell them (TaskSpec.jobs)
-    if len(set(printed)) != len(printed):
+    printed = [f"{v:g}" for v in values]  # how job ids spell lrs (TaskSpec.jobs; ints exactly)
+    if not want_int and len(set(printed)) != len(printed):
         clash = sorted({p for p in printed if printed.count(p) > 1})
         raise _Bad(field, f"values that print alike ({', '.join(clash)}, 6 significant digits) would "
                    "give duplicate job ids")

@@ -160,7 +160,8 @@ def _num_list(d: dict, key: str, typ: type, where: str, default: list) -> list:
             raise ConfigError(f"{where}.{key}[{i}]: must be > 0, got {x!r}")
         if out[-1] in out[:-1]:
             raise ConfigError(f"{where}.{key}[{i}]: duplicate value {x!r}")
-        same = [y for y in out[:-1] if f"{y:g}" == f"{out[-1]:g}"]  # job ids print with :g
+        # job ids print floats (lr) with :g, ints exactly
+        same = [y for y in out[:-1] if typ is float and f"{y:g}" == f"{out[-1]:g}"]
         if same:
             raise ConfigError(f"{where}.{key}[{i}]: {x!r} and {same[0]!r} give the same job id "
                               f"({key}{out[-1]:g}); use values that differ in 6 significant digits")

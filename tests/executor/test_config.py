@@ -135,3 +135,6 @@ def test_early_exit_keys_are_the_policy_fields_and_typed(d):
 def test_grid_values_that_print_alike_are_rejected(d):
     raw = _raw(tasks=[dict(TASK, search_space={"lr": [1e-4, 1.00000001e-4]})])
     assert "tasks[0].search_space.lr[1]: 0.000100000001 and 0.0001 give the same job id (lr0.0001)" in _err(raw, d)
+    # ranks and batch sizes are spelled exactly in job ids (r1000000, r1000001): no clash
+    ok = parse_config(_raw(tasks=[dict(TASK, search_space={"rank": [1000000, 1000001]})]), base_dir=d)
+    assert ok.tasks[0].ranks == [1000000, 1000001]

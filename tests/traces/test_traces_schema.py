@@ -181,7 +181,8 @@ def _tasks(draw):
                 dataset_size=draw(st.integers(1, 10**6)),
                 seq_len=draw(st.integers(1, 8192)),
                 epochs=draw(_POS),
-                lrs=tuple(draw(st.lists(_POS, min_size=1, max_size=4, unique=True))),
+                # (unique as job ids spell them: lrs that print alike are rejected)
+                lrs=tuple(draw(st.lists(_POS, min_size=1, max_size=4, unique_by=lambda v: f"{v:g}"))),
                 ranks=tuple(draw(st.lists(st.integers(1, 512), min_size=1, max_size=4, unique=True))),
                 batch_sizes=tuple(draw(st.lists(st.integers(1, 64), min_size=1, max_size=4, unique=True))),
                 alpha_over_rank=draw(_POS),
