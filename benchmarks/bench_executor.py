@@ -190,7 +190,7 @@ def check(mlm: MultiLoraModel) -> str:
         grads = torch.cat([p.grad.flatten().float() for a in ads for p in a.parameters()])
         out[impl] = (loss.detach().float(), grads)
         for a in ads:
-            a.opt.zero_grad()
+            a.zero_grad()
     le = ((out["fused"][0] - out["reference"][0]).abs() / out["reference"][0].abs()).max().item()
     ge = ((out["fused"][1] - out["reference"][1]).norm() / out["reference"][1].norm()).item()
     msg = f"check fused vs reference (bf16, 1B, 4 adapters r16/32/64): loss rel err {le:.2e}, grad rel err {ge:.2e}"

@@ -20,6 +20,7 @@ one backward trains every adapter as if it ran alone.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -39,33 +40,50 @@ HF_NAMES = {"q": "q_proj", "k": "k_proj", "v": "v_proj", "o": "o_proj",
             "gate": "gate_proj", "up": "up_proj", "down": "down_proj"}
 
 
+@functools.lru_cache(maxsize=256)
+def rank_runs(ranks: tuple[int, ...]) -> tuple[tuple[int, int, int], ...]:
+    """(first, end, rank) of each run of equal consecutive ranks: the runner orders segments
+    by rank, so a step has as many runs as distinct ranks (3-4), not one per adapter."""
+    runs, i0 = [], 0
+    for i in range(1, len(ranks) + 1):
+        if i == len(ranks) or ranks[i] != ranks[i0]:
+            runs.append((i0, i, ranks[i0]))
+            i0 = i
+    return tuple(runs)
+
+
+def rank_views(t: torch.Tensor, dim: int, ranks: tuple[int, ...]) -> list[torch.Tensor]:
+    """Adapter i's block of a rank-padded stack t ([N, r_max, d] for dim 0, [N, d, r_max] for
+    dim 1): t[i, :r_i] or t[i, :, :r_i]. One slice and one unbind per run of equal ranks,
+    so the Python cost does not grow with N (the views themselves are made in C++)."""
+    out: list[torch.Tensor] = []
+    for i0, i1, r in rank_runs(ranks):
+        out.extend((t[i0:i1, :r] if dim == 0 else t[i0:i1, :, :r]).unbind(0))
+    return out
+
+
 class _StackPadCast(torch.autograd.Function):
     """Per-adapter factors -> one rank-padded stack in ``dtype``, in two ops (fill + one
     foreach copy) whatever N is; backward hands factor i the slice of the stacked gradient it
     owns (in the factors' dtype). Replaces N stacks / pads / casts and their N backward nodes
     per module and step: the per-step host cost that dominated the executor (torch.profiler,
-    1B, 32 adapters: 9,856 constant_pad_nd calls, ~0.6 s of a 1.0 s host step)."""
+    1B, 32 adapters: 9,856 constant_pad_nd calls, ~0.6 s of a 1.0 s host step). The
+    executor's adapters take `FactorTable` instead: one kernel per factor, not per adapter."""
 
     @staticmethod
     def forward(ctx, dim: int, r_max: int, dtype, *ws):
         n, other = len(ws), ws[0].shape[1 - dim]
         shape = (n, r_max, other) if dim == 0 else (n, other, r_max)
-        ranks = [w.shape[dim] for w in ws]
+        ranks = tuple(w.shape[dim] for w in ws)
         alloc = torch.empty if min(ranks) == r_max else torch.zeros  # zero pads: exact product
         out = alloc(shape, dtype=dtype, device=ws[0].device)
-        dst = [out[i, :r] if dim == 0 else out[i, :, :r] for i, r in enumerate(ranks)]
-        torch._foreach_copy_(dst, list(ws))
+        torch._foreach_copy_(rank_views(out, dim, ranks), list(ws))
         ctx.dim, ctx.ranks, ctx.src_dtype = dim, ranks, ws[0].dtype
         return out
 
     @staticmethod
     def backward(ctx, g):
-        g = g.to(ctx.src_dtype)
-        if ctx.dim == 0:
-            grads = [g[i, :r] for i, r in enumerate(ctx.ranks)]
-        else:
-            grads = [g[i, :, :r] for i, r in enumerate(ctx.ranks)]
-        return (None, None, None, *grads)
+        return (None, None, None, *rank_views(g.to(ctx.src_dtype), ctx.dim, ctx.ranks))
 
 
 def stack_padded(ws: Sequence[torch.Tensor], dim: int, r_max: int, dtype) -> torch.Tensor:
@@ -103,6 +121,13 @@ def multi_lora_reference(x, weight, bias, lora_a, lora_b, seg_lens, scaling, loo
     return y + torch.cat(outs)
 
 
+def kernels_run_on(device: torch.device) -> bool:
+    """Whether the Triton kernels run on this device: CUDA, or CPU under TRITON_INTERPRET."""
+    from kernels.multi_lora_triton import interpret_mode
+
+    return device.type == "cuda" or interpret_mode()
+
+
 def fused_available() -> bool:
     """kernels.fused_multi_lora importable (its Triton path runs on CUDA only)."""
     try:
@@ -113,16 +138,22 @@ def fused_available() -> bool:
         return False
 
 
-def lora_linear(x, weight, bias, lora_a, lora_b, seg_lens, scaling, impl: str = "reference", layout=None):
+def lora_linear(x, weight, bias, lora_a, lora_b, seg_lens, scaling, impl: str = "reference", layout=None,
+                stacked: tuple[torch.Tensor, torch.Tensor] | None = None):
     """The one switch between the reference and `kernels.fused_multi_lora` (Triton, GPU).
     impl: fused | reference (bmm when segments are equal, else loop) | loop (always loop).
-    Same arguments as multi_lora_reference; layout: kernels.make_layout(...) of this step."""
+    Same arguments as multi_lora_reference; layout: kernels.make_layout(...) of this step;
+    stacked: the fused impl's rank-padded (A [N, r_max, d_in], B [N, d_out, r_max]) when the
+    caller already has them (FactorTable.stacks), else they are stacked from the lists."""
     if impl == "fused":
         import kernels
 
-        r_max = max(a.shape[0] for a in lora_a)
-        a = stack_padded(lora_a, 0, r_max, x.dtype)  # [N, r_max, d_in]
-        b = stack_padded(lora_b, 1, r_max, x.dtype)  # [N, d_out, r_max]
+        if stacked is not None:
+            a, b = stacked
+        else:
+            r_max = max(a.shape[0] for a in lora_a)
+            a = stack_padded(lora_a, 0, r_max, x.dtype)  # [N, r_max, d_in]
+            b = stack_padded(lora_b, 1, r_max, x.dtype)  # [N, d_out, r_max]
         if layout is None:
             layout = kernels.make_layout(seg_lens, [w.shape[0] for w in lora_a], scaling)
         y = kernels.fused_multi_lora(x, weight, a, b, layout=layout)
@@ -186,6 +217,7 @@ class LoraContext:
     seg_lens: list[int] = field(default_factory=list)
     impl: str = "reference"
     layout: object = None  # kernels.MultiLoraLayout of this step (fused impl only)
+    factors: FactorTable | None = None  # where the adapters' buffers are (fused impl, kernels run)
 
 
 class MultiLoraLinear(nn.Module):
@@ -206,56 +238,104 @@ class MultiLoraLinear(nn.Module):
             return self.base(x)
         shape = x.shape
         x2 = x.reshape(-1, shape[-1])  # [T, d_in]
-        a = [ad.params[self.name][0] for ad in ctx.adapters]
-        b = [ad.params[self.name][1] for ad in ctx.adapters]
+        if ctx.factors is not None:
+            a = b = None
+            stacked = ctx.factors.stacks(self.name, x.dtype)
+        else:
+            a = [ad.params[self.name][0] for ad in ctx.adapters]
+            b = [ad.params[self.name][1] for ad in ctx.adapters]
+            stacked = None
         with lora_saves():  # its saved input may be rebuilt in backward (fused_layers)
             y = lora_linear(x2, self.base.weight, self.base.bias, a, b, ctx.seg_lens,
-                            [ad.scaling for ad in ctx.adapters], ctx.impl, ctx.layout)
+                            [ad.scaling for ad in ctx.adapters], ctx.impl, ctx.layout, stacked)
         return y.view(*shape[:-1], self.out_features)
 
 
 def grads_finite(adapters: list) -> torch.Tensor:
-    """[N] bool, on the adapters' device: whether every gradient of adapter i is finite
-    (absent gradients count as finite). One foreach max-abs norm over all adapters' gradients
-    (it cannot overflow, unlike the L2 norm of large finite gradients, and keeps inf and NaN)
-    and a scatter of the non-finite ones to their owners: a handful of launches whatever N
-    is. The owner index is a small host-to-device copy; the caller reads the flags with the
-    losses, which synchronises anyway."""
-    dev = adapters[0].parameters()[0].device
-    grads, owner = [], []
-    for i, ad in enumerate(adapters):
-        for p in ad.parameters():
-            if p.grad is not None:
-                grads.append(p.grad)
-                owner.append(i)
-    bad = torch.zeros(len(adapters), device=dev)
-    if grads:
-        not_finite = ~torch.stack(torch._foreach_norm(grads, float("inf"))).isfinite()
-        bad.index_add_(0, torch.tensor(owner, device=dev), not_finite.float())
-    return bad == 0
+    """[N] bool, on the adapters' device: whether every gradient of adapter i is finite. One
+    foreach max-abs norm over the adapters' flat gradient buffers (it cannot overflow, unlike
+    the L2 norm of large finite gradients, and keeps inf and NaN): a handful of launches
+    whatever N is. The caller reads the flags with the losses, which synchronises anyway."""
+    norms = torch._foreach_norm([ad.flat_grad for ad in adapters], float("inf"))
+    return torch.stack(norms).isfinite()
+
+
+def factor_units(shapes: dict[str, tuple[int, int]]) -> dict[str, tuple[int, int]]:
+    """module -> (offset of A, offset of B) per unit of rank in an adapter's flat buffer,
+    which holds the modules in ``shapes``' order, each as A [r, d_in] then B [d_out, r]:
+    a rank-r adapter's A of a module starts at r * units[module][0] elements."""
+    units, o = {}, 0
+    for name, (d_in, d_out) in shapes.items():
+        units[name] = (o, o + d_in)
+        o += d_in + d_out
+    return units
 
 
 class Adapter:
-    """One job's LoRA weights (fp32) on every targeted linear, plus its own AdamW."""
+    """One job's LoRA weights (fp32) on every targeted linear, plus its own AdamW.
+
+    All of an adapter's factors are views of one flat fp32 buffer (``flat``), and their
+    gradients views of one flat gradient buffer (``flat_grad``, allocated once and zeroed
+    between steps, never set to None). AdamW steps the one flat parameter, and the finite
+    check and zeroing touch one tensor per adapter: per step, the host cost of an adapter
+    no longer grows with the number of LoRA modules (2 per targeted linear per layer: 420
+    tensors for SmolLM2-135M). Same update as AdamW over the separate factors: it is
+    elementwise. ``params[name] = (A [r, d_in], B [d_out, r])``, leaf parameters, laid out
+    as `factor_units` says (what `FactorTable` relies on)."""
 
     def __init__(self, job: JobConfig, shapes: dict[str, tuple[int, int]], device, seed: int,
                  weight_decay: float = 0.0):
         self.job, self.rank, self.alpha = job, job.rank, job.alpha
         self.scaling = job.alpha / job.rank
+        r = job.rank
+        self._shapes = {name: ((r, d_in), (d_out, r)) for name, (d_in, d_out) in shapes.items()}
+        self._units = factor_units(shapes)
+        total = sum(r * (d_in + d_out) for d_in, d_out in shapes.values())
         g = torch.Generator().manual_seed(seed)
-        self.params: dict[str, tuple[nn.Parameter, nn.Parameter]] = {}
-        for name, (d_in, d_out) in shapes.items():
-            a = torch.empty(job.rank, d_in)
+        flat = torch.zeros(total)  # B's part stays zero: PEFT's default init
+        for name, (d_in, _) in shapes.items():
             # PEFT's default init: kaiming-uniform A (a=sqrt 5), zero B
             bound = 1.0 / math.sqrt(d_in)
-            a.uniform_(-bound, bound, generator=g)
-            self.params[name] = (nn.Parameter(a.to(device)), nn.Parameter(torch.zeros(d_out, job.rank, device=device)))
+            o = r * self._units[name][0]
+            flat[o:o + r * d_in].view(r, d_in).uniform_(-bound, bound, generator=g)
+        self.master = nn.Parameter(flat.to(device))
+        self.master.grad = torch.zeros_like(self.master)
+        self.params: dict[str, tuple[nn.Parameter, nn.Parameter]] = {}
+        self._bind_views()
         # fused=True on CUDA: one kernel per adapter step instead of ~10 foreach launches
-        self.opt = torch.optim.AdamW(self.parameters(), lr=job.lr, weight_decay=weight_decay,
-                                     fused=torch.device(device).type == "cuda")
+        self._opt = torch.optim.AdamW([self.master], lr=job.lr, weight_decay=weight_decay,
+                                      fused=torch.device(device).type == "cuda")
+
+    @property
+    def flat_grad(self) -> torch.Tensor:
+        return self.master.grad
+
+    def _bind_views(self) -> None:
+        """(Re)make every factor and its gradient views of the flat buffers (after a move)."""
+        flat, grad = self.master.data, self.master.grad
+        for name, shapes in self._shapes.items():
+            views = []
+            for shape, unit in zip(shapes, self._units[name], strict=True):
+                o, n = self.rank * unit, shape[0] * shape[1]
+                w, gw = flat[o:o + n].view(shape), grad[o:o + n].view(shape)
+                if name in self.params:
+                    p = self.params[name][len(views)]
+                    p.data = w
+                else:
+                    p = nn.Parameter(w)
+                p.grad = gw
+                views.append(p)
+            self.params[name] = (views[0], views[1])
 
     def parameters(self) -> list[nn.Parameter]:
         return [p for ab in self.params.values() for p in ab]
+
+    def step(self) -> None:
+        """One AdamW step on the accumulated gradients."""
+        self._opt.step()
+
+    def zero_grad(self) -> None:
+        self.master.grad.zero_()
 
     def state_tensors(self) -> dict[str, torch.Tensor]:
         """PEFT-style names -> detached CPU copies (for snapshots and export)."""
@@ -272,14 +352,66 @@ class Adapter:
                 b.copy_(sd[f"{name}.lora_B.weight"])
 
     def to(self, device) -> None:
-        """Move weights and AdamW state (pause offload / resume)."""
-        for p in self.parameters():
-            p.data = p.data.to(device)
-            st = self.opt.state.get(p)
-            if st:
-                for k, v in st.items():
-                    if torch.is_tensor(v) and k != "step":
-                        st[k] = v.to(device)
+        """Move weights, gradients and AdamW state (pause offload / resume)."""
+        m = self.master
+        m.data, m.grad = m.data.to(device), m.grad.to(device)
+        st = self._opt.state.get(m)
+        if st:
+            for k, v in st.items():
+                if torch.is_tensor(v) and k != "step":
+                    st[k] = v.to(device)
+        self._bind_views()
+
+
+class _GatherFactors(torch.autograd.Function):
+    """One factor of every active adapter as the rank-padded stack fused_multi_lora takes;
+    backward adds each adapter's block of the stack's gradient into its flat gradient
+    buffer (kernels.factor_stack) instead of handing autograd N gradients. ``anchor`` is
+    a tensor that requires grad, only so that the stack does (it gets no gradient)."""
+
+    @staticmethod
+    def forward(ctx, table: FactorTable, name: str, rank_dim: int, dtype, anchor):
+        ctx.table, ctx.name, ctx.rank_dim = table, name, rank_dim
+        return table.gather(name, rank_dim, dtype)
+
+    @staticmethod
+    def backward(ctx, g):
+        ctx.table.scatter_add(g, ctx.name, ctx.rank_dim)
+        return None, None, None, None, None
+
+
+class FactorTable:
+    """The active adapters' flat weight and gradient buffers, as device tables of their
+    addresses: every LoRA module stacks its factors in one kernel each way, whatever the
+    number of adapters (kernels.factor_stack). Built per step from live `Adapter`s, so
+    the addresses stay valid for that step's forward and backward."""
+
+    def __init__(self, adapters: Sequence[Adapter], device):
+        ptrs = [a.master.data_ptr() for a in adapters] + [a.flat_grad.data_ptr() for a in adapters]
+        table = torch.tensor(ptrs, dtype=torch.int64).to(device, non_blocking=True)
+        self.weights, self.grads = table[:len(adapters)], table[len(adapters):]
+        self.ranks = torch.tensor([a.rank for a in adapters], dtype=torch.int32).to(device, non_blocking=True)
+        self.r_max = max(a.rank for a in adapters)
+        self.units, self.shapes = adapters[0]._units, {n: s[0][1] for n, s in adapters[0]._shapes.items()}
+        self.out_dims = {n: s[1][0] for n, s in adapters[0]._shapes.items()}
+        self.anchor = adapters[0].master
+
+    def stacks(self, name: str, dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """(A [N, r_max, d_in], B [N, d_out, r_max]) of module ``name`` in ``dtype``."""
+        return (_GatherFactors.apply(self, name, 0, dtype, self.anchor),
+                _GatherFactors.apply(self, name, 1, dtype, self.anchor))
+
+    def gather(self, name: str, rank_dim: int, dtype) -> torch.Tensor:
+        from kernels.factor_stack import gather_factors
+
+        width = self.shapes[name] if rank_dim == 0 else self.out_dims[name]
+        return gather_factors(self.weights, self.ranks, self.units[name][rank_dim], width, self.r_max,
+                              rank_dim, dtype)
+
+    def scatter_add(self, g: torch.Tensor, name: str, rank_dim: int) -> None:
+        from kernels.factor_stack import scatter_add_factors
+
+        scatter_add_factors(g, self.grads, self.ranks, self.units[name][rank_dim], rank_dim)
 
 
 class MultiLoraModel:
@@ -352,6 +484,8 @@ class MultiLoraModel:
 
             self.ctx.layout = kernels.make_layout(self.ctx.seg_lens, [a.rank for a in adapters],
                                                   [a.scaling for a in adapters], device=inputs.device)
+            if kernels_run_on(inputs.device):
+                self.ctx.factors = FactorTable(adapters, inputs.device)
         with recompute_cheap_activations(any(self.fused_op_counts.values())):
             h = self.model.model(input_ids=inputs, use_cache=False).last_hidden_state  # [R, L, d]
         owner = torch.repeat_interleave(torch.arange(len(rows), device=inputs.device),
@@ -366,7 +500,7 @@ class MultiLoraModel:
 
     def clear(self) -> None:
         """Forget the active adapters (after backward, or after an aborted step)."""
-        self.ctx.adapters, self.ctx.seg_lens, self.ctx.layout = [], [], None
+        self.ctx.adapters, self.ctx.seg_lens, self.ctx.layout, self.ctx.factors = [], [], None, None
 
     def remove(self) -> None:
         """Put the plain base linears and HF's eager norms / MLPs back (before injecting

@@ -42,8 +42,8 @@ def train_step(mlm: MultiLoraModel, adapters: list, rows: Sequence[int], L: int,
     mask = torch.ones(R, L, device=dev)
     losses, _ = loss_and_backward(mlm, adapters, ids[:, :-1], ids[:, 1:], mask, rows, micro_step_tokens)
     for a in adapters:
-        a.opt.step()
-        a.opt.zero_grad(set_to_none=True)
+        a.step()
+        a.zero_grad()
     return float(losses.detach().sum())
 
 

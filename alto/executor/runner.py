@@ -199,7 +199,7 @@ class TaskRunner:
             self.mlm.clear()
             for s, (e, p, perm) in zip(states, saved, strict=False):
                 s.stream.epoch, s.stream.pos, s.stream._perm = e, p, perm
-                s.adapter.opt.zero_grad(set_to_none=True)
+                s.adapter.zero_grad()
             gc.collect()
             if self.mlm.device.type == "cuda":
                 torch.cuda.empty_cache()
@@ -211,10 +211,10 @@ class TaskRunner:
         vals = losses.detach().float().cpu().tolist()
         for s, b, v, ok in zip(states, sizes, vals, finite.tolist(), strict=False):
             if ok:
-                s.adapter.opt.step()
+                s.adapter.step()
             else:
                 v = math.nan  # (a finite loss whose gradient was not: reported as divergence)
-            s.adapter.opt.zero_grad(set_to_none=True)
+            s.adapter.zero_grad()
             s.samples += b
             s.steps += 1
             s.pending_train.append(v)

@@ -49,9 +49,16 @@ def _masked_ce(logits, tb):
     ("reference", (2, 2, 2)),  # equal segments: batched matmuls over padded ranks
     ("loop", (2, 2, 2)),
     ("fused", (3, 1, 2)),  # kernels.fused_multi_lora (its CPU path)
+    # the Triton kernels under the interpreter, factors stacked and their gradients added by
+    # kernels.factor_stack (FactorTable) into the adapters' flat buffers
+    ("fused-interpret", (3, 1, 2)),
 ])
-def test_joint_training_matches_independent_peft(backbone, impl, batches):
+def test_joint_training_matches_independent_peft(backbone, impl, batches, monkeypatch):
     model, tok, _ = backbone
+    interpreted = impl == "fused-interpret"
+    if interpreted:
+        monkeypatch.setenv("TRITON_INTERPRET", "1")
+        impl = "fused"
     data = _samples(24, 1)
     jobs = _jobs(batches)
     mlm = MultiLoraModel(copy.deepcopy(model), LORA_TARGETS, impl=impl)
@@ -68,11 +75,12 @@ def test_joint_training_matches_independent_peft(backbone, impl, batches):
     for t in range(STEPS):
         tb = collate([[data[k] for k in order[i][t]] for i in range(len(jobs))], tok.pad_id)
         losses, _ = mlm.per_adapter_loss(ads, tb.inputs, tb.targets, tb.mask, tb.rows)
+        assert (mlm.ctx.factors is not None) == interpreted  # the kernels' stacking ran
         losses.sum().backward()
         mlm.clear()
         for ad in ads:
-            ad.opt.step()
-            ad.opt.zero_grad()
+            ad.step()
+            ad.zero_grad()
         joint_losses.append(losses.detach().tolist())
 
     for i, job in enumerate(jobs):
@@ -113,23 +121,33 @@ def test_stack_padded_blocks_equal_naive():
 
 
 @pytest.mark.parametrize("dim", [0, 1])
-@pytest.mark.parametrize("ranks", [(2, 2, 4, 1), (4, 4, 4)], ids=["mixed", "equal"])
+@pytest.mark.parametrize("ranks", [(2, 2, 4, 1), (4, 4, 4), (1, 4, 1, 2, 2)], ids=["mixed", "equal", "unsorted"])
 def test_stack_padded_grads_and_cast_equal_naive(dim, ranks):
-    """Forward in bf16 and the fp32 gradients each factor gets equal the naive pad/stack/cast."""
+    """Forward in bf16 and the fp32 gradients each factor gets equal the naive pad/stack/cast,
+    accumulated onto what the gradients held (two backwards)."""
     from alto.executor.lora_model import stack_padded
 
     g = torch.Generator().manual_seed(1)
     ws = [torch.randn(*((r, 6) if dim == 0 else (6, r)), generator=g).requires_grad_() for r in ranks]
     ref = [w.detach().clone().requires_grad_() for w in ws]
     pad = (lambda w: (0, 0, 0, 4 - w.shape[0])) if dim == 0 else (lambda w: (0, 4 - w.shape[1]))
-    naive = torch.stack([torch.nn.functional.pad(w, pad(w)) for w in ref]).to(torch.bfloat16)
-    got = stack_padded(ws, dim, 4, torch.bfloat16)
-    assert got.dtype == torch.bfloat16 and torch.equal(got, naive)
-    up = torch.randn(got.shape, generator=g).to(torch.bfloat16)
-    (got.float() * up.float()).sum().backward()
-    (naive.float() * up.float()).sum().backward()
-    for w, r in zip(ws, ref, strict=True):
-        assert w.grad.dtype == torch.float32 and torch.equal(w.grad, r.grad)
+    for _ in range(2):
+        naive = torch.stack([torch.nn.functional.pad(w, pad(w)) for w in ref]).to(torch.bfloat16)
+        got = stack_padded(ws, dim, 4, torch.bfloat16)
+        assert got.dtype == torch.bfloat16 and torch.equal(got, naive)
+        up = torch.randn(got.shape, generator=g).to(torch.bfloat16)
+        (got.float() * up.float()).sum().backward()
+        (naive.float() * up.float()).sum().backward()
+        for w, r in zip(ws, ref, strict=True):
+            assert w.grad.dtype == torch.float32 and torch.equal(w.grad, r.grad)
+
+
+def test_rank_runs_group_equal_consecutive_ranks():
+    from alto.executor.lora_model import rank_runs
+
+    assert rank_runs((16, 16, 32, 64, 64, 64)) == ((0, 2, 16), (2, 3, 32), (3, 6, 64))
+    assert rank_runs((8, 4, 8)) == ((0, 1, 8), (1, 2, 4), (2, 3, 8))
+    assert rank_runs((5,)) == ((0, 1, 5),)
 
 
 @pytest.mark.parametrize("family", ["llama", "qwen2", "mistral"])

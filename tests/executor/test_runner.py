@@ -208,21 +208,48 @@ def test_faulty_adapter_diverges_and_leaves_neighbours_untouched(tmp_path, backb
 
 
 def test_grads_finite_flags_each_adapter():
-    from alto.executor.lora_model import grads_finite
+    """NaN / -inf anywhere in an adapter's gradients (any module, A or B) flags it alone; a
+    finite gradient whose L2 norm overflows fp32 does not."""
+    from alto.executor.lora_model import Adapter, grads_finite
+    from alto.policy.types import JobConfig
 
-    class _Ad:
-        def __init__(self, *grads):
-            self.ps = [torch.nn.Parameter(torch.zeros(3)) for _ in grads]
-            for p, g in zip(self.ps, grads, strict=True):
-                p.grad = g
-
-        def parameters(self):
-            return self.ps
-
-    ads = [_Ad(torch.ones(3), torch.ones(3)), _Ad(torch.ones(3), torch.tensor([1.0, float("nan"), 0.0])),
-           _Ad(None, None), _Ad(torch.tensor([float("-inf"), 0, 0]), None),
-           _Ad(torch.full((3,), 2e19))]  # finite, but its L2 norm overflows fp32
+    shapes = {"l0.q": (4, 6), "l1.v": (4, 2)}
+    ads = [Adapter(JobConfig(f"t/{i}", "t", 1e-3, 2, 1, 4.0, 10), shapes, "cpu", seed=i) for i in range(5)]
+    ads[0].flat_grad.fill_(1.0)
+    ads[1].params["l1.v"][1].grad[1, 0] = float("nan")  # B of the last module
+    ads[3].params["l0.q"][0].grad[0, 0] = float("-inf")  # A of the first module
+    ads[4].flat_grad.fill_(2e19)  # finite, but its L2 norm overflows fp32
     assert grads_finite(ads).tolist() == [True, False, True, False, True]
+
+
+def test_adapter_factors_are_views_of_one_buffer_and_train_like_separate_ones():
+    """Each factor and its gradient live in the adapter's flat buffers; zero_grad keeps the
+    gradient buffers (zeroed, not None); a step equals AdamW over the separate factors."""
+    from alto.executor.lora_model import Adapter
+    from alto.policy.types import JobConfig
+
+    shapes = {"l0.q": (5, 7), "l0.down": (3, 5)}
+    ad = Adapter(JobConfig("t/0", "t", 1e-2, 3, 1, 6.0, 10), shapes, "cpu", seed=0, weight_decay=0.1)
+    ref = [p.detach().clone().requires_grad_() for p in ad.parameters()]
+    opt = torch.optim.AdamW(ref, lr=1e-2, weight_decay=0.1)
+    assert [tuple(p.shape) for p in ad.parameters()] == [(3, 5), (7, 3), (3, 3), (5, 3)]
+    assert sum(p.numel() for p in ad.parameters()) == ad.master.numel()
+    g = torch.Generator().manual_seed(3)
+    for _ in range(3):
+        for p, r in zip(ad.parameters(), ref, strict=True):
+            grad = torch.randn(p.shape, generator=g)
+            p.grad.add_(grad)  # as autograd / stack_padded accumulate
+            r.grad = grad.clone()
+        ad.step()
+        opt.step()
+        ad.zero_grad()
+        assert all(p.grad is not None and not p.grad.any() for p in ad.parameters())
+        assert ad.params["l0.q"][0].data_ptr() == ad.master.data_ptr()
+    for p, r in zip(ad.parameters(), ref, strict=True):
+        assert torch.allclose(p, r, rtol=1e-6, atol=1e-7)
+    ad.to("cpu")  # a move rebinds the views: still one buffer
+    ad.params["l0.down"][1].data.fill_(1.0)
+    assert ad.master[-15:].eq(1.0).all()
 
 
 def _tree(path):
