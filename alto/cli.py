@@ -47,6 +47,10 @@ def _add_simulate(sub) -> None:
     p.add_argument("--early-exit", default=None, metavar="CONFIG.yaml",
                    help="take the early-exit settings from this `alto run` config's early_exit "
                         "section (e.g. to replay its curves with recorded:); default: the paper's")
+    p.add_argument("--admission-from", default=None, metavar="CONFIG.yaml",
+                   help="also cap every task's admission as this `alto run` config's memory section "
+                        "does (max_total_batch, max_active), beside the memory model: replays a run's "
+                        "queueing and warmup rotation; default: the memory model alone")
     p.add_argument("--out", default=DEFAULT_OUT, help=f"output folder (default {DEFAULT_OUT})")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
     p.set_defaults(func=cmd_simulate)

@@ -46,6 +46,21 @@ def early_exit_of(path: str) -> EarlyExitConfig:
         raise ValueError(f"--early-exit {path}: {e}") from None
 
 
+def admission_of(path: str) -> tuple[int | None, int | None]:
+    """(memory.max_total_batch, memory.max_active) of an `alto run` config (YAML), checked as
+    `alto run` checks them; (None, None) where it sets neither. ValueError naming the file."""
+    from alto.executor.config import ConfigError, parse_memory, read_config_yaml
+
+    try:
+        raw = read_config_yaml(path)
+        if not isinstance(raw, dict):
+            raise ConfigError("expected a mapping at the top level")
+        mem = parse_memory(raw.get("memory"))
+    except ConfigError as e:
+        raise ValueError(f"--admission-from {path}: {e}") from None
+    return mem.max_total_batch, mem.max_active
+
+
 def simulate_main(a) -> int:
     from traces.loader import load_trace
     from traces.schema import validate_trace
@@ -73,8 +88,9 @@ def simulate_main(a) -> int:
     replayed = {} if stand_ins is None else {t.task_id: stand_ins(t.task_id) for t in tasks}
     borrowed = {t: c for t, c in replayed.items() if c != t}
     early_exit = early_exit_of(a.early_exit) if a.early_exit else EarlyExitConfig()
+    max_total_batch, max_active = admission_of(a.admission_from) if a.admission_from else (None, None)
     cfg = SimConfig(gpus=a.gpus, gpus_per_node=a.gpus_per_node, gpu_type=a.gpu_type, workers=a.workers,
-                    early_exit=early_exit)
+                    early_exit=early_exit, max_total_batch=max_total_batch, max_active=max_active)
 
     skipped = getattr(curves, "skipped_interrupted", [])
     if skipped:  # (an interrupted `alto run`: those curves stop where Ctrl-C cut them)
@@ -97,6 +113,8 @@ def simulate_main(a) -> int:
         "curves_borrowed": borrowed,
         "early_exit": {k: v for k, v in dataclasses.asdict(early_exit).items() if k != "policy"},
         "early_exit_from": a.early_exit or "defaults",
+        "admission": {"max_total_batch": max_total_batch, "max_active": max_active,
+                      "from": a.admission_from or "the memory model alone"},
     }
     tables = result_tables(runs, meta)
     out = write_results(a.out, *tables)

@@ -55,6 +55,9 @@ class SimConfig:
       time of eval_samples x seq_len tokens (an estimate: forward ~2N of the 4N FLOPs per
       token), and training pauses while the due configs are scored, as in the executor.
     log_events: keep the exact (time_s, event) log (tests; costs memory on big traces).
+    max_total_batch, max_active: admission caps of every task beside the memory model, as
+      `alto run`'s memory.max_total_batch (summed batch of the configs training together)
+      and memory.max_active (configs training together); None: no cap.
     """
 
     gpus: int = 8
@@ -67,6 +70,8 @@ class SimConfig:
     keep_history_tasks: int = 4  # first tasks (in arrival order) whose loss histories are kept for figures
     exact_solver: str = "enum"  # ALTO planner's exact path on small instances: "enum" or "milp" (HiGHS, 2 s limit)
     workers: int = 1  # processes that simulate task training up front (0: one per core; 1: inline)
+    max_total_batch: int | None = None
+    max_active: int | None = None
 
 
 class ClusterSim:

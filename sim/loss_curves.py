@@ -30,6 +30,11 @@ from sim.cost_model import read_csv_table, write_rows
 
 
 class CurveSource(Protocol):
+    """What the simulator asks a curve source. Optional: ``divergence_onset(task, job) ->
+    int | None``, the samples at which training first gives a non-finite loss, where the
+    source knows it (RecordedCurves); the job then reports there instead of at its next
+    evaluation. ParametricCurves has none: its divergence is seen at evaluations only."""
+
     def losses(self, task: TaskSpec, job: JobConfig, samples: int) -> tuple[float, float]:
         """(train_loss, val_loss) after `samples` training samples; deterministic. May be inf."""
         ...
@@ -487,6 +492,17 @@ class RecordedCurves:
         c = self._curve(task, job)
         f = samples / job.total_samples
         return _interp_frac(f, c.frac, c.train), _interp_frac(f, c.frac, c.val)
+
+    def divergence_onset(self, task: TaskSpec, job: JobConfig) -> int | None:
+        """Samples at which the recorded run's training loss first became non-finite (the
+        executor checks every step and reports it there), scaled by the samples fraction and
+        rounded up to a whole step of this job; None if it never did."""
+        c = self._curve(task, job)
+        bad = np.flatnonzero(~np.isfinite(c.train))
+        if not bad.size:
+            return None
+        steps = max(1, math.ceil(c.frac[bad[0]] * job.total_samples / job.batch_size - 1e-9))
+        return min(job.total_samples, steps * job.batch_size)
 
     def final_best_val(self, task: TaskSpec, job: JobConfig) -> float:
         val = self._curve(task, job).val

@@ -54,13 +54,16 @@ class TaskCosts:
     def __init__(self, policy, cfg, cost):
         self.policy, self.cfg, self.cost = policy, cfg, cost
         self._cache: dict[tuple, float] = {}
+        caps = [c for c in (policy.max_active, cfg.max_active) if c is not None]
+        self.max_active = min(caps) if caps else None  # the policy's and the cluster's cap
 
     def fits(self, task: TaskSpec) -> Callable[[Sequence[JobConfig]], bool]:
         """Whether a set of the task's configs can train together on its GPUs.
 
         The paper's M(B) = k0 + k1·B·L (k0 and HBM scale with the task's GPUs, since
         adapters are rank-local), plus each adapter's own parameters, gradients and AdamW
-        state, which M(B) leaves out and which reach ~80 GB for 60 rank-32 adapters on 8B.
+        state, which M(B) leaves out and which reach ~80 GB for 60 rank-32 adapters on 8B;
+        and the summed batch under SimConfig.max_total_batch when set.
         """
         k0, k1, hbm = self.cost.memory(self.cfg.gpu_type, task.model)
         mem = MemoryModel(k0 * task.gpus, k1, hbm * task.gpus, self.cfg.mem_margin_frac)
@@ -68,7 +71,10 @@ class TaskCosts:
         # bytes each job adds: M(B) is linear in B, so the check is a sum of per-job footprints
         per_job = {j.job_id: k1 * j.batch_size * task.seq_len + state[j.rank] for j in task.jobs()}
         room = mem.usable_bytes - mem.predict(0, task.seq_len)
-        return lambda js: sum([per_job[j.job_id] for j in js]) <= room
+        cap = self.cfg.max_total_batch
+        if cap is None:
+            return lambda js: sum([per_job[j.job_id] for j in js]) <= room
+        return lambda js: sum([j.batch_size for j in js]) <= cap and sum([per_job[j.job_id] for j in js]) <= room
 
     def step_time(self, task: TaskSpec, jobs: Sequence[JobConfig]) -> float:
         """Seconds of one co-located step of `jobs`.
@@ -98,19 +104,19 @@ class TaskCosts:
     def predicted_duration(self, task: TaskSpec) -> float:
         """Worst-case duration (no early exit), the planner's input (paper §5).
 
-        Packs the grid greedily (largest batch first) until the memory model says stop,
-        then assumes that packing's throughput for every sample of every config.
+        Packs the grid greedily (largest batch first) until the memory model (or a cap)
+        says stop, then assumes that packing's throughput for every sample of every config.
         """
         key = ("dur", task.model, task.gpus, task.seq_len, task.dataset_size, task.epochs, task.ranks, task.batch_sizes, len(task.lrs))
         d = self._cache.get(key)
         if d is None:
             jobs = task.jobs()
-            if self.policy.max_active == 1:
+            if self.max_active == 1:
                 d = sum(j.total_steps * self.step_time(task, [j]) for j in jobs)
             else:
                 fits, packed = self.fits(task), []
                 for j in sorted(jobs, key=lambda j: -j.batch_size):
-                    if fits([*packed, j]):
+                    if len(packed) != self.max_active and fits([*packed, j]):
                         packed.append(j)
                 packed = packed or [min(jobs, key=lambda j: j.batch_size)]
                 per_s = sum(j.batch_size for j in packed) / self.step_time(task, packed)
@@ -124,7 +130,7 @@ def simulate_task_training(task: TaskSpec, costs: TaskCosts, curves, log: bool =
     policy, cfg = costs.policy, costs.cfg
     jobs = task.jobs()
     ee = make_early_exit(replace(cfg.early_exit, policy=policy.early_exit), jobs)
-    tuner = TaskTuner(jobs, ee, costs.fits(task), policy.backfill, policy.max_active, keep_history)
+    tuner = TaskTuner(jobs, ee, costs.fits(task), policy.backfill, costs.max_active, keep_history)
     slots = TaskSlots(jobs)
     now, evaluations = 0.0, 0
     events: list[tuple[float, str]] = []
@@ -132,11 +138,20 @@ def simulate_task_training(task: TaskSpec, costs: TaskCosts, curves, log: bool =
     # every loss the task can ask for, in one vectorised call: evaluations hit eval points
     at_points = curves.losses_at(task, jobs, [ee.eval_points(j) for j in jobs])
     loss_table = {j.job_id: t for j, t in zip(jobs, at_points, strict=True)}
+    # where the curves know the step at which training first gave a non-finite loss (recorded
+    # runs), the job reports there, as the executor does, instead of at its next evaluation
+    onset_of = getattr(curves, "divergence_onset", None)
+    onsets = {j.job_id: o for j in jobs if onset_of and (o := onset_of(task, j)) is not None}
+
+    def next_report(jid: str, samples: int) -> int:
+        o = onsets.get(jid)
+        n = tuner.next_eval(jid)
+        return n if o is None or o <= samples else min(n, o)
 
     def apply(decisions) -> None:
         for d in decisions:
             if isinstance(d, Admit):
-                slots.admit(d.job_id, tuner.next_eval(d.job_id))
+                slots.admit(d.job_id, next_report(d.job_id, slots.samples[d.job_id]))
                 what = f"{'resume' if d.resume else 'admit'} {d.job_id}"
             elif isinstance(d, Pause):
                 slots.leave(d.job_id)
@@ -179,7 +194,7 @@ def simulate_task_training(task: TaskSpec, costs: TaskCosts, curves, log: bool =
                 slots.leave(jid)
                 apply(tuner.on_complete(now, jid))
             else:
-                slots.reschedule(jid, tuner.next_eval(jid), samples)
+                slots.reschedule(jid, next_report(jid, samples), samples)
         evaluations += n_evals
         now += n_evals * eval_s
     final_best = curves.final_best_vals(task, jobs)

@@ -291,6 +291,23 @@ def parse_early_exit(e: Any) -> dict[str, Any]:
     return dict(e, policy=pol)
 
 
+def parse_memory(m: Any) -> MemoryCfg:
+    """A `memory` section checked (ConfigError naming the key); used by `alto run` configs
+    and by `alto simulate --admission-from`."""
+    mem = _check_keys(m or {}, ("budget_gb", "margin_frac", "max_total_batch", "max_active"), "memory")
+    out = MemoryCfg(
+        budget_gb=_typed(mem, "budget_gb", float, "memory"),
+        margin_frac=_typed(mem, "margin_frac", float, "memory", 0.1),
+        max_total_batch=_typed(mem, "max_total_batch", int, "memory"),
+        max_active=_typed(mem, "max_active", int, "memory"),
+    )
+    for key in ("max_total_batch", "max_active"):
+        v = getattr(out, key)
+        if v is not None and v < 1:
+            raise ConfigError(f"memory.{key}: expected a positive int or null, got {v}")
+    return out
+
+
 def parse_config(raw: Any, base_dir: Path = Path(".")) -> Config:
     """Validate a parsed YAML document; raise ConfigError naming the bad key."""
     raw = _check_keys(raw, ("model", "tasks", "early_exit", "memory", "run"), "")
@@ -299,19 +316,13 @@ def parse_config(raw: Any, base_dir: Path = Path(".")) -> Config:
             raise ConfigError(f"{r}: missing")
     if not isinstance(raw["tasks"], list) or not raw["tasks"]:
         raise ConfigError("tasks: expected a non-empty list")
-    mem = _check_keys(raw.get("memory") or {}, ("budget_gb", "margin_frac", "max_total_batch", "max_active"), "memory")
     run = _check_keys(raw.get("run") or {}, ("log_every", "export", "weight_decay", "kernel", "micro_step_tokens"),
                       "run")
     cfg = Config(
         model=parse_model(raw["model"]),
         tasks=[_parse_task(t, i) for i, t in enumerate(raw["tasks"])],
         early_exit=parse_early_exit(raw.get("early_exit")),
-        memory=MemoryCfg(
-            budget_gb=_typed(mem, "budget_gb", float, "memory"),
-            margin_frac=_typed(mem, "margin_frac", float, "memory", 0.1),
-            max_total_batch=_typed(mem, "max_total_batch", int, "memory"),
-            max_active=_typed(mem, "max_active", int, "memory"),
-        ),
+        memory=parse_memory(raw.get("memory")),
         run=RunCfg(
             log_every=_typed(run, "log_every", int, "run", 10),
             export=_typed(run, "export", str, "run", "all"),
@@ -327,10 +338,6 @@ def parse_config(raw: Any, base_dir: Path = Path(".")) -> Config:
         raise ConfigError(f"run.micro_step_tokens: expected a positive int, got {cfg.run.micro_step_tokens}")
     if cfg.run.kernel not in ("auto", "reference", "fused"):
         raise ConfigError(f"run.kernel: expected auto|reference|fused, got {cfg.run.kernel!r}")
-    for key in ("max_total_batch", "max_active"):
-        v = getattr(cfg.memory, key)
-        if v is not None and v < 1:
-            raise ConfigError(f"memory.{key}: expected a positive int or null, got {v}")
     cap = cfg.memory.max_total_batch
     for i, t in enumerate(cfg.tasks):  # a config whose batch exceeds the cap could never run
         if cap is not None and cap < max(t.batch_sizes):

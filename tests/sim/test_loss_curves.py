@@ -165,6 +165,20 @@ def test_recorded_interpolates_in_samples_fraction(recorded):
     assert recorded.final_best_val(t, div) == 2.5
 
 
+def test_recorded_divergence_onset_is_the_first_non_finite_step(recorded, tmp_path):
+    """The samples fraction of the first non-finite training loss, scaled to the job and
+    rounded up to a whole step; capped at the job's end; None for a curve that stays finite."""
+    t = task("gsm", size=1000, seq=512)  # total_samples 3000
+    assert recorded.divergence_onset(t, job_at(t, 1e-3)) == 3000  # inf at fraction 1.0
+    assert recorded.divergence_onset(t, job_at(t, 1e-4)) is None
+    rows = [rec("gsm", "d", 1e-3, 16, 4, s, 50, tr, tr) for s, tr in ((0, 3.0), (20, 2.0), (25, "inf"), (50, "inf"))]
+    mid = RecordedCurves(write(tmp_path / "mid.csv", rows))
+    j = JobConfig("gsm/d", "gsm", 1e-3, 16, 4, 32.0, 30)  # fraction 0.5 of 30 = 15: step 4 ends at 16
+    assert mid.divergence_onset(t, j) == 16
+    j = JobConfig("gsm/d", "gsm", 1e-3, 16, 4, 32.0, 6)  # 3 samples -> 4, but the job ends at 6
+    assert mid.divergence_onset(t, j) == 4
+
+
 def test_recorded_task_mapping(recorded, tmp_path):
     assert recorded.curve_set_for("gsm") == "gsm"
     assert recorded.curve_set_for("syn-0003-llama-3.1-8b-gsm8k") == "other"  # 3 % 2 -> sorted[1]
