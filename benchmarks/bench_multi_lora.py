@@ -182,6 +182,11 @@ FUSED_VARIANTS = {  # TUNE overrides of each fused_multi_lora variant
     # the shrinks through the Triton kernel instead of the Gluon one (TUNE gpu sh_gluon, the
     # default on Hopper since 2026-11-29, session 11), on the shipped path and on the gemm path
     "fused_sh_triton": dict(DEFAULT_TUNE, gpu=dict(DEFAULT_TUNE["gpu"], sh_gluon=False)),
+    # no Gluon kernel at all (their launches cost the host more than Triton's, §3k): the
+    # gemm path's GEMM and both paths' shrinks in Triton
+    "fused_gemm_all_triton": dict(DEFAULT_TUNE, path="gemm",
+                                  gpu=dict(DEFAULT_TUNE["gpu"], gm_gluon=False, sh_gluon=False)),
+    "fused_stream_triton": dict(DEFAULT_TUNE, path="stream", gpu=dict(DEFAULT_TUNE["gpu"], sh_gluon=False)),
     # the Gluon shrink with whole row tiles per program (TUNE gpu sh_gl_stream_k off: session
     # 11's scheme) instead of the stream-K split shipped in session 12
     "fused_shgl_whole": dict(DEFAULT_TUNE, gpu=dict(DEFAULT_TUNE["gpu"], sh_gl_stream_k=False)),
