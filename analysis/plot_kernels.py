@@ -1,9 +1,10 @@
 """Figure of the multi-LoRA layer benchmark, drawn only from benchmarks/results/multi_lora.csv.
 
 Run:  python3 analysis/plot_kernels.py [--csv benchmarks/results/multi_lora.csv]
-                                       [--out analysis/figures/multi_lora.png]
+                                       [--out analysis/figures/multi_lora.png] [--shapes A,B,...]
 
-One panel per layer shape: fwd+bwd time of each variant relative to the base GEMM alone
+One panel per layer shape (default: issue #3's four Llama-3.1-8B projections; the CSV also
+holds other shapes, e.g. SmolLM2's, measured at other adapter counts): fwd+bwd time of each variant relative to the base GEMM alone
 (base = 1), against tokens T, one line style per adapter count N. Top row: eager calls, the
 host's launch cost included (do_bench); bottom row: GPU time alone, the step replayed from a
 CUDA graph (gpu_ratio_vs_base; runs from 2026-11-29 on, base and fused variants only). The
@@ -59,6 +60,9 @@ SHIPPED_SINCE = {"stream": "2026-11-29T15:34Z", "gemm": "2026-11-29T16:55Z"}
 
 def _is_current(variant: str, date: str, rule_variant: str, path: str) -> bool:
     return date >= SHIPPED_SINCE[path] and variant in (rule_variant, "fused")
+
+
+LLAMA_8B_SHAPES = ("4096x14336", "14336x4096", "4096x4096", "4096x1024")
 
 
 def load(path: str) -> pd.DataFrame:
@@ -122,8 +126,14 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--csv", default="benchmarks/results/multi_lora.csv")
     p.add_argument("--out", default="analysis/figures/multi_lora.png")
+    p.add_argument("--shapes", default=",".join(LLAMA_8B_SHAPES), help="d_inxd_out panels, in order")
     args = p.parse_args()
-    plot(load(args.csv), args.out)
+    df = load(args.csv)
+    shapes = [s.strip() for s in args.shapes.split(",") if s.strip()]
+    missing = [s for s in shapes if s not in set(df["shape"])]
+    if missing:
+        raise SystemExit(f"--shapes: {', '.join(missing)} not in {args.csv}")
+    plot(df[df["shape"].isin(shapes)], args.out)
 
 
 if __name__ == "__main__":

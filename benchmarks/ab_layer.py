@@ -27,7 +27,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # (imported as a module too)
-from bench_multi_lora import SHAPES, make_inputs, step_fn  # noqa: E402
+from bench_multi_lora import make_inputs, shape_of, step_fn  # noqa: E402
 
 from benchmarks.results_csv import append_results  # noqa: E402
 
@@ -73,7 +73,7 @@ def round_orders(variants: list[str], rounds: int) -> list[list[str]]:
 def ab_cell(shape: str, t: int, n: int, variants: list[str], rounds: int,
             replays: int) -> dict[str, list[float]]:  # fmt: skip
     """ms per step of each variant, one entry per round (order rotated each round)."""
-    inp = make_inputs(*SHAPES[shape], t, n)
+    inp = make_inputs(*shape_of(shape), t, n)
     graphs = {v: capture(step_fn(v, inp)) for v in variants}
     times: dict[str, list[float]] = {v: [] for v in variants}
     for order in round_orders(variants, rounds):

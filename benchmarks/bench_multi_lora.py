@@ -78,6 +78,19 @@ SHAPES = {
     "4096x14336": (4096, 14336),
     "14336x4096": (14336, 4096),
 }
+
+
+def shape_of(name: str) -> tuple[int, int]:
+    """(d_in, d_out) of a named shape, or of any "DINxDOUT" (e.g. 576x1536, SmolLM2's up)."""
+    if name in SHAPES:
+        return SHAPES[name]
+    try:
+        d_in, d_out = (int(v) for v in name.split("x"))
+    except ValueError:
+        raise SystemExit(f"--shapes: {name!r} is neither one of {', '.join(SHAPES)} nor DINxDOUT") from None
+    return d_in, d_out
+
+
 COLUMNS = [
     "date",
     "gpu",
@@ -321,7 +334,7 @@ def variant_path(variant: str, t: int, d_in: int, d_out: int) -> str:
 
 def bench_case(shape: str, t: int, n: int, args, meta: dict, bw: float) -> None:
     """Check, time and record (CSV rows) every variant of one (shape, T, N) case."""
-    d_in, d_out = SHAPES[shape]
+    d_in, d_out = shape_of(shape)
     slow_t = {int(v) for v in args.slow_variants_tokens.split(",")}
     graph_vars = set(args.graph_variants.split(","))
     inp = make_inputs(d_in, d_out, t, n)
