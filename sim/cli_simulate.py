@@ -89,6 +89,11 @@ def simulate_main(a) -> int:
     borrowed = {t: c for t, c in replayed.items() if c != t}
     early_exit = early_exit_of(a.early_exit) if a.early_exit else EarlyExitConfig()
     max_total_batch, max_active = admission_of(a.admission_from) if a.admission_from else (None, None)
+    too_big = [t.task_id for t in tasks if max_total_batch is not None and max(t.batch_sizes) > max_total_batch]
+    if too_big:  # (alto run refuses such a config; here those configs end `failed`)
+        print(f"note: --admission-from {a.admission_from}: max_total_batch {max_total_batch} is below the "
+              f"largest batch size of {len(too_big)} task(s) ({', '.join(too_big[:3])}"
+              f"{', ...' if len(too_big) > 3 else ''}); those configs can never run and end failed", file=sys.stderr)
     cfg = SimConfig(gpus=a.gpus, gpus_per_node=a.gpus_per_node, gpu_type=a.gpu_type, workers=a.workers,
                     early_exit=early_exit, max_total_batch=max_total_batch, max_active=max_active)
 

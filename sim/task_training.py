@@ -177,9 +177,10 @@ def simulate_task_training(task: TaskSpec, costs: TaskCosts, curves, log: bool =
         for jid in slots.pop_due():
             if jid not in slots.in_slot:  # exited by an earlier decision at this same instant
                 continue
-            n_evals += 1
             j = slots.by_id[jid]
             samples, steps = slots.trained(jid)
+            if onsets.get(jid) != samples:  # (the executor does not evaluate a diverged config)
+                n_evals += 1
             pair = loss_table[jid].get(samples)
             train, val = pair if pair is not None else curves.losses(task, j, samples)
             decisions = tuner.on_loss(LossReported(now, jid, steps, samples, train, val))

@@ -314,6 +314,32 @@ def test_early_exit_settings_from_a_run_config(tmp_path, capsys):
     assert "no early_exit section" in capsys.readouterr().err
 
 
+def test_admission_caps_from_a_run_config(tmp_path, capsys):
+    """--admission-from caps every task's co-located configs as the run's memory section
+    does: with max_active 1 each task trains one config at a time (a longer
+    makespan), and it is recorded in meta.json; a cap below a task's batch sizes is said (those configs
+    fail), and a bad memory section names the file and key."""
+    trace = write(tmp_path, HEADER + ROW_A)
+    run_cfg = tmp_path / "run.yaml"
+    base = ["simulate", "--trace", str(trace), "--gpus", "2", "--policies", "alto", "--quiet"]
+    assert main([*base, "--out", str(tmp_path / "free")]) == 0
+    run_cfg.write_text("memory: {max_active: 1}\n")
+    assert main([*base, "--admission-from", str(run_cfg), "--out", str(tmp_path / "one")]) == 0
+    meta = json.loads((tmp_path / "one" / "meta.json").read_text())
+    assert meta["admission"] == {"max_total_batch": None, "max_active": 1, "from": str(run_cfg)}
+    free = json.loads((tmp_path / "free" / "summary.json").read_text())["alto"]
+    one = json.loads((tmp_path / "one" / "summary.json").read_text())["alto"]
+    assert one["makespan_s"] > free["makespan_s"]
+    run_cfg.write_text("memory: {max_total_batch: 4}\n")  # ROW_A has batch sizes 2 and 8
+    assert main([*base, "--admission-from", str(run_cfg), "--out", str(tmp_path / "cap")]) == 0
+    assert "max_total_batch 4 is below the largest batch size of 1 task(s) (a)" in capsys.readouterr().err
+    cap = json.loads((tmp_path / "cap" / "summary.json").read_text())["alto"]
+    assert cap["configs_failed"] == 6  # 3 lrs x 2 ranks at batch 8
+    run_cfg.write_text("memory: {max_active: 0}\n")
+    assert main([*base, "--admission-from", str(run_cfg), "--out", str(tmp_path / "x")]) == 2
+    assert f"--admission-from {run_cfg}: memory.max_active" in capsys.readouterr().err
+
+
 def test_configs_that_never_fit_are_not_counted_as_saved(tmp_path, capsys):
     """A config that fits no GPU's memory ends `failed` without training. Its samples used to
     count as "saved by early exit" (80 % here); now they are reported apart."""

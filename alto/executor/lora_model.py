@@ -387,7 +387,11 @@ class FactorTable:
     the addresses stay valid for that step's forward and backward."""
 
     def __init__(self, adapters: Sequence[Adapter], device):
-        ptrs = [a.master.data_ptr() for a in adapters] + [a.flat_grad.data_ptr() for a in adapters]
+        # the buffers themselves, held until the table goes (the step's backward has run):
+        # the kernels reach them only through the addresses
+        self._buffers = [(a.master.data, a.flat_grad) for a in adapters]
+        ptrs = [w.data_ptr() for w, _ in self._buffers] + [g.data_ptr() for _, g in self._buffers]
+        self._ptrs, self._adapters = ptrs, list(adapters)
         table = torch.tensor(ptrs, dtype=torch.int64).to(device, non_blocking=True)
         self.weights, self.grads = table[:len(adapters)], table[len(adapters):]
         self.ranks = torch.tensor([a.rank for a in adapters], dtype=torch.int32).to(device, non_blocking=True)
@@ -411,7 +415,17 @@ class FactorTable:
     def scatter_add(self, g: torch.Tensor, name: str, rank_dim: int) -> None:
         from kernels.factor_stack import scatter_add_factors
 
+        self.check_unmoved()
         scatter_add_factors(g, self.grads, self.ranks, self.units[name][rank_dim], rank_dim)
+
+
+    def check_unmoved(self) -> None:
+        """RuntimeError if an adapter's buffers moved since the table was built (Adapter.to
+        between forward and backward): its gradient would land in the old buffer."""
+        now = [a.master.data_ptr() for a in self._adapters] + [a.flat_grad.data_ptr() for a in self._adapters]
+        if now != self._ptrs:
+            raise RuntimeError("an adapter's weights or gradients moved between this step's forward "
+                               "and backward (Adapter.to); its gradient would be lost")
 
 
 class MultiLoraModel:
@@ -479,6 +493,7 @@ class MultiLoraModel:
             raise ValueError(f"{len(adapters)} adapters, rows {list(rows)} (sum must be R={R})")
         # the context stays set until clear(): checkpointed layers recompute in backward
         self.ctx.adapters, self.ctx.seg_lens = list(adapters), [r * L for r in rows]
+        self.ctx.factors = None  # (a table left by an aborted step must not serve this one)
         if self.ctx.impl == "fused":
             import kernels
 

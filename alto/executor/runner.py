@@ -180,7 +180,7 @@ class TaskRunner:
                 raise SimulatedOOM("simulated OOM")
             tb = collate(groups, self.tok.pad_id).to(self.mlm.device)
             poison = [bool(self.hooks.nan(s.job.job_id, s.steps)) for s in states] if self.hooks.nan else None
-            losses, _ = loss_and_backward(self.mlm, [s.adapter for s in states], tb.inputs, tb.targets,
+            losses, scored = loss_and_backward(self.mlm, [s.adapter for s in states], tb.inputs, tb.targets,
                                           tb.mask, tb.rows, self.micro_tokens, poison)
             if self.hooks.inf_grad:
                 for s in states:
@@ -209,8 +209,8 @@ class TaskRunner:
         self.step_no += 1
         self.tokens += tb.inputs.numel()
         vals = losses.detach().float().cpu().tolist()
-        for s, b, v, ok in zip(states, sizes, vals, finite.tolist(), strict=False):
-            if ok:
+        for s, b, v, ok, n in zip(states, sizes, vals, finite.tolist(), scored.tolist(), strict=False):
+            if ok and n > 0:  # no scored token (e.g. completions cut by max_seq_len): no signal, no update
                 s.adapter.step()
             else:
                 v = math.nan  # (a finite loss whose gradient was not: reported as divergence)
@@ -284,8 +284,10 @@ class TaskRunner:
             for a0 in range(0, len(adapters), k):
                 chunk = adapters[a0:a0 + k]
                 tb = collate([piece] * len(chunk), self.tok.pad_id).to(self.mlm.device)
-                loss, cnt = self.mlm.per_adapter_loss(chunk, tb.inputs, tb.targets, tb.mask, tb.rows)
-                self.mlm.clear()
+                try:
+                    loss, cnt = self.mlm.per_adapter_loss(chunk, tb.inputs, tb.targets, tb.mask, tb.rows)
+                finally:
+                    self.mlm.clear()
                 for i, (lv, cv) in enumerate(zip(loss.tolist(), cnt.tolist(), strict=False)):
                     sums[a0 + i] += lv * cv
                     cnts[a0 + i] += cv

@@ -191,3 +191,40 @@ def test_forward_without_backward_leaks_nothing(monkeypatch):
     for _ in range(3):
         step()
     assert _live_tensors() - before <= 2
+
+
+def test_factor_table_keeps_buffers_alive_and_refuses_moved_ones(monkeypatch):
+    """The kernels reach the adapters' buffers by address only. An adapter dropped between
+    forward and backward (a caller's temporary) must not be freed under the scatter: the
+    table holds its buffers, and the other adapter's gradient is what it is when all are
+    kept. An adapter whose buffers move in between (Adapter.to) is an error, not a silently
+    lost gradient."""
+    import gc
+
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    mlm = MultiLoraModel(_tiny("llama"), LORA_TARGETS, impl="fused")
+    ids = torch.randint(0, 250, (2, 9), generator=torch.Generator().manual_seed(2))
+    job = lambda i, r: JobConfig(f"t/{i}", "t", 1e-3, r, 1, 2.0 * r, 10)
+    keep = mlm.new_adapter(job(0, 4), seed=0)
+    for _, b in keep.params.values():
+        b.data.fill_(0.01)
+
+    def forward(other):
+        loss, _ = mlm.per_adapter_loss([keep, other], ids[:, :-1], ids[:, 1:], torch.ones(2, 8), [1, 1])
+        mlm.clear()
+        return loss
+
+    other = mlm.new_adapter(job(1, 8), seed=1)
+    forward(other).sum().backward()
+    want = keep.flat_grad.clone()
+    keep.zero_grad()
+    loss = forward(mlm.new_adapter(job(1, 8), seed=1))  # the temporary is dropped here
+    gc.collect()
+    loss.sum().backward()
+    assert torch.equal(keep.flat_grad, want)
+    keep.zero_grad()
+    loss = forward(other)
+    other.master.data = other.master.data.clone()  # what Adapter.to does to a real move
+    other._bind_views()
+    with pytest.raises(RuntimeError, match="moved between this step's forward and backward"):
+        loss.sum().backward()
