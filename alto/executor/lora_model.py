@@ -391,7 +391,7 @@ class FactorTable:
         # the kernels reach them only through the addresses
         self._buffers = [(a.master.data, a.flat_grad) for a in adapters]
         ptrs = [w.data_ptr() for w, _ in self._buffers] + [g.data_ptr() for _, g in self._buffers]
-        self._ptrs, self._adapters = ptrs, list(adapters)
+        self._ptrs, self._adapters, self._checked = ptrs, list(adapters), False
         table = torch.tensor(ptrs, dtype=torch.int64).to(device, non_blocking=True)
         self.weights, self.grads = table[:len(adapters)], table[len(adapters):]
         self.ranks = torch.tensor([a.rank for a in adapters], dtype=torch.int32).to(device, non_blocking=True)
@@ -421,7 +421,11 @@ class FactorTable:
 
     def check_unmoved(self) -> None:
         """RuntimeError if an adapter's buffers moved since the table was built (Adapter.to
-        between forward and backward): its gradient would land in the old buffer."""
+        between forward and backward): its gradient would land in the old buffer. Checked at
+        the first scatter only: once backward runs, no caller code runs until it ends."""
+        if self._checked:
+            return
+        self._checked = True
         now = [a.master.data_ptr() for a in self._adapters] + [a.flat_grad.data_ptr() for a in self._adapters]
         if now != self._ptrs:
             raise RuntimeError("an adapter's weights or gradients moved between this step's forward "
