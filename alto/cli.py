@@ -38,6 +38,9 @@ def _add_simulate(sub) -> None:
     p.add_argument("--costs", default="auto", choices=["auto", "estimate", "measured"],
                    help="step-cost tables: auto (measured where they cover every kernel of a model, "
                         "else estimates) [default], estimate, or measured (may mix)")
+    p.add_argument("--cost-table", action="append", default=None, metavar="CSV",
+                   help="a measured step-cost table to use beside the bundled ones (as `alto profile "
+                        "--out CSV` writes it; its memory_CSV beside it too, if any); repeatable")
     p.add_argument("--curves", default=None, help="loss curves: parametric[:SEED] (default) or recorded:PATH")
     p.add_argument("--seed", type=int, default=None,
                    help="seed of the default parametric loss curves (default 0; with --curves, give it there)")

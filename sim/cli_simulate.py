@@ -76,7 +76,9 @@ def simulate_main(a) -> int:
     kw = {} if a.max_tasks is None else {"max_tasks": a.max_tasks}
     tasks = load_trace(path, a.trace_format, **kw)
     validate_trace(tasks, path, cluster_gpus=a.gpus)
-    cost = CostModel.from_dir(costs=a.costs)
+    if a.costs == "estimate" and a.cost_table:
+        raise ValueError("--cost-table: measured tables are not used with --costs estimate")
+    cost = CostModel.from_dir(costs=a.costs, extra=a.cost_table or ())
     models = sorted({t.model for t in tasks})
     provenance = {m: cost.source(a.gpu_type, m, p.kernel) for m in models for p in policies[:1]}
     if a.seed is not None and a.curves:
@@ -114,6 +116,7 @@ def simulate_main(a) -> int:
     meta = {
         "trace": label, "trace_format": a.trace_format, "tasks": len(tasks), "gpus": a.gpus,
         "gpus_per_node": a.gpus_per_node, "gpu_type": a.gpu_type, "costs": a.costs, "curves": a.curves or f"parametric:{seed}",
+        "cost_tables_added": list(a.cost_table or []),
         "cost_sources": {m: {p.kernel: cost.source(a.gpu_type, m, p.kernel) for p in policies} for m in models},
         "curves_borrowed": borrowed,
         "early_exit": {k: v for k, v in dataclasses.asdict(early_exit).items() if k != "policy"},

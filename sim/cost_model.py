@@ -229,10 +229,16 @@ class CostModel:
             self._memory[key] = (r["k0_bytes"], r["k1_bytes_per_token"], r["hbm_bytes"])
 
     @classmethod
-    def from_dir(cls, path: str | os.PathLike = DEFAULT_PROFILE_DIR, costs: str = "auto") -> CostModel:
+    def from_dir(cls, path: str | os.PathLike = DEFAULT_PROFILE_DIR, costs: str = "auto",
+                 extra: Sequence[str | os.PathLike] = ()) -> CostModel:
         """Load the tables in `path`: estimates (step_costs.csv, memory.csv) plus measured
         tables written by `alto profile` / the executor benchmark (measured_*.csv,
         memory_measured_*.csv).
+
+        extra: more measured step-cost tables (`alto profile --out` files), each with its
+        memory table when there is one beside it under alto profile's default name
+        (memory_<name>); they join the measured tables of `path` (later files win at the
+        same point). Their rows must be measured ones (source "measured: ...").
 
         costs: which step rows to use per (gpu, model):
           "estimate": only estimate rows;
@@ -248,6 +254,17 @@ class CostModel:
         steps = read_csv_table(path / "step_costs.csv", STEP_COLUMNS, _STEP_TYPES)
         mem = read_csv_table(path / "memory.csv", MEMORY_COLUMNS, _MEMORY_TYPES)
         measured = [r for f in sorted(path.glob("measured_*.csv")) for r in read_csv_table(f, STEP_COLUMNS, _STEP_TYPES)]
+        extra_mem = []
+        for f in map(Path, extra):
+            rows = read_csv_table(f, STEP_COLUMNS, _STEP_TYPES)
+            for i, r in enumerate(rows, start=1):
+                if not str(r["source"]).startswith("measured"):
+                    raise ValueError(f"{f}: row {i}: field 'source': extra cost tables hold measured rows "
+                                     f"(source 'measured: ...'), got {r['source']!r}")
+            measured += rows
+            beside = f.with_name(f"memory_{f.name}")
+            if beside.exists():
+                extra_mem += read_csv_table(beside, MEMORY_COLUMNS, _MEMORY_TYPES)
         if costs == "estimate":
             measured = []
         elif costs == "auto":
@@ -260,6 +277,7 @@ class CostModel:
         if costs != "estimate":
             for f in sorted(path.glob("memory_measured_*.csv")):
                 mem += read_csv_table(f, MEMORY_COLUMNS, _MEMORY_TYPES)
+            mem += extra_mem
         return cls(steps + measured, mem)
 
     def gpu_types(self) -> list[str]:

@@ -340,6 +340,36 @@ def test_admission_caps_from_a_run_config(tmp_path, capsys):
     assert f"--admission-from {run_cfg}: memory.max_active" in capsys.readouterr().err
 
 
+def test_measured_cost_table_from_alto_profile_is_used(tmp_path, capsys):
+    """--cost-table adds an `alto profile --out` table (and its memory_ table beside it) to
+    the bundled ones: with --costs measured its rows price the task (twice the step time,
+    twice the makespan here: every step is priced at its rows), and meta.json names them.
+    Estimate rows in such a table, a missing file and --costs estimate are refused."""
+    trace = write(tmp_path, HEADER + "s,0,t,mistral-7b,1,64,256,1,0.0002,16,1;2\n")
+    cols = "gpu,model,kernel,n_adapters,tokens_per_step,mean_rank,step_time_s,source,date\n"
+    def table(scale, source="measured: H200 test"):
+        rows = [f"H200,mistral-7b,{k},{n},{t},16,{scale * (0.1 + 0.001 * n)},{source},2026-11-29\n"
+                for k in ("fused", "single") for n in ((1,) if k == "single" else (1, 2, 4))
+                for t in (256, 1024, 4096)]
+        return write(tmp_path, cols + "".join(rows), f"m{scale}.csv")
+    base = ["simulate", "--trace", str(trace), "--gpus", "1", "--policies", "alto", "--costs", "measured",
+            "--quiet"]
+    for scale in (1, 2):
+        assert main([*base, "--cost-table", str(table(scale)), "--out", str(tmp_path / f"o{scale}")]) == 0
+    meta = json.loads((tmp_path / "o1" / "meta.json").read_text())
+    assert meta["cost_tables_added"] == [str(tmp_path / "m1.csv")]
+    assert meta["cost_sources"]["mistral-7b"]["fused"] == "measured: H200 test"
+    one, two = (json.loads((tmp_path / f"o{s}" / "summary.json").read_text())["alto"] for s in (1, 2))
+    assert two["makespan_s"] > 1.5 * one["makespan_s"]
+    bad = table(3, source="estimate: mine")
+    assert main([*base, "--cost-table", str(bad), "--out", str(tmp_path / "x")]) == 2
+    assert "extra cost tables hold measured rows" in capsys.readouterr().err
+    assert main([*base, "--cost-table", str(tmp_path / "none.csv"), "--out", str(tmp_path / "x")]) == 2
+    assert "none.csv" in capsys.readouterr().err
+    assert main([*base[:-3], "--costs", "estimate", "--quiet", "--cost-table", str(table(1)),
+                 "--out", str(tmp_path / "x")]) == 2
+
+
 def test_configs_that_never_fit_are_not_counted_as_saved(tmp_path, capsys):
     """A config that fits no GPU's memory ends `failed` without training. Its samples used to
     count as "saved by early exit" (80 % here); now they are reported apart."""
