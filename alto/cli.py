@@ -47,13 +47,15 @@ def _add_simulate(sub) -> None:
     p.add_argument("--workers", type=int, default=0,
                    help="processes simulating task training in parallel (default 0: one per core; same results)")
     p.add_argument("--max-tasks", type=int, default=None, help="keep only the first N tasks of the trace")
-    p.add_argument("--early-exit", default=None, metavar="CONFIG.yaml",
-                   help="take the early-exit settings from this `alto run` config's early_exit "
-                        "section (e.g. to replay its curves with recorded:); default: the paper's")
-    p.add_argument("--admission-from", default=None, metavar="CONFIG.yaml",
-                   help="also cap every task's admission as this `alto run` config's memory section "
-                        "does (max_total_batch, max_active), beside the memory model: replays a run's "
-                        "queueing and warmup rotation; default: the memory model alone")
+    p.add_argument("--early-exit", default=None, metavar="RUN",
+                   help="take the early-exit settings from an `alto run` config (YAML) or output "
+                        "folder (its run.json), e.g. to replay its curves with recorded:; default: "
+                        "the paper's")
+    p.add_argument("--admission-from", default=None, metavar="RUN",
+                   help="also cap every task's admission as an `alto run` config (YAML) or output "
+                        "folder (its run.json) does (memory max_total_batch, max_active), beside the "
+                        "memory model: replays a run's queueing and warmup rotation; default: the "
+                        "memory model alone")
     p.add_argument("--out", default=DEFAULT_OUT, help=f"output folder (default {DEFAULT_OUT})")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
     p.set_defaults(func=cmd_simulate)

@@ -32,14 +32,37 @@ def resolve_trace(trace: str | None) -> tuple[Path, str]:
     return p, str(p)
 
 
-def early_exit_of(path: str) -> EarlyExitConfig:
-    """The `early_exit` section of an `alto run` config (YAML), checked as `alto run` checks
-    it; its `policy` key is left to each simulated policy. ValueError naming the file."""
-    from alto.executor.config import ConfigError, parse_early_exit, read_config_yaml
+def _run_settings(path: str, flag: str) -> dict:
+    """The parsed settings behind ``flag``: an `alto run` config (YAML), or an `alto run`
+    output folder's run.json (the settings as that run applied them). ValueError naming it."""
+    import json
 
+    from alto.executor.config import ConfigError, read_config_yaml
+
+    p = Path(path)
     try:
-        raw = read_config_yaml(path)
-        if not isinstance(raw, dict) or raw.get("early_exit") is None:
+        if p.is_dir():
+            if not (p / "run.json").is_file():
+                raise ConfigError("a folder without run.json (not an `alto run` output folder)")
+            raw = json.loads((p / "run.json").read_text(encoding="utf-8"))
+        else:
+            raw = read_config_yaml(path)
+        if not isinstance(raw, dict):
+            raise ConfigError("expected a mapping at the top level")
+        return raw
+    except (ConfigError, json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{flag} {path}: {e}") from None
+
+
+def early_exit_of(path: str) -> EarlyExitConfig:
+    """The early-exit settings of an `alto run` config (YAML) or output folder (run.json),
+    checked as `alto run` checks them; their `policy` key is left to each simulated policy.
+    ValueError naming the file."""
+    from alto.executor.config import ConfigError, parse_early_exit
+
+    raw = _run_settings(path, "--early-exit")
+    try:
+        if raw.get("early_exit") is None:
             raise ConfigError("no early_exit section")
         return EarlyExitConfig(**parse_early_exit(raw["early_exit"]))
     except ConfigError as e:
@@ -47,18 +70,17 @@ def early_exit_of(path: str) -> EarlyExitConfig:
 
 
 def admission_of(path: str) -> tuple[int | None, int | None]:
-    """(memory.max_total_batch, memory.max_active) of an `alto run` config (YAML), checked as
-    `alto run` checks them; (None, None) where it sets neither. ValueError naming the file."""
-    from alto.executor.config import ConfigError, parse_memory, read_config_yaml
+    """(memory.max_total_batch, memory.max_active) of an `alto run` config (YAML) or output
+    folder (run.json: the caps as applied, the CPU default included), checked as `alto run`
+    checks them; (None, None) where neither is set. ValueError naming the file."""
+    from alto.executor.config import ConfigError, parse_memory
 
+    mem = _run_settings(path, "--admission-from").get("memory")
     try:
-        raw = read_config_yaml(path)
-        if not isinstance(raw, dict):
-            raise ConfigError("expected a mapping at the top level")
-        mem = parse_memory(raw.get("memory"))
+        m = parse_memory(mem)
     except ConfigError as e:
         raise ValueError(f"--admission-from {path}: {e}") from None
-    return mem.max_total_batch, mem.max_active
+    return m.max_total_batch, m.max_active
 
 
 def simulate_main(a) -> int:

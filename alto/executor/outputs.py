@@ -6,12 +6,17 @@
 - DIR/curves.csv: the same evaluations in the simulator's recorded-curve format
   (task, job_id, lr, rank, batch_size, samples, total_samples, train_loss, val_loss, source);
 - DIR/adapters/<job>/: PEFT adapters (see peft_export.py);
-- DIR/base_model/: the base HF config (+ weights for small random models).
+- DIR/base_model/: the base HF config (+ weights for small random models);
+- DIR/run.json: the settings the run trained with, as applied (model, device, LoRA impl,
+  early exit, memory caps: a CPU run without caps records the default cap it got), so that
+  `alto simulate --early-exit DIR --admission-from DIR` replays it.
 """
 
 from __future__ import annotations
 
 import csv
+import dataclasses
+import json
 import math
 import shutil
 from pathlib import Path
@@ -27,7 +32,8 @@ CURVE_COLS = ["task", "job_id", "lr", "rank", "batch_size", "samples", "total_sa
               "val_loss", "source"]
 
 
-RUN_ENTRIES = ("jobs.csv", "losses.csv", "curves.csv", "adapters", "base_model")  # what a run writes
+RUN_ENTRIES = ("jobs.csv", "losses.csv", "curves.csv", "adapters", "base_model", "run.json")  # what a run writes
+RUN_SETTINGS = "run.json"
 
 
 class OutputDirError(ValueError):
@@ -58,6 +64,19 @@ def clear_run_entries(out: Path, held: list[str]) -> None:
             shutil.rmtree(p)
         else:
             p.unlink(missing_ok=True)
+
+
+def write_run_settings(out: Path, cfg, device: str, impl: str) -> None:
+    """DIR/run.json: the settings of this run as applied (see the module docstring)."""
+    settings = {
+        "model": dataclasses.asdict(cfg.model), "device": device, "lora_impl": impl,
+        "early_exit": dict(cfg.early_exit), "memory": dataclasses.asdict(cfg.memory),
+        "run": dataclasses.asdict(cfg.run),
+        "tasks": [{"name": t.name, "max_seq_len": t.max_seq_len, "epochs": t.epochs, "lrs": t.lrs,
+                   "ranks": t.ranks, "batch_sizes": t.batch_sizes, "alpha": t.alpha,
+                   "val_samples": t.val_samples, "seed": t.seed} for t in cfg.tasks],
+    }
+    (Path(out) / RUN_SETTINGS).write_text(json.dumps(settings, indent=1) + "\n")
 
 
 def _f(x: float) -> str:

@@ -20,7 +20,7 @@ from alto.executor.config import Config, ConfigError
 from alto.executor.data import load_task_data
 from alto.executor.lora_model import MultiLoraModel, fused_available
 from alto.executor.models import load_backbone, resolve_device, save_base_model
-from alto.executor.outputs import RunWriter, check_out_dir, clear_run_entries
+from alto.executor.outputs import RunWriter, check_out_dir, clear_run_entries, write_run_settings
 from alto.executor.runner import Hooks, TaskRunner
 
 
@@ -93,6 +93,7 @@ def run_config(cfg: Config, out: str | Path, hooks: Hooks | None = None, log=sys
 
     src = f"measured: {device_name(device)} {dt.date.today()} alto run {cfg.model.path} {cfg.model.dtype}"
     writer = RunWriter(out, source=src, base_model=base_name)
+    write_run_settings(out, cfg, str(device), impl)
     res = RunResult(out, impl=impl)
     print(f"alto run: {cfg.model.path} on {device} ({cfg.model.dtype}), LoRA impl {impl}", file=log)
     try:

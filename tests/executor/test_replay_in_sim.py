@@ -3,7 +3,7 @@
 `alto run configs/tiny.yaml` (CPU, 12 configs: 4 diverge, 6 stop at the warmup cutoff, 2
 complete) writes its loss curves; `alto simulate` on a one-task trace of the same grid,
 with those curves (`recorded:`), the run's early-exit settings (`--early-exit`) and its
-admission caps (`--admission-from`), must stop every config at the same sample count for
+admission caps (`--admission-from`; each from the config or from the run's run.json), must stop every config at the same sample count for
 the same reason. Without the caps the simulator admits all 12 at once (its memory model
 fits them), so no config waits at the warmup boundary and the cutoff comes later.
 """
@@ -47,6 +47,11 @@ def test_replay_of_a_real_run_stops_every_config_where_the_run_did(tmp_path, one
             "--curves", f"recorded:{run}", "--early-exit", str(CONFIGS / "tiny.yaml")]
     assert main([*base, "--admission-from", str(CONFIGS / "tiny.yaml"), "--out", str(tmp_path / "s")]) == 0
     assert _exits(tmp_path / "s" / "jobs.csv") == real
+    # the run's own folder (its run.json) serves both flags the same way
+    by_run = ["simulate", "--trace", str(trace), "--gpus", "1", "--policies", "alto", "--quiet",
+              "--curves", f"recorded:{run}", "--early-exit", str(run), "--admission-from", str(run)]
+    assert main([*by_run, "--out", str(tmp_path / "r")]) == 0
+    assert _exits(tmp_path / "r" / "jobs.csv") == real
     # diverged configs stop at the step whose loss was non-finite, not at their next evaluation
     assert {real[j][0] for j in real if "lr1e+20" in j} == {4, 8}  # 2 steps of batch 2 / 4
     assert main([*base, "--out", str(tmp_path / "free")]) == 0

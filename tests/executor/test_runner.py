@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import load_file
 
 from alto.executor.runner import Hooks
-from alto.executor.session import run_config
+from alto.executor.session import CPU_DEFAULT_MAX_TOTAL_BATCH, run_config
 from alto.policy.early_exit import EarlyExitConfig, make_early_exit
 from alto.policy.task_tuner import TaskTuner
 from alto.policy.types import Admit, Exit, ExitReason, LossReported, Pause
@@ -285,3 +285,23 @@ def test_an_earlier_run_is_never_overwritten_or_mixed_without_overwrite(tmp_path
     (tmp_path / "afile").write_text("x")
     with pytest.raises(OutputDirError, match="exists and is not a folder"):
         run_config(one, tmp_path / "afile", log=io.StringIO(), backbone=backbone)
+
+
+def test_run_json_records_the_settings_as_applied(tmp_path, backbone, mkcfg):
+    """run.json holds what the run trained with, including the admission cap a CPU run gets
+    when its config sets none (a replay needs it), and `alto simulate` reads it."""
+    import json
+
+    from sim.cli_simulate import admission_of, early_exit_of
+
+    cfg = mkcfg(memory={})
+    assert cfg.memory.max_total_batch is None
+    res = run_config(cfg, tmp_path / "o", log=io.StringIO(), backbone=backbone)
+    settings = json.loads((res.out / "run.json").read_text())
+    assert settings["memory"]["max_total_batch"] == CPU_DEFAULT_MAX_TOTAL_BATCH
+    assert (settings["device"], settings["lora_impl"]) == ("cpu", "reference")
+    assert settings["tasks"][0]["lrs"] == cfg.tasks[0].lrs
+    assert admission_of(str(res.out)) == (CPU_DEFAULT_MAX_TOTAL_BATCH, None)
+    assert early_exit_of(str(res.out)).warmup_frac == cfg.early_exit.get("warmup_frac", 0.05)
+    with pytest.raises(ValueError, match="not an `alto run` output folder"):
+        admission_of(str(tmp_path))
