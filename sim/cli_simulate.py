@@ -43,8 +43,12 @@ def _run_settings(path: str, flag: str) -> dict:
     try:
         if p.is_dir():
             if not (p / "run.json").is_file():
-                raise ConfigError("a folder without run.json (not an `alto run` output folder)")
-            raw = json.loads((p / "run.json").read_text(encoding="utf-8"))
+                raise ConfigError("a folder without run.json (not an `alto run` output folder, or "
+                                  "one from before run.json existed: pass the run's config instead)")
+            try:
+                raw = json.loads((p / "run.json").read_text(encoding="utf-8"))
+            except (json.JSONDecodeError, UnicodeDecodeError) as e:
+                raise ConfigError(f"{p / 'run.json'}: {e}") from None
         else:
             raw = read_config_yaml(path)
         if not isinstance(raw, dict):
@@ -101,6 +105,10 @@ def simulate_main(a) -> int:
     if a.costs == "estimate" and a.cost_table:
         raise ValueError("--cost-table: measured tables are not used with --costs estimate")
     cost = CostModel.from_dir(costs=a.costs, extra=a.cost_table or ())
+    for (gpu, model), lacking in cost.unused_extra.items():  # said even with --quiet
+        print(f"note: --cost-table rows for {gpu}/{model} are not used under --costs auto: they lack "
+              f"kernel(s) {', '.join(lacking)}, and auto never mixes measured and estimated kernels "
+              "of one model; --costs measured uses them", file=sys.stderr)
     models = sorted({t.model for t in tasks})
     provenance = {m: cost.source(a.gpu_type, m, p.kernel) for m in models for p in policies[:1]}
     if a.seed is not None and a.curves:
@@ -139,6 +147,7 @@ def simulate_main(a) -> int:
         "trace": label, "trace_format": a.trace_format, "tasks": len(tasks), "gpus": a.gpus,
         "gpus_per_node": a.gpus_per_node, "gpu_type": a.gpu_type, "costs": a.costs, "curves": a.curves or f"parametric:{seed}",
         "cost_tables_added": list(a.cost_table or []),
+        "cost_tables_unused": {f"{g}/{m}": f"lacks {', '.join(k)} (--costs auto)" for (g, m), k in cost.unused_extra.items()},
         "cost_sources": {m: {p.kernel: cost.source(a.gpu_type, m, p.kernel) for p in policies} for m in models},
         "curves_borrowed": borrowed,
         "early_exit": {k: v for k, v in dataclasses.asdict(early_exit).items() if k != "policy"},
@@ -151,7 +160,8 @@ def simulate_main(a) -> int:
     print(format_table(runs))
     for policy, summary in tables[0].items():
         if summary["configs_failed"]:
-            print(f"note: {policy}: {summary['configs_failed']} config(s) fit no GPU's memory and never "
+            why = "no GPU's memory" + (" or the --admission-from cap" if max_total_batch is not None else "")
+            print(f"note: {policy}: {summary['configs_failed']} config(s) fit {why} and never "
                   f"ran ({summary['samples_failed']} samples; exit_reason failed in jobs.csv)")
     estimated = any("estimate" in s.lower() for d in meta["cost_sources"].values() for s in d.values())
     if estimated:

@@ -196,6 +196,7 @@ class CostModel:
     """predict() / memory() over parsed table rows (see module docstring for the rules)."""
 
     def __init__(self, step_rows: Iterable[Mapping], memory_rows: Iterable[Mapping] = ()) -> None:
+        self.unused_extra: dict[tuple[str, str], list[str]] = {}
         by_key: dict[tuple[str, str, str], list[Mapping]] = {}
         for r in step_rows:
             if r["kernel"] not in KERNELS:
@@ -254,17 +255,29 @@ class CostModel:
         steps = read_csv_table(path / "step_costs.csv", STEP_COLUMNS, _STEP_TYPES)
         mem = read_csv_table(path / "memory.csv", MEMORY_COLUMNS, _MEMORY_TYPES)
         measured = [r for f in sorted(path.glob("measured_*.csv")) for r in read_csv_table(f, STEP_COLUMNS, _STEP_TYPES)]
-        extra_mem = []
+        extra_mem, extra_keys = [], set()
         for f in map(Path, extra):
-            rows = read_csv_table(f, STEP_COLUMNS, _STEP_TYPES)
-            for i, r in enumerate(rows, start=1):
-                if not str(r["source"]).startswith("measured"):
-                    raise ValueError(f"{f}: row {i}: field 'source': extra cost tables hold measured rows "
-                                     f"(source 'measured: ...'), got {r['source']!r}")
+            try:
+                rows = read_csv_table(f, STEP_COLUMNS, _STEP_TYPES)
+                for i, r in enumerate(rows, start=1):
+                    if not str(r["source"]).startswith("measured"):
+                        raise ValueError(f"row {i}: field 'source': extra cost tables hold measured rows "
+                                         f"(source 'measured: ...'), got {r['source']!r}")
+                    try:
+                        cls([r])  # the table's own checks, row by row, so the message names it
+                    except ValueError as e:
+                        raise ValueError(f"row {i}: {e}") from None
+                beside = f.with_name(f"memory_{f.name}")
+                if beside.exists():
+                    extra_mem += read_csv_table(beside, MEMORY_COLUMNS, _MEMORY_TYPES)
+            except UnicodeDecodeError as e:
+                raise ValueError(f"{f}: not UTF-8 text ({e.reason})") from None
+            except ValueError as e:
+                msg = str(e)
+                raise ValueError(msg if msg.startswith(str(f)) else f"{f}: {msg}") from None
             measured += rows
-            beside = f.with_name(f"memory_{f.name}")
-            if beside.exists():
-                extra_mem += read_csv_table(beside, MEMORY_COLUMNS, _MEMORY_TYPES)
+            extra_keys |= {(r["gpu"], r["model"]) for r in rows}
+        measured_all, unused = list(measured), {}
         if costs == "estimate":
             measured = []
         elif costs == "auto":
@@ -274,11 +287,15 @@ class CostModel:
                 if kernels(steps, gm) <= kernels(measured, gm)
             }
             measured = [r for r in measured if (r["gpu"], r["model"]) in complete]
+        if costs == "auto":  # added tables that auto leaves out, with the kernels they lack
+            unused = {gm: sorted(kernels(steps, gm) - kernels(measured_all, gm)) for gm in extra_keys - complete}
         if costs != "estimate":
             for f in sorted(path.glob("memory_measured_*.csv")):
                 mem += read_csv_table(f, MEMORY_COLUMNS, _MEMORY_TYPES)
             mem += extra_mem
-        return cls(steps + measured, mem)
+        model = cls(steps + measured, mem)
+        model.unused_extra = unused  # (gpu, model) -> kernels the added tables lack under auto
+        return model
 
     def gpu_types(self) -> list[str]:
         return sorted({k[0] for k in self._grid})

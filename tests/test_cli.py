@@ -361,6 +361,17 @@ def test_measured_cost_table_from_alto_profile_is_used(tmp_path, capsys):
     assert meta["cost_sources"]["mistral-7b"]["fused"] == "measured: H200 test"
     one, two = (json.loads((tmp_path / f"o{s}" / "summary.json").read_text())["alto"] for s in (1, 2))
     assert two["makespan_s"] > 1.5 * one["makespan_s"]
+    # under the default --costs auto the table lacks the loop and lorafusion kernels (alto
+    # profile cannot measure lorafusion), so auto keeps the estimates and says why
+    assert main([*base[:-3], "--quiet", "--cost-table", str(table(2)), "--out", str(tmp_path / "auto")]) == 0
+    assert "rows for H200/mistral-7b are not used under --costs auto: they lack kernel(s) loop, lorafusion" \
+        in capsys.readouterr().err
+    meta = json.loads((tmp_path / "auto" / "meta.json").read_text())
+    assert meta["cost_tables_unused"] == {"H200/mistral-7b": "lacks loop, lorafusion (--costs auto)"}
+    assert meta["cost_sources"]["mistral-7b"]["fused"].startswith("estimate")
+    neg = write(tmp_path, cols + "H200,mistral-7b,fused,1,256,16,-1,measured: x,2026-11-29\n", "neg.csv")
+    assert main([*base, "--cost-table", str(neg), "--out", str(tmp_path / "x")]) == 2
+    assert f"{neg}: row 1: step row" in capsys.readouterr().err
     bad = table(3, source="estimate: mine")
     assert main([*base, "--cost-table", str(bad), "--out", str(tmp_path / "x")]) == 2
     assert "extra cost tables hold measured rows" in capsys.readouterr().err
