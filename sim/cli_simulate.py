@@ -14,7 +14,7 @@ from alto.policy.early_exit import EarlyExitConfig
 from sim.cluster import SimConfig
 from sim.cost_model import CostModel
 from sim.loss_curves import make_curve_source
-from sim.policies import DEFAULT_POLICIES, get_policies
+from sim.policies import DEFAULT_POLICIES, POLICIES, get_policies
 from sim.results import write_results
 from sim.runner import format_table, result_tables, simulate_policies, stderr_progress
 
@@ -120,6 +120,11 @@ def simulate_main(a) -> int:
     replayed = {} if stand_ins is None else {t.task_id: stand_ins(t.task_id) for t in tasks}
     borrowed = {t: c for t, c in replayed.items() if c != t}
     early_exit = early_exit_of(a.early_exit) if a.early_exit else EarlyExitConfig()
+    if a.early_exit and early_exit.policy not in {p.early_exit for p in policies}:
+        users = sorted(n for n, p in POLICIES.items() if p.early_exit == early_exit.policy)
+        print(f"note: --early-exit {a.early_exit}: the run's early-exit policy is {early_exit.policy!r}, "
+              f"which none of the simulated policies uses (each applies its own); "
+              f"{', '.join(users) or 'no policy'} would", file=sys.stderr)
     max_total_batch, max_active = admission_of(a.admission_from) if a.admission_from else (None, None)
     too_big = [t.task_id for t in tasks if max_total_batch is not None and max(t.batch_sizes) > max_total_batch]
     if too_big:  # (alto run refuses such a config; here those configs end `failed`)

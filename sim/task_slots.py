@@ -78,13 +78,16 @@ class TaskSlots:
         return h[0][0] if h else None
 
     def pop_due(self) -> list[str]:
-        """Advance to the next due step; return the jobs due there, in admission order."""
+        """Advance to the next due step; return the jobs due there in the executor's order:
+        by rank, then by admission (alto/executor/runner.py orders a step's adapters by
+        rank, stably, and reports their losses in that order; ASHA's decisions depend on
+        the order of reports at a rung)."""
         due_step = self.next_due_step()
         self.step = due_step
         out = []
         h = self._heap
         while h and h[0][0] == due_step:
-            _, _, ver, jid = heapq.heappop(h)
+            _, seq, ver, jid = heapq.heappop(h)
             if jid in self.in_slot and ver == self._version[jid]:
-                out.append(jid)
-        return out
+                out.append((self.by_id[jid].rank, seq, jid))
+        return [jid for _, _, jid in sorted(out)]

@@ -306,6 +306,10 @@ def test_early_exit_settings_from_a_run_config(tmp_path, capsys):
     paper = json.loads((tmp_path / "paper" / "summary.json").read_text())["alto"]
     late = json.loads((tmp_path / "run" / "summary.json").read_text())["alto"]
     assert late["samples_saved_frac"] < paper["samples_saved_frac"]  # a later, looser cutoff
+    run_cfg.write_text("early_exit: {policy: asha}\n")  # a policy none of the simulated ones uses
+    assert main([*base, "--early-exit", str(run_cfg), "--out", str(tmp_path / "asha")]) == 0
+    assert "the run's early-exit policy is 'asha', which none of the simulated policies uses" \
+        in capsys.readouterr().err
     run_cfg.write_text("early_exit: {keep_ratio: 2.0}\n")
     assert main([*base, "--early-exit", str(run_cfg), "--out", str(tmp_path / "x")]) == 2
     assert f"--early-exit {run_cfg}: early_exit:" in capsys.readouterr().err

@@ -22,6 +22,7 @@ import shutil
 from pathlib import Path
 
 from alto.executor.peft_export import export_adapter, job_dir_name
+from alto.policy.early_exit import EarlyExitConfig
 from alto.policy.types import JobConfig, LossReported
 
 JOB_COLS = ["task", "job_id", "lr", "rank", "alpha", "batch_size", "total_samples", "samples_trained",
@@ -70,7 +71,8 @@ def write_run_settings(out: Path, cfg, device: str, impl: str) -> None:
     """DIR/run.json: the settings of this run as applied (see the module docstring)."""
     settings = {
         "model": dataclasses.asdict(cfg.model), "device": device, "lora_impl": impl,
-        "early_exit": dict(cfg.early_exit), "memory": dataclasses.asdict(cfg.memory),
+        "early_exit": dataclasses.asdict(EarlyExitConfig(**cfg.early_exit)),  # defaults filled in
+        "memory": dataclasses.asdict(cfg.memory),
         "run": dataclasses.asdict(cfg.run),
         "tasks": [{"name": t.name, "max_seq_len": t.max_seq_len, "epochs": t.epochs, "lrs": t.lrs,
                    "ranks": t.ranks, "batch_sizes": t.batch_sizes, "alpha": t.alpha,

@@ -58,3 +58,23 @@ def test_replay_of_a_real_run_stops_every_config_where_the_run_did(tmp_path, one
     free = _exits(tmp_path / "free" / "jobs.csv")
     late = [j for j in real if real[j][1] == "underperforming" and free[j][0] > real[j][0]]
     assert late  # no queue: configs past their warmup boundary train on until the cutoff
+
+
+def test_replay_of_an_asha_run_matches_it_too(tmp_path, one_thread):
+    """ASHA decides by the order in which configs reach a rung: the simulator reports the
+    configs due at one step in the executor's order (by rank, then admission). In admission
+    order alone, 1 of these 12 configs stopped at 32 samples instead of the run's 4."""
+    cfg = (CONFIGS / "tiny.yaml").read_text().replace("data/add_", f"{CONFIGS}/data/add_")
+    cfg = cfg.replace("early_exit: {policy: alto, warmup_frac: 0.2,", "early_exit: {policy: asha,")
+    assert "policy: asha" in cfg
+    (tmp_path / "asha.yaml").write_text(cfg)
+    run = tmp_path / "run"
+    assert main(["run", str(tmp_path / "asha.yaml"), "--out", str(run)]) == 0
+    real = _exits(run / "jobs.csv")
+    assert {r for _, r in real.values()} >= {"asha", "completed"}
+    trace = tmp_path / "trace.csv"
+    trace.write_text(TRACE)
+    assert main(["simulate", "--trace", str(trace), "--gpus", "1", "--policies", "alto-asha", "--quiet",
+                 "--curves", f"recorded:{run}", "--early-exit", str(run), "--admission-from", str(run),
+                 "--out", str(tmp_path / "s")]) == 0
+    assert _exits(tmp_path / "s" / "jobs.csv") == real
