@@ -56,6 +56,13 @@ def _add_simulate(sub) -> None:
                         "folder (its run.json) does (memory max_total_batch, max_active), beside the "
                         "memory model: replays a run's queueing and warmup rotation; default: the "
                         "memory model alone")
+    p.add_argument("--replay", default=None, metavar="RUN_DIR",
+                   help="replay an `alto run` output folder: its tasks as the trace (from run.json), "
+                        "its recorded curves, early-exit settings and admission caps (each unless given); "
+                        "--gpus 1 is the run's one device")
+    p.add_argument("--replay-model", default=None, metavar="NAME",
+                   help="with --replay: the catalogue model whose step costs and memory stand in for "
+                        "the run's (default: the run's random:<name> model)")
     p.add_argument("--out", default=DEFAULT_OUT, help=f"output folder (default {DEFAULT_OUT})")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
     p.set_defaults(func=cmd_simulate)

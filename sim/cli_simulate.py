@@ -10,6 +10,7 @@ import dataclasses
 import sys
 from pathlib import Path
 
+from alto.models import UnknownNameError
 from alto.policy.early_exit import EarlyExitConfig
 from sim.cluster import SimConfig
 from sim.cost_model import CostModel
@@ -87,6 +88,34 @@ def admission_of(path: str) -> tuple[int | None, int | None]:
     return m.max_total_batch, m.max_active
 
 
+def replay_tasks(run_dir: str, model: str | None = None) -> list:
+    """The tasks of an `alto run` output folder (its run.json) as trace tasks: one per run
+    task, all arriving at 0 (the executor runs them one after another on its device), each
+    with the run's grid, sequence length, epochs and training-sample count. ``model``: a
+    catalogue model for the step costs and memory (default: the run's, when it is a
+    ``random:<catalogue name>`` model). ValueError naming what is missing."""
+    from alto.models import MODELS
+    from alto.policy.types import TaskSpec
+
+    s = _run_settings(run_dir, "--replay")
+    path = str(s.get("model", {}).get("path", ""))
+    name = model or (path.split(":", 1)[1] if path.startswith("random:") else None)
+    if name not in MODELS:
+        raise ValueError(f"--replay {run_dir}: the run's model {path!r} is no catalogue model "
+                         f"({', '.join(sorted(MODELS))}); pass --replay-model NAME for its step costs")
+    tasks = []
+    for i, t in enumerate(s.get("tasks") or []):
+        if "train_samples" not in t:
+            raise ValueError(f"--replay {run_dir}: run.json tasks[{i}] has no train_samples (a run "
+                             "from before it was recorded); write a trace and use --trace")
+        tasks.append(TaskSpec(t["name"], 0.0, "replay", name, MODELS[name].gpus, int(t["train_samples"]),
+                              int(t["max_seq_len"]), float(t["epochs"]), tuple(t["lrs"]), tuple(t["ranks"]),
+                              tuple(t["batch_sizes"])))
+    if not tasks:
+        raise ValueError(f"--replay {run_dir}: run.json lists no task")
+    return tasks
+
+
 def simulate_main(a) -> int:
     from traces.loader import load_trace
     from traces.schema import validate_trace
@@ -98,9 +127,20 @@ def simulate_main(a) -> int:
     if Path(a.out).exists() and not Path(a.out).is_dir():  # (checked before the simulation runs)
         raise ValueError(f"--out {a.out}: exists and is not a folder")
     policies = get_policies(a.policies or ",".join(DEFAULT_POLICIES))
-    path, label = resolve_trace(a.trace)
-    kw = {} if a.max_tasks is None else {"max_tasks": a.max_tasks}
-    tasks = load_trace(path, a.trace_format, **kw)
+    if a.replay:
+        if a.trace:
+            raise ValueError("--replay builds the trace from the run; drop --trace")
+        path, label = Path(a.replay) / "run.json", f"replay:{a.replay}"
+        tasks = replay_tasks(a.replay, a.replay_model)[: a.max_tasks]
+        a.curves = a.curves or f"recorded:{a.replay}"
+        a.early_exit = a.early_exit or a.replay
+        a.admission_from = a.admission_from or a.replay
+    else:
+        if a.replay_model:
+            raise ValueError("--replay-model: only with --replay")
+        path, label = resolve_trace(a.trace)
+        kw = {} if a.max_tasks is None else {"max_tasks": a.max_tasks}
+        tasks = load_trace(path, a.trace_format, **kw)
     validate_trace(tasks, path, cluster_gpus=a.gpus)
     if a.costs == "estimate" and a.cost_table:
         raise ValueError("--cost-table: measured tables are not used with --costs estimate")
@@ -110,7 +150,13 @@ def simulate_main(a) -> int:
               f"kernel(s) {', '.join(lacking)}, and auto never mixes measured and estimated kernels "
               "of one model; --costs measured uses them", file=sys.stderr)
     models = sorted({t.model for t in tasks})
-    provenance = {m: cost.source(a.gpu_type, m, p.kernel) for m in models for p in policies[:1]}
+    try:
+        provenance = {m: cost.source(a.gpu_type, m, p.kernel) for m in models for p in policies[:1]}
+    except UnknownNameError as e:
+        if not a.replay:
+            raise
+        raise UnknownNameError(f"{e.args[0]}; with --replay, pass --replay-model NAME for the step "
+                               "costs of a model the tables hold") from None
     if a.seed is not None and a.curves:
         raise ValueError("--seed: seeds the default parametric curves only; with --curves give "
                          "parametric:SEED there (recorded curves have no seed)")

@@ -67,8 +67,10 @@ def clear_run_entries(out: Path, held: list[str]) -> None:
             p.unlink(missing_ok=True)
 
 
-def write_run_settings(out: Path, cfg, device: str, impl: str) -> None:
-    """DIR/run.json: the settings of this run as applied (see the module docstring)."""
+def write_run_settings(out: Path, cfg, device: str, impl: str, train_samples: list[int]) -> None:
+    """DIR/run.json: the settings of this run as applied (see the module docstring);
+    train_samples: each task's training samples per epoch (what `alto simulate --replay`
+    needs for the task's dataset size)."""
     settings = {
         "model": dataclasses.asdict(cfg.model), "device": device, "lora_impl": impl,
         "early_exit": dataclasses.asdict(EarlyExitConfig(**cfg.early_exit)),  # defaults filled in
@@ -76,7 +78,8 @@ def write_run_settings(out: Path, cfg, device: str, impl: str) -> None:
         "run": dataclasses.asdict(cfg.run),
         "tasks": [{"name": t.name, "max_seq_len": t.max_seq_len, "epochs": t.epochs, "lrs": t.lrs,
                    "ranks": t.ranks, "batch_sizes": t.batch_sizes, "alpha": t.alpha,
-                   "val_samples": t.val_samples, "seed": t.seed} for t in cfg.tasks],
+                   "val_samples": t.val_samples, "seed": t.seed, "train_samples": n}
+                  for t, n in zip(cfg.tasks, train_samples, strict=True)],
     }
     (Path(out) / RUN_SETTINGS).write_text(json.dumps(settings, indent=1) + "\n")
 

@@ -93,7 +93,7 @@ def run_config(cfg: Config, out: str | Path, hooks: Hooks | None = None, log=sys
 
     src = f"measured: {device_name(device)} {dt.date.today()} alto run {cfg.model.path} {cfg.model.dtype}"
     writer = RunWriter(out, source=src, base_model=base_name)
-    write_run_settings(out, cfg, str(device), impl)
+    write_run_settings(out, cfg, str(device), impl, [len(train) for train, _ in data])
     res = RunResult(out, impl=impl)
     print(f"alto run: {cfg.model.path} on {device} ({cfg.model.dtype}), LoRA impl {impl}", file=log)
     try:

@@ -11,6 +11,7 @@ fits them), so no config waits at the warmup boundary and the cutoff comes later
 from __future__ import annotations
 
 import csv
+import json
 from pathlib import Path
 
 import pytest
@@ -52,6 +53,17 @@ def test_replay_of_a_real_run_stops_every_config_where_the_run_did(tmp_path, one
               "--curves", f"recorded:{run}", "--early-exit", str(run), "--admission-from", str(run)]
     assert main([*by_run, "--out", str(tmp_path / "r")]) == 0
     assert _exits(tmp_path / "r" / "jobs.csv") == real
+    # --replay: the trace from run.json too (llama-tiny has no step costs: SmolLM2's stand in)
+    assert main(["simulate", "--replay", str(run), "--replay-model", "smollm2-135m", "--gpus", "1",
+                 "--policies", "alto", "--quiet", "--out", str(tmp_path / "rp")]) == 0
+    assert _exits(tmp_path / "rp" / "jobs.csv") == real
+    assert json.loads((tmp_path / "rp" / "meta.json").read_text())["trace"] == f"replay:{run}"
+    capsys.readouterr()
+    assert main(["simulate", "--replay", str(run), "--gpus", "1", "--policies", "alto",
+                 "--out", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err
+    assert "no 'fused' costs for model 'llama-tiny'" in err, err
+    assert "with --replay, pass --replay-model NAME" in err
     # diverged configs stop at the step whose loss was non-finite, not at their next evaluation
     assert {real[j][0] for j in real if "lr1e+20" in j} == {4, 8}  # 2 steps of batch 2 / 4
     assert main([*base, "--out", str(tmp_path / "free")]) == 0
