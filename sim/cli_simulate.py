@@ -165,6 +165,12 @@ def simulate_main(a) -> int:
     stand_ins = getattr(curves, "curve_set_for", None)  # recorded curves: which set each task replays
     replayed = {} if stand_ins is None else {t.task_id: stand_ins(t.task_id) for t in tasks}
     borrowed = {t: c for t, c in replayed.items() if c != t}
+    exact_of = getattr(curves, "is_exact", None)
+    neighbours = [j.job_id for t in tasks for j in t.jobs() if exact_of and not exact_of(t, j)]
+    if neighbours:  # said even with --quiet: a grid that differs from the recorded one
+        print(f"note: {len(neighbours)} config(s) have no recorded curve of their own (lr, rank, batch) "
+              f"and replay the nearest recorded config's ({', '.join(neighbours[:3])}"
+              f"{', ...' if len(neighbours) > 3 else ''})", file=sys.stderr)
     early_exit = early_exit_of(a.early_exit) if a.early_exit else EarlyExitConfig()
     if a.early_exit and early_exit.policy not in {p.early_exit for p in policies}:
         users = sorted(n for n, p in POLICIES.items() if p.early_exit == early_exit.policy)
@@ -201,6 +207,7 @@ def simulate_main(a) -> int:
         "cost_tables_unused": {f"{g}/{m}": f"lacks {', '.join(k)} (--costs auto)" for (g, m), k in cost.unused_extra.items()},
         "cost_sources": {m: {p.kernel: cost.source(a.gpu_type, m, p.kernel) for p in policies} for m in models},
         "curves_borrowed": borrowed,
+        "curves_from_neighbours": len(neighbours),
         "early_exit": {k: v for k, v in dataclasses.asdict(early_exit).items() if k != "policy"},
         "early_exit_from": a.early_exit or "defaults",
         "admission": {"max_total_batch": max_total_batch, "max_active": max_active,

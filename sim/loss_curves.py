@@ -482,6 +482,11 @@ class RecordedCurves:
         idx = int(digits.group()) if digits else stable_hash(task_id)
         return self._names[idx % len(self._names)]
 
+    def is_exact(self, task: TaskSpec, job: JobConfig) -> bool:
+        """Whether the job's own (lr, rank, batch_size) is recorded in its task's set (else it
+        replays the nearest recorded config's curve)."""
+        return (job.lr, job.rank, job.batch_size) in self._sets[self.curve_set_for(task.task_id)]
+
     def _curve(self, task: TaskSpec, job: JobConfig) -> _Recorded:
         jobs = self._sets[self.curve_set_for(task.task_id)]
         dist = lambda k: (abs(math.log10(job.lr / k[0])) + 0.5 * abs(math.log2(job.rank / k[1]))

@@ -256,9 +256,9 @@ def test_profile_out_with_another_header_is_refused_before_timing(tmp_path, caps
 
 
 def test_recorded_curves_say_which_tasks_borrow_and_seed_needs_parametric(tmp_path, capsys):
-    """Trace tasks with no recorded curves of their own replay another task's: said on
-    stderr (even with --quiet) and kept in meta.json. --seed with --curves used to be
-    ignored silently."""
+    """Trace tasks with no recorded curves of their own replay another task's, and configs
+    with none of their own a neighbour's: both said on stderr (even with --quiet) and kept
+    in meta.json. --seed with --curves used to be ignored silently."""
     from sim.loss_curves import RECORDED_COLUMNS, write_recorded_csv
 
     rows = [dict(zip(RECORDED_COLUMNS, ("a", "j", 1e-5, 16, 2, s, 200, 2.0 - s / 200, 2.1 - s / 200,
@@ -270,8 +270,12 @@ def test_recorded_curves_say_which_tasks_borrow_and_seed_needs_parametric(tmp_pa
     argv = ["simulate", "--trace", str(trace), "--gpus", "4", "--policies", "alto", "--curves",
             f"recorded:{curves}", "--out", str(out), "--quiet"]
     assert main(argv) == 0
-    assert "note: 1 of 2 tasks have no recorded curves of their own and replay another task's (b -> a)" in capsys.readouterr().err
-    assert json.loads((out / "meta.json").read_text())["curves_borrowed"] == {"b": "a"}
+    err = capsys.readouterr().err
+    assert "note: 1 of 2 tasks have no recorded curves of their own and replay another task's (b -> a)" in err
+    # only (1e-5, 16, 2) is recorded: the other 11 + 4 configs of a and b replay it
+    assert "note: 15 config(s) have no recorded curve of their own (lr, rank, batch)" in err
+    meta = json.loads((out / "meta.json").read_text())
+    assert (meta["curves_borrowed"], meta["curves_from_neighbours"]) == ({"b": "a"}, 15)
     assert main([*argv, "--seed", "3"]) == 2
     assert "--seed: seeds the default parametric curves only" in capsys.readouterr().err
 
