@@ -31,7 +31,8 @@ def _add_simulate(sub) -> None:
     p = sub.add_parser("simulate", help="simulate a task trace on a GPU cluster under several policies")
     p.add_argument("--trace", default=None, help="trace file, or a bundled name (paper-11 [default], online-day)")
     p.add_argument("--trace-format", default="native", choices=["native", "acme", "philly", "openb"])
-    p.add_argument("--gpus", type=int, default=8, help="GPUs in the cluster (default 8)")
+    p.add_argument("--gpus", type=int, default=None,
+                   help="GPUs in the cluster (default 8; with --replay 1, the run's one device)")
     p.add_argument("--gpus-per-node", type=int, default=8, help="GPUs per node (default 8)")
     p.add_argument("--gpu-type", default="H200", help="GPU type in the cost tables (default H200)")
     p.add_argument("--policies", default=None, help="comma-separated policies, or 'all' (default: sequential,mlora,lorafusion,alto)")
@@ -58,8 +59,8 @@ def _add_simulate(sub) -> None:
                         "memory model alone")
     p.add_argument("--replay", default=None, metavar="RUN_DIR",
                    help="replay an `alto run` output folder: its tasks as the trace (from run.json), "
-                        "its recorded curves, early-exit settings and admission caps (each unless given); "
-                        "--gpus 1 is the run's one device")
+                        "its recorded curves, early-exit settings and admission caps (each unless given), "
+                        "on one GPU unless --gpus says otherwise")
     p.add_argument("--replay-model", default=None, metavar="NAME",
                    help="with --replay: the catalogue model whose step costs and memory stand in for "
                         "the run's (default: the run's random:<name> model)")

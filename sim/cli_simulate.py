@@ -120,6 +120,8 @@ def simulate_main(a) -> int:
     from traces.loader import load_trace
     from traces.schema import validate_trace
 
+    if a.gpus is None:  # the run's one device for a replay, else the paper's 8-GPU node
+        a.gpus = 1 if a.replay else 8
     if a.gpus <= 0 or a.gpus_per_node <= 0:
         raise ValueError(f"--gpus and --gpus-per-node must be positive, got {a.gpus} and {a.gpus_per_node}")
     if a.workers is not None and a.workers < 0:

@@ -54,10 +54,11 @@ def test_replay_of_a_real_run_stops_every_config_where_the_run_did(tmp_path, one
     assert main([*by_run, "--out", str(tmp_path / "r")]) == 0
     assert _exits(tmp_path / "r" / "jobs.csv") == real
     # --replay: the trace from run.json too (llama-tiny has no step costs: SmolLM2's stand in)
-    assert main(["simulate", "--replay", str(run), "--replay-model", "smollm2-135m", "--gpus", "1",
+    assert main(["simulate", "--replay", str(run), "--replay-model", "smollm2-135m",
                  "--policies", "alto", "--quiet", "--out", str(tmp_path / "rp")]) == 0
     assert _exits(tmp_path / "rp" / "jobs.csv") == real
-    assert json.loads((tmp_path / "rp" / "meta.json").read_text())["trace"] == f"replay:{run}"
+    meta = json.loads((tmp_path / "rp" / "meta.json").read_text())
+    assert (meta["trace"], meta["gpus"]) == (f"replay:{run}", 1)  # the run's one device
     capsys.readouterr()
     assert main(["simulate", "--replay", str(run), "--gpus", "1", "--policies", "alto",
                  "--out", str(tmp_path / "x")]) == 2
