@@ -48,15 +48,14 @@ def _add_simulate(sub) -> None:
     p.add_argument("--workers", type=int, default=0,
                    help="processes simulating task training in parallel (default 0: one per core; same results)")
     p.add_argument("--max-tasks", type=int, default=None, help="keep only the first N tasks of the trace")
+    run = "RUN: an `alto run` config (YAML) or output folder (its run.json)"
     p.add_argument("--early-exit", default=None, metavar="RUN",
-                   help="take the early-exit settings from an `alto run` config (YAML) or output "
-                        "folder (its run.json), e.g. to replay its curves with recorded:; default: "
-                        "the paper's")
+                   help=f"take the early-exit settings from {run}, e.g. to replay its curves with "
+                        "recorded:; default: the paper's")
     p.add_argument("--admission-from", default=None, metavar="RUN",
-                   help="also cap every task's admission as an `alto run` config (YAML) or output "
-                        "folder (its run.json) does (memory max_total_batch, max_active), beside the "
-                        "memory model: replays a run's queueing and warmup rotation; default: the "
-                        "memory model alone")
+                   help="also cap every task's admission as RUN did (memory max_total_batch, "
+                        "max_active), beside the memory model: replays a run's queueing and warmup "
+                        f"rotation ({run}); default: the memory model alone")
     p.add_argument("--replay", default=None, metavar="RUN_DIR",
                    help="replay an `alto run` output folder: its tasks as the trace (from run.json), "
                         "its recorded curves, early-exit settings and admission caps (each unless given), "

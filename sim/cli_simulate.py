@@ -34,29 +34,18 @@ def resolve_trace(trace: str | None) -> tuple[Path, str]:
 
 
 def _run_settings(path: str, flag: str) -> dict:
-    """The parsed settings behind ``flag``: an `alto run` config (YAML), or an `alto run`
-    output folder's run.json (the settings as that run applied them). ValueError naming it."""
-    import json
+    """alto.executor.config.read_run_settings, its errors as ValueErrors naming ``flag``."""
+    from alto.executor.config import ConfigError, read_run_settings
 
-    from alto.executor.config import ConfigError, read_config_yaml
-
-    p = Path(path)
     try:
-        if p.is_dir():
-            if not (p / "run.json").is_file():
-                raise ConfigError("a folder without run.json (not an `alto run` output folder, or "
-                                  "one from before run.json existed: pass the run's config instead)")
-            try:
-                raw = json.loads((p / "run.json").read_text(encoding="utf-8"))
-            except (json.JSONDecodeError, UnicodeDecodeError) as e:
-                raise ConfigError(f"{p / 'run.json'}: {e}") from None
-        else:
-            raw = read_config_yaml(path)
-        if not isinstance(raw, dict):
-            raise ConfigError("expected a mapping at the top level")
-        return raw
-    except (ConfigError, json.JSONDecodeError, UnicodeDecodeError) as e:
+        return read_run_settings(path)
+    except ConfigError as e:
         raise ValueError(f"{flag} {path}: {e}") from None
+
+
+def _listed(names: list[str], first: int = 3) -> str:
+    """The first few names, and "..." when there are more (for one-line notes)."""
+    return ", ".join(names[:first]) + (", ..." if len(names) > first else "")
 
 
 def early_exit_of(path: str) -> EarlyExitConfig:
@@ -132,7 +121,9 @@ def simulate_main(a) -> int:
     if a.replay:
         if a.trace:
             raise ValueError("--replay builds the trace from the run; drop --trace")
-        path, label = Path(a.replay) / "run.json", f"replay:{a.replay}"
+        from alto.executor.config import RUN_SETTINGS
+
+        path, label = Path(a.replay) / RUN_SETTINGS, f"replay:{a.replay}"
         tasks = replay_tasks(a.replay, a.replay_model)[: a.max_tasks]
         a.curves = a.curves or f"recorded:{a.replay}"
         a.early_exit = a.early_exit or a.replay
@@ -171,8 +162,7 @@ def simulate_main(a) -> int:
     neighbours = [j.job_id for t in tasks for j in t.jobs() if exact_of and not exact_of(t, j)]
     if neighbours:  # said even with --quiet: a grid that differs from the recorded one
         print(f"note: {len(neighbours)} config(s) have no recorded curve of their own (lr, rank, batch) "
-              f"and replay the nearest recorded config's ({', '.join(neighbours[:3])}"
-              f"{', ...' if len(neighbours) > 3 else ''})", file=sys.stderr)
+              f"and replay the nearest recorded config's ({_listed(neighbours)})", file=sys.stderr)
     early_exit = early_exit_of(a.early_exit) if a.early_exit else EarlyExitConfig()
     if a.early_exit and early_exit.policy not in {p.early_exit for p in policies}:
         users = sorted(n for n, p in POLICIES.items() if p.early_exit == early_exit.policy)
@@ -183,19 +173,19 @@ def simulate_main(a) -> int:
     too_big = [t.task_id for t in tasks if max_total_batch is not None and max(t.batch_sizes) > max_total_batch]
     if too_big:  # (alto run refuses such a config; here those configs end `failed`)
         print(f"note: --admission-from {a.admission_from}: max_total_batch {max_total_batch} is below the "
-              f"largest batch size of {len(too_big)} task(s) ({', '.join(too_big[:3])}"
-              f"{', ...' if len(too_big) > 3 else ''}); those configs can never run and end failed", file=sys.stderr)
+              f"largest batch size of {len(too_big)} task(s) ({_listed(too_big)}); those configs can "
+              "never run and end failed", file=sys.stderr)
     cfg = SimConfig(gpus=a.gpus, gpus_per_node=a.gpus_per_node, gpu_type=a.gpu_type, workers=a.workers,
                     early_exit=early_exit, max_total_batch=max_total_batch, max_active=max_active)
 
     skipped = getattr(curves, "skipped_interrupted", [])
     if skipped:  # (an interrupted `alto run`: those curves stop where Ctrl-C cut them)
         print(f"note: {len(skipped)} recorded job(s) were interrupted in their run and are left out "
-              f"of the curves ({', '.join(skipped[:3])}{', ...' if len(skipped) > 3 else ''})", file=sys.stderr)
+              f"of the curves ({_listed(skipped)})", file=sys.stderr)
     if borrowed:  # said even with --quiet: these tasks replay another task's curves
-        shown = ", ".join(f"{t} -> {c}" for t, c in list(borrowed.items())[:5])
+        shown = _listed([f"{t} -> {c}" for t, c in borrowed.items()], first=5)
         print(f"note: {len(borrowed)} of {len(tasks)} tasks have no recorded curves of their own "
-              f"and replay another task's ({shown}{', ...' if len(borrowed) > 5 else ''})", file=sys.stderr)
+              f"and replay another task's ({shown})", file=sys.stderr)
     if not a.quiet:
         print(f"simulating {len(tasks)} tasks from {label} on {a.gpus} x {a.gpu_type} "
               f"under {len(policies)} policies", file=sys.stderr)

@@ -195,18 +195,14 @@ def adapter_state_bytes(model: str, rank: int) -> float:
 class CostModel:
     """predict() / memory() over parsed table rows (see module docstring for the rules)."""
 
-    def __init__(self, step_rows: Iterable[Mapping], memory_rows: Iterable[Mapping] = ()) -> None:
-        self.unused_extra: dict[tuple[str, str], list[str]] = {}
+    def __init__(self, step_rows: Iterable[Mapping], memory_rows: Iterable[Mapping] = (),
+                 unused_extra: Mapping[tuple[str, str], list[str]] | None = None) -> None:
+        """unused_extra: (gpu, model) of added tables that --costs auto left out -> the
+        kernels they lack (from_dir; the CLI says so)."""
+        self.unused_extra = dict(unused_extra or {})
         by_key: dict[tuple[str, str, str], list[Mapping]] = {}
         for r in step_rows:
-            if r["kernel"] not in KERNELS:
-                raise ValueError(f"step row {dict(r)}: kernel must be one of {KERNELS}")
-            if r["model"] not in MODELS:
-                raise ValueError(f"step row {dict(r)}: unknown model; known: {', '.join(sorted(MODELS))}")
-            if not (r["n_adapters"] >= 1 and r["tokens_per_step"] >= 1 and r["mean_rank"] > 0
-                    and 0 < r["step_time_s"] < math.inf):
-                raise ValueError(f"step row {dict(r)}: need n_adapters, tokens_per_step >= 1, "
-                                 f"mean_rank > 0 and finite step_time_s > 0")
+            check_step_row(r)
             by_key.setdefault((r["gpu"], r["model"], r["kernel"]), []).append(r)
         # key -> {n: (tokens, times, ranks) sorted by tokens}, and the key's source string
         self._grid: dict[tuple[str, str, str], dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]]] = {}
@@ -264,7 +260,7 @@ class CostModel:
                         raise ValueError(f"row {i}: field 'source': extra cost tables hold measured rows "
                                          f"(source 'measured: ...'), got {r['source']!r}")
                     try:
-                        cls([r])  # the table's own checks, row by row, so the message names it
+                        check_step_row(r)
                     except ValueError as e:
                         raise ValueError(f"row {i}: {e}") from None
                 beside = f.with_name(f"memory_{f.name}")
@@ -277,7 +273,7 @@ class CostModel:
                 raise ValueError(msg if msg.startswith(str(f)) else f"{f}: {msg}") from None
             measured += rows
             extra_keys |= {(r["gpu"], r["model"]) for r in rows}
-        measured_all, unused = list(measured), {}
+        unused = {}
         if costs == "estimate":
             measured = []
         elif costs == "auto":
@@ -286,16 +282,14 @@ class CostModel:
                 gm for gm in {(r["gpu"], r["model"]) for r in measured}
                 if kernels(steps, gm) <= kernels(measured, gm)
             }
+            # added tables that auto leaves out, with the kernels they lack
+            unused = {gm: sorted(kernels(steps, gm) - kernels(measured, gm)) for gm in extra_keys - complete}
             measured = [r for r in measured if (r["gpu"], r["model"]) in complete]
-        if costs == "auto":  # added tables that auto leaves out, with the kernels they lack
-            unused = {gm: sorted(kernels(steps, gm) - kernels(measured_all, gm)) for gm in extra_keys - complete}
         if costs != "estimate":
             for f in sorted(path.glob("memory_measured_*.csv")):
                 mem += read_csv_table(f, MEMORY_COLUMNS, _MEMORY_TYPES)
             mem += extra_mem
-        model = cls(steps + measured, mem)
-        model.unused_extra = unused  # (gpu, model) -> kernels the added tables lack under auto
-        return model
+        return cls(steps + measured, mem, unused)
 
     def gpu_types(self) -> list[str]:
         return sorted({k[0] for k in self._grid})
@@ -351,6 +345,18 @@ class CostModel:
         except KeyError:
             known = ", ".join(f"{g}/{m}" for g, m in sorted(self._memory))
             raise UnknownNameError(f"no memory row for gpu {gpu!r}, model {model!r}; known: {known}") from None
+
+
+def check_step_row(r: Mapping) -> None:
+    """ValueError naming the row if a parsed step-cost row cannot be used."""
+    if r["kernel"] not in KERNELS:
+        raise ValueError(f"step row {dict(r)}: kernel must be one of {KERNELS}")
+    if r["model"] not in MODELS:
+        raise ValueError(f"step row {dict(r)}: unknown model; known: {', '.join(sorted(MODELS))}")
+    if not (r["n_adapters"] >= 1 and r["tokens_per_step"] >= 1 and r["mean_rank"] > 0
+            and 0 < r["step_time_s"] < math.inf):
+        raise ValueError(f"step row {dict(r)}: need n_adapters, tokens_per_step >= 1, "
+                         f"mean_rank > 0 and finite step_time_s > 0")
 
 
 def _preferred(rows: list[Mapping]) -> list[Mapping]:

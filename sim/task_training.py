@@ -71,10 +71,11 @@ class TaskCosts:
         # bytes each job adds: M(B) is linear in B, so the check is a sum of per-job footprints
         per_job = {j.job_id: k1 * j.batch_size * task.seq_len + state[j.rank] for j in task.jobs()}
         room = mem.usable_bytes - mem.predict(0, task.seq_len)
+        fits_memory = lambda js: sum([per_job[j.job_id] for j in js]) <= room
         cap = self.cfg.max_total_batch
         if cap is None:
-            return lambda js: sum([per_job[j.job_id] for j in js]) <= room
-        return lambda js: sum([j.batch_size for j in js]) <= cap and sum([per_job[j.job_id] for j in js]) <= room
+            return fits_memory
+        return lambda js: sum([j.batch_size for j in js]) <= cap and fits_memory(js)
 
     def step_time(self, task: TaskSpec, jobs: Sequence[JobConfig]) -> float:
         """Seconds of one co-located step of `jobs`.

@@ -416,6 +416,31 @@ def read_config_yaml(path: str | os.PathLike) -> Any:
         raise ConfigError(f"{p}: malformed YAML: {e}") from None
 
 
+RUN_SETTINGS = "run.json"  # the settings an `alto run` output folder records (outputs.py)
+
+
+def read_run_settings(path: str | os.PathLike) -> dict:
+    """The settings behind ``path``: a config file (YAML), or an `alto run` output folder's
+    run.json (the settings as that run applied them). ConfigError naming what is wrong."""
+    import json
+
+    p = Path(path)
+    if p.is_dir():
+        f = p / RUN_SETTINGS
+        if not f.is_file():
+            raise ConfigError(f"a folder without {RUN_SETTINGS} (not an `alto run` output folder, or "
+                              "one from before it was written: pass the run's config instead)")
+        try:
+            raw = json.loads(f.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise ConfigError(f"{f}: {e}") from None
+    else:
+        raw = read_config_yaml(p)
+    if not isinstance(raw, dict):
+        raise ConfigError("expected a mapping at the top level")
+    return raw
+
+
 def load_config(path: str | os.PathLike) -> Config:
     """Read and validate a YAML config file."""
     return parse_config(read_config_yaml(path), base_dir=Path(path).resolve().parent)

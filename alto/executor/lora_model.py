@@ -121,13 +121,6 @@ def multi_lora_reference(x, weight, bias, lora_a, lora_b, seg_lens, scaling, loo
     return y + torch.cat(outs)
 
 
-def kernels_run_on(device: torch.device) -> bool:
-    """Whether the Triton kernels run on this device: CUDA, or CPU under TRITON_INTERPRET."""
-    from kernels.multi_lora_triton import interpret_mode
-
-    return device.type == "cuda" or interpret_mode()
-
-
 def fused_available() -> bool:
     """kernels.fused_multi_lora importable (its Triton path runs on CUDA only)."""
     try:
@@ -274,7 +267,7 @@ def factor_units(shapes: dict[str, tuple[int, int]]) -> dict[str, tuple[int, int
 class Adapter:
     """One job's LoRA weights (fp32) on every targeted linear, plus its own AdamW.
 
-    All of an adapter's factors are views of one flat fp32 buffer (``flat``), and their
+    All of an adapter's factors are views of one flat fp32 parameter (``master``), and their
     gradients views of one flat gradient buffer (``flat_grad``, allocated once and zeroed
     between steps, never set to None). AdamW steps the one flat parameter, and the finite
     check and zeroing touch one tensor per adapter: per step, the host cost of an adapter
@@ -387,17 +380,18 @@ class FactorTable:
     the addresses stay valid for that step's forward and backward."""
 
     def __init__(self, adapters: Sequence[Adapter], device):
-        # the buffers themselves, held until the table goes (the step's backward has run):
-        # the kernels reach them only through the addresses
-        self._buffers = [(a.master.data, a.flat_grad) for a in adapters]
-        ptrs = [w.data_ptr() for w, _ in self._buffers] + [g.data_ptr() for _, g in self._buffers]
-        self._ptrs, self._adapters, self._checked = ptrs, list(adapters), False
-        table = torch.tensor(ptrs, dtype=torch.int64).to(device, non_blocking=True)
+        # the buffers themselves are held until the table goes (the step's backward has run;
+        # an adapter moved meanwhile keeps its old ones alive for a recompute's gather): the
+        # kernels reach them only through the addresses
+        self._adapters = list(adapters)
+        self._held = [(a.master.data, a.flat_grad) for a in adapters]
+        self._ptrs, self._checked = _buffer_addresses(self._adapters), False
+        table = torch.tensor(self._ptrs, dtype=torch.int64).to(device, non_blocking=True)
         self.weights, self.grads = table[:len(adapters)], table[len(adapters):]
         self.ranks = torch.tensor([a.rank for a in adapters], dtype=torch.int32).to(device, non_blocking=True)
         self.r_max = max(a.rank for a in adapters)
-        self.units, self.shapes = adapters[0]._units, {n: s[0][1] for n, s in adapters[0]._shapes.items()}
-        self.out_dims = {n: s[1][0] for n, s in adapters[0]._shapes.items()}
+        # module -> (d_in, d_out): the stack's width for A (rank_dim 0) and for B (rank_dim 1)
+        self.units, self.widths = adapters[0]._units, {n: (a[1], b[0]) for n, (a, b) in adapters[0]._shapes.items()}
         self.anchor = adapters[0].master
 
     def stacks(self, name: str, dtype) -> tuple[torch.Tensor, torch.Tensor]:
@@ -408,16 +402,14 @@ class FactorTable:
     def gather(self, name: str, rank_dim: int, dtype) -> torch.Tensor:
         from kernels.factor_stack import gather_factors
 
-        width = self.shapes[name] if rank_dim == 0 else self.out_dims[name]
-        return gather_factors(self.weights, self.ranks, self.units[name][rank_dim], width, self.r_max,
-                              rank_dim, dtype)
+        return gather_factors(self.weights, self.ranks, self.units[name][rank_dim], self.widths[name][rank_dim],
+                              self.r_max, rank_dim, dtype)
 
     def scatter_add(self, g: torch.Tensor, name: str, rank_dim: int) -> None:
         from kernels.factor_stack import scatter_add_factors
 
         self.check_unmoved()
         scatter_add_factors(g, self.grads, self.ranks, self.units[name][rank_dim], rank_dim)
-
 
     def check_unmoved(self) -> None:
         """RuntimeError if an adapter's buffers moved since the table was built (Adapter.to
@@ -426,10 +418,14 @@ class FactorTable:
         if self._checked:
             return
         self._checked = True
-        now = [a.master.data_ptr() for a in self._adapters] + [a.flat_grad.data_ptr() for a in self._adapters]
-        if now != self._ptrs:
+        if _buffer_addresses(self._adapters) != self._ptrs:
             raise RuntimeError("an adapter's weights or gradients moved between this step's forward "
                                "and backward (Adapter.to); its gradient would be lost")
+
+
+def _buffer_addresses(adapters: Sequence[Adapter]) -> list[int]:
+    """The adapters' flat weight addresses, then their flat gradient addresses."""
+    return [a.master.data_ptr() for a in adapters] + [a.flat_grad.data_ptr() for a in adapters]
 
 
 class MultiLoraModel:
@@ -503,7 +499,9 @@ class MultiLoraModel:
 
             self.ctx.layout = kernels.make_layout(self.ctx.seg_lens, [a.rank for a in adapters],
                                                   [a.scaling for a in adapters], device=inputs.device)
-            if kernels_run_on(inputs.device):
+            from kernels.multi_lora_triton import kernels_take
+
+            if kernels_take(inputs, 0):  # CUDA, or CPU under TRITON_INTERPRET
                 self.ctx.factors = FactorTable(adapters, inputs.device)
         with recompute_cheap_activations(any(self.fused_op_counts.values())):
             h = self.model.model(input_ids=inputs, use_cache=False).last_hidden_state  # [R, L, d]

@@ -21,6 +21,7 @@ import math
 import shutil
 from pathlib import Path
 
+from alto.executor.config import RUN_SETTINGS
 from alto.executor.peft_export import export_adapter, job_dir_name
 from alto.policy.early_exit import EarlyExitConfig
 from alto.policy.types import JobConfig, LossReported
@@ -33,8 +34,7 @@ CURVE_COLS = ["task", "job_id", "lr", "rank", "batch_size", "samples", "total_sa
               "val_loss", "source"]
 
 
-RUN_ENTRIES = ("jobs.csv", "losses.csv", "curves.csv", "adapters", "base_model", "run.json")  # what a run writes
-RUN_SETTINGS = "run.json"
+RUN_ENTRIES = ("jobs.csv", "losses.csv", "curves.csv", "adapters", "base_model", RUN_SETTINGS)  # what a run writes
 
 
 class OutputDirError(ValueError):
