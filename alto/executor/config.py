@@ -29,7 +29,8 @@ Schema (all keys; defaults in brackets)::
     early_exit: {policy: alto, ...EarlyExitConfig fields}
     memory: {budget_gb: null, margin_frac: 0.1, max_total_batch: null, max_active: null}
     run: {log_every: 10, export: all, weight_decay: 0.0, kernel: auto,
-          micro_step_tokens: null}   # int: gradient accumulation over micro-steps of <= N tokens
+          micro_step_tokens: null,   # int: gradient accumulation over micro-steps of <= N tokens
+          eval_tokens: null}         # int: tokens per evaluation forward (null: what the memory model admits)
 """
 
 from __future__ import annotations
@@ -104,6 +105,9 @@ class RunCfg:
     weight_decay: float = 0.0  # AdamW weight decay (paper: constant lr AdamW)
     kernel: str = "auto"  # auto | reference | fused
     micro_step_tokens: int | None = None  # split each step into micro-steps of <= this many tokens
+    # tokens per evaluation forward; None: as many as the task's memory model admits for a
+    # training step of those rows (at least 65,536 on CUDA; 8,192 on CPU)
+    eval_tokens: int | None = None
 
 
 @dataclass
@@ -316,7 +320,8 @@ def parse_config(raw: Any, base_dir: Path = Path(".")) -> Config:
             raise ConfigError(f"{r}: missing")
     if not isinstance(raw["tasks"], list) or not raw["tasks"]:
         raise ConfigError("tasks: expected a non-empty list")
-    run = _check_keys(raw.get("run") or {}, ("log_every", "export", "weight_decay", "kernel", "micro_step_tokens"),
+    run = _check_keys(raw.get("run") or {}, ("log_every", "export", "weight_decay", "kernel", "micro_step_tokens",
+                                                  "eval_tokens"),
                       "run")
     cfg = Config(
         model=parse_model(raw["model"]),
@@ -329,13 +334,15 @@ def parse_config(raw: Any, base_dir: Path = Path(".")) -> Config:
             weight_decay=_typed(run, "weight_decay", float, "run", 0.0),
             kernel=_typed(run, "kernel", str, "run", "auto"),
             micro_step_tokens=_typed(run, "micro_step_tokens", int, "run"),
+            eval_tokens=_typed(run, "eval_tokens", int, "run"),
         ),
         base_dir=base_dir,
     )
     if cfg.run.export not in ("all", "completed", "none"):
         raise ConfigError(f"run.export: expected all|completed|none, got {cfg.run.export!r}")
-    if cfg.run.micro_step_tokens is not None and cfg.run.micro_step_tokens < 1:
-        raise ConfigError(f"run.micro_step_tokens: expected a positive int, got {cfg.run.micro_step_tokens}")
+    for key in ("micro_step_tokens", "eval_tokens"):
+        if getattr(cfg.run, key) is not None and getattr(cfg.run, key) < 1:
+            raise ConfigError(f"run.{key}: expected a positive int, got {getattr(cfg.run, key)}")
     if cfg.run.kernel not in ("auto", "reference", "fused"):
         raise ConfigError(f"run.kernel: expected auto|reference|fused, got {cfg.run.kernel!r}")
     cap = cfg.memory.max_total_batch

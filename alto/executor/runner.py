@@ -45,6 +45,21 @@ class SimulatedOOM(RuntimeError):
     """Raised by a test hook to exercise the OOM path on CPU."""
 
 
+def largest_true(pred: Callable[[int], bool], hi: int = 1 << 24) -> int:
+    """Largest n in [0, hi] with pred(n), for a pred true up to some n and false after it
+    (0 when pred(1) is false); O(log hi) calls."""
+    if not pred(1):
+        return 0
+    lo, n = 1, 2
+    while n <= hi and pred(n):
+        lo, n = n, n * 2
+    n = min(n, hi + 1)  # pred(lo) true; pred(n) false or n past hi
+    while n - lo > 1:
+        mid = (lo + n) // 2
+        lo, n = (mid, n) if pred(mid) else (lo, mid)
+    return lo
+
+
 @dataclass
 class Hooks:
     """Test/fault-injection hooks. oom(active_job_ids, rows_at_once) -> True raises an OOM
@@ -56,6 +71,7 @@ class Hooks:
     oom: Callable[[list[str], int], bool] | None = None
     nan: Callable[[str, int], bool] | None = None
     inf_grad: Callable[[str, int], bool] | None = None
+    eval_oom: Callable[[int], bool] | None = None  # (tokens in one evaluation forward) -> OOM
 
 
 @dataclass
@@ -111,6 +127,8 @@ class TaskRunner:
         self.step_no, self.exits, self.tokens = 0, 0, 0
         self.offload = mlm.device.type == "cuda"
         self.decisions: list = []  # every decision carried out, in order (tests replay them)
+        self.eval_s = 0.0  # wall seconds spent in evaluations
+        self.eval_tokens_cap = 10**12  # lowered by an OOM in evaluation
 
     # ---------------------------------------------------------------- admission
     def _fits(self, jobs) -> bool:
@@ -268,14 +286,52 @@ class TaskRunner:
                 self._finish(s, ExitReason.COMPLETED.value, None)
                 self.apply(self.tuner.on_complete(self.now(), jid))
 
-    @torch.no_grad()
     def evaluate(self, adapters: list[Adapter], budget_tokens: int | None = None) -> list[float]:
         """Token-weighted mean val loss of each adapter over the task's val samples, in
-        chunks of at most budget_tokens tokens per forward."""
-        if budget_tokens is None:
-            budget_tokens = 65536 if self.mlm.device.type == "cuda" else 8192
+        forwards of at most budget_tokens tokens (default: eval_budget_tokens()). An OOM
+        halves the budget, for this and every later evaluation, and starts again: an
+        evaluation changes no state, so nothing is lost."""
         L = max(len(i) - 1 for i, _ in self.val)
-        per = max(1, min(len(self.val), budget_tokens // L))  # val rows per chunk
+        budget = budget_tokens or self.eval_budget_tokens(L)
+        t0 = time.monotonic()
+        try:
+            while True:
+                try:
+                    return self._evaluate_in_forwards(adapters, L, budget)
+                except (torch.cuda.OutOfMemoryError, SimulatedOOM):
+                    pass
+                # (after the except block: its traceback no longer holds the failed forward)
+                gc.collect()
+                if self.mlm.device.type == "cuda":
+                    torch.cuda.empty_cache()
+                if budget <= L:
+                    raise torch.cuda.OutOfMemoryError(
+                        f"[{self.task.name}] evaluation of one adapter on one val row ({L} tokens) "
+                        "does not fit in memory")
+                budget = self.eval_tokens_cap = max(L, budget // 2)
+                print(f"[{self.task.name}] OOM in evaluation: {budget} tokens per forward from now on",
+                      file=self.log)
+        finally:
+            self.eval_s += time.monotonic() - t0
+
+    def eval_budget_tokens(self, L: int) -> int:
+        """Tokens per evaluation forward over val rows of L tokens: run.eval_tokens when set;
+        else as many rows as the memory model admits for a *training* step beside the active
+        adapters' states (a no-grad forward keeps no activations for a backward, so that
+        bounds it), at least 65,536 tokens (8,192 on CPU, or without a memory model); never
+        above the cap an OOM in evaluation left."""
+        if self.cfg.run.eval_tokens:
+            budget = self.cfg.run.eval_tokens
+        else:
+            budget = 65536 if self.mlm.device.type == "cuda" else 8192
+            if self.mem_fits is not None:
+                states = sum(self.mlm.adapter_state_bytes(self.states[j].job.rank) for j in self.active)
+                budget = max(budget, L * largest_true(lambda rows: self.mem_fits(rows, L, states)))
+        return min(budget, self.eval_tokens_cap)
+
+    @torch.no_grad()
+    def _evaluate_in_forwards(self, adapters: list[Adapter], L: int, budget_tokens: int) -> list[float]:
+        per = max(1, min(len(self.val), budget_tokens // L))  # val rows per forward
         sums = [0.0] * len(adapters)
         cnts = [0.0] * len(adapters)
         for v0 in range(0, len(self.val), per):
@@ -283,6 +339,8 @@ class TaskRunner:
             k = max(1, budget_tokens // (len(piece) * L))  # adapters per forward
             for a0 in range(0, len(adapters), k):
                 chunk = adapters[a0:a0 + k]
+                if self.hooks.eval_oom and self.hooks.eval_oom(len(piece) * len(chunk) * L):
+                    raise SimulatedOOM("simulated OOM in evaluation")
                 tb = collate([piece] * len(chunk), self.tok.pad_id).to(self.mlm.device)
                 try:
                     loss, cnt = self.mlm.per_adapter_loss(chunk, tb.inputs, tb.targets, tb.mask, tb.rows)
@@ -300,7 +358,8 @@ class TaskRunner:
             done = sum(1 for s in self.states.values() if s.exit_reason)
             print(f"[{self.task.name}] step {self.step_no} | active {len(self.active)} | queued "
                   f"{len(self.tuner.queued)} paused {len(self.tuner.paused)} | done {done}/{len(self.states)}"
-                  f" (early exits {self.exits}) | {self.tokens / max(el, 1e-9):,.0f} tok/s | {el:.1f}s",
+                  f" (early exits {self.exits}) | {self.tokens / max(el, 1e-9):,.0f} tok/s | {el:.1f}s"
+                  f" (evaluations {self.eval_s:.1f}s)",
                   file=self.log, flush=True)
 
     def run(self) -> None:

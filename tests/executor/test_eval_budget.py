@@ -1,0 +1,83 @@
+"""How `alto run` sizes its evaluation forwards: the budget rule, an OOM in evaluation, the
+helper that searches the memory model."""
+
+from __future__ import annotations
+
+import csv
+import io
+
+import pytest
+
+from alto.executor.config import ConfigError
+from alto.executor.runner import Hooks, largest_true
+from alto.executor.session import run_config
+
+
+@pytest.mark.parametrize("limit", [0, 1, 2, 3, 7, 8, 9, 1000, 1 << 24, (1 << 24) + 5])
+def test_largest_true_matches_a_linear_scan(limit):
+    hi = 1 << 24
+    calls = []
+
+    def pred(n):
+        calls.append(n)
+        return n <= limit
+
+    assert largest_true(pred, hi) == min(limit, hi)
+    assert len(calls) <= 2 * 25 + 2  # logarithmic, not a scan
+
+
+def _val_losses(out):
+    with open(out / "losses.csv") as f:
+        return {(r["job_id"], r["step"]): float(r["val_loss"]) for r in csv.DictReader(f)}
+
+
+def test_oom_in_evaluation_halves_the_budget_and_loses_nothing(tmp_path, backbone, mkcfg):
+    # 4 val rows of <= 15 tokens, 3 adapters due together: a 60-token limit on one forward
+    # halves the budget from 8192 until one forward holds at most 60 tokens
+    ss = {"lr": [1e-3, 3e-3, 1e-2], "rank": [2], "batch_size": [2]}
+    cfg = mkcfg(task={"search_space": ss}, early_exit={"policy": "none", "eval_every_frac": 0.25})
+    seen = []
+
+    def eval_oom(tokens):
+        seen.append(tokens)
+        return tokens > 60
+
+    log = io.StringIO()
+    res = run_config(cfg, tmp_path / "capped", hooks=Hooks(eval_oom=eval_oom), log=log, backbone=backbone)
+    plain = run_config(cfg, tmp_path / "plain", log=io.StringIO(), backbone=backbone)
+    got, want = _val_losses(res.out), _val_losses(plain.out)
+    assert got.keys() == want.keys() and len(got) >= 3 * 4  # every evaluation of every job
+    for k in want:
+        assert got[k] == pytest.approx(want[k], rel=1e-5)
+    runner = res.runners[0]
+    L = max(len(i) - 1 for i, _ in runner.val)
+    last_fail = max(i for i, t in enumerate(seen) if t > 60)
+    assert last_fail < len(seen) - 1 and all(t <= 60 for t in seen[last_fail + 1:])  # the cap stays
+    assert seen[0] > 60 and L <= runner.eval_tokens_cap < 2 * 60  # halved from 8192 until it fit
+    assert log.getvalue().count("OOM in evaluation") >= 1
+    assert "(evaluations " in log.getvalue()
+
+
+def test_budget_takes_the_memory_model_then_the_config(tmp_path, backbone, mkcfg):
+    cfg = mkcfg(early_exit={"policy": "none"})
+    res = run_config(cfg, tmp_path / "out", log=io.StringIO(), backbone=backbone)
+    runner = res.runners[0]
+    L = 15
+    assert runner.eval_budget_tokens(L) == 8192  # CPU, no memory model
+    # a memory model admitting 100,000 tokens beside the (now empty) active set: whole rows of it
+    runner.mem_fits = lambda rows, seq, states: rows * seq + states <= 100_000
+    assert runner.eval_budget_tokens(L) == (100_000 // L) * L
+    runner.mem_fits = lambda rows, seq, states: rows * seq <= 1_000  # below the floor: the floor
+    assert runner.eval_budget_tokens(L) == 8192
+    runner.eval_tokens_cap = 500  # an OOM in evaluation lowered it
+    assert runner.eval_budget_tokens(L) == 500
+    runner.cfg.run.eval_tokens = 300  # the config's value, under the same cap
+    assert runner.eval_budget_tokens(L) == 300
+
+
+def test_eval_tokens_must_be_positive(tmp_path, mkcfg):
+    with pytest.raises(ConfigError, match=r"run\.eval_tokens: expected a positive int, got 0"):
+        mkcfg(run={"eval_tokens": 0})
+    with pytest.raises(ConfigError, match=r"run\.eval_tokens"):
+        mkcfg(run={"eval_tokens": "many"})
+    assert mkcfg(run={"eval_tokens": 4096}).run.eval_tokens == 4096
