@@ -30,7 +30,7 @@ Schema (all keys; defaults in brackets)::
     memory: {budget_gb: null, margin_frac: 0.1, max_total_batch: null, max_active: null}
     run: {log_every: 10, export: all, weight_decay: 0.0, kernel: auto,
           micro_step_tokens: null,   # int: gradient accumulation over micro-steps of <= N tokens
-          eval_tokens: null}         # int: tokens per evaluation forward (null: what the memory model admits)
+          eval_tokens: null}         # int: tokens per evaluation forward (null: 65,536; 8,192 on CPU)
 """
 
 from __future__ import annotations
@@ -105,9 +105,7 @@ class RunCfg:
     weight_decay: float = 0.0  # AdamW weight decay (paper: constant lr AdamW)
     kernel: str = "auto"  # auto | reference | fused
     micro_step_tokens: int | None = None  # split each step into micro-steps of <= this many tokens
-    # tokens per evaluation forward; None: as many as the task's memory model admits for a
-    # training step of those rows (at least 65,536 on CUDA; 8,192 on CPU)
-    eval_tokens: int | None = None
+    eval_tokens: int | None = None  # tokens per evaluation forward; None: 65,536 (CUDA) / 8,192 (CPU)
 
 
 @dataclass

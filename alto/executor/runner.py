@@ -45,21 +45,6 @@ class SimulatedOOM(RuntimeError):
     """Raised by a test hook to exercise the OOM path on CPU."""
 
 
-def largest_true(pred: Callable[[int], bool], hi: int = 1 << 24) -> int:
-    """Largest n in [0, hi] with pred(n), for a pred true up to some n and false after it
-    (0 when pred(1) is false); O(log hi) calls."""
-    if not pred(1):
-        return 0
-    lo, n = 1, 2
-    while n <= hi and pred(n):
-        lo, n = n, n * 2
-    n = min(n, hi + 1)  # pred(lo) true; pred(n) false or n past hi
-    while n - lo > 1:
-        mid = (lo + n) // 2
-        lo, n = (mid, n) if pred(mid) else (lo, mid)
-    return lo
-
-
 @dataclass
 class Hooks:
     """Test/fault-injection hooks. oom(active_job_ids, rows_at_once) -> True raises an OOM
@@ -292,7 +277,7 @@ class TaskRunner:
         halves the budget, for this and every later evaluation, and starts again: an
         evaluation changes no state, so nothing is lost."""
         L = max(len(i) - 1 for i, _ in self.val)
-        budget = budget_tokens or self.eval_budget_tokens(L)
+        budget = budget_tokens or self.eval_budget_tokens()
         t0 = time.monotonic()
         try:
             while True:
@@ -314,19 +299,13 @@ class TaskRunner:
         finally:
             self.eval_s += time.monotonic() - t0
 
-    def eval_budget_tokens(self, L: int) -> int:
-        """Tokens per evaluation forward over val rows of L tokens: run.eval_tokens when set;
-        else as many rows as the memory model admits for a *training* step beside the active
-        adapters' states (a no-grad forward keeps no activations for a backward, so that
-        bounds it), at least 65,536 tokens (8,192 on CPU, or without a memory model); never
-        above the cap an OOM in evaluation left."""
-        if self.cfg.run.eval_tokens:
-            budget = self.cfg.run.eval_tokens
-        else:
-            budget = 65536 if self.mlm.device.type == "cuda" else 8192
-            if self.mem_fits is not None:
-                states = sum(self.mlm.adapter_state_bytes(self.states[j].job.rank) for j in self.active)
-                budget = max(budget, L * largest_true(lambda rows: self.mem_fits(rows, L, states)))
+    def eval_budget_tokens(self) -> int:
+        """Tokens per evaluation forward: run.eval_tokens, else 65,536 on CUDA and 8,192 on
+        CPU; never above the cap an OOM in evaluation left. (Sizing it by the memory model,
+        251k tokens on the SmolLM2 search, saved 2.1 of 17.1 s of evaluations in an
+        interleaved pair on the H200 and one of four such runs hit an unexplained illegal
+        memory access: docs/executor.md, "Evaluation forwards".)"""
+        budget = self.cfg.run.eval_tokens or (65536 if self.mlm.device.type == "cuda" else 8192)
         return min(budget, self.eval_tokens_cap)
 
     @torch.no_grad()

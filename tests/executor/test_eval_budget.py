@@ -1,5 +1,4 @@
-"""How `alto run` sizes its evaluation forwards: the budget rule, an OOM in evaluation, the
-helper that searches the memory model."""
+"""How `alto run` sizes its evaluation forwards: the budget rule and an OOM in evaluation."""
 
 from __future__ import annotations
 
@@ -9,21 +8,8 @@ import io
 import pytest
 
 from alto.executor.config import ConfigError
-from alto.executor.runner import Hooks, largest_true
+from alto.executor.runner import Hooks
 from alto.executor.session import run_config
-
-
-@pytest.mark.parametrize("limit", [0, 1, 2, 3, 7, 8, 9, 1000, 1 << 24, (1 << 24) + 5])
-def test_largest_true_matches_a_linear_scan(limit):
-    hi = 1 << 24
-    calls = []
-
-    def pred(n):
-        calls.append(n)
-        return n <= limit
-
-    assert largest_true(pred, hi) == min(limit, hi)
-    assert len(calls) <= 2 * 25 + 2  # logarithmic, not a scan
 
 
 def _val_losses(out):
@@ -58,21 +44,15 @@ def test_oom_in_evaluation_halves_the_budget_and_loses_nothing(tmp_path, backbon
     assert "(evaluations " in log.getvalue()
 
 
-def test_budget_takes_the_memory_model_then_the_config(tmp_path, backbone, mkcfg):
+def test_budget_is_the_config_s_under_the_oom_cap(tmp_path, backbone, mkcfg):
     cfg = mkcfg(early_exit={"policy": "none"})
     res = run_config(cfg, tmp_path / "out", log=io.StringIO(), backbone=backbone)
     runner = res.runners[0]
-    L = 15
-    assert runner.eval_budget_tokens(L) == 8192  # CPU, no memory model
-    # a memory model admitting 100,000 tokens beside the (now empty) active set: whole rows of it
-    runner.mem_fits = lambda rows, seq, states: rows * seq + states <= 100_000
-    assert runner.eval_budget_tokens(L) == (100_000 // L) * L
-    runner.mem_fits = lambda rows, seq, states: rows * seq <= 1_000  # below the floor: the floor
-    assert runner.eval_budget_tokens(L) == 8192
-    runner.eval_tokens_cap = 500  # an OOM in evaluation lowered it
-    assert runner.eval_budget_tokens(L) == 500
-    runner.cfg.run.eval_tokens = 300  # the config's value, under the same cap
-    assert runner.eval_budget_tokens(L) == 300
+    assert runner.eval_budget_tokens() == 8192  # CPU default
+    runner.cfg.run.eval_tokens = 300
+    assert runner.eval_budget_tokens() == 300
+    runner.eval_tokens_cap = 200  # an OOM in evaluation lowered it
+    assert runner.eval_budget_tokens() == 200
 
 
 def test_eval_tokens_must_be_positive(tmp_path, mkcfg):
