@@ -2,7 +2,7 @@
 
     alto simulate [--trace FILE|NAME] [--trace-format native|acme|philly|openb] [--gpus N]
                   [--policies a,b,...|all] [--out DIR]
-    alto trace synth --tasks N --seed S --out FILE
+    alto trace synth --tasks N --seed S --out FILE [--overwrite]
     alto trace convert --trace-format F IN --out FILE
     alto run CONFIG.yaml --out DIR          (real training; needs the [train] extra)
     alto profile ...                        (measures cost tables on this device)
@@ -62,7 +62,9 @@ def _add_simulate(sub) -> None:
                         "on one GPU unless --gpus says otherwise")
     p.add_argument("--replay-model", default=None, metavar="NAME",
                    help="with --replay: the catalogue model whose step costs and memory stand in for "
-                        "the run's (default: the run's random:<name> model)")
+                        "the run's. Default: the run's random:<name> model, but only if the cost tables "
+                        "have rows for it; if not (e.g. llama-tiny of configs/tiny.yaml) the replay stops "
+                        "with an error asking for this flag: pass e.g. --replay-model smollm2-135m")
     p.add_argument("--out", default=DEFAULT_OUT, help=f"output folder (default {DEFAULT_OUT})")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
     p.set_defaults(func=cmd_simulate)
@@ -76,6 +78,7 @@ def _add_trace(sub) -> None:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--rate-per-hour", type=float, default=None, help="mean arrivals per hour")
     s.add_argument("--out", required=True)
+    s.add_argument("--overwrite", action="store_true", help="replace --out if it exists (refused without)")
     s.set_defaults(func=cmd_trace_synth)
     c = tsub.add_parser("convert", help="convert a public cluster trace into the native task schema")
     c.add_argument("input")
@@ -132,6 +135,10 @@ def cmd_trace_synth(a) -> int:
 
     if a.tasks <= 0:
         raise UserError(f"--tasks must be positive, got {a.tasks}")
+    if a.seed < 0:  # (numpy's own message names no flag)
+        raise UserError(f"--seed must be >= 0, got {a.seed}")
+    if Path(a.out).is_file() and not a.overwrite:  # e.g. the bundled default trace
+        raise UserError(f"--out {a.out}: exists; pass --overwrite to replace it, or choose another file")
     kw = {} if a.rate_per_hour is None else {"rate_per_hour": a.rate_per_hour}
     tasks = synth_trace(a.tasks, a.seed, **kw)
     write_native(tasks, a.out)

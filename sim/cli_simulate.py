@@ -2,6 +2,7 @@
 
 All input is validated before any output is written, and the result files are moved
 into --out only once every policy has finished, so a bad trace leaves nothing behind.
+--out may replace an earlier simulation's results (said on stderr), never a run's or an input's.
 """
 
 from __future__ import annotations
@@ -14,9 +15,9 @@ from alto.models import UnknownNameError
 from alto.policy.early_exit import EarlyExitConfig
 from sim.cluster import SimConfig
 from sim.cost_model import CostModel
-from sim.loss_curves import make_curve_source
+from sim.loss_curves import make_curve_source, recorded_paths
 from sim.policies import DEFAULT_POLICIES, POLICIES, get_policies
-from sim.results import write_results
+from sim.results import check_out_dir, write_results
 from sim.runner import format_table, result_tables, simulate_policies, stderr_progress
 
 
@@ -105,6 +106,34 @@ def replay_tasks(run_dir: str, model: str | None = None) -> list:
     return tasks
 
 
+def _input_folders(a) -> list[tuple[str, str | Path]]:
+    """(flag, folder) of the inputs that --out must not be: the --replay run and the folders
+    of the --curves recorded: paths (a file's own folder)."""
+    found = [(f"--replay {a.replay}", a.replay)] if a.replay else []
+    for p in recorded_paths(a.curves or ""):
+        found.append((f"--curves recorded:{p}", p if Path(p).is_dir() else Path(p).parent))
+    return found
+
+
+def _unused_cost_tables(cost: CostModel, gpu_type: str, models: list[str]) -> dict[str, str]:
+    """"gpu/model" of the --cost-table rows that price no simulated step -> why (meta.json's
+    cost_tables_unused); each is said on stderr here, even with --quiet."""
+    simulated = {(gpu_type, m) for m in models}
+    unused = {}
+    for gpu, model in sorted(cost.extra_keys - simulated):
+        unused[f"{gpu}/{model}"] = (f"not simulated: the tasks run {', '.join(models)} "
+                                    f"on --gpu-type {gpu_type}")
+        print(f"note: --cost-table rows for {gpu}/{model} are not used ({unused[f'{gpu}/{model}']})",
+              file=sys.stderr)
+    for (gpu, model), lacking in cost.unused_extra.items():
+        if (gpu, model) in simulated:
+            unused[f"{gpu}/{model}"] = f"lacks {', '.join(lacking)} (--costs auto)"
+            print(f"note: --cost-table rows for {gpu}/{model} are not used under --costs auto: they "
+                  f"lack kernel(s) {', '.join(lacking)}, and auto never mixes measured and estimated "
+                  "kernels of one model; --costs measured uses them", file=sys.stderr)
+    return unused
+
+
 def simulate_main(a) -> int:
     from traces.loader import load_trace
     from traces.schema import validate_trace
@@ -115,9 +144,8 @@ def simulate_main(a) -> int:
         raise ValueError(f"--gpus and --gpus-per-node must be positive, got {a.gpus} and {a.gpus_per_node}")
     if a.workers is not None and a.workers < 0:
         raise ValueError(f"--workers must be >= 0 (0: one per core), got {a.workers}")
-    if Path(a.out).exists() and not Path(a.out).is_dir():  # (checked before the simulation runs)
-        raise ValueError(f"--out {a.out}: exists and is not a folder")
-    policies = get_policies(a.policies or ",".join(DEFAULT_POLICIES))
+    # (None: not given; an empty --policies "" is an error, not the default)
+    policies = get_policies(",".join(DEFAULT_POLICIES) if a.policies is None else a.policies)
     if a.replay:
         if a.trace:
             raise ValueError("--replay builds the trace from the run; drop --trace")
@@ -134,15 +162,13 @@ def simulate_main(a) -> int:
         path, label = resolve_trace(a.trace)
         kw = {} if a.max_tasks is None else {"max_tasks": a.max_tasks}
         tasks = load_trace(path, a.trace_format, **kw)
+    replaced = check_out_dir(a.out, _input_folders(a))
     validate_trace(tasks, path, cluster_gpus=a.gpus)
     if a.costs == "estimate" and a.cost_table:
         raise ValueError("--cost-table: measured tables are not used with --costs estimate")
     cost = CostModel.from_dir(costs=a.costs, extra=a.cost_table or ())
-    for (gpu, model), lacking in cost.unused_extra.items():  # said even with --quiet
-        print(f"note: --cost-table rows for {gpu}/{model} are not used under --costs auto: they lack "
-              f"kernel(s) {', '.join(lacking)}, and auto never mixes measured and estimated kernels "
-              "of one model; --costs measured uses them", file=sys.stderr)
     models = sorted({t.model for t in tasks})
+    unused_tables = _unused_cost_tables(cost, a.gpu_type, models)
     try:
         provenance = {m: cost.source(a.gpu_type, m, p.kernel) for m in models for p in policies[:1]}
     except UnknownNameError as e:
@@ -178,10 +204,10 @@ def simulate_main(a) -> int:
     cfg = SimConfig(gpus=a.gpus, gpus_per_node=a.gpus_per_node, gpu_type=a.gpu_type, workers=a.workers,
                     early_exit=early_exit, max_total_batch=max_total_batch, max_active=max_active)
 
-    skipped = getattr(curves, "skipped_interrupted", [])
-    if skipped:  # (an interrupted `alto run`: those curves stop where Ctrl-C cut them)
-        print(f"note: {len(skipped)} recorded job(s) were interrupted in their run and are left out "
-              f"of the curves ({_listed(skipped)})", file=sys.stderr)
+    skipped = getattr(curves, "skipped_unfinished", [])
+    if skipped:  # (an interrupted or killed `alto run`: those curves stop where it was cut)
+        print(f"note: {len(skipped)} recorded job(s) did not finish in their run (interrupted, or no "
+              f"row in its jobs.csv) and are left out of the curves ({_listed(skipped)})", file=sys.stderr)
     if borrowed:  # said even with --quiet: these tasks replay another task's curves
         shown = _listed([f"{t} -> {c}" for t, c in borrowed.items()], first=5)
         print(f"note: {len(borrowed)} of {len(tasks)} tasks have no recorded curves of their own "
@@ -196,7 +222,7 @@ def simulate_main(a) -> int:
         "trace": label, "trace_format": a.trace_format, "tasks": len(tasks), "gpus": a.gpus,
         "gpus_per_node": a.gpus_per_node, "gpu_type": a.gpu_type, "costs": a.costs, "curves": a.curves or f"parametric:{seed}",
         "cost_tables_added": list(a.cost_table or []),
-        "cost_tables_unused": {f"{g}/{m}": f"lacks {', '.join(k)} (--costs auto)" for (g, m), k in cost.unused_extra.items()},
+        "cost_tables_unused": unused_tables,
         "cost_sources": {m: {p.kernel: cost.source(a.gpu_type, m, p.kernel) for p in policies} for m in models},
         "curves_borrowed": borrowed,
         "curves_from_neighbours": len(neighbours),
@@ -207,6 +233,8 @@ def simulate_main(a) -> int:
     }
     tables = result_tables(runs, meta)
     out = write_results(a.out, *tables)
+    if replaced:  # said even with --quiet (the README's quickstart reruns into results/sim)
+        print(f"note: --out {out}: replaced the earlier results there: {replaced}", file=sys.stderr)
     print(format_table(runs))
     for policy, summary in tables[0].items():
         if summary["configs_failed"]:

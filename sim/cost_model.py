@@ -196,10 +196,13 @@ class CostModel:
     """predict() / memory() over parsed table rows (see module docstring for the rules)."""
 
     def __init__(self, step_rows: Iterable[Mapping], memory_rows: Iterable[Mapping] = (),
-                 unused_extra: Mapping[tuple[str, str], list[str]] | None = None) -> None:
+                 unused_extra: Mapping[tuple[str, str], list[str]] | None = None,
+                 extra_keys: Iterable[tuple[str, str]] = ()) -> None:
         """unused_extra: (gpu, model) of added tables that --costs auto left out -> the
-        kernels they lack (from_dir; the CLI says so)."""
+        kernels they lack; extra_keys: every (gpu, model) the added tables hold rows for
+        (from_dir; the CLI says which of them a simulation does not use)."""
         self.unused_extra = dict(unused_extra or {})
+        self.extra_keys = frozenset(extra_keys)
         by_key: dict[tuple[str, str, str], list[Mapping]] = {}
         for r in step_rows:
             check_step_row(r)
@@ -289,7 +292,7 @@ class CostModel:
             for f in sorted(path.glob("memory_measured_*.csv")):
                 mem += read_csv_table(f, MEMORY_COLUMNS, _MEMORY_TYPES)
             mem += extra_mem
-        return cls(steps + measured, mem, unused)
+        return cls(steps + measured, mem, unused, extra_keys)
 
     def gpu_types(self) -> list[str]:
         return sorted({k[0] for k in self._grid})

@@ -383,15 +383,31 @@ def _interp_frac(f: float, xs: np.ndarray, ys: np.ndarray) -> float:
     return float(y0 + (y1 - y0) * (f - xs[i]) / (xs[i + 1] - xs[i]))
 
 
-def _interrupted_jobs(curves: Path) -> frozenset[str]:
-    """Job ids that an `alto run` beside ``curves`` (its jobs.csv) lists as interrupted: their
-    curves stop where Ctrl-C cut them, not where the job would have ended, and a replay would
-    hold them flat from there. Empty when there is no such jobs.csv."""
+RUN_MARKERS = ("run.json", "losses.csv", "adapters")  # what only an `alto run` output folder holds
+# (alto/executor/outputs.py; `alto simulate` writes jobs.csv and curves.csv too, never these)
+
+
+def run_marks(folder: Path) -> list[str]:
+    """The RUN_MARKERS present in ``folder``: non-empty iff it holds an `alto run` output."""
+    return [n for n in RUN_MARKERS if (Path(folder) / n).exists()]
+
+
+def _unfinished_jobs(curves: Path, job_ids: Iterable[str]) -> frozenset[str]:
+    """Of ``job_ids`` (those recorded in ``curves``), the ones whose `alto run` did not finish
+    them: no row in the jobs.csv beside ``curves`` (a job gets its row when it finishes, so a
+    killed run lacks it), or a row marked `interrupted` (Ctrl-C). Their curves stop where the
+    run was cut, not where the job would have ended, and a replay would hold them flat from
+    there. Empty for a file outside a run: no jobs.csv (with job_id, exit_reason) and no
+    RUN_MARKERS beside it. ValueError for a run folder with no jobs.csv: no job finished."""
     jobs = curves.with_name("jobs.csv")
+    if not jobs.exists() and run_marks(curves.parent):
+        raise ValueError(f"{curves}: the run did not finish: its folder has {', '.join(run_marks(curves.parent))} "
+                         "but no jobs.csv (a job's row is written when it finishes); replay a finished run")
     if not _has_columns(jobs, ("job_id", "exit_reason")):
         return frozenset()
     with open(jobs, newline="", encoding="utf-8-sig") as f:
-        return frozenset(r["job_id"] for r in csv.DictReader(f) if r["exit_reason"] == "interrupted")
+        finished = {r["job_id"] for r in csv.DictReader(f) if r["exit_reason"] not in ("", "interrupted")}
+    return frozenset(set(job_ids) - finished)
 
 
 def _has_columns(path: Path, columns) -> bool:
@@ -429,29 +445,36 @@ class RecordedCurves:
             raise ValueError(f"no recorded-curve CSV files in {list(paths)}")
         self.curve_task = dict(curve_task or {})
         self._sets: dict[str, dict[tuple[float, int, int], _Recorded]] = {}
-        self.skipped_interrupted: list[str] = []  # job ids left out (see _interrupted_jobs)
+        self.skipped_unfinished: list[str] = []  # job ids left out (see _unfinished_jobs)
         for f in files:
-            self._load(f, _interrupted_jobs(f))
+            self._load(f)
         self._names = sorted(self._sets)
         for t, name in self.curve_task.items():
             if name not in self._sets:
                 raise ValueError(f"curve_task[{t!r}] = {name!r}: no such recorded task; known: {', '.join(self._names)}")
 
-    def _load(self, path: Path, skip: frozenset[str] = frozenset()) -> None:
-        """Read one recorded-curve file; rows of the job ids in ``skip`` are left out."""
+    def _load(self, path: Path) -> None:
+        """Read one recorded-curve file; the rows of jobs its run did not finish are left out."""
         rows = read_csv_table(path, RECORDED_COLUMNS, _RECORDED_TYPES)
-        self.skipped_interrupted += sorted({r["job_id"] for r in rows if r["job_id"] in skip})
-        rows = [r for r in rows if r["job_id"] not in skip]
         if not rows:
             raise ValueError(f"{path}: no data rows")
+        skip = _unfinished_jobs(path, {r["job_id"] for r in rows})
+        self.skipped_unfinished += sorted(skip)
+        for task in sorted({r["task"] for r in rows}):
+            ids = {r["job_id"] for r in rows if r["task"] == task}
+            if ids <= skip:
+                raise ValueError(f"{path}: task {task!r}: the run did not finish: none of its {len(ids)} "
+                                 f"recorded job(s) has a finished row in {path.with_name('jobs.csv')}")
         points: dict[tuple[str, tuple[float, int, int]], dict[int, tuple[float, float, float]]] = {}
         totals: dict[tuple[str, tuple[float, int, int]], tuple[int, str]] = {}
-        for i, r in enumerate(rows, start=1):
+        for i, r in enumerate(rows, start=1):  # (i: the row number in the file, skipped rows counted)
+            if r["job_id"] in skip:
+                continue
             for field, ok in (("lr", r["lr"] > 0 and math.isfinite(r["lr"])), ("rank", r["rank"] >= 1),
                               ("batch_size", r["batch_size"] >= 1), ("samples", r["samples"] >= 0),
                               ("total_samples", r["total_samples"] >= 1),
-                              ("train_loss", not math.isnan(r["train_loss"])),
-                              ("val_loss", not math.isnan(r["val_loss"]))):
+                              ("train_loss", r["train_loss"] >= 0),  # cross-entropy: >= 0 (inf: diverged)
+                              ("val_loss", r["val_loss"] >= 0)):  # (NaN fails these too)
                 if not ok:
                     raise ValueError(f"{path}: row {i}: field {field!r}: invalid value {r[field]!r}")
             key = (r["task"], (r["lr"], r["rank"], r["batch_size"]))
@@ -533,8 +556,14 @@ def make_curve_source(spec: str) -> CurveSource:
         except ValueError:
             raise ValueError(f"curve spec {spec!r}: seed must be an integer") from None
     if kind == "recorded" and arg:
-        return RecordedCurves([p for p in arg.split(",") if p])
+        return RecordedCurves(recorded_paths(spec))
     raise ValueError(f"curve spec {spec!r}: expected 'parametric[:seed]' or 'recorded:<path>[,<path>...]'")
+
+
+def recorded_paths(spec: str) -> list[str]:
+    """The paths of a "recorded:<path>[,<path>...]" curve spec; [] for any other spec."""
+    kind, _, arg = spec.partition(":")
+    return [p for p in arg.split(",") if p] if kind == "recorded" else []
 
 
 def record_rows(source: CurveSource, task: TaskSpec, jobs: Iterable[JobConfig], points: int,

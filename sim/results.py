@@ -9,7 +9,8 @@
 - DIR/meta.json: what was simulated (trace, cluster, cost-table provenance, versions).
 
 Files are written to a hidden staging folder first and moved in at the end, so a
-failed run leaves no partial output.
+failed run leaves no partial output. check_out_dir, called before the simulation, refuses a
+DIR whose files are not an earlier simulation's to replace (an `alto run` output, an input).
 """
 
 from __future__ import annotations
@@ -19,10 +20,14 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 
 from alto.policy.types import ExitReason
+from sim.loss_curves import run_marks
 from sim.metrics import TaskOutcome
+
+RESULT_FILES = ("summary.json", "tasks.csv", "jobs.csv", "curves.csv", "meta.json")  # write_results's
 
 TASK_COLUMNS = [
     "policy", "task_id", "tenant", "model", "gpus", "gpu_ids", "arrival_s", "start_s", "finish_s",
@@ -86,6 +91,31 @@ def _write_csv(path: Path, columns: list[str], rows: list[dict]) -> None:
         w = csv.DictWriter(f, fieldnames=columns)
         w.writeheader()
         w.writerows(rows)
+
+
+def check_out_dir(out_dir: str | os.PathLike, inputs: Sequence[tuple[str, str | os.PathLike]] = ()) -> str:
+    """Which earlier `alto simulate` results in out_dir write_results would replace, as
+    "<files> (trace <label>)" ("" if none; the caller says so). Raises ValueError, before
+    anything is written, if out_dir is a file, is one of the ``inputs`` folders ((flag,
+    folder) pairs: what the results would overwrite was read from there), or holds an `alto
+    run` output (loss_curves.RUN_MARKERS: its jobs.csv and curves.csv would be overwritten)."""
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out}: exists and is not a folder")
+    for flag, folder in inputs:
+        if out.resolve() == Path(folder).resolve():
+            raise ValueError(f"--out {out}: is the folder of {flag}; the results would overwrite "
+                             "the files read from there; choose another folder")
+    marks = run_marks(out)
+    if marks:
+        raise ValueError(f"--out {out}: holds an `alto run` output ({', '.join(marks)}); the results "
+                         "would overwrite its jobs.csv and curves.csv; choose another folder")
+    earlier = [n for n in RESULT_FILES if (out / n).is_file()]
+    try:
+        trace = json.loads((out / "meta.json").read_text())["trace"]
+    except (OSError, ValueError, KeyError, TypeError):  # (no meta.json, or not simulate's)
+        return ", ".join(earlier)
+    return f"{', '.join(earlier)} (trace {trace})"
 
 
 def write_results(out_dir: str | os.PathLike, summary: dict, tasks: list[dict], jobs: list[dict], curves: list[dict], meta: dict) -> Path:

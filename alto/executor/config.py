@@ -1,7 +1,8 @@
 """YAML config of `alto run`: parsing and validation before any training starts.
 
 Every error is a `ConfigError` whose message names the offending key (as a dotted
-path, e.g. `tasks[0].search_space.lr`) or file. Validation happens in `load_config`
+path, e.g. `tasks[0].search_space.lr`) or file; `alto run` puts the config file's path
+before it (cli_hooks.run_main). Validation happens in `load_config`
 and `validate_files`: unknown keys, wrong types, missing files and unknown model
 families are all rejected before a model is built.
 
@@ -120,7 +121,7 @@ class Config:
 
 def _check_keys(d: Any, allowed: tuple[str, ...], where: str) -> dict:
     if not isinstance(d, dict):
-        raise ConfigError(f"{where}: expected a mapping, got {type(d).__name__}")
+        raise ConfigError(f"{where or 'top level'}: expected a mapping, got {type(d).__name__}")
     for k in d:
         if k not in allowed:
             raise ConfigError(f"unknown key {where + '.' if where else ''}{k} (allowed: {', '.join(allowed)})")
@@ -312,6 +313,8 @@ def parse_memory(m: Any) -> MemoryCfg:
 
 def parse_config(raw: Any, base_dir: Path = Path(".")) -> Config:
     """Validate a parsed YAML document; raise ConfigError naming the bad key."""
+    if raw is None:  # (what YAML makes of an empty file)
+        raise ConfigError("empty file: expected a mapping with model and tasks")
     raw = _check_keys(raw, ("model", "tasks", "early_exit", "memory", "run"), "")
     for r in ("model", "tasks"):
         if r not in raw:
@@ -350,8 +353,9 @@ def parse_config(raw: Any, base_dir: Path = Path(".")) -> Config:
             raise ConfigError(f"memory.max_total_batch: {cap} is below tasks[{i}].search_space."
                               f"batch_size[{j}] = {max(t.batch_sizes)}: those configs could never run")
     names = [t.name for t in cfg.tasks]
-    if len(set(names)) != len(names):
-        raise ConfigError("tasks: duplicate task name")
+    for i, name in enumerate(names):
+        if name in names[:i]:
+            raise ConfigError(f"tasks[{i}].name: duplicate task name {name!r} (tasks[{names.index(name)}])")
     validate_files(cfg)
     return cfg
 

@@ -6,9 +6,11 @@
 - DIR/curves.csv: the same evaluations in the simulator's recorded-curve format
   (task, job_id, lr, rank, batch_size, samples, total_samples, train_loss, val_loss, source);
 - DIR/adapters/<job>/: PEFT adapters (see peft_export.py);
-- DIR/base_model/: the base HF config (+ weights for small random models);
+- DIR/base_model/: the base HF config (+ weights for small random models; a larger one's
+  README.md says how to rebuild its weights: models.save_base_model);
 - DIR/run.json: the settings the run trained with, as applied (model, device, LoRA impl,
-  early exit, memory caps: a CPU run without caps records the default cap it got), so that
+  early exit, memory caps: a CPU run without caps records the default cap it got; each
+  task's val_samples, no more than its val split holds), so that
   `alto simulate --early-exit DIR --admission-from DIR` replays it.
 """
 

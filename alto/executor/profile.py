@@ -3,7 +3,7 @@
 Rows go to a CSV in the simulator's cost-table format (sim/cost_model.py):
     gpu, model, kernel, n_adapters, tokens_per_step, mean_rank, step_time_s, source, date
 `kernel` names the LoRA path: fused (kernels.fused_multi_lora), loop (eager per-adapter
-loop), bmm (eager batched matmuls over padded ranks), single (one adapter, n_adapters=1).
+loop), single (one adapter, n_adapters=1): the simulator's kernels that one process can time.
 `source` is "measured: <gpu> <date> alto-profile torch<ver> batch/adapter=<b>". A step is fwd + bwd + every
 adapter's AdamW step on synthetic tokens (uniform random ids, every token scored).
 
@@ -124,7 +124,7 @@ def profile_rows(mlm: MultiLoraModel, model_name: str, kernel: str, n_adapters: 
                  batches: Sequence[int], L: int, ranks: Sequence[int], vocab: int,
                  iters: int = 5, log=None) -> list[dict]:
     """Measured rows for every (n, batch per adapter); ranks cycle over the adapters."""
-    mlm.use_impl({"fused": "fused", "loop": "loop", "bmm": "reference", "single": "reference"}[kernel])
+    mlm.use_impl({"fused": "fused", "loop": "loop", "single": "reference"}[kernel])
     dev = mlm.device
     today = dt.date.today().isoformat()
     src = f"measured: {device_name(dev)} {today} alto-profile torch{torch.__version__} batch/adapter="

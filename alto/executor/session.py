@@ -47,10 +47,15 @@ def pick_impl(cfg: Config, device: torch.device) -> str:
 CPU_DEFAULT_MAX_TOTAL_BATCH = 16
 
 
-def check_device(name: str) -> None:
-    """ConfigError naming model.device when it asks for CUDA that this torch cannot give."""
-    if resolve_device(name).type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"model.device: {name!r} asks for CUDA, but this torch ({torch.__version__}) "
+def check_device(name: str, key: str = "model.device") -> None:
+    """ConfigError naming ``key`` (the --device flag when it set the device) when ``name`` is
+    no torch device, or asks for CUDA that this torch cannot give."""
+    try:
+        dev = resolve_device(name)
+    except RuntimeError:  # torch's own message ("Expected one of cpu, cuda, ipu, ...") names no key
+        raise ConfigError(f"{key}: {name!r} is not a torch device; use auto, cpu, cuda or cuda:N") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"{key}: {name!r} asks for CUDA, but this torch ({torch.__version__}) "
                           "sees no CUDA device; use cpu or auto")
 
 
@@ -63,6 +68,16 @@ def cap_cpu_admission(cfg: Config, log) -> None:
     cfg.memory.max_total_batch = cap
     print(f"memory: on CPU with no memory.max_total_batch or max_active, at most {cap} samples "
           "train per step (set either to change it)", file=log)
+
+
+def clamp_val_samples(cfg: Config, vals: list[list], log) -> None:
+    """Lower a task's val_samples to its val split's size (``vals``: each task's split), and
+    say so: evaluations score the first val_samples examples, and run.json records what applied."""
+    for task, val in zip(cfg.tasks, vals, strict=True):
+        if task.val_samples > len(val):
+            print(f"[{task.name}] val_samples: {task.val_samples} asked, the val split has {len(val)}: "
+                  f"each evaluation scores those {len(val)}", file=log)
+            task.val_samples = len(val)
 
 
 def run_config(cfg: Config, out: str | Path, hooks: Hooks | None = None, log=sys.stderr,
@@ -80,13 +95,13 @@ def run_config(cfg: Config, out: str | Path, hooks: Hooks | None = None, log=sys
     model, tok, device = backbone if backbone is not None else load_backbone(cfg)
     if device.type == "cpu":
         cap_cpu_admission(cfg, log)
+    clamp_val_samples(cfg, [val for _, val in data], log)
     clear_run_entries(out, held)
     impl = pick_impl(cfg, device)
-    base_name = cfg.model.path
+    base_name, base_note = cfg.model.path, ""
     if cfg.model.is_random:
         base_name = str((out / "base_model").resolve())
-        small = sum(p.numel() for p in model.parameters()) < 5e7
-        save_base_model(model, out / "base_model", save_weights=small)
+        base_note = save_base_model(model, out / "base_model", cfg.model, device)
     import datetime as dt
 
     from alto.executor.profile import device_name
@@ -96,6 +111,8 @@ def run_config(cfg: Config, out: str | Path, hooks: Hooks | None = None, log=sys
     write_run_settings(out, cfg, str(device), impl, [len(train) for train, _ in data])
     res = RunResult(out, impl=impl)
     print(f"alto run: {cfg.model.path} on {device} ({cfg.model.dtype}), LoRA impl {impl}", file=log)
+    if base_note:
+        print(base_note, file=log)
     try:
         for i, task in enumerate(cfg.tasks):
             mlm = MultiLoraModel(model, task.target_modules, impl=impl,

@@ -195,6 +195,8 @@ def test_recorded_task_mapping(recorded, tmp_path):
     ("lr", "abc", r"row 2: field 'lr': cannot parse 'abc'"),
     ("samples", -5, r"row 2: field 'samples': invalid value -5"),
     ("val_loss", "nan", r"row 2: field 'val_loss': invalid value nan"),
+    ("val_loss", -0.5, r"row 2: field 'val_loss': invalid value -0.5"),  # cross-entropy is >= 0
+    ("train_loss", "-inf", r"row 2: field 'train_loss': invalid value -inf"),
     ("total_samples", 999, r"row 2: field 'total_samples'"),
 ])
 def test_bad_recorded_csv_names_file_row_and_field(tmp_path, field, value, match):
@@ -281,6 +283,40 @@ def test_recorded_curves_leave_out_jobs_their_run_lists_as_interrupted(tmp_path)
     write(run / "curves.csv", rows)
     (run / "jobs.csv").write_text("task,job_id,exit_reason\ngsm,gsm/a,completed\ngsm,gsm/b,interrupted\n")
     curves = RecordedCurves(run)
-    assert curves.skipped_interrupted == ["gsm/b"]
+    assert curves.skipped_unfinished == ["gsm/b"]
     assert list(curves._sets["gsm"]) == [(1e-4, 16, 4)]
-    assert RecordedCurves(run / "curves.csv").skipped_interrupted == ["gsm/b"]  # the file alone too
+    assert RecordedCurves(run / "curves.csv").skipped_unfinished == ["gsm/b"]  # the file alone too
+
+
+def _killed_run(tmp_path: Path, jobs_csv: str | None) -> Path:
+    """An `alto run` folder killed mid-run: curves of gsm/a (finished), gsm/b and other/c (cut
+    at 20 of 200 samples); ``jobs_csv``: its jobs.csv text (None: none written yet)."""
+    rows = [rec("gsm", "gsm/a", 1e-4, 16, 4, s, 200, 2.0 - s / 200, 2.2 - s / 200) for s in (0, 100, 200)]
+    rows += [rec("gsm", "gsm/b", 1e-3, 16, 4, s, 200, 3.0, 3.0) for s in (0, 20)]
+    rows += [rec("other", "other/c", 1e-3, 16, 4, s, 200, 3.0, 3.0) for s in (0, 20)]
+    run = tmp_path / "run"
+    run.mkdir()
+    write(run / "curves.csv", rows)
+    (run / "run.json").write_text("{}\n")
+    if jobs_csv is not None:
+        (run / "jobs.csv").write_text(jobs_csv)
+    return run
+
+
+def test_recorded_curves_leave_out_jobs_a_killed_run_never_finished(tmp_path):
+    """A killed run writes no `interrupted` rows: a job gets its jobs.csv row only when it
+    finishes. Jobs with curve rows but no finished row are left out like interrupted ones
+    (gsm/b was held flat at 3.0 as if complete); a task none of whose jobs finished, or a run
+    folder with no jobs.csv at all, is an error: the run did not finish."""
+    run = _killed_run(tmp_path, "task,job_id,exit_reason\ngsm,gsm/a,completed\nother,other/c,\n")
+    with pytest.raises(ValueError, match=r"curves\.csv: task 'other': the run did not finish: none of its 1"):
+        RecordedCurves(run)
+    (run / "jobs.csv").write_text("task,job_id,exit_reason\ngsm,gsm/a,completed\nother,other/c,divergence\n")
+    curves = RecordedCurves(run)
+    assert curves.skipped_unfinished == ["gsm/b"]
+    assert list(curves._sets["gsm"]) == [(1e-4, 16, 4)]
+    (run / "jobs.csv").unlink()
+    with pytest.raises(ValueError, match=r"curves\.csv: the run did not finish: its folder has run\.json but no jobs\.csv"):
+        RecordedCurves(run)
+    (run / "run.json").unlink()  # a curve file outside a run folder: every curve is whole
+    assert RecordedCurves(run).skipped_unfinished == []
