@@ -8,6 +8,8 @@
 - DIR/adapters/<job>/: PEFT adapters (see peft_export.py);
 - DIR/base_model/: the base HF config (+ weights for small random models; a larger one's
   README.md says how to rebuild its weights: models.save_base_model);
+- DIR/serve_vllm.sh: a real (not random:) base's vLLM command serving each task's best
+  adapter (vllm_serve.py);
 - DIR/run.json: the settings the run trained with, as applied (model, device, LoRA impl,
   early exit, memory caps: a CPU run without caps records the default cap it got; each
   task's val_samples, no more than its val split holds), so that
@@ -25,6 +27,7 @@ from pathlib import Path
 
 from alto.executor.config import RUN_SETTINGS
 from alto.executor.peft_export import export_adapter, job_dir_name
+from alto.executor.vllm_serve import SCRIPT as SERVE_SCRIPT
 from alto.policy.early_exit import EarlyExitConfig
 from alto.policy.types import JobConfig, LossReported
 
@@ -36,7 +39,8 @@ CURVE_COLS = ["task", "job_id", "lr", "rank", "batch_size", "samples", "total_sa
               "val_loss", "source"]
 
 
-RUN_ENTRIES = ("jobs.csv", "losses.csv", "curves.csv", "adapters", "base_model", RUN_SETTINGS)  # what a run writes
+RUN_ENTRIES = ("jobs.csv", "losses.csv", "curves.csv", "adapters", "base_model", RUN_SETTINGS,
+               SERVE_SCRIPT)  # what a run writes
 
 
 class OutputDirError(ValueError):

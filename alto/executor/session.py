@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from alto.executor.config import Config, ConfigError
+from alto.executor.config import Config, ConfigError, resolve
 from alto.executor.data import load_task_data
 from alto.executor.lora_model import MultiLoraModel, fused_available
 from alto.executor.models import load_backbone, resolve_device, save_base_model
@@ -140,4 +140,18 @@ def run_config(cfg: Config, out: str | Path, hooks: Hooks | None = None, log=sys
         print("interrupted: wrote finished jobs to jobs.csv", file=log)
     finally:
         writer.close()
+    if not cfg.model.is_random:  # (an interrupted run serves what finished)
+        print(serve_script(cfg, out, writer.jobs.values()), file=log)
     return res
+
+
+def serve_script(cfg: Config, out: Path, rows) -> str:
+    """Write DIR/serve_vllm.sh for a run on a real (not random:) base; the line to print."""
+    from alto.executor.vllm_serve import write_serve_script
+
+    local = resolve(cfg, cfg.model.path)
+    base = str(local) if local.exists() else cfg.model.path  # a local checkpoint, or a hub id
+    if base.endswith(".gguf"):
+        return ("no serve_vllm.sh: the base is a GGUF file; serve the adapters with vLLM on the "
+                "model's HF checkpoint (the adapters' module names are the same)")
+    return write_serve_script(out, base, rows)[1]
