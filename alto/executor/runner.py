@@ -114,6 +114,7 @@ class TaskRunner:
         self.decisions: list = []  # every decision carried out, in order (tests replay them)
         self.eval_s = 0.0  # wall seconds spent in evaluations
         self.eval_tokens_cap = 10**12  # lowered by an OOM in evaluation
+        self._eval_forward_tokens = 0  # tokens of the evaluation forward in flight
 
     # ---------------------------------------------------------------- admission
     def _fits(self, jobs) -> bool:
@@ -274,8 +275,9 @@ class TaskRunner:
     def evaluate(self, adapters: list[Adapter], budget_tokens: int | None = None) -> list[float]:
         """Token-weighted mean val loss of each adapter over the task's val samples, in
         forwards of at most budget_tokens tokens (default: eval_budget_tokens()). An OOM
-        halves the budget, for this and every later evaluation, and starts again: an
-        evaluation changes no state, so nothing is lost."""
+        caps every later forward of the task at half the one that failed and starts the
+        evaluation again (it changes no state, so nothing is lost); one adapter on one val
+        row that does not fit is an OutOfMemoryError."""
         L = max(len(i) - 1 for i, _ in self.val)
         budget = budget_tokens or self.eval_budget_tokens()
         t0 = time.monotonic()
@@ -289,13 +291,14 @@ class TaskRunner:
                 gc.collect()
                 if self.mlm.device.type == "cuda":
                     torch.cuda.empty_cache()
-                if budget <= L:
+                failed = self._eval_forward_tokens
+                if failed <= L:
                     raise torch.cuda.OutOfMemoryError(
                         f"[{self.task.name}] evaluation of one adapter on one val row ({L} tokens) "
                         "does not fit in memory")
-                budget = self.eval_tokens_cap = max(L, budget // 2)
-                print(f"[{self.task.name}] OOM in evaluation: {budget} tokens per forward from now on",
-                      file=self.log)
+                budget = self.eval_tokens_cap = min(budget, max(L, failed // 2))
+                print(f"[{self.task.name}] OOM in an evaluation forward of {failed} tokens: at most "
+                      f"{budget} tokens per forward from now on", file=self.log)
         finally:
             self.eval_s += time.monotonic() - t0
 
@@ -318,7 +321,8 @@ class TaskRunner:
             k = max(1, budget_tokens // (len(piece) * L))  # adapters per forward
             for a0 in range(0, len(adapters), k):
                 chunk = adapters[a0:a0 + k]
-                if self.hooks.eval_oom and self.hooks.eval_oom(len(piece) * len(chunk) * L):
+                self._eval_forward_tokens = len(piece) * len(chunk) * L  # (what an OOM halves)
+                if self.hooks.eval_oom and self.hooks.eval_oom(self._eval_forward_tokens):
                     raise SimulatedOOM("simulated OOM in evaluation")
                 tb = collate([piece] * len(chunk), self.tok.pad_id).to(self.mlm.device)
                 try:
