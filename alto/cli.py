@@ -3,7 +3,7 @@
     alto simulate [--trace FILE|NAME] [--trace-format native|acme|philly|openb] [--gpus N]
                   [--policies a,b,...|all] [--out DIR]
     alto trace synth --tasks N --seed S --out FILE [--overwrite]
-    alto trace convert --trace-format F IN --out FILE
+    alto trace convert --trace-format F IN --out FILE [--overwrite]
     alto run CONFIG.yaml --out DIR          (real training; needs the [train] extra)
     alto profile ...                        (measures cost tables on this device)
     alto figures DIR
@@ -85,6 +85,7 @@ def _add_trace(sub) -> None:
     c.add_argument("--trace-format", required=True, choices=["acme", "philly", "openb"])
     c.add_argument("--max-tasks", type=int, default=None)
     c.add_argument("--out", required=True)
+    c.add_argument("--overwrite", action="store_true", help="replace --out if it exists (refused without)")
     c.set_defaults(func=cmd_trace_convert)
 
 
@@ -137,13 +138,19 @@ def cmd_trace_synth(a) -> int:
         raise UserError(f"--tasks must be positive, got {a.tasks}")
     if a.seed < 0:  # (numpy's own message names no flag)
         raise UserError(f"--seed must be >= 0, got {a.seed}")
-    if Path(a.out).is_file() and not a.overwrite:  # e.g. the bundled default trace
-        raise UserError(f"--out {a.out}: exists; pass --overwrite to replace it, or choose another file")
+    _refuse_existing_out(a)
     kw = {} if a.rate_per_hour is None else {"rate_per_hour": a.rate_per_hour}
     tasks = synth_trace(a.tasks, a.seed, **kw)
     write_native(tasks, a.out)
     print(f"wrote {len(tasks)} tasks to {a.out} (last arrival {tasks[-1].arrival_s / 3600:.2f} h)")
     return 0
+
+
+def _refuse_existing_out(a) -> None:
+    """A trace command's --out file that exists (e.g. the bundled default trace) is replaced
+    only with --overwrite."""
+    if Path(a.out).is_file() and not a.overwrite:
+        raise UserError(f"--out {a.out}: exists; pass --overwrite to replace it, or choose another file")
 
 
 def cmd_trace_convert(a) -> int:
@@ -153,6 +160,7 @@ def cmd_trace_convert(a) -> int:
     kw = {} if a.max_tasks is None else {"max_tasks": a.max_tasks}
     if Path(a.out).resolve() == Path(a.input).resolve():
         raise UserError(f"--out {a.out}: is the input trace; the conversion would replace it")
+    _refuse_existing_out(a)
     tasks = load_trace(a.input, a.trace_format, **kw)
     write_native(tasks, a.out)
     print(f"converted {len(tasks)} tasks from {a.input} ({a.trace_format}) to {a.out}")

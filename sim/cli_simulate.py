@@ -106,12 +106,17 @@ def replay_tasks(run_dir: str, model: str | None = None) -> list:
     return tasks
 
 
-def _input_folders(a) -> list[tuple[str, str | Path]]:
-    """(flag, folder) of the inputs that --out must not be: the --replay run and the folders
-    of the --curves recorded: paths (a file's own folder)."""
-    found = [(f"--replay {a.replay}", a.replay)] if a.replay else []
+def _inputs(a, trace_path) -> list[tuple[str, Path]]:
+    """(flag, path) of what --out must not overwrite: folders (the --replay run, the folders
+    of the --curves recorded: paths) that --out must not be, and files (the trace, the
+    --cost-table tables and their memory_ tables) that must not be among the results."""
+    found = [(f"--replay {a.replay}", Path(a.replay))] if a.replay else []
     for p in recorded_paths(a.curves or ""):
-        found.append((f"--curves recorded:{p}", p if Path(p).is_dir() else Path(p).parent))
+        found.append((f"--curves recorded:{p}", Path(p) if Path(p).is_dir() else Path(p).parent))
+    if not a.replay:
+        found.append((f"--trace {a.trace}", Path(trace_path)))
+    for t in a.cost_table or ():
+        found += [(f"--cost-table {t}", Path(t)), (f"--cost-table {t}", Path(t).with_name(f"memory_{Path(t).name}"))]
     return found
 
 
@@ -162,7 +167,7 @@ def simulate_main(a) -> int:
         path, label = resolve_trace(a.trace)
         kw = {} if a.max_tasks is None else {"max_tasks": a.max_tasks}
         tasks = load_trace(path, a.trace_format, **kw)
-    replaced = check_out_dir(a.out, _input_folders(a))
+    replaced = check_out_dir(a.out, _inputs(a, path))
     validate_trace(tasks, path, cluster_gpus=a.gpus)
     if a.costs == "estimate" and a.cost_table:
         raise ValueError("--cost-table: measured tables are not used with --costs estimate")

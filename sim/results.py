@@ -96,14 +96,19 @@ def _write_csv(path: Path, columns: list[str], rows: list[dict]) -> None:
 def check_out_dir(out_dir: str | os.PathLike, inputs: Sequence[tuple[str, str | os.PathLike]] = ()) -> str:
     """Which earlier `alto simulate` results in out_dir write_results would replace, as
     "<files> (trace <label>)" ("" if none; the caller says so). Raises ValueError, before
-    anything is written, if out_dir is a file, is one of the ``inputs`` folders ((flag,
-    folder) pairs: what the results would overwrite was read from there), or holds an `alto
-    run` output (loss_curves.RUN_MARKERS: its jobs.csv and curves.csv would be overwritten)."""
+    anything is written, if out_dir is a file, is one of the ``inputs`` folders or holds one
+    of the ``inputs`` files under a result file's name ((flag, path) pairs: the results would
+    overwrite what was read from there), or holds an `alto run` output
+    (loss_curves.RUN_MARKERS: its jobs.csv and curves.csv would be overwritten)."""
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out}: exists and is not a folder")
-    for flag, folder in inputs:
-        if out.resolve() == Path(folder).resolve():
+    for flag, path in inputs:
+        p = Path(path)
+        if p.is_file() and p.name in RESULT_FILES and p.resolve().parent == out.resolve():
+            raise ValueError(f"--out {out}: holds the file of {flag} ({p.name}), which the results "
+                             "would overwrite; choose another folder")
+        if not p.is_file() and out.resolve() == p.resolve():
             raise ValueError(f"--out {out}: is the folder of {flag}; the results would overwrite "
                              "the files read from there; choose another folder")
     marks = run_marks(out)

@@ -220,8 +220,13 @@ def test_convert_refuses_to_replace_its_input_and_output_mode_is_the_umask_defau
         os.umask(umask)
     assert stat.S_IMODE(native.stat().st_mode) == 0o644
     native.chmod(0o640)  # rewriting an existing file keeps its mode
-    assert main(["trace", "convert", str(pods), "--trace-format", "openb", "--out", str(native)]) == 0
-    assert stat.S_IMODE(native.stat().st_mode) == 0o640
+    before = native.read_text()
+    native.write_text("precious\n")  # an existing --out is replaced only with --overwrite
+    assert main(["trace", "convert", str(pods), "--trace-format", "openb", "--out", str(native)]) == 2
+    assert "exists; pass --overwrite" in capsys.readouterr().err and native.read_text() == "precious\n"
+    assert main(["trace", "convert", str(pods), "--trace-format", "openb", "--out", str(native),
+                 "--overwrite"]) == 0
+    assert stat.S_IMODE(native.stat().st_mode) == 0o640 and native.read_text() == before
 
 
 def test_a_policy_listed_twice_is_rejected(tmp_path, capsys):

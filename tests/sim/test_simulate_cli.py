@@ -150,3 +150,22 @@ def test_readme_says_tenant_edge_spaces_are_stripped():
     """traces/schema.py strips every cell on read, so edge spaces cannot make a row invalid."""
     row = next(ln for ln in README.splitlines() if ln.startswith("| `tenant` |"))
     assert "edge spaces are stripped on read" in row and "no edge spaces" not in row
+
+
+@pytest.mark.parametrize("name", ["tasks.csv", "jobs.csv"])
+def test_out_holding_the_trace_or_a_cost_table_under_a_result_name_is_refused(tmp_path, capsys, name):
+    """A trace (or a cost table) saved as tasks.csv / jobs.csv in --out used to be replaced by
+    the results, and the note called it "the earlier results"."""
+    out = tmp_path / "o"
+    out.mkdir()
+    trace = out / name
+    trace.write_text(HEADER + ROW)
+    assert main(["simulate", "--trace", str(trace), *QUICK, "--out", str(out)]) == 2
+    assert f"holds the file of --trace {trace} ({name})" in capsys.readouterr().err
+    assert trace.read_text() == HEADER + ROW and sorted(p.name for p in out.iterdir()) == [name]
+    other = tmp_path / "trace.csv"
+    other.write_text(HEADER + ROW)
+    table = out / name  # now a cost table, under a result file's name
+    assert main(["simulate", "--trace", str(other), *QUICK, "--costs", "measured", "--cost-table", str(table),
+                 "--out", str(out)]) == 2
+    assert f"holds the file of --cost-table {table} ({name})" in capsys.readouterr().err
