@@ -50,9 +50,10 @@ def main() -> None:
     task = TaskSpec("gsm_symbolic", 0.0, "t", "smollm2-135m", 1, 256, 192, 1.0, *grid)
     curves = RecordedCurves(CURVES, curve_task={"gsm_symbolic": "smollm2-random-gsm_symbolic"})
     rows = []
-    # auto: the estimates (smollm2 has no complete measured table); measured: the step times
-    # read from the full-grid (policy none) run's log, traces/profiles/measured_h200_smollm2_runlog.csv
-    # (they include that run's evaluation passes, so eval_samples=0 is the fair comparison)
+    # auto: the estimates (smollm2 has no complete measured table); measured: the training
+    # step times read from the full-grid (policy none) run's log, its evaluation time left out,
+    # traces/profiles/measured_h200_smollm2_runlog.csv; eval_samples 64 adds the simulator's
+    # charge for evaluations, which the real run spent 20.0 s in
     models = {c: CostModel.from_dir(costs=c) for c in ("auto", "measured")}
     for costs, eval_samples in (("auto", 0), ("auto", 64), ("measured", 0), ("measured", 64)):
         cost = models[costs]

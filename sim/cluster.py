@@ -50,10 +50,12 @@ class SimConfig:
     gpus_per_node, the last node holds the remainder (placement.GpuPool.for_gpus).
     gpu_type: key into the cost tables (e.g. "H200", "H100").
     mem_margin_frac: HBM safety margin of the memory model (fraction of HBM kept free).
-    eval_samples: validation samples scored per evaluation of one config (count). An
-      evaluation is a forward pass only, so it is charged half the single-adapter step
-      time of eval_samples x seq_len tokens (an estimate: forward ~2N of the 4N FLOPs per
-      token), and training pauses while the due configs are scored, as in the executor.
+    eval_samples: validation samples scored per evaluation of one config (count). Configs
+      due together are scored as the executor scores them: in forwards of at most
+      EVAL_TOKENS_PER_FORWARD tokens (alto.policy.types), each charged half the training
+      step of its adapters and tokens (an estimate: forward ~2N of the 4N FLOPs per token;
+      before session 19, each config's evaluation was charged alone); training pauses
+      while they are scored, as in the executor.
     log_events: keep the exact (time_s, event) log (tests; costs memory on big traces).
     max_total_batch, max_active: admission caps of every task beside the memory model, as
       `alto run`'s memory.max_total_batch (summed batch of the configs training together)

@@ -21,7 +21,15 @@ from dataclasses import dataclass, replace
 from alto.policy.early_exit import make_early_exit
 from alto.policy.memory import MemoryModel
 from alto.policy.task_tuner import TaskTuner
-from alto.policy.types import Admit, Exit, JobConfig, LossReported, Pause, TaskSpec
+from alto.policy.types import (
+    EVAL_TOKENS_PER_FORWARD,
+    Admit,
+    Exit,
+    JobConfig,
+    LossReported,
+    Pause,
+    TaskSpec,
+)
 from sim.metrics import JobOutcome
 from sim.task_slots import TaskSlots
 
@@ -92,13 +100,26 @@ class TaskCosts:
             self._cache[key] = t
         return t
 
-    def eval_time(self, task: TaskSpec) -> float:
-        """Seconds to score one config on cfg.eval_samples validation samples (forward only)."""
-        key = ("eval", task.model, task.seq_len, min(task.ranks))
+    def eval_time(self, task: TaskSpec, n_configs: int) -> float:
+        """Seconds to score ``n_configs`` configs due together on cfg.eval_samples validation
+        samples each, as the executor does: in forwards of at most EVAL_TOKENS_PER_FORWARD
+        tokens (one config per forward for the sequential "single" kernel), each charged half
+        the training step of its adapters and tokens (forward only: ~2N of the 4N FLOPs)."""
+        if n_configs <= 0 or not self.cfg.eval_samples:
+            return 0.0
+        per_config = self.cfg.eval_samples * task.seq_len
+        k = 1 if self.policy.kernel == "single" else max(1, EVAL_TOKENS_PER_FORWARD // per_config)
+        full, rest = divmod(n_configs, k)
+        return full * self._eval_forward(task, k) + (self._eval_forward(task, rest) if rest else 0.0)
+
+    def _eval_forward(self, task: TaskSpec, k: int) -> float:
+        """Seconds of one evaluation forward of ``k`` configs (at the grid's smallest rank)."""
+        key = ("eval", task.model, task.seq_len, min(task.ranks), k)
         t = self._cache.get(key)
         if t is None:
-            tokens = self.cfg.eval_samples * task.seq_len
-            t = 0.5 * self.cost.predict(self.cfg.gpu_type, task.model, self.policy.kernel, 1, tokens, [min(task.ranks)])
+            tokens = k * self.cfg.eval_samples * task.seq_len
+            t = 0.5 * self.cost.predict(self.cfg.gpu_type, task.model, self.policy.kernel, k, tokens,
+                                        [min(task.ranks)] * k)
             self._cache[key] = t
         return t
 
@@ -166,7 +187,6 @@ def simulate_task_training(task: TaskSpec, costs: TaskCosts, curves, log: bool =
 
     apply(tuner.start())
     step_s = 0.0
-    eval_s = costs.eval_time(task) if cfg.eval_samples else 0.0
     while not tuner.done:
         due_step = slots.next_due_step()
         if due_step is None:
@@ -198,7 +218,7 @@ def simulate_task_training(task: TaskSpec, costs: TaskCosts, curves, log: bool =
             else:
                 slots.reschedule(jid, next_report(jid, samples), samples)
         evaluations += n_evals
-        now += n_evals * eval_s
+        now += costs.eval_time(task, n_evals)
     final_best = curves.final_best_vals(task, jobs)
     outcomes = [
         JobOutcome(

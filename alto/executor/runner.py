@@ -38,7 +38,15 @@ from alto.executor.micro_steps import loss_and_backward
 from alto.executor.outputs import RunWriter
 from alto.policy.early_exit import EarlyExitConfig, make_early_exit
 from alto.policy.task_tuner import TaskTuner
-from alto.policy.types import Admit, Exit, ExitReason, JobConfig, LossReported, Pause
+from alto.policy.types import (
+    EVAL_TOKENS_PER_FORWARD,
+    Admit,
+    Exit,
+    ExitReason,
+    JobConfig,
+    LossReported,
+    Pause,
+)
 
 
 class SimulatedOOM(RuntimeError):
@@ -308,7 +316,7 @@ class TaskRunner:
         251k tokens on the SmolLM2 search, saved 2.1 of 17.1 s of evaluations in an
         interleaved pair on the H200 and one of four such runs hit an unexplained illegal
         memory access: docs/executor.md, "Evaluation forwards".)"""
-        budget = self.cfg.run.eval_tokens or (65536 if self.mlm.device.type == "cuda" else 8192)
+        budget = self.cfg.run.eval_tokens or (EVAL_TOKENS_PER_FORWARD if self.mlm.device.type == "cuda" else 8192)
         return min(budget, self.eval_tokens_cap)
 
     @torch.no_grad()

@@ -15,6 +15,10 @@ import enum
 import math
 from dataclasses import dataclass, field
 
+# Tokens (val rows x configs) one evaluation forward of `alto run` holds by default, and what
+# the simulator charges an evaluation by (configs due together are scored in such forwards).
+EVAL_TOKENS_PER_FORWARD = 65536
+
 
 class ExitReason(str, enum.Enum):
     """Why a job stopped. `COMPLETED` means it trained its full budget."""
