@@ -154,4 +154,8 @@ def serve_script(cfg: Config, out: Path, rows) -> str:
     if base.endswith(".gguf"):
         return ("no serve_vllm.sh: the base is a GGUF file; serve the adapters with vLLM on the "
                 "model's HF checkpoint (the adapters' module names are the same)")
-    return write_serve_script(out, base, rows)[1]
+    tok = None
+    if cfg.model.tokenizer:  # (as load_backbone: a local path, else a hub id)
+        t = resolve(cfg, cfg.model.tokenizer)
+        tok = str(t) if t.exists() else cfg.model.tokenizer
+    return write_serve_script(out, base, rows, tokenizer=tok)[1]

@@ -25,7 +25,7 @@ import math
 import shlex
 from pathlib import Path
 
-VLLM_MAX_LORA_RANKS = (8, 16, 32, 64, 128, 256, 320, 512)  # vLLM LoRAConfig.max_lora_rank choices
+VLLM_MAX_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # vllm/config/lora.py MaxLoRARanks
 SCRIPT = "serve_vllm.sh"
 
 
@@ -42,8 +42,9 @@ def vllm_load_problems(adapter_dir: Path) -> list[str]:
     """What in an exported adapter folder vLLM's LoRA loader would reject ([] when nothing):
     config fields (r, lora_alpha, target_modules present; bias "none"; no modules_to_save; no
     DoRA; r within vLLM's rank choices), tensor names (``base_model.model.<module>.lora_A.weight``
-    / ``lora_B.weight``, each module with both, its leaf name among target_modules) and shapes
-    (A [r, d_in], B [d_out, r])."""
+    / ``lora_B.weight``, each module with both) and shapes (A [r, d_in], B [d_out, r]). Also
+    ALTO's own consistency check, not a vLLM rule: each module's leaf name is among a list
+    target_modules (vLLM checks it against the model's supported modules instead)."""
     from safetensors import safe_open
 
     adapter_dir = Path(adapter_dir)
@@ -54,7 +55,7 @@ def vllm_load_problems(adapter_dir: Path) -> list[str]:
     bad = [f"adapter_config.json: {k} missing" for k in ("r", "lora_alpha", "target_modules") if k not in cfg]
     if bad:
         return bad
-    r, targets = int(cfg["r"]), set(cfg["target_modules"])
+    r, targets = int(cfg["r"]), cfg["target_modules"]  # (a str is a PEFT regex: not checked here)
     if cfg.get("bias", "none") != "none":
         bad.append(f"adapter_config.json: bias {cfg['bias']!r} (vLLM needs 'none' unless started with bias)")
     if cfg.get("modules_to_save"):
@@ -73,7 +74,7 @@ def vllm_load_problems(adapter_dir: Path) -> list[str]:
             module = ".".join(parts[2:-2])
             shapes.setdefault(module, {})[parts[-2]] = list(f.get_slice(key).get_shape())
     for module, ab in shapes.items():
-        if module.rsplit(".", 1)[-1] not in targets:
+        if isinstance(targets, list) and module.rsplit(".", 1)[-1] not in targets:
             bad.append(f"module {module}: not in target_modules {sorted(targets)}")
         if set(ab) != {"lora_A", "lora_B"}:
             bad.append(f"module {module}: has {sorted(ab)} only")
@@ -103,19 +104,33 @@ def best_adapters(rows) -> dict[str, dict]:
     return best
 
 
-def write_serve_script(out: Path, base: str, rows) -> tuple[Path | None, str]:
+def _lora_module(name: str, path: str) -> str:
+    """One --lora-modules item: NAME=PATH, or vLLM's JSON form when the name holds '=' or ','
+    (its parser splits NAME=PATH only without them)."""
+    if "=" in name or "," in name:
+        return json.dumps({"name": name, "path": path})
+    return f"{name}={path}"
+
+
+def write_serve_script(out: Path, base: str, rows, tokenizer: str | None = None) -> tuple[Path | None, str]:
     """Write DIR/serve_vllm.sh serving best_adapters(rows) on ``base`` (a model path or hub
     id). Returns (the script or None, the line the run prints about it). Adapters vLLM would
-    reject are named instead of served."""
+    reject are named instead of served. ``tokenizer``: the run's own tokenizer, when it set
+    one (model.tokenizer), served with the base."""
     out = Path(out)
+    rows = list(rows)
     picks = best_adapters(rows)
     if not picks:
+        if not any(r.get("adapter_dir") for r in rows):
+            return None, "no serve_vllm.sh: the run exported no adapter (run.export)"
         return None, "no serve_vllm.sh: no task has an exported adapter with a finite val loss"
     problems = {t: vllm_load_problems(out / r["adapter_dir"]) for t, r in picks.items()}
     problems = {t: p for t, p in problems.items() if p}
     if problems:
         t, p = next(iter(problems.items()))
-        return None, f"no serve_vllm.sh: vLLM would reject {picks[t]['adapter_dir']}: {'; '.join(p[:3])}"
+        return None, (f"no serve_vllm.sh (for none of the {len(picks)} task(s)): vLLM would reject "
+                      f"{picks[t]['adapter_dir']}: {'; '.join(p[:3])}"
+                      + (f" (and the best adapter of {len(problems) - 1} other task(s))" if len(problems) > 1 else ""))
     lines = ["#!/bin/sh",
              "# Serve the best adapter of each task of this `alto run` with vLLM (written by alto run;",
              "# best: the lowest val loss of the exported weights, jobs.csv). Extra vllm options pass through.",
@@ -124,8 +139,10 @@ def write_serve_script(out: Path, base: str, rows) -> tuple[Path | None, str]:
               for t, r in sorted(picks.items())]
     cmd = ["vllm", "serve", base, "--enable-lora",
            "--max-lora-rank", str(vllm_max_lora_rank([int(r["rank"]) for r in picks.values()])),
-           "--max-loras", str(len(picks)), "--lora-modules"]
-    cmd += [f"{t}={r['adapter_dir']}" for t, r in sorted(picks.items())]
+           "--max-loras", str(len(picks))]
+    cmd += ["--tokenizer", tokenizer] if tokenizer else []
+    cmd += ["--lora-modules"]
+    cmd += [_lora_module(t, r["adapter_dir"]) for t, r in sorted(picks.items())]
     lines += ['cd "$(dirname "$0")" || exit 1', "exec " + " ".join(shlex.quote(c) for c in cmd) + ' "$@"']
     path = out / SCRIPT
     path.write_text("\n".join(lines) + "\n")

@@ -72,6 +72,7 @@ def test_what_vllm_would_reject_is_named(tiny_run, tmp_path):
 
 
 def test_max_lora_rank_is_the_least_vllm_choice_that_holds_the_ranks():
+    assert vllm_max_lora_rank([1]) == 1
     assert vllm_max_lora_rank([2, 4]) == 8
     assert vllm_max_lora_rank([16, 64]) == 64
     assert vllm_max_lora_rank([65]) == 128
@@ -118,5 +119,27 @@ def test_no_script_when_an_adapter_would_be_rejected(tiny_run):
         p = out / r["adapter_dir"] / "adapter_config.json"
         p.write_text(json.dumps({**json.loads(p.read_text()), "bias": "all"}))
     path, line = write_serve_script(out, "base", rows)
-    assert path is None and line.startswith("no serve_vllm.sh: vLLM would reject adapters/")
+    assert path is None and line.startswith("no serve_vllm.sh (for none of the 1 task(s)): vLLM would "
+                                            "reject adapters/")
     assert not (out / "serve_vllm.sh").exists()
+    no_export = [{**r, "adapter_dir": ""} for r in rows]
+    assert write_serve_script(out, "base", no_export) == (
+        None, "no serve_vllm.sh: the run exported no adapter (run.export)")
+
+
+def test_odd_task_names_use_vllm_s_json_form_and_a_set_tokenizer_is_served(tiny_run, tmp_path):
+    _, out, rows, _ = tiny_run
+    renamed = [{**r, "task": "a=b,c"} for r in rows]
+    path, _ = write_serve_script(out, "base", renamed, tokenizer="/tok")
+    last = path.read_text().splitlines()[-1]
+    best = min(rows, key=lambda r: float(r["final_val_loss"]))
+    item = json.dumps({"name": "a=b,c", "path": best["adapter_dir"]})
+    assert last == (f"exec vllm serve base --enable-lora --max-lora-rank 8 --max-loras 1 --tokenizer /tok "
+                    f"--lora-modules '{item}' \"$@\"")
+
+
+def test_a_string_target_modules_is_a_regex_and_not_checked_as_a_list(tiny_run, tmp_path):
+    _, out, rows, _ = tiny_run
+    problems = _broken_copy(out / rows[0]["adapter_dir"], tmp_path / "regex",
+                            lambda c: c.update(target_modules=".*(q|k|v|o|gate|up|down)_proj"))
+    assert problems == []
