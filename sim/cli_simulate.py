@@ -189,6 +189,13 @@ def simulate_main(a) -> int:
     stand_ins = getattr(curves, "curve_set_for", None)  # recorded curves: which set each task replays
     replayed = {} if stand_ins is None else {t.task_id: stand_ins(t.task_id) for t in tasks}
     borrowed = {t: c for t, c in replayed.items() if c != t}
+    if a.replay and borrowed:  # a task of the run that recorded nothing: it never ran
+        never = [t.task_id for t in tasks if t.task_id in borrowed]
+        first = next(i for i, t in enumerate(tasks) if t.task_id in borrowed)
+        hint = (f"; --max-tasks {first} replays the task(s) before it" if first and
+                all(t.task_id in borrowed for t in tasks[first:]) else "")
+        raise ValueError(f"--replay {a.replay}: task(s) {', '.join(never)} recorded no evaluation: the "
+                         f"run stopped before them{hint}")
     exact_of = getattr(curves, "is_exact", None)
     neighbours = [j.job_id for t in tasks for j in t.jobs() if exact_of and not exact_of(t, j)]
     if neighbours:  # said even with --quiet: a grid that differs from the recorded one

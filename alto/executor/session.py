@@ -21,7 +21,7 @@ from alto.executor.data import load_task_data
 from alto.executor.lora_model import MultiLoraModel, fused_available
 from alto.executor.models import load_backbone, resolve_device, save_base_model
 from alto.executor.outputs import RunWriter, check_out_dir, clear_run_entries, write_run_settings
-from alto.executor.runner import Hooks, TaskRunner
+from alto.executor.runner import Hooks, JobState, TaskRunner, job_list
 
 
 @dataclass
@@ -137,6 +137,9 @@ def run_config(cfg: Config, out: str | Path, hooks: Hooks | None = None, log=sys
         res.interrupted = True
         if res.runners:
             res.runners[-1].interrupt()
+        for task, (train, _) in list(zip(cfg.tasks, data, strict=True))[len(res.runners):]:
+            for job in job_list(task, len(train)):  # tasks never started: their configs too
+                writer.job_row(JobState(job, 0, None, exit_reason="interrupted"))
         print("interrupted: wrote finished jobs to jobs.csv", file=log)
     finally:
         writer.close()

@@ -305,3 +305,42 @@ def test_run_json_records_the_settings_as_applied(tmp_path, backbone, mkcfg):
     assert early_exit_of(str(res.out)).warmup_frac == cfg.early_exit.get("warmup_frac", 0.05)
     with pytest.raises(ValueError, match="not an `alto run` output folder"):
         admission_of(str(tmp_path))
+
+
+def test_ctrl_c_in_the_first_task_records_the_second_task_s_configs_and_replay_names_it(
+        tmp_path, backbone, mkcfg, capsys):
+    """Tasks never started used to get no jobs.csv row at all, and `alto simulate --replay`
+    then simulated them on the first task's curves as if they had run."""
+    import copy
+
+    from alto.cli import main
+    from alto.executor.config import parse_config
+
+    mkcfg()  # (writes the task's train.jsonl / val.jsonl into tmp_path)
+    raw = {"model": {"path": "random:llama-tiny", "seed": 0}, "early_exit": {"policy": "none"},
+           "run": {"log_every": 1000}, "tasks": []}
+    first = {"name": "add", "data": {"jsonl": {"train": "train.jsonl", "val": "val.jsonl"}}, "max_seq_len": 16,
+             "epochs": 1, "search_space": {"lr": [1e-3], "rank": [2], "batch_size": [2, 8]}, "val_samples": 4}
+    second = {**copy.deepcopy(first), "name": "add2"}
+    raw["tasks"] = [first, second]
+    cfg = parse_config(raw, base_dir=tmp_path)
+    calls = []
+
+    def interrupt(active, total):
+        calls.append(total)
+        if len(calls) == 4:
+            raise KeyboardInterrupt
+        return False
+
+    res, _ = _run(tmp_path, backbone, cfg, Hooks(oom=interrupt))
+    rows = _jobs_csv(res.out)
+    assert {j: r["exit_reason"] for j, r in rows.items() if j.startswith("add2/")} == {
+        "add2/lr0.001-r2-b2": "interrupted", "add2/lr0.001-r2-b8": "interrupted"}
+    assert rows["add2/lr0.001-r2-b2"]["samples_trained"] == "0"
+    capsys.readouterr()
+    base = ["simulate", "--replay", str(res.out), "--replay-model", "smollm2-135m", "--policies", "alto",
+            "--quiet"]
+    assert main([*base, "--out", str(tmp_path / "sim")]) == 2
+    err = capsys.readouterr().err
+    assert "task(s) add2 recorded no evaluation: the run stopped before them; --max-tasks 1 replays" in err
+    assert main([*base, "--max-tasks", "1", "--out", str(tmp_path / "sim1")]) == 0
