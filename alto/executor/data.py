@@ -70,6 +70,19 @@ def encode_sample(tok, s: Sample, max_len: int) -> tuple[list[int], int]:
     return ids, len(head) + len(p)
 
 
+def count_cut(tok, samples, max_len: int) -> tuple[int, int]:
+    """(samples longer than max_len + 1 tokens, of which those that lose completion tokens):
+    what encode_sample cuts (counted the same way: bos, prompt, completion, eos)."""
+    cut = lost = 0
+    for p, c in samples:
+        head = 1 if tok.bos_id is not None else 0
+        n_c = len(tok.encode(c)) + 1
+        loses = n_c > max_len - head  # (encode_sample keeps a slot for >= 1 prompt token)
+        cut += loses or head + len(tok.encode(p)) + n_c > max_len + 1
+        lost += loses
+    return cut, lost
+
+
 @dataclass
 class TokenBatch:
     """One step's tokens. inputs/targets: [R, L] int64; mask: [R, L] float (1 = scored);

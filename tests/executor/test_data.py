@@ -61,3 +61,22 @@ def test_reasoning_gym_source(tmp_path):
     train, val = load_task_data(cfg, cfg.tasks[0], 0)
     assert len(train) == 6 and len(val) == 3 and train != val
     assert all(p.endswith("Answer: ") and c for p, c in train)
+
+
+@pytest.mark.parametrize("max_len", [1, 2, 3, 5, 8, 13, 40])
+def test_count_cut_counts_exactly_what_encode_sample_cuts(max_len):
+    import random
+
+    from alto.executor.data import ByteTokenizer, count_cut, encode_sample
+
+    tok = ByteTokenizer()
+    r = random.Random(max_len)
+    samples = [("x" * r.randint(0, 12), "y" * r.randint(0, 12)) for _ in range(200)]
+    cut = lost = 0
+    for p, c in samples:
+        ids, start = encode_sample(tok, (p, c), max_len)
+        full = [tok.bos_id] + tok.encode(p) + tok.encode(c) + [tok.eos_id]
+        cut += ids != full
+        lost += len(ids) - start < len(tok.encode(c)) + 1
+    assert count_cut(tok, samples, max_len) == (cut, lost)
+    assert 0 < cut <= 200 or max_len == 40
