@@ -154,16 +154,18 @@ def _refuse_existing_out(a) -> None:
 
 
 def cmd_trace_convert(a) -> int:
-    from traces.loader import load_trace
+    from traces.loader import conversion_summary, load_trace
     from traces.schema import write_native
 
     kw = {} if a.max_tasks is None else {"max_tasks": a.max_tasks}
     if Path(a.out).resolve() == Path(a.input).resolve():
         raise UserError(f"--out {a.out}: is the input trace; the conversion would replace it")
     _refuse_existing_out(a)
-    tasks = load_trace(a.input, a.trace_format, **kw)
+    stats: dict = {}
+    tasks = load_trace(a.input, a.trace_format, stats=stats, **kw)
     write_native(tasks, a.out)
-    print(f"converted {len(tasks)} tasks from {a.input} ({a.trace_format}) to {a.out}")
+    what = conversion_summary(stats)
+    print(f"converted {len(tasks)} tasks from {a.input} ({a.trace_format}) to {a.out}" + (f": {what}" if what else ""))
     return 0
 
 

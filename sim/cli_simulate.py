@@ -140,7 +140,7 @@ def _unused_cost_tables(cost: CostModel, gpu_type: str, models: list[str]) -> di
 
 
 def simulate_main(a) -> int:
-    from traces.loader import load_trace
+    from traces.loader import conversion_summary, load_trace
     from traces.schema import validate_trace
 
     if a.gpus is None:  # the run's one device for a replay, else the paper's 8-GPU node
@@ -151,6 +151,7 @@ def simulate_main(a) -> int:
         raise ValueError(f"--workers must be >= 0 (0: one per core), got {a.workers}")
     # (None: not given; an empty --policies "" is an error, not the default)
     policies = get_policies(",".join(DEFAULT_POLICIES) if a.policies is None else a.policies)
+    stats: dict = {}  # a converter's skip / cap counts (meta.json trace_conversion)
     if a.replay:
         if a.trace:
             raise ValueError("--replay builds the trace from the run; drop --trace")
@@ -166,7 +167,11 @@ def simulate_main(a) -> int:
             raise ValueError("--replay-model: only with --replay")
         path, label = resolve_trace(a.trace)
         kw = {} if a.max_tasks is None else {"max_tasks": a.max_tasks}
+        if a.trace_format != "native":  # (a converter: it says what it dropped or capped)
+            kw["stats"] = stats
         tasks = load_trace(path, a.trace_format, **kw)
+        if conversion_summary(stats):
+            print(f"note: --trace {a.trace} ({a.trace_format}): {conversion_summary(stats)}", file=sys.stderr)
     replaced = check_out_dir(a.out, _inputs(a, path))
     validate_trace(tasks, path, cluster_gpus=a.gpus)
     if a.costs == "estimate" and a.cost_table:
@@ -231,7 +236,7 @@ def simulate_main(a) -> int:
             print(f"  step costs for {m}: {src}", file=sys.stderr)
     runs = simulate_policies(tasks, policies, cfg, cost, curves, progress=None if a.quiet else stderr_progress)
     meta = {
-        "trace": label, "trace_format": a.trace_format, "tasks": len(tasks), "gpus": a.gpus,
+        "trace": label, "trace_format": a.trace_format, "trace_conversion": stats, "tasks": len(tasks), "gpus": a.gpus,
         "gpus_per_node": a.gpus_per_node, "gpu_type": a.gpu_type, "costs": a.costs, "curves": a.curves or f"parametric:{seed}",
         "cost_tables_added": list(a.cost_table or []),
         "cost_tables_unused": unused_tables,

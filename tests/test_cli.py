@@ -434,3 +434,20 @@ def test_sequential_speedup_is_one_even_when_nothing_could_run(tmp_path):
     s = json.loads((out / "summary.json").read_text())
     assert s["sequential"]["makespan_s"] == 0.0 and s["sequential"]["speedup_vs_sequential"] == 1.0
     assert s["alto"]["speedup_vs_sequential"] is None  # 0 / 0
+
+
+def test_convert_and_simulate_say_what_the_converter_dropped_or_capped(tmp_path, capsys):
+    """A converter's dropped rows and 8-GPU jobs mapped to 4 GPUs used to go unsaid."""
+    pods = write(tmp_path, OPENB + "openb-pod-0099,0,0,0,0,,BE,Succeeded,9999800,9999900,9999800\n",
+                 "openb_pod_list_default.csv")
+    native = tmp_path / "converted.csv"
+    assert main(["trace", "convert", str(pods), "--trace-format", "openb", "--out", str(native)]) == 0
+    out = capsys.readouterr().out
+    assert "converted 3 tasks" in out and "dropped 1 row(s) (cpu_only: 1)" in out
+    assert "1 job(s) of more than 4 GPUs mapped to 4-GPU tasks" in out
+    sim = tmp_path / "sim"
+    assert main(["simulate", "--trace", str(pods), "--trace-format", "openb", "--gpus", "8",
+                 "--policies", "alto", "--out", str(sim), "--quiet"]) == 0
+    assert "dropped 1 row(s) (cpu_only: 1)" in capsys.readouterr().err
+    meta = json.loads((sim / "meta.json").read_text())
+    assert meta["trace_conversion"] == {"cpu_only": 1, "kept": 3, "capped_to_4_gpus": 1}

@@ -84,3 +84,18 @@ def load_trace(
     tasks.sort(key=lambda t: (t.arrival_s, t.task_id))
     validate_trace(tasks, p, cluster_gpus)
     return tasks
+
+
+def conversion_summary(stats: dict) -> str:
+    """What a converter did to the rows (its ``stats``), in one line: "" when it kept every
+    row as it was. Skip reasons are the converters' keys (e.g. state_FAILED, zero_duration)."""
+    capped = stats.get("capped_to_4_gpus", 0)
+    dropped = {k: v for k, v in sorted(stats.items()) if k not in ("kept", "capped_to_4_gpus") and v}
+    parts = []
+    if dropped:
+        parts.append(f"dropped {sum(dropped.values())} row(s) ("
+                     + ", ".join(f"{k}: {v}" for k, v in dropped.items()) + ")")
+    if capped:
+        parts.append(f"{capped} job(s) of more than 4 GPUs mapped to 4-GPU tasks")
+    return "; ".join(parts)
+

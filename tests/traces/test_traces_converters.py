@@ -105,6 +105,7 @@ def test_acme_seren_exact(seren):
         "no_duration": 1,
         "zero_duration": 1,
         "kept": 4,
+        "capped_to_4_gpus": 1,  # the 8-GPU job 5778469
     }
 
 
@@ -224,7 +225,7 @@ def test_philly_exact(tmp_path):
             "application_1_3", 3600, "b2", 2, 2000
         ),  # 2 machines x 1 GPU; first start to last end = 3000 s
     ]
-    assert stats == {"status_Failed": 1, "no_attempts": 1, "no_duration": 1, "kept": 3}
+    assert stats == {"status_Failed": 1, "no_attempts": 1, "no_duration": 1, "kept": 3, "capped_to_4_gpus": 1}
     by_user = load_trace(_philly(tmp_path, PHILLY_JOBS, "j2"), "philly", tenant_key="user")
     assert [t.tenant for t in by_user] == ["ce2f4c", "u6", "u3"]
 
@@ -302,6 +303,7 @@ def test_openb_exact(tmp_path):
         "phase_Pending": 1,
         "never_scheduled": 1,
         "kept": 5,
+        "capped_to_4_gpus": 1,
     }
 
 

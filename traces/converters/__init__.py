@@ -112,7 +112,7 @@ def build_tasks(
     """Map kept jobs to tasks (module doc), sorted by arrival then task_id; validated.
 
     skipped: reason -> count of rows the converter already dropped (reported on failure and
-    copied into `stats`, with "kept", if stats is given). source_fields: native field ->
+    copied into `stats`, with "kept" and "capped_to_4_gpus", if stats is given). source_fields: native field ->
     the trace's column (e.g. {"task_id": "job_id", "tenant": "user"}), so that an error
     about a task names the trace's own row and column.
     """
@@ -146,6 +146,7 @@ def build_tasks(
         stats.clear()
         stats.update(skipped)
         stats["kept"] = len(sized)
+        stats["capped_to_4_gpus"] = sum(j.gpus > 4 for j, _ in sized)  # kept, as 4-GPU tasks
     if not sized:
         why = ", ".join(f"{k}: {v}" for k, v in sorted(skipped.items())) or "no rows"
         raise TraceError(path, None, None, f"no usable GPU jobs left after filtering ({why})")
