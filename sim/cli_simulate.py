@@ -180,7 +180,8 @@ def simulate_main(a) -> int:
     models = sorted({t.model for t in tasks})
     unused_tables = _unused_cost_tables(cost, a.gpu_type, models)
     try:
-        provenance = {m: cost.source(a.gpu_type, m, p.kernel) for m in models for p in policies[:1]}
+        kernels = sorted({p.kernel for p in policies})
+        provenance = {(m, k): cost.source(a.gpu_type, m, k) for m in models for k in kernels}
     except UnknownNameError as e:
         if not a.replay:
             raise
@@ -232,15 +233,15 @@ def simulate_main(a) -> int:
     if not a.quiet:
         print(f"simulating {len(tasks)} tasks from {label} on {a.gpus} x {a.gpu_type} "
               f"under {len(policies)} policies", file=sys.stderr)
-        for m, src in provenance.items():
-            print(f"  step costs for {m}: {src}", file=sys.stderr)
+        for (m, k), src in provenance.items():
+            print(f"  step costs for {m}, {k} kernel: {src}", file=sys.stderr)
     runs = simulate_policies(tasks, policies, cfg, cost, curves, progress=None if a.quiet else stderr_progress)
     meta = {
         "trace": label, "trace_format": a.trace_format, "trace_conversion": stats, "tasks": len(tasks), "gpus": a.gpus,
         "gpus_per_node": a.gpus_per_node, "gpu_type": a.gpu_type, "costs": a.costs, "curves": a.curves or f"parametric:{seed}",
         "cost_tables_added": list(a.cost_table or []),
         "cost_tables_unused": unused_tables,
-        "cost_sources": {m: {p.kernel: cost.source(a.gpu_type, m, p.kernel) for p in policies} for m in models},
+        "cost_sources": {m: {k: src for (mm, k), src in provenance.items() if mm == m} for m in models},
         "curves_borrowed": borrowed,
         "curves_from_neighbours": len(neighbours),
         "early_exit": {k: v for k, v in dataclasses.asdict(early_exit).items() if k != "policy"},

@@ -169,3 +169,14 @@ def test_out_holding_the_trace_or_a_cost_table_under_a_result_name_is_refused(tm
     assert main(["simulate", "--trace", str(other), *QUICK, "--costs", "measured", "--cost-table", str(table),
                  "--out", str(out)]) == 2
     assert f"holds the file of --cost-table {table} ({name})" in capsys.readouterr().err
+
+
+def test_the_cost_header_names_every_policy_s_kernel(tmp_path, trace, capsys):
+    """It used to print the first policy's kernel's source only, as if all policies shared it."""
+    assert main(["simulate", "--trace", str(trace), "--gpus", "1", "--policies", "sequential,alto",
+                 "--out", str(tmp_path / "o")]) == 0
+    err = capsys.readouterr().err
+    assert "step costs for smollm2-135m, fused kernel: estimate: fused_v1" in err
+    assert "step costs for smollm2-135m, single kernel: estimate: single_v1" in err
+    meta = json.loads((tmp_path / "o" / "meta.json").read_text())
+    assert sorted(meta["cost_sources"]["smollm2-135m"]) == ["fused", "single"]
