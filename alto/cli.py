@@ -173,6 +173,9 @@ def cmd_figures(a) -> int:
     from analysis.figures import make_figures
 
     if not Path(a.dir, "summary.json").exists():
+        if Path(a.dir, "run.json").exists():  # (simulate refuses to write into a run's folder)
+            raise UserError(f"{a.dir}: an `alto run` folder, not simulation results; run `alto simulate "
+                            f"--replay {a.dir} --out DIR` and then `alto figures DIR`")
         raise UserError(f"{a.dir}: no summary.json here; run `alto simulate --out {a.dir}` first")
     paths = make_figures(a.dir, a.out)
     for p in paths:

@@ -34,7 +34,7 @@ def _save(fig, path: Path) -> Path:
 
 def _policy_bars_axes(names: list[str]):
     """A bar-chart figure wide enough for one bar per policy."""
-    return plt.subplots(figsize=(1.2 * len(names) + 2, 3.5))
+    return plt.subplots(figsize=(max(6.0, 1.2 * len(names) + 2), 3.5))  # (6 in: the titles fit)
 
 
 def plot_makespan(summary: dict, out: Path) -> Path:

@@ -451,3 +451,15 @@ def test_convert_and_simulate_say_what_the_converter_dropped_or_capped(tmp_path,
     assert "dropped 1 row(s) (cpu_only: 1)" in capsys.readouterr().err
     meta = json.loads((sim / "meta.json").read_text())
     assert meta["trace_conversion"] == {"cpu_only": 1, "kept": 3, "capped_to_4_gpus": 1}
+
+
+def test_figures_on_a_run_folder_says_how_to_get_results(tmp_path, capsys):
+    """It used to suggest `alto simulate --out RUN_DIR`, which simulate refuses for run folders."""
+    (tmp_path / "run.json").write_text("{}")
+    assert main(["figures", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert f"an `alto run` folder, not simulation results; run `alto simulate --replay {tmp_path} --out DIR`" in err
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main(["figures", str(empty)]) == 2
+    assert f"no summary.json here; run `alto simulate --out {empty}` first" in capsys.readouterr().err

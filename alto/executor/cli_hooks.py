@@ -153,16 +153,17 @@ def profile_main(args: argparse.Namespace) -> int:
                             "source": f"measured: {device_name(dev)} {dt.date.today()} alto-profile "
                                       f"rank {max(ranks)} points {pts}, adapter states taken out"}])
         print(f"appended memory row to {mout}: {mm}")
-    print(simulate_hint(out, device_name(dev), name))
+    print(simulate_hint(out, device_name(dev), name, _memory_out(args) if args.memory else None))
     return 0
 
 
-def simulate_hint(out: Path, gpu: str, model: str) -> str:
+def simulate_hint(out: Path, gpu: str, model: str, memory_out: Path | None = None) -> str:
     """How `alto simulate` uses the rows of (gpu, model) just appended to ``out``, or why it
     cannot yet. It reads such a table only through --cost-table (by itself, only
     traces/profiles/measured_*.csv), with the memory_<name> table beside it, and only under
     --costs measured: auto wants every kernel of the estimates, lorafusion included, which
-    `alto profile` does not time. Checked by loading the tables as that command would."""
+    `alto profile` does not time. Checked by loading the tables as that command would.
+    memory_out: where this run wrote its memory row (--memory-out), if anywhere."""
     from alto.models import UnknownNameError
     from sim.cost_model import CostModel
 
@@ -173,7 +174,11 @@ def simulate_hint(out: Path, gpu: str, model: str) -> str:
     try:
         cost.memory(gpu, model)
     except UnknownNameError:
+        beside = out.with_name(f"memory_{out.name}")
+        if memory_out is not None and Path(memory_out).resolve() != beside.resolve():
+            return (f"note: `alto simulate --cost-table {out}` reads memory rows from {beside} only: "
+                    f"append the row written to {memory_out} there")
         return (f"note: `alto simulate` cannot use {out} yet: no memory row for {gpu}/{model} "
-                f"(`alto profile --memory` fits one on CUDA, into memory_{out.name} beside it)")
+                f"(`alto profile --memory` fits one on CUDA, into {beside.name} beside it)")
     cmd = f"alto simulate --cost-table {out} --costs measured" + ("" if gpu == "H200" else f" --gpu-type {gpu}")
     return f"to simulate with these costs: {cmd}"

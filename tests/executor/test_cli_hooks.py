@@ -136,6 +136,11 @@ def test_profile_says_how_to_simulate_with_its_table(tmp_path, capsys):
     h100 = tmp_path / "h100.csv"
     h100.write_text(h200.read_text().replace("H200", "H100"))
     assert simulate_hint(h100, "H100", "llama-3.2-1b").endswith("--costs measured --gpu-type H100")
+    cpu = tmp_path / "cpu.csv"  # a memory row written elsewhere (--memory-out) is not read
+    cpu.write_text(h200.read_text().replace("H200", "cpu"))
+    assert simulate_hint(cpu, "cpu", "llama-3.2-1b", tmp_path / "elsewhere.csv") == (
+        f"note: `alto simulate --cost-table {cpu}` reads memory rows from {tmp_path / 'memory_cpu.csv'} "
+        f"only: append the row written to {tmp_path / 'elsewhere.csv'} there")
     hf = tmp_path / "hf.csv"
     hf.write_text(h200.read_text().replace("llama-3.2-1b", "SmolLM2-135M-Instruct"))
     assert "cannot use" in simulate_hint(hf, "H200", "SmolLM2-135M-Instruct")
