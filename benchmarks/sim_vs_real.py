@@ -29,8 +29,8 @@ from alto.policy.types import TaskSpec  # noqa: E402
 from benchmarks.results_csv import append_results  # noqa: E402
 from sim.cluster import ClusterSim, SimConfig  # noqa: E402
 from sim.cost_model import CostModel  # noqa: E402
-from sim.loss_curves import RecordedCurves  # noqa: E402
 from sim.policies import POLICIES  # noqa: E402
+from sim.recorded_curves import RecordedCurves  # noqa: E402
 
 CURVES = ROOT / "traces" / "curves" / "smollm2_random_gsm_symbolic_h200.csv"
 REAL_DATE = "2026-11-30"  # the session-19 runs (ALTO and full grid in one device call)

@@ -15,8 +15,9 @@ from alto.models import UnknownNameError
 from alto.policy.early_exit import EarlyExitConfig
 from sim.cluster import SimConfig
 from sim.cost_model import CostModel
-from sim.loss_curves import make_curve_source, recorded_paths
+from sim.loss_curves import make_curve_source
 from sim.policies import DEFAULT_POLICIES, POLICIES, get_policies
+from sim.recorded_curves import recorded_paths
 from sim.results import check_out_dir, write_results
 from sim.runner import format_table, result_tables, simulate_policies, stderr_progress
 

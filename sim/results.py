@@ -24,8 +24,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from alto.policy.types import ExitReason
-from sim.loss_curves import run_marks
 from sim.metrics import TaskOutcome
+from sim.recorded_curves import run_marks
 
 RESULT_FILES = ("summary.json", "tasks.csv", "jobs.csv", "curves.csv", "meta.json")  # write_results's
 
@@ -99,7 +99,7 @@ def check_out_dir(out_dir: str | os.PathLike, inputs: Sequence[tuple[str, str | 
     anything is written, if out_dir is a file, is one of the ``inputs`` folders or holds one
     of the ``inputs`` files under a result file's name ((flag, path) pairs: the results would
     overwrite what was read from there), or holds an `alto run` output
-    (loss_curves.RUN_MARKERS: its jobs.csv and curves.csv would be overwritten)."""
+    (recorded_curves.RUN_MARKERS: its jobs.csv and curves.csv would be overwritten)."""
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out}: exists and is not a folder")

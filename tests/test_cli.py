@@ -264,7 +264,7 @@ def test_recorded_curves_say_which_tasks_borrow_and_seed_needs_parametric(tmp_pa
     """Trace tasks with no recorded curves of their own replay another task's, and configs
     with none of their own a neighbour's: both said on stderr (even with --quiet) and kept
     in meta.json. --seed with --curves used to be ignored silently."""
-    from sim.loss_curves import RECORDED_COLUMNS, write_recorded_csv
+    from sim.recorded_curves import RECORDED_COLUMNS, write_recorded_csv
 
     rows = [dict(zip(RECORDED_COLUMNS, ("a", "j", 1e-5, 16, 2, s, 200, 2.0 - s / 200, 2.1 - s / 200,
                                         "synthetic: test"), strict=True)) for s in (0, 100, 200)]  # fmt: skip

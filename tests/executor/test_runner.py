@@ -38,7 +38,7 @@ def test_huge_lr_exits_as_divergence(tmp_path, backbone, mkcfg):
     assert rows["add/lr0.001-r4-b2"]["exit_reason"] == "completed"
     assert int(rows["add/lr1e+20-r4-b2"]["samples_trained"]) < 16
     # the run's curves load in the simulator's recorded-curve reader (diverged loss -> inf)
-    from sim.loss_curves import RecordedCurves
+    from sim.recorded_curves import RecordedCurves
 
     assert RecordedCurves([str(res.out / "curves.csv")]).recorded_tasks() == ["add"]
     assert "inf" in (res.out / "curves.csv").read_text()

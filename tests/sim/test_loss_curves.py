@@ -12,14 +12,8 @@ import pytest
 from scipy.stats import spearmanr
 
 from alto.policy.types import JobConfig, TaskSpec
-from sim.loss_curves import (
-    RECORDED_COLUMNS,
-    ParametricCurves,
-    RecordedCurves,
-    make_curve_source,
-    stable_hash,
-    write_recorded_csv,
-)
+from sim.loss_curves import ParametricCurves, make_curve_source, stable_hash
+from sim.recorded_curves import RECORDED_COLUMNS, RecordedCurves, write_recorded_csv
 from traces.synth import SPACE_LARGE_MODEL, SPACE_SMALL_MODEL
 
 CURVES_DIR = Path(__file__).resolve().parents[2] / "traces" / "curves"

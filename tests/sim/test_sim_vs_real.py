@@ -24,8 +24,8 @@ import pytest
 from alto.policy.types import TaskSpec
 from sim.cluster import ClusterSim, SimConfig
 from sim.cost_model import CostModel
-from sim.loss_curves import RecordedCurves
 from sim.policies import POLICIES
+from sim.recorded_curves import RecordedCurves
 
 CURVE_DIR = Path(__file__).resolve().parents[2] / "traces" / "curves"
 GRID = ((1e-5, 5e-5, 2e-4, 3e-4, 5e-4), (16, 32, 64), (1, 2, 4, 8))

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from alto.cli import build_parser, main
-from sim.loss_curves import RECORDED_COLUMNS, write_recorded_csv
+from sim.recorded_curves import RECORDED_COLUMNS, write_recorded_csv
 
 README = (Path(__file__).resolve().parents[2] / "README.md").read_text()
 HEADER = "task_id,arrival_s,tenant,model,gpus,dataset_size,seq_len,epochs,lrs,ranks,batch_sizes\n"
