@@ -121,6 +121,32 @@ def _inputs(a, trace_path) -> list[tuple[str, Path]]:
     return found
 
 
+def _refuse_unrecorded(run_dir: str, tasks: list, borrowed: dict) -> None:
+    """ValueError for run tasks without a recorded evaluation: tasks the run never reached
+    (no jobs.csv row, or interrupted ones only), or tasks all of whose configs ended before
+    an evaluation (e.g. failed: nothing fit); --max-tasks when they are the last ones."""
+    import csv
+
+    ended: dict[str, set] = {}
+    try:
+        with open(Path(run_dir) / "jobs.csv", newline="") as f:
+            for r in csv.DictReader(f):
+                ended.setdefault(r.get("task", ""), set()).add(r.get("exit_reason", ""))
+    except OSError:
+        pass
+    unrecorded = [t.task_id for t in tasks if t.task_id in borrowed]
+    never = [t for t in unrecorded if not (ended.get(t, set()) - {"", "interrupted"})]
+    first = next(i for i, t in enumerate(tasks) if t.task_id in borrowed)
+    hint = (f"; --max-tasks {first} replays the task(s) before" if first and
+            all(t.task_id in borrowed for t in tasks[first:]) else "")
+    if never:
+        raise ValueError(f"--replay {run_dir}: task(s) {', '.join(never)} recorded no evaluation: the "
+                         f"run stopped before them{hint}")
+    reasons = "/".join(sorted(set().union(*(ended[t] for t in unrecorded))))
+    raise ValueError(f"--replay {run_dir}: every config of task(s) {', '.join(unrecorded)} ended "
+                     f"({reasons}) before an evaluation: no curve to replay{hint}")
+
+
 def _unused_cost_tables(cost: CostModel, gpu_type: str, models: list[str]) -> dict[str, str]:
     """"gpu/model" of the --cost-table rows that price no simulated step -> why (meta.json's
     cost_tables_unused); each is said on stderr here, even with --quiet."""
@@ -153,6 +179,7 @@ def simulate_main(a) -> int:
     # (None: not given; an empty --policies "" is an error, not the default)
     policies = get_policies(",".join(DEFAULT_POLICIES) if a.policies is None else a.policies)
     stats: dict = {}  # a converter's skip / cap counts (meta.json trace_conversion)
+    own_curves = False  # --replay without --curves: the run's own curves
     if a.replay:
         if a.trace:
             raise ValueError("--replay builds the trace from the run; drop --trace")
@@ -160,6 +187,7 @@ def simulate_main(a) -> int:
 
         path, label = Path(a.replay) / RUN_SETTINGS, f"replay:{a.replay}"
         tasks = replay_tasks(a.replay, a.replay_model)[: a.max_tasks]
+        own_curves = not a.curves  # (the run's own: each of its tasks should have some)
         a.curves = a.curves or f"recorded:{a.replay}"
         a.early_exit = a.early_exit or a.replay
         a.admission_from = a.admission_from or a.replay
@@ -196,13 +224,8 @@ def simulate_main(a) -> int:
     stand_ins = getattr(curves, "curve_set_for", None)  # recorded curves: which set each task replays
     replayed = {} if stand_ins is None else {t.task_id: stand_ins(t.task_id) for t in tasks}
     borrowed = {t: c for t, c in replayed.items() if c != t}
-    if a.replay and borrowed:  # a task of the run that recorded nothing: it never ran
-        never = [t.task_id for t in tasks if t.task_id in borrowed]
-        first = next(i for i, t in enumerate(tasks) if t.task_id in borrowed)
-        hint = (f"; --max-tasks {first} replays the task(s) before it" if first and
-                all(t.task_id in borrowed for t in tasks[first:]) else "")
-        raise ValueError(f"--replay {a.replay}: task(s) {', '.join(never)} recorded no evaluation: the "
-                         f"run stopped before them{hint}")
+    if a.replay and own_curves and borrowed:  # a task of the run that recorded nothing
+        _refuse_unrecorded(a.replay, tasks, borrowed)
     exact_of = getattr(curves, "is_exact", None)
     neighbours = [j.job_id for t in tasks for j in t.jobs() if exact_of and not exact_of(t, j)]
     if neighbours:  # said even with --quiet: a grid that differs from the recorded one
@@ -220,8 +243,13 @@ def simulate_main(a) -> int:
         print(f"note: --admission-from {a.admission_from}: max_total_batch {max_total_batch} is below the "
               f"largest batch size of {len(too_big)} task(s) ({_listed(too_big)}); those configs can "
               "never run and end failed", file=sys.stderr)
+    # a replay scores as many val samples per evaluation as the run did (the executor's
+    # val_samples, as applied), when its tasks agree; else the simulator's default
+    vals = {int(t["val_samples"]) for t in _run_settings(a.replay, "--replay").get("tasks", [])
+            if "val_samples" in t} if a.replay else set()
+    evals = {"eval_samples": vals.pop()} if len(vals) == 1 else {}
     cfg = SimConfig(gpus=a.gpus, gpus_per_node=a.gpus_per_node, gpu_type=a.gpu_type, workers=a.workers,
-                    early_exit=early_exit, max_total_batch=max_total_batch, max_active=max_active)
+                    early_exit=early_exit, max_total_batch=max_total_batch, max_active=max_active, **evals)
 
     skipped = getattr(curves, "skipped_unfinished", [])
     if skipped:  # (an interrupted or killed `alto run`: those curves stop where it was cut)
@@ -238,7 +266,8 @@ def simulate_main(a) -> int:
             print(f"  step costs for {m}, {k} kernel: {src}", file=sys.stderr)
     runs = simulate_policies(tasks, policies, cfg, cost, curves, progress=None if a.quiet else stderr_progress)
     meta = {
-        "trace": label, "trace_format": a.trace_format, "trace_conversion": stats, "tasks": len(tasks), "gpus": a.gpus,
+        "trace": label, "trace_format": a.trace_format, "trace_conversion": stats,
+        "eval_samples": cfg.eval_samples, "tasks": len(tasks), "gpus": a.gpus,
         "gpus_per_node": a.gpus_per_node, "gpu_type": a.gpu_type, "costs": a.costs, "curves": a.curves or f"parametric:{seed}",
         "cost_tables_added": list(a.cost_table or []),
         "cost_tables_unused": unused_tables,

@@ -122,7 +122,7 @@ def write_serve_script(out: Path, base: str, rows, tokenizer: str | None = None)
     picks = best_adapters(rows)
     if not picks:
         if not any(r.get("adapter_dir") for r in rows):
-            return None, "no serve_vllm.sh: the run exported no adapter (run.export)"
+            return None, "no serve_vllm.sh: no adapter was exported (run.export, or no config finished)"
         return None, "no serve_vllm.sh: no task has an exported adapter with a finite val loss"
     problems = {t: vllm_load_problems(out / r["adapter_dir"]) for t, r in picks.items()}
     problems = {t: p for t, p in problems.items() if p}

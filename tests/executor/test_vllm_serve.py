@@ -124,7 +124,7 @@ def test_no_script_when_an_adapter_would_be_rejected(tiny_run):
     assert not (out / "serve_vllm.sh").exists()
     no_export = [{**r, "adapter_dir": ""} for r in rows]
     assert write_serve_script(out, "base", no_export) == (
-        None, "no serve_vllm.sh: the run exported no adapter (run.export)")
+        None, "no serve_vllm.sh: no adapter was exported (run.export, or no config finished)")
 
 
 def test_odd_task_names_use_vllm_s_json_form_and_a_set_tokenizer_is_served(tiny_run, tmp_path):

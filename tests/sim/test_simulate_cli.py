@@ -180,3 +180,51 @@ def test_the_cost_header_names_every_policy_s_kernel(tmp_path, trace, capsys):
     assert "step costs for smollm2-135m, single kernel: estimate: single_v1" in err
     meta = json.loads((tmp_path / "o" / "meta.json").read_text())
     assert sorted(meta["cost_sources"]["smollm2-135m"]) == ["fused", "single"]
+
+
+def _two_task_run(tmp_path: Path, b_rows: str) -> Path:
+    """fake_run's task "a" plus a task "b" with no curve rows and jobs.csv rows ``b_rows``."""
+    run = fake_run(tmp_path / "run2", {"a/lr0.001": "completed", "a/lr0.01": "underperforming"})
+    meta = json.loads((run / "run.json").read_text())
+    meta["tasks"].append({**meta["tasks"][0], "name": "b"})
+    (run / "run.json").write_text(json.dumps(meta))
+    with open(run / "jobs.csv", "a") as f:
+        f.write(b_rows)
+    return run
+
+
+def test_replay_names_a_task_whose_configs_all_ended_before_an_evaluation(tmp_path, capsys):
+    """Every config of a finished task failed (nothing fit): the run did not stop before it."""
+    run = _two_task_run(tmp_path, "b,b/lr0.001,failed\nb,b/lr0.01,failed\n")
+    base = ["simulate", "--replay", str(run), "--replay-model", "smollm2-135m", *QUICK]
+    assert main([*base, "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "every config of task(s) b ended (failed) before an evaluation: no curve to replay; " \
+           "--max-tasks 1 replays the task(s) before" in err
+    (tmp_path / "x").mkdir()
+    run_b = _two_task_run(tmp_path / "x", "")  # task b never reached
+    assert main(["simulate", "--replay", str(run_b), "--replay-model", "smollm2-135m", *QUICK,
+                 "--out", str(tmp_path / "o2")]) == 2
+    assert "task(s) b recorded no evaluation: the run stopped before them" in capsys.readouterr().err
+
+
+def test_replay_with_other_curves_may_borrow_them(tmp_path, capsys):
+    """--curves given with --replay overrides the run's curves (documented): tasks missing
+    from them replay another task's, as without --replay, and are not refused."""
+    run = fake_run(tmp_path / "run", {"a/lr0.001": "completed", "a/lr0.01": "underperforming"})
+    other = tmp_path / "other.csv"
+    write_recorded_csv(other, curve_rows("z", 0.001, 128) + curve_rows("z", 0.01, 128))
+    assert main(["simulate", "--replay", str(run), "--replay-model", "smollm2-135m", "--curves",
+                 f"recorded:{other}", *QUICK, "--out", str(tmp_path / "o")]) == 0
+    assert "1 of 1 tasks have no recorded curves of their own and replay another task's" in capsys.readouterr().err
+
+
+def test_a_replay_charges_evaluations_of_the_run_s_val_samples(tmp_path):
+    """Every evaluation used to be charged at the default 64 val samples, whatever the run used."""
+    run = fake_run(tmp_path / "run", {"a/lr0.001": "completed", "a/lr0.01": "underperforming"})
+    meta = json.loads((run / "run.json").read_text())
+    meta["tasks"][0]["val_samples"] = 4
+    (run / "run.json").write_text(json.dumps(meta))
+    base = ["simulate", "--replay", str(run), "--replay-model", "smollm2-135m", *QUICK]
+    assert main([*base, "--out", str(tmp_path / "o")]) == 0
+    assert json.loads((tmp_path / "o" / "meta.json").read_text())["eval_samples"] == 4
