@@ -126,6 +126,19 @@ class RunWriter:
         self.exported[job.job_id] = str(d.relative_to(self.out))
 
     def job_row(self, st) -> None:
+        """Record ``st``'s row and rewrite jobs.csv (a finished row is never lost)."""
+        self.job_rows([st])
+
+    def job_rows(self, states) -> None:
+        """Record the rows of ``states`` and rewrite jobs.csv once."""
+        for st in states:
+            self._set_row(st)
+        with open(self.out / "jobs.csv", "w", newline="") as f:
+            w = csv.DictWriter(f, JOB_COLS)
+            w.writeheader()
+            w.writerows(self.jobs.values())
+
+    def _set_row(self, st) -> None:
         j = st.job
         self.jobs[j.job_id] = {
             "task": j.task_id, "job_id": j.job_id, "lr": f"{j.lr:g}", "rank": j.rank, "alpha": f"{j.alpha:g}",
@@ -135,10 +148,6 @@ class RunWriter:
             "kept_step": "" if st.kept_step is None else st.kept_step,
             "adapter_dir": self.exported.get(j.job_id, ""),
         }
-        with open(self.out / "jobs.csv", "w", newline="") as f:
-            w = csv.DictWriter(f, JOB_COLS)
-            w.writeheader()
-            w.writerows(self.jobs.values())
 
     def close(self) -> None:
         self._loss.close()

@@ -374,7 +374,7 @@ class TaskRunner:
 
     def interrupt(self) -> None:
         """Ctrl-C: record unfinished jobs as interrupted (their adapters are not exported)."""
-        for s in self.states.values():
-            if not s.exit_reason:
-                s.exit_reason = "interrupted"
-                self.w.job_row(s)
+        left = [s for s in self.states.values() if not s.exit_reason]
+        for s in left:
+            s.exit_reason = "interrupted"
+        self.w.job_rows(left)

@@ -137,9 +137,9 @@ def run_config(cfg: Config, out: str | Path, hooks: Hooks | None = None, log=sys
         res.interrupted = True
         if res.runners:
             res.runners[-1].interrupt()
-        for task, (train, _) in list(zip(cfg.tasks, data, strict=True))[len(res.runners):]:
-            for job in job_list(task, len(train)):  # tasks never started: their configs too
-                writer.job_row(JobState(job, 0, None, exit_reason="interrupted"))
+        writer.job_rows(JobState(job, 0, None, exit_reason="interrupted")  # tasks never started
+                        for task, (train, _) in list(zip(cfg.tasks, data, strict=True))[len(res.runners):]
+                        for job in job_list(task, len(train)))
         print("interrupted: wrote finished jobs to jobs.csv", file=log)
     finally:
         writer.close()
