@@ -151,15 +151,25 @@ class SampleStream:
 
 
 def _read_jsonl(p: Path, where: str) -> list[Sample]:
+    """(prompt, completion) of each non-blank line of a JSONL file (UTF-8, a BOM allowed).
+    Lines end at "\n" only: JSON strings may hold U+2028 and the like, which str.splitlines
+    would split on. ConfigError naming the file, the line and what is wrong."""
+    try:
+        text = p.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{where}: {p}: not UTF-8 ({e})") from None
     out = []
-    for i, line in enumerate(p.read_text().splitlines()):
+    for i, line in enumerate(text.split("\n")):
         if not line.strip():
             continue
         try:
             d = json.loads(line)
-            out.append((str(d["prompt"]), str(d["completion"])))
-        except (json.JSONDecodeError, KeyError, TypeError):
-            raise ConfigError(f"{where}: {p} line {i + 1}: need a JSON object with prompt and completion") from None
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"{where}: {p} line {i + 1}: not JSON ({e})") from None
+        if not isinstance(d, dict) or not all(isinstance(d.get(k), str) for k in ("prompt", "completion")):
+            raise ConfigError(f"{where}: {p} line {i + 1}: need a JSON object whose prompt and completion "
+                              "are strings")
+        out.append((d["prompt"], d["completion"]))
     if not out:
         raise ConfigError(f"{where}: {p} holds no samples")
     return out

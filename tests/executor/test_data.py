@@ -80,3 +80,25 @@ def test_count_cut_counts_exactly_what_encode_sample_cuts(max_len):
         lost += len(ids) - start < len(tok.encode(c)) + 1
     assert count_cut(tok, samples, max_len) == (cut, lost)
     assert 0 < cut <= 200 or max_len == 40
+
+
+def test_jsonl_reading_keeps_unicode_line_separators_and_names_bad_lines(tmp_path):
+    """str.splitlines used to split inside JSON strings at U+2028 (valid JSONL), shifting every
+    later line number; null / non-string fields became the text 'None'; a BOM was rejected."""
+    from alto.executor.config import ConfigError
+    from alto.executor.data import _read_jsonl
+
+    good = tmp_path / "good.jsonl"
+    rows = [{"prompt": "Line one\u2028two\u0085 1+1=", "completion": "2"}, {"prompt": "é", "completion": "ü"}]
+    good.write_text("\n".join(json.dumps(r, ensure_ascii=False) for r in rows) + "\n", encoding="utf-8-sig")
+    assert _read_jsonl(good, "w") == [(r["prompt"], r["completion"]) for r in rows]
+    cases = {'{"prompt": "a", "completion": null}': "prompt and completion are strings",
+             '{"prompt": 3, "completion": "b"}': "prompt and completion are strings",
+             '["a", "b"]': "prompt and completion are strings",
+             '{"prompt": "a", "completion": "b"': "line 2: not JSON (Expecting"}
+    for i, (line, want) in enumerate(cases.items()):
+        bad = tmp_path / f"bad{i}.jsonl"
+        bad.write_text('{"prompt": "x", "completion": "y"}\n' + line + "\n", encoding="utf-8")
+        with pytest.raises(ConfigError) as e:
+            _read_jsonl(bad, "tasks[0].data.jsonl.train")
+        assert f"{bad} line 2: " in str(e.value) and want in str(e.value)
