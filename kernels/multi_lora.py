@@ -271,6 +271,12 @@ def fused_multi_lora(
         layout = make_layout(seg_lens, ranks, scaling)
     elif not isinstance(layout, MultiLoraLayout):
         raise ValueError("layout must be a MultiLoraLayout from kernels.make_layout")
+    elif any(v is not None for v in (ranks, scaling)) or (seg_lens is not None and seg_lens is not layout):
+        # (lists beside a layout were ignored: the same layout or none, never two descriptions)
+        other = None if seg_lens is None or ranks is None or scaling is None else make_layout(seg_lens, ranks, scaling)
+        if other is None or (other.seg_lens, other.ranks, other.scaling) != (layout.seg_lens, layout.ranks, layout.scaling):
+            raise ValueError("layout= given with seg_lens / ranks / scaling that describe another layout; "
+                             "pass one or the other")
     _validate(x, weight, lora_a, lora_b, layout)
     if x.shape[1] == 0 or weight.shape[0] == 0:  # empty features: no tile to launch
         return fused_multi_lora_reference(x, weight, lora_a, lora_b, layout)

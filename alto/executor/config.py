@@ -102,7 +102,9 @@ class MemoryCfg:
 @dataclass
 class RunCfg:
     log_every: int = 10  # steps between progress lines
-    export: str = "all"  # all | completed | none: which finished jobs get a PEFT adapter
+    # all | completed | none: which finished jobs get a PEFT adapter ("completed": trained to
+    # the end, or stopped for overfitting with their best-val weights kept)
+    export: str = "all"
     weight_decay: float = 0.0  # AdamW weight decay (paper: constant lr AdamW)
     kernel: str = "auto"  # auto | reference | fused
     micro_step_tokens: int | None = None  # split each step into micro-steps of <= this many tokens

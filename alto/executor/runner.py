@@ -182,8 +182,11 @@ class TaskRunner:
             if keep_step is not None and st.best_weights is not None:
                 st.adapter.load_state_tensors(st.best_weights)  # best-val weights are the result
                 st.kept_step = st.best_step
+            # "completed": the configs that are results, trained to the end or stopped for
+            # overfitting with their best-val weights kept
             export = self.cfg.run.export == "all" or (
-                self.cfg.run.export == "completed" and reason == ExitReason.COMPLETED.value)
+                self.cfg.run.export == "completed"
+                and (reason == ExitReason.COMPLETED.value or st.kept_step is not None))
             if export:
                 self.w.export(st.job, st.adapter, self.mlm, reason)
         st.adapter, st.best_weights = None, None  # frees weights + AdamW state
@@ -367,10 +370,11 @@ class TaskRunner:
         while self.active:
             self._step()
             self.progress()
-        for _jid, s in self.states.items():  # nothing could be admitted any more
-            if not s.exit_reason:
-                self._finish(s, ExitReason.FAILED.value, None)
-        self.progress(force=True)
+        failed = [s for s in self.states.values() if not s.exit_reason]  # nothing could be admitted
+        for s in failed:
+            self._finish(s, ExitReason.FAILED.value, None)
+        if failed or self.step_no % max(1, self.cfg.run.log_every):  # (else the loop just said it)
+            self.progress(force=True)
 
     def interrupt(self) -> None:
         """Ctrl-C: record unfinished jobs as interrupted (their adapters are not exported)."""

@@ -98,22 +98,21 @@ def run_config(cfg: Config, out: str | Path, hooks: Hooks | None = None, log=sys
     clamp_val_samples(cfg, [val for _, val in data], log)
     clear_run_entries(out, held)
     impl = pick_impl(cfg, device)
-    base_name, base_note = cfg.model.path, ""
-    if cfg.model.is_random:
-        base_name = str((out / "base_model").resolve())
-        base_note = save_base_model(model, out / "base_model", cfg.model, device)
+    base_name = str((out / "base_model").resolve()) if cfg.model.is_random else cfg.model.path
     import datetime as dt
 
     from alto.executor.profile import device_name
 
     src = f"measured: {device_name(device)} {dt.date.today()} alto run {cfg.model.path} {cfg.model.dtype}"
     writer = RunWriter(out, source=src, base_model=base_name)
-    write_run_settings(out, cfg, str(device), impl, [len(train) for train, _ in data])
     res = RunResult(out, impl=impl)
     print(f"alto run: {cfg.model.path} on {device} ({cfg.model.dtype}), LoRA impl {impl}", file=log)
-    if base_note:
-        print(base_note, file=log)
-    try:
+    try:  # (from the first file written on: a Ctrl-C still leaves a jobs.csv row per config)
+        write_run_settings(out, cfg, str(device), impl, [len(train) for train, _ in data])
+        if cfg.model.is_random:
+            base_note = save_base_model(model, out / "base_model", cfg.model, device)
+            if base_note:
+                print(base_note, file=log)
         for i, task in enumerate(cfg.tasks):
             mlm = MultiLoraModel(model, task.target_modules, impl=impl,
                                  gradient_checkpointing=cfg.model.gradient_checkpointing,

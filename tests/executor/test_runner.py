@@ -344,3 +344,34 @@ def test_ctrl_c_in_the_first_task_records_the_second_task_s_configs_and_replay_n
     err = capsys.readouterr().err
     assert "task(s) add2 recorded no evaluation: the run stopped before them; --max-tasks 1 replays" in err
     assert main([*base, "--max-tasks", "1", "--out", str(tmp_path / "sim1")]) == 0
+
+
+def test_export_completed_includes_overfitting_exits_with_their_best_weights(tmp_path, backbone, mkcfg):
+    """`export: completed` used to drop a config stopped for overfitting with its best-val
+    weights kept, although that is the task's result; the task could end with no adapter."""
+    cfg = mkcfg(task={"search_space": {"lr": [3e-2, 1e-1, 3e-1], "rank": [4], "batch_size": [2]}, "epochs": 4},
+                early_exit={"policy": "alto", "tau_gap": 0.0, "patience": 2, "warmup_frac": 0.9,
+                            "keep_ratio": 1.0, "eval_every_frac": 0.05},
+                run={"log_every": 1000, "export": "completed"})
+    res, _ = _run(tmp_path, backbone, cfg)
+    rows = _jobs_csv(res.out).values()
+    over = [r for r in rows if r["exit_reason"] == "overfitting"]
+    assert over and all(r["adapter_dir"] and r["kept_step"] for r in over)
+    assert all(bool(r["adapter_dir"]) == (r["exit_reason"] in ("completed", "overfitting")) for r in rows)
+
+
+def test_ctrl_c_while_the_base_model_is_saved_still_leaves_a_row_per_config(tmp_path, backbone, mkcfg,
+                                                                             monkeypatch):
+    """The setup (run.json, base_model/) ran outside the interrupt handler: a Ctrl-C there
+    left a folder without jobs.csv that later runs refused."""
+    import alto.executor.session as session
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(session, "save_base_model", interrupted)
+    cfg = mkcfg(task={"search_space": {"lr": [1e-3, 1e-2], "rank": [2], "batch_size": [2]}})
+    res, _ = _run(tmp_path, backbone, cfg)
+    assert res.interrupted
+    assert {j: r["exit_reason"] for j, r in _jobs_csv(res.out).items()} == {
+        "add/lr0.001-r2-b2": "interrupted", "add/lr0.01-r2-b2": "interrupted"}

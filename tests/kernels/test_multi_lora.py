@@ -294,6 +294,18 @@ def test_layout_reuse_forms_agree():
         assert all(torch.equal(p, q) for p, q in zip(g1, g, strict=True))
 
 
+def test_a_layout_beside_lists_that_describe_another_is_refused():
+    """Lists passed beside layout= used to be ignored silently; the same values are allowed."""
+    tensors, seg, ranks, scaling = make_case(3, "uniform", seed=11, **SMALL)
+    lay = kernels.make_layout(seg, ranks, scaling)
+    t = [tensors[k] for k in ("x", "weight", "lora_a", "lora_b")]
+    y = kernels.fused_multi_lora(*t, seg, ranks, scaling, layout=lay)  # the same layout: fine
+    assert torch.equal(y, kernels.fused_multi_lora(*t, layout=lay))
+    for bad in ((seg, ranks, [2 * s for s in scaling]), (seg, None, None), (None, ranks, scaling)):
+        with pytest.raises(ValueError, match="describe another layout"):
+            kernels.fused_multi_lora(*t, *bad, layout=lay)
+
+
 @pytest.mark.parametrize("frozen", ["x", "lora_a", "lora_b"])
 @pytest.mark.parametrize("path", ["fused", "split", "stream", "gemm"])
 def test_partial_gradients(path, frozen):
