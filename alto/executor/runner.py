@@ -326,7 +326,7 @@ class TaskRunner:
         """Tokens per evaluation forward: run.eval_tokens, else 65,536 on CUDA and 8,192 on
         CPU; never above the cap an OOM in evaluation left. (Sizing it by the memory model,
         251k tokens on the SmolLM2 search, saved 2.1 of 17.1 s of evaluations in an
-        interleaved pair on the H200 and one of four such runs hit an unexplained illegal
+        interleaved pair on the H200 and one of five such runs hit an unexplained illegal
         memory access: docs/executor.md, "Evaluation forwards".)"""
         budget = self.cfg.run.eval_tokens or (EVAL_TOKENS_PER_FORWARD if self.mlm.device.type == "cuda" else 8192)
         return min(budget, self.eval_tokens_cap)
