@@ -46,6 +46,7 @@ def as_int_tuple(values: Sequence[int] | torch.Tensor, name: str) -> tuple[int, 
             raise ValueError(f"{name} must be a 1-D integer tensor")
         return tuple(int(v) for v in values.tolist())
     values = _as_list(values, name, "ints")
+    _reject_text_and_bools(values, name, "ints")
     try:
         out = tuple(int(v) for v in values)
     except (TypeError, ValueError) as exc:
@@ -62,10 +63,18 @@ def as_float_tuple(values: Sequence[float] | torch.Tensor, name: str) -> tuple[f
             raise ValueError(f"{name} must be a 1-D real tensor")
         values = values.detach().cpu().tolist()
     values = _as_list(values, name, "floats")
+    _reject_text_and_bools(values, name, "floats")
     try:
         return tuple(float(v) for v in values)
     except (TypeError, ValueError) as exc:
         raise ValueError(f"{name} must be a sequence of floats") from exc
+
+
+def _reject_text_and_bools(values: list, name: str, what: str) -> None:
+    """int() and float() take "5" and True; as sizes, ranks or scalings they are mistakes."""
+    bad = next((v for v in values if isinstance(v, (str, bytes, bool))), None)
+    if bad is not None:
+        raise ValueError(f"{name} must be a sequence of {what}, got an element {bad!r}")
 
 
 def _as_list(values, name: str, what: str) -> list:

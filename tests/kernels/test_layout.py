@@ -76,6 +76,10 @@ BAD = [
     ("scaling", dict(scaling=torch.ones(1, 2))),
     ("seg_lens", dict(seg_lens="24")),  # a string would read as (2, 4)
     ("seg_lens", dict(seg_lens=(v for v in [2, 3]))),  # a generator: read once, then checked
+    # int() / float() take text and bools: refused as sizes, ranks and scalings (session 19)
+    ("seg_lens", dict(seg_lens=[True, 5])),
+    ("ranks", dict(ranks=["4", 2])),
+    ("scaling", dict(scaling=["0.5", "2"])),
 ]
 
 
