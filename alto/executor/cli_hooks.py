@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 from pathlib import Path
 
@@ -40,8 +41,9 @@ def run_main(args: argparse.Namespace) -> int:
             cfg.run.kernel = args.kernel
         if args.device:
             cfg.model.device = args.device
-        res = run_config(cfg, args.out, log=io.StringIO() if args.quiet else sys.stderr,
-                         overwrite=args.overwrite)
+        with _hf_progress_bars(not args.quiet):
+            res = run_config(cfg, args.out, log=io.StringIO() if args.quiet else sys.stderr,
+                             overwrite=args.overwrite)
     except ConfigError as e:  # the one place that names the file (its data too: found in run_config)
         msg, name = str(e), str(Path(args.config))
         raise ConfigError(msg if name in msg else f"{name}: {msg}") from None
@@ -182,3 +184,22 @@ def simulate_hint(out: Path, gpu: str, model: str, memory_out: Path | None = Non
                 f"(`alto profile --memory` fits one on CUDA, into {beside.name} beside it)")
     cmd = f"alto simulate --cost-table {out} --costs measured" + ("" if gpu == "H200" else f" --gpu-type {gpu}")
     return f"to simulate with these costs: {cmd}"
+
+
+@contextlib.contextmanager
+def _hf_progress_bars(on: bool):
+    """transformers' own progress bars (e.g. "Writing model shards" when base_model/ is
+    saved) off while ``on`` is False, as --quiet promises; restored afterwards."""
+    if on:
+        yield
+        return
+    from transformers.utils import logging as hf_logging
+
+    was = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was:
+            hf_logging.enable_progress_bar()
+

@@ -144,3 +144,22 @@ def test_profile_says_how_to_simulate_with_its_table(tmp_path, capsys):
     hf = tmp_path / "hf.csv"
     hf.write_text(h200.read_text().replace("llama-3.2-1b", "SmolLM2-135M-Instruct"))
     assert "cannot use" in simulate_hint(hf, "H200", "SmolLM2-135M-Instruct")
+
+
+def test_quiet_run_prints_no_progress_bar_of_transformers(tmp_path, capsys, monkeypatch):
+    """`alto run --quiet` still showed transformers' "Writing model shards" bar (base_model/)."""
+    from transformers.utils import logging as hf_logging
+
+    import alto.executor.session as session
+
+    seen = []
+    monkeypatch.setattr(session, "run_config", lambda *a, **k: seen.append(hf_logging.is_progress_bar_enabled())
+                        or type("R", (), {"interrupted": False})())
+    (tmp_path / "a.jsonl").write_text('{"prompt": "1+1=", "completion": "2"}\n')
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("model: {path: 'random:llama-tiny'}\ntasks:\n  - name: t\n    data: {jsonl: {train: a.jsonl, "
+                   "val: a.jsonl}}\n    search_space: {lr: [0.001], rank: [2], batch_size: [1]}\n")
+    before = hf_logging.is_progress_bar_enabled()
+    assert main(["run", str(cfg), "--out", str(tmp_path / "o"), "--quiet"]) == 0
+    assert main(["run", str(cfg), "--out", str(tmp_path / "o2")]) == 0
+    assert seen == [False, before] and hf_logging.is_progress_bar_enabled() == before
