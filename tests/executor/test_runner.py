@@ -102,17 +102,22 @@ def test_oom_shrinks_admission_and_loses_no_adapter(tmp_path, backbone, mkcfg):
     assert sum(isinstance(d, Admit) and d.resume for d in res.runners[0].decisions) == 2
 
 
-def test_ctrl_c_writes_finished_jobs(tmp_path, backbone, mkcfg):
-    cfg = mkcfg(task={"search_space": {"lr": [1e-3], "rank": [2], "batch_size": [2, 8]}})
+def _ctrl_c_at_step(n: int) -> Hooks:
+    """Hooks whose step-start check raises KeyboardInterrupt at the n-th step (as Ctrl-C)."""
     calls = []
 
     def interrupt(active, total):
         calls.append(total)
-        if len(calls) == 4:
+        if len(calls) == n:
             raise KeyboardInterrupt
         return False
 
-    res, _ = _run(tmp_path, backbone, cfg, Hooks(oom=interrupt))
+    return Hooks(oom=interrupt)
+
+
+def test_ctrl_c_writes_finished_jobs(tmp_path, backbone, mkcfg):
+    cfg = mkcfg(task={"search_space": {"lr": [1e-3], "rank": [2], "batch_size": [2, 8]}})
+    res, _ = _run(tmp_path, backbone, cfg, _ctrl_c_at_step(4))
     assert res.interrupted
     rows = _jobs_csv(res.out)
     assert rows["add/lr0.001-r2-b8"]["exit_reason"] == "completed"
@@ -311,28 +316,13 @@ def test_ctrl_c_in_the_first_task_records_the_second_task_s_configs_and_replay_n
         tmp_path, backbone, mkcfg, capsys):
     """Tasks never started used to get no jobs.csv row at all, and `alto simulate --replay`
     then simulated them on the first task's curves as if they had run."""
-    import copy
+    import dataclasses
 
     from alto.cli import main
-    from alto.executor.config import parse_config
 
-    mkcfg()  # (writes the task's train.jsonl / val.jsonl into tmp_path)
-    raw = {"model": {"path": "random:llama-tiny", "seed": 0}, "early_exit": {"policy": "none"},
-           "run": {"log_every": 1000}, "tasks": []}
-    first = {"name": "add", "data": {"jsonl": {"train": "train.jsonl", "val": "val.jsonl"}}, "max_seq_len": 16,
-             "epochs": 1, "search_space": {"lr": [1e-3], "rank": [2], "batch_size": [2, 8]}, "val_samples": 4}
-    second = {**copy.deepcopy(first), "name": "add2"}
-    raw["tasks"] = [first, second]
-    cfg = parse_config(raw, base_dir=tmp_path)
-    calls = []
-
-    def interrupt(active, total):
-        calls.append(total)
-        if len(calls) == 4:
-            raise KeyboardInterrupt
-        return False
-
-    res, _ = _run(tmp_path, backbone, cfg, Hooks(oom=interrupt))
+    cfg = mkcfg(task={"search_space": {"lr": [1e-3], "rank": [2], "batch_size": [2, 8]}})
+    cfg.tasks.append(dataclasses.replace(cfg.tasks[0], name="add2"))  # the same task, renamed
+    res, _ = _run(tmp_path, backbone, cfg, _ctrl_c_at_step(4))
     rows = _jobs_csv(res.out)
     assert {j: r["exit_reason"] for j, r in rows.items() if j.startswith("add2/")} == {
         "add2/lr0.001-r2-b2": "interrupted", "add2/lr0.001-r2-b8": "interrupted"}
