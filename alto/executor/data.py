@@ -61,26 +61,30 @@ def encode_sample(tok, s: Sample, max_len: int) -> tuple[list[int], int]:
     Long samples lose prompt tokens from the left first (the completion is what is
     scored), then completion tokens from the right.
     """
+    return _encode(tok, s, max_len)[:2]
+
+
+def encode_samples(tok, samples, max_len: int) -> tuple[list[tuple[list[int], int]], int, int]:
+    """encode_sample of each sample, each tokenized once, with (how many were cut, how many
+    of those lost completion tokens)."""
+    out, cut, lost = [], 0, 0
+    for s in samples:
+        ids, start, n_full, n_c = _encode(tok, s, max_len)
+        out.append((ids, start))
+        cut += len(ids) < n_full
+        lost += len(ids) - start < n_c
+    return out, cut, lost
+
+
+def _encode(tok, s: Sample, max_len: int) -> tuple[list[int], int, int, int]:
+    """(ids, completion start, uncut length, uncut completion length with eos)."""
     head = [tok.bos_id] if tok.bos_id is not None else []
     p, c = tok.encode(s[0]), tok.encode(s[1]) + [tok.eos_id]
+    n_full, n_c = len(head) + len(p) + len(c), len(c)
     budget = max_len + 1 - len(head)
     c = c[:budget - 1] if len(c) > budget - 1 else c  # keep >= 1 prompt/bos token as context
     p = p[max(0, len(p) - (budget - len(c))):]
-    ids = head + p + c
-    return ids, len(head) + len(p)
-
-
-def count_cut(tok, samples, max_len: int) -> tuple[int, int]:
-    """(samples longer than max_len + 1 tokens, of which those that lose completion tokens):
-    what encode_sample cuts (counted the same way: bos, prompt, completion, eos)."""
-    cut = lost = 0
-    for p, c in samples:
-        head = 1 if tok.bos_id is not None else 0
-        n_c = len(tok.encode(c)) + 1
-        loses = n_c > max_len - head  # (encode_sample keeps a slot for >= 1 prompt token)
-        cut += loses or head + len(tok.encode(p)) + n_c > max_len + 1
-        lost += loses
-    return cut, lost
+    return head + p + c, len(head) + len(p), n_full, n_c
 
 
 @dataclass

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 import torch
 
 from alto.executor.config import Config, TaskCfg
-from alto.executor.data import SampleStream, collate, count_cut, encode_sample, load_task_data
+from alto.executor.data import SampleStream, collate, encode_samples, load_task_data
 from alto.executor.lora_model import Adapter, MultiLoraModel, grads_finite
 from alto.executor.micro_steps import loss_and_backward
 from alto.executor.outputs import RunWriter
@@ -103,9 +103,12 @@ class TaskRunner:
         self.hooks, self.log = hooks or Hooks(), log
         # data: the task's (train, val) samples when the caller loaded them already
         train, val = data if data is not None else load_task_data(cfg, task, task_idx)
-        self.train = [encode_sample(tok, s, task.max_seq_len) for s in train]
-        self.val = [encode_sample(tok, s, task.max_seq_len) for s in val[: task.val_samples]]
-        self._say_cut(train, val[: task.val_samples])
+        self.train, tc, tl = encode_samples(tok, train, task.max_seq_len)
+        self.val, vc, vl = encode_samples(tok, val[: task.val_samples], task.max_seq_len)
+        if tc or vc:  # (samples longer than max_seq_len)
+            print(f"[{task.name}] max_seq_len {task.max_seq_len}: {tc} of {len(self.train)} training and "
+                  f"{vc} of {len(self.val)} val samples are longer and are cut, prompt first from the left "
+                  f"({tl} and {vl} of them lose completion tokens from the right too)", file=log)
         self.L = max(len(i) - 1 for i, _ in self.train)  # admission assumes the longest sample
         jobs = job_list(task, len(self.train))
         self.states = {j.job_id: JobState(j, i, SampleStream(len(self.train), task.seed * 7919 + i))
@@ -143,14 +146,6 @@ class TaskRunner:
         """Rows whose activations are in memory together: the step's, or one micro-step's."""
         m = self.micro_tokens
         return total_batch if not m else min(total_batch, max(1, m // self.L))
-
-    def _say_cut(self, train, val) -> None:
-        """One line when samples are longer than max_seq_len (encode_sample cuts them)."""
-        (tc, tl), (vc, vl) = (count_cut(self.tok, x, self.task.max_seq_len) for x in (train, val))
-        if tc or vc:
-            print(f"[{self.task.name}] max_seq_len {self.task.max_seq_len}: {tc} of {len(train)} training and "
-                  f"{vc} of {len(val)} val samples are longer and are cut, prompt first from the left "
-                  f"({tl} and {vl} of them lose completion tokens from the right too)", file=self.log)
 
     def now(self) -> float:
         return time.monotonic() - self.t0

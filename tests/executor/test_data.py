@@ -64,10 +64,10 @@ def test_reasoning_gym_source(tmp_path):
 
 
 @pytest.mark.parametrize("max_len", [1, 2, 3, 5, 8, 13, 40])
-def test_count_cut_counts_exactly_what_encode_sample_cuts(max_len):
+def test_encode_samples_counts_exactly_what_encode_sample_cuts(max_len):
     import random
 
-    from alto.executor.data import ByteTokenizer, count_cut, encode_sample
+    from alto.executor.data import ByteTokenizer, encode_sample, encode_samples
 
     tok = ByteTokenizer()
     r = random.Random(max_len)
@@ -78,7 +78,9 @@ def test_count_cut_counts_exactly_what_encode_sample_cuts(max_len):
         full = [tok.bos_id] + tok.encode(p) + tok.encode(c) + [tok.eos_id]
         cut += ids != full
         lost += len(ids) - start < len(tok.encode(c)) + 1
-    assert count_cut(tok, samples, max_len) == (cut, lost)
+    encoded, *counts = encode_samples(tok, samples, max_len)
+    assert tuple(counts) == (cut, lost)
+    assert encoded == [encode_sample(tok, x, max_len) for x in samples]
     assert 0 < cut <= 200 or max_len == 40
 
 
