@@ -17,7 +17,7 @@ from sim.cluster import SimConfig
 from sim.cost_model import CostModel
 from sim.loss_curves import make_curve_source
 from sim.policies import DEFAULT_POLICIES, POLICIES, get_policies
-from sim.recorded_curves import recorded_paths
+from sim.recorded_curves import UNFINISHED_EXITS, read_run_jobs, recorded_paths
 from sim.results import check_out_dir, write_results
 from sim.runner import format_table, result_tables, simulate_policies, stderr_progress
 
@@ -125,17 +125,14 @@ def _refuse_unrecorded(run_dir: str, tasks: list, borrowed: dict) -> None:
     """ValueError for run tasks without a recorded evaluation: tasks the run never reached
     (no jobs.csv row, or interrupted ones only), or tasks all of whose configs ended before
     an evaluation (e.g. failed: nothing fit); --max-tasks when they are the last ones."""
-    import csv
-
     ended: dict[str, set] = {}
     try:
-        with open(Path(run_dir) / "jobs.csv", newline="") as f:
-            for r in csv.DictReader(f):
-                ended.setdefault(r.get("task", ""), set()).add(r.get("exit_reason", ""))
+        for r in read_run_jobs(Path(run_dir) / "jobs.csv"):
+            ended.setdefault(r.get("task", ""), set()).add(r.get("exit_reason", ""))
     except OSError:
         pass
     unrecorded = [t.task_id for t in tasks if t.task_id in borrowed]
-    never = [t for t in unrecorded if not (ended.get(t, set()) - {"", "interrupted"})]
+    never = [t for t in unrecorded if not (ended.get(t, set()) - UNFINISHED_EXITS)]
     first = next(i for i, t in enumerate(tasks) if t.task_id in borrowed)
     hint = (f"; --max-tasks {first} replays the task(s) before" if first and
             all(t.task_id in borrowed for t in tasks[first:]) else "")

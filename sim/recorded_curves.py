@@ -70,9 +70,17 @@ def _unfinished_jobs(curves: Path, job_ids: Iterable[str]) -> frozenset[str]:
                          "but no jobs.csv (a job's row is written when it finishes); replay a finished run")
     if not _has_columns(jobs, ("job_id", "exit_reason")):
         return frozenset()
-    with open(jobs, newline="", encoding="utf-8-sig") as f:
-        finished = {r["job_id"] for r in csv.DictReader(f) if r["exit_reason"] not in ("", "interrupted")}
+    finished = {r["job_id"] for r in read_run_jobs(jobs) if r["exit_reason"] not in UNFINISHED_EXITS}
     return frozenset(set(job_ids) - finished)
+
+
+UNFINISHED_EXITS = frozenset({"", "interrupted"})  # a jobs.csv exit_reason its run did not finish
+
+
+def read_run_jobs(path: Path) -> list[dict]:
+    """The rows of an `alto run` jobs.csv."""
+    with open(path, newline="", encoding="utf-8-sig") as f:
+        return list(csv.DictReader(f))
 
 
 def _has_columns(path: Path, columns) -> bool:
