@@ -378,6 +378,12 @@ def resolve(cfg: Config, p: str) -> Path:
     return q if q.is_absolute() else cfg.base_dir / q
 
 
+def local_or_hub(cfg: Config, p: str) -> str:
+    """``p`` resolved as a config-relative path when that exists, else as given (a hub id)."""
+    local = resolve(cfg, p)
+    return str(local) if local.exists() else p
+
+
 def _model_family(path: Path) -> str:
     """Family of a local checkpoint: config.json model_type or GGUF general.architecture."""
     if path.suffix == ".gguf":

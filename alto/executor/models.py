@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from alto.executor.config import Config, ModelCfg, resolve
+from alto.executor.config import Config, ModelCfg, local_or_hub, resolve
 from alto.executor.data import ByteTokenizer, HFTokenizer
 from alto.models import ModelShape, get_model
 
@@ -83,8 +83,7 @@ def load_backbone(cfg: Config):
             tok = HFTokenizer(tf.AutoTokenizer.from_pretrained(str(p)))
         model = model.to(device)
     if m.tokenizer:
-        tp = Path(resolve(cfg, m.tokenizer))
-        tok = HFTokenizer(tf.AutoTokenizer.from_pretrained(str(tp if tp.exists() else m.tokenizer)))
+        tok = HFTokenizer(tf.AutoTokenizer.from_pretrained(local_or_hub(cfg, m.tokenizer)))
     model.requires_grad_(False)
     model.eval()
     return model, tok, device

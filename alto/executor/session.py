@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from alto.executor.config import Config, ConfigError, resolve
+from alto.executor.config import Config, ConfigError, local_or_hub
 from alto.executor.data import load_task_data
 from alto.executor.lora_model import MultiLoraModel, fused_available
 from alto.executor.models import load_backbone, resolve_device, save_base_model
@@ -151,13 +151,9 @@ def serve_script(cfg: Config, out: Path, rows) -> str:
     """Write DIR/serve_vllm.sh for a run on a real (not random:) base; the line to print."""
     from alto.executor.vllm_serve import write_serve_script
 
-    local = resolve(cfg, cfg.model.path)
-    base = str(local) if local.exists() else cfg.model.path  # a local checkpoint, or a hub id
+    base = local_or_hub(cfg, cfg.model.path)  # a local checkpoint, or a hub id
     if base.endswith(".gguf"):
         return ("no serve_vllm.sh: the base is a GGUF file; serve the adapters with vLLM on the "
                 "model's HF checkpoint (the adapters' module names are the same)")
-    tok = None
-    if cfg.model.tokenizer:  # (as load_backbone: a local path, else a hub id)
-        t = resolve(cfg, cfg.model.tokenizer)
-        tok = str(t) if t.exists() else cfg.model.tokenizer
+    tok = local_or_hub(cfg, cfg.model.tokenizer) if cfg.model.tokenizer else None  # (as load_backbone)
     return write_serve_script(out, base, rows, tokenizer=tok)[1]
