@@ -79,12 +79,13 @@ def admission_of(path: str) -> tuple[int | None, int | None]:
     return m.max_total_batch, m.max_active
 
 
-def replay_tasks(run_dir: str, model: str | None = None) -> list:
+def replay_tasks(run_dir: str, model: str | None = None) -> tuple[list, int | None]:
     """The tasks of an `alto run` output folder (its run.json) as trace tasks: one per run
     task, all arriving at 0 (the executor runs them one after another on its device), each
-    with the run's grid, sequence length, epochs and training-sample count. ``model``: a
-    catalogue model for the step costs and memory (default: the run's, when it is a
-    ``random:<catalogue name>`` model). ValueError naming what is missing."""
+    with the run's grid, sequence length, epochs and training-sample count; and the val
+    samples its evaluations scored (val_samples as applied) when its tasks agree, else None.
+    ``model``: a catalogue model for the step costs and memory (default: the run's, when it
+    is a ``random:<catalogue name>`` model). ValueError naming what is missing."""
     from alto.models import MODELS
     from alto.policy.types import TaskSpec
 
@@ -104,7 +105,8 @@ def replay_tasks(run_dir: str, model: str | None = None) -> list:
                               tuple(t["batch_sizes"])))
     if not tasks:
         raise ValueError(f"--replay {run_dir}: run.json lists no task")
-    return tasks
+    vals = {int(t["val_samples"]) for t in s["tasks"] if "val_samples" in t}
+    return tasks, (vals.pop() if len(vals) == 1 else None)
 
 
 def _inputs(a, trace_path) -> list[tuple[str, Path]]:
@@ -177,13 +179,15 @@ def simulate_main(a) -> int:
     policies = get_policies(",".join(DEFAULT_POLICIES) if a.policies is None else a.policies)
     stats: dict = {}  # a converter's skip / cap counts (meta.json trace_conversion)
     own_curves = False  # --replay without --curves: the run's own curves
+    replay_evals = None  # the val samples a replayed run scored per evaluation
     if a.replay:
         if a.trace:
             raise ValueError("--replay builds the trace from the run; drop --trace")
         from alto.executor.config import RUN_SETTINGS
 
         path, label = Path(a.replay) / RUN_SETTINGS, f"replay:{a.replay}"
-        tasks = replay_tasks(a.replay, a.replay_model)[: a.max_tasks]
+        tasks, replay_evals = replay_tasks(a.replay, a.replay_model)
+        tasks = tasks[: a.max_tasks]
         own_curves = not a.curves  # (the run's own: each of its tasks should have some)
         a.curves = a.curves or f"recorded:{a.replay}"
         a.early_exit = a.early_exit or a.replay
@@ -196,8 +200,8 @@ def simulate_main(a) -> int:
         if a.trace_format != "native":  # (a converter: it says what it dropped or capped)
             kw["stats"] = stats
         tasks = load_trace(path, a.trace_format, **kw)
-        if conversion_summary(stats):
-            print(f"note: --trace {a.trace} ({a.trace_format}): {conversion_summary(stats)}", file=sys.stderr)
+        if what := conversion_summary(stats):
+            print(f"note: --trace {a.trace} ({a.trace_format}): {what}", file=sys.stderr)
     replaced = check_out_dir(a.out, _inputs(a, path))
     validate_trace(tasks, path, cluster_gpus=a.gpus)
     if a.costs == "estimate" and a.cost_table:
@@ -240,11 +244,9 @@ def simulate_main(a) -> int:
         print(f"note: --admission-from {a.admission_from}: max_total_batch {max_total_batch} is below the "
               f"largest batch size of {len(too_big)} task(s) ({_listed(too_big)}); those configs can "
               "never run and end failed", file=sys.stderr)
-    # a replay scores as many val samples per evaluation as the run did (the executor's
-    # val_samples, as applied), when its tasks agree; else the simulator's default
-    vals = {int(t["val_samples"]) for t in _run_settings(a.replay, "--replay").get("tasks", [])
-            if "val_samples" in t} if a.replay else set()
-    evals = {"eval_samples": vals.pop()} if len(vals) == 1 else {}
+    # a replay scores as many val samples per evaluation as the run did, when its tasks
+    # agree; else the simulator's default
+    evals = {"eval_samples": replay_evals} if replay_evals is not None else {}
     cfg = SimConfig(gpus=a.gpus, gpus_per_node=a.gpus_per_node, gpu_type=a.gpu_type, workers=a.workers,
                     early_exit=early_exit, max_total_batch=max_total_batch, max_active=max_active, **evals)
 
